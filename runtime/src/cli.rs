@@ -1,0 +1,243 @@
+//! The `ponder` command line. A third-party binary builds its own [`Registry`] (the built-ins
+//! plus its kinds) and calls [`main_with`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use ponder_datagen::dataset::{GenerateSpec, Split, generate, write_jsonl};
+use ponder_datagen::{DatasetError, TraceStyle};
+
+use crate::config::{Layers, parse_override_value, parse_task};
+use crate::config_error::ConfigErrors;
+use crate::registry::Registry;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ponder",
+    version,
+    about = "Search and learning for reasoning models, o1-style"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate a JSONL dataset of problems and expert traces.
+    Datagen(DatagenArgs),
+    /// Validate a run config and print its plan; exit 2 listing every error.
+    Check {
+        config: PathBuf,
+        /// Override a config key, e.g. `--set search.width=8` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// List every registered kind of every component.
+    List,
+    /// Run a config's pipeline.
+    Run {
+        config: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Continue an interrupted run from its last checkpoint.
+        #[arg(long)]
+        resume: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DatagenArgs {
+    /// Task kind (see `ponder list`); its settings come from `--set` or `--config`.
+    #[arg(long, required_unless_present = "config")]
+    pub task: Option<String>,
+    /// Take the task from this run config's `[task]` section instead.
+    #[arg(long, conflicts_with = "task")]
+    pub config: Option<PathBuf>,
+    /// A task setting (with `--task`: `numbers=4`) or config key (with `--config`:
+    /// `task.numbers=4`); repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// How many examples.
+    #[arg(long)]
+    pub n: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// optimal, search, retry or retry:RATE.
+    #[arg(long, default_value = "optimal")]
+    pub style: String,
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Keep only problems of this side of the split: train, test or all.
+    #[arg(long, default_value = "all")]
+    pub split: String,
+    /// The split's own seed (keep it fixed across datasets of one experiment).
+    #[arg(long, default_value_t = 0)]
+    pub split_seed: u64,
+    #[arg(long, default_value_t = 0.1)]
+    pub test_fraction: f64,
+    /// Override the task's difficulty level.
+    #[arg(long)]
+    pub difficulty: Option<u32>,
+}
+
+/// Runs the command line with the given registry; returns the process exit code.
+pub fn main_with(registry: Registry) -> ExitCode {
+    let cli = Cli::parse();
+    match run_command(cli.command, &registry) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(errors)) => {
+            eprint!("{errors}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Other(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Failure {
+    Config(ConfigErrors),
+    Other(anyhow::Error),
+}
+
+impl From<ConfigErrors> for Failure {
+    fn from(e: ConfigErrors) -> Self {
+        Failure::Config(e)
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Other(e)
+    }
+}
+
+pub fn run_command(command: Command, registry: &Registry) -> Result<(), Failure> {
+    match command {
+        Command::List => {
+            print!("{}", list(registry));
+            Ok(())
+        }
+        Command::Check { config, set } => {
+            let layers = Layers::from_file(&config)?
+                .with_process_env()
+                .with_overrides(&set);
+            let run = layers.load(registry)?;
+            println!("{}: ok", config.display());
+            print!("{}", crate::plan::describe(&run));
+            Ok(())
+        }
+        Command::Run {
+            config,
+            set,
+            resume,
+        } => {
+            let layers = Layers::from_file(&config)?
+                .with_process_env()
+                .with_overrides(&set);
+            let run = layers.load(registry)?;
+            crate::plan::run(&run, registry, resume).map_err(Failure::Other)
+        }
+        Command::Datagen(args) => datagen(args, registry),
+    }
+}
+
+/// The text of `ponder list`.
+pub fn list(registry: &Registry) -> String {
+    let mut out = String::new();
+    let mut last = "";
+    for (category, kind, origin, description) in registry.listing() {
+        if category != last {
+            out.push_str(&format!("{category}:\n"));
+            last = category;
+        }
+        let origin = if origin == "ponder" {
+            String::new()
+        } else {
+            format!(" [{origin}]")
+        };
+        out.push_str(&format!("  {kind:<16}{description}{origin}\n"));
+    }
+    out
+}
+
+fn datagen(args: DatagenArgs, registry: &Registry) -> Result<(), Failure> {
+    let usage = |msg: String| {
+        Failure::Config(ConfigErrors::one(crate::config_error::ConfigError::new(
+            "", msg,
+        )))
+    };
+    let style: TraceStyle = args
+        .style
+        .parse()
+        .map_err(|e: String| usage(format!("--style: {e}")))?;
+    let split = match args.split.as_str() {
+        "train" => Split::Train,
+        "test" => Split::Test,
+        "all" => Split::All,
+        other => {
+            return Err(usage(format!(
+                "--split: `{other}` is not train, test or all"
+            )));
+        }
+    };
+    if !(0.0..1.0).contains(&args.test_fraction) {
+        return Err(usage("--test-fraction: must be in [0, 1)".into()));
+    }
+    let spec = match (&args.task, &args.config) {
+        (_, Some(config)) => {
+            let layers = Layers::from_file(config)?
+                .with_process_env()
+                .with_overrides(&args.set);
+            layers.load(registry)?.task
+        }
+        (Some(kind), None) => {
+            let mut overrides = Vec::new();
+            for set in &args.set {
+                let Some((k, v)) = set.split_once('=') else {
+                    return Err(usage(format!("--set `{set}`: expected KEY=VALUE")));
+                };
+                overrides.push((k.trim().to_string(), parse_override_value(v)));
+            }
+            parse_task(registry, kind, &overrides)?
+        }
+        (None, None) => return Err(usage("give --task or --config".into())),
+    };
+    let task = spec.build(&()).map_err(Failure::Other)?;
+    if !task.styles().contains(&style.name()) {
+        return Err(usage(format!(
+            "--style: task {} writes {} traces, not {}",
+            task.name(),
+            task.styles().join(", "),
+            style.name()
+        )));
+    }
+    let gen_spec = GenerateSpec {
+        n: args.n,
+        seed: args.seed,
+        style,
+        split,
+        split_seed: args.split_seed,
+        test_fraction: args.test_fraction,
+        difficulty: args.difficulty,
+    };
+    let bar = ProgressBar::new(args.n as u64).with_style(
+        ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} [{elapsed} < {eta}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("datagen {}", task.name()));
+    let examples = generate(task.as_ref(), &gen_spec).map(|r| {
+        bar.inc(1);
+        r.map_err(DatasetError::from)
+    });
+    let n = write_jsonl::<_, DatasetError>(&args.out, examples)
+        .map_err(|e| Failure::Other(e.into()))?;
+    bar.finish_and_clear();
+    eprintln!("wrote {n} examples to {}", args.out.display());
+    Ok(())
+}

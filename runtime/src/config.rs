@@ -1,0 +1,408 @@
+//! Reading a run's TOML: syntax check with line and column, layering with the `config` crate
+//! (file, then `PONDER_*` environment variables, then `--set key=value`), then validation of
+//! every section against the registry, collecting all errors at once.
+//!
+//! Environment variables: `PONDER_SECTION__KEY=value` sets `section.key` (a double underscore
+//! separates levels; single underscores stay in names). Variables without `__` are not config
+//! (`PONDER_LOG`, for example). Values are read as TOML where they parse (`8`, `true`,
+//! `[1, 2]`), as strings otherwise; the same holds for `--set`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use config::{Config, Environment, File, FileFormat, ValueKind};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config_error::{ConfigError, ConfigErrors, deserialize_all, line_column};
+use crate::registry::{Registry, Spec, TaskCategory};
+
+/// The top-level sections a run config may have.
+pub const SECTIONS: [&str; 7] = [
+    "run", "task", "policy", "reward", "search", "learn", "pipeline",
+];
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSection {
+    /// The run directory is `out_dir/name`.
+    pub name: String,
+    /// The seed every stochastic part derives its own from.
+    pub seed: u64,
+    /// `cpu` (burn flex), `ndarray`, or `cuda` / `cuda:N` (needs the `cuda` feature).
+    pub device: String,
+    pub out_dir: String,
+    /// Worker threads for the CPU backend; 0 uses every core.
+    pub threads: usize,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        RunSection {
+            name: "run".into(),
+            seed: 1,
+            device: "cpu".into(),
+            out_dir: "runs".into(),
+            threads: 0,
+        }
+    }
+}
+
+impl RunSection {
+    fn validate(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let name_ok = !self.name.is_empty()
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && !self.name.starts_with('.');
+        if !name_ok {
+            errors.push(ConfigError::new(
+                "run.name",
+                format!(
+                    "`{}` is not a usable directory name (letters, digits, - _ .)",
+                    self.name
+                ),
+            ));
+        }
+        let device_ok = matches!(self.device.as_str(), "cpu" | "ndarray" | "cuda")
+            || self
+                .device
+                .strip_prefix("cuda:")
+                .is_some_and(|n| n.parse::<usize>().is_ok());
+        if !device_ok {
+            errors.push(ConfigError::new(
+                "run.device",
+                format!(
+                    "unknown device `{}`: cpu, ndarray, cuda or cuda:N",
+                    self.device
+                ),
+            ));
+        }
+        errors
+    }
+}
+
+/// The stages of a pipeline, in the order they run.
+pub const STAGES: [&str; 1] = ["datagen"];
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataStage {
+    /// Training examples (expert traces).
+    pub train_examples: usize,
+    /// Held-out problems.
+    pub test_problems: usize,
+    /// Trace style of the training set: optimal, search, retry or retry:RATE.
+    pub style: String,
+    /// Share of problem space set aside for testing (by a seeded hash of each problem).
+    pub test_fraction: f64,
+}
+
+impl Default for DataStage {
+    fn default() -> Self {
+        DataStage {
+            train_examples: 20_000,
+            test_problems: 200,
+            style: "optimal".into(),
+            test_fraction: 0.1,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineSection {
+    /// Which stages to run, a subset of the pipeline's stages in their order.
+    pub stages: Vec<String>,
+    pub data: DataStage,
+}
+
+impl Default for PipelineSection {
+    fn default() -> Self {
+        PipelineSection {
+            stages: STAGES.iter().map(|s| s.to_string()).collect(),
+            data: DataStage::default(),
+        }
+    }
+}
+
+impl PipelineSection {
+    fn validate(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        for (i, s) in self.stages.iter().enumerate() {
+            if !STAGES.contains(&s.as_str()) {
+                errors.push(ConfigError::new(
+                    format!("pipeline.stages.{i}"),
+                    format!("unknown stage `{s}`; stages: {}", STAGES.join(", ")),
+                ));
+            }
+        }
+        if let Err(e) = self.data.style.parse::<ponder_datagen::TraceStyle>() {
+            errors.push(ConfigError::new("pipeline.data.style", e));
+        }
+        if !(0.0..1.0).contains(&self.data.test_fraction) || self.data.test_fraction == 0.0 {
+            errors.push(ConfigError::new(
+                "pipeline.data.test_fraction",
+                "must be above 0 and below 1",
+            ));
+        }
+        errors
+    }
+}
+
+/// A validated run config.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub run: RunSection,
+    pub task: Arc<dyn Spec<TaskCategory>>,
+    pub pipeline: PipelineSection,
+}
+
+impl RunConfig {
+    /// Validates a layered config value, collecting every error.
+    pub fn from_value(value: &Value, registry: &Registry) -> Result<RunConfig, ConfigErrors> {
+        let mut errors: Vec<ConfigError> = Vec::new();
+        let empty = Value::Object(Default::default());
+        let Value::Object(root) = value else {
+            return Err(ConfigErrors::one(ConfigError::new(
+                "",
+                "the config must be a table",
+            )));
+        };
+        for key in root.keys() {
+            if !SECTIONS.contains(&key.as_str()) {
+                errors.push(ConfigError::new(
+                    key.clone(),
+                    format!("unknown section; sections: {}", SECTIONS.join(", ")),
+                ));
+            }
+        }
+        let section = |name: &str| root.get(name).unwrap_or(&empty);
+        let run: RunSection = match deserialize_all(section("run"), "run") {
+            Ok(r) => r,
+            Err(e) => {
+                errors.extend(e);
+                RunSection::default()
+            }
+        };
+        errors.extend(run.validate());
+        let pipeline: PipelineSection = match deserialize_all(section("pipeline"), "pipeline") {
+            Ok(p) => p,
+            Err(e) => {
+                errors.extend(e);
+                PipelineSection::default()
+            }
+        };
+        errors.extend(pipeline.validate());
+        let task = match root.get("task") {
+            Some(t) => registry
+                .tasks
+                .parse(t, "task")
+                .map_err(|e| errors.extend(e))
+                .ok(),
+            None => {
+                errors.push(ConfigError::new(
+                    "task",
+                    "missing: every run needs a [task]",
+                ));
+                None
+            }
+        };
+        match (errors.is_empty(), task) {
+            (true, Some(task)) => Ok(RunConfig {
+                run,
+                task,
+                pipeline,
+            }),
+            _ => Err(ConfigErrors { file: None, errors }),
+        }
+    }
+
+    /// The config with every default filled in, as saved in the run directory.
+    pub fn resolved(&self) -> Value {
+        serde_json::json!({
+            "run": self.run,
+            "task": self.task.resolved(),
+            "pipeline": self.pipeline,
+        })
+    }
+
+    pub fn resolved_toml(&self) -> String {
+        json_to_toml(&self.resolved())
+            .and_then(|v| toml::to_string_pretty(&v).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        Path::new(&self.run.out_dir).join(&self.run.name)
+    }
+}
+
+fn json_to_toml(value: &Value) -> Option<toml::Value> {
+    Some(match value {
+        Value::Null => return None,
+        Value::Bool(b) => toml::Value::Boolean(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => toml::Value::Integer(i),
+            None => toml::Value::Float(n.as_f64()?),
+        },
+        Value::String(s) => toml::Value::String(s.clone()),
+        Value::Array(items) => toml::Value::Array(items.iter().filter_map(json_to_toml).collect()),
+        Value::Object(map) => toml::Value::Table(
+            map.iter()
+                .filter_map(|(k, v)| Some((k.clone(), json_to_toml(v)?)))
+                .collect(),
+        ),
+    })
+}
+
+fn toml_to_config(value: &toml::Value) -> ValueKind {
+    match value {
+        toml::Value::String(s) => ValueKind::String(s.clone()),
+        toml::Value::Integer(i) => ValueKind::I64(*i),
+        toml::Value::Float(f) => ValueKind::Float(*f),
+        toml::Value::Boolean(b) => ValueKind::Boolean(*b),
+        toml::Value::Datetime(d) => ValueKind::String(d.to_string()),
+        toml::Value::Array(items) => ValueKind::Array(
+            items
+                .iter()
+                .map(|v| config::Value::new(None, toml_to_config(v)))
+                .collect(),
+        ),
+        toml::Value::Table(t) => ValueKind::Table(
+            t.iter()
+                .map(|(k, v)| (k.clone(), config::Value::new(None, toml_to_config(v))))
+                .collect(),
+        ),
+    }
+}
+
+/// Reads an override's value as TOML (`8`, `0.5`, `true`, `"x"`, `[1, 2]`), else as a string.
+pub fn parse_override_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+/// The layers of one config: the file's text, environment variables and `--set` overrides.
+#[derive(Clone, Debug, Default)]
+pub struct Layers {
+    pub file: Option<PathBuf>,
+    pub text: String,
+    pub env: Vec<(String, String)>,
+    pub overrides: Vec<String>,
+}
+
+impl Layers {
+    pub fn from_file(path: &Path) -> Result<Layers, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            file: Some(path.to_path_buf()),
+            errors: vec![ConfigError::new("", format!("cannot read the file: {e}"))],
+        })?;
+        Ok(Layers {
+            file: Some(path.to_path_buf()),
+            text,
+            env: Vec::new(),
+            overrides: Vec::new(),
+        })
+    }
+
+    /// Adds this process's `PONDER_*__*` variables.
+    pub fn with_process_env(mut self) -> Self {
+        self.env = std::env::vars()
+            .filter(|(k, _)| k.starts_with("PONDER_") && k.contains("__"))
+            .collect();
+        self
+    }
+
+    pub fn with_overrides(mut self, overrides: &[String]) -> Self {
+        self.overrides = overrides.to_vec();
+        self
+    }
+
+    /// Merges the layers into one value. TOML syntax errors carry line and column.
+    pub fn merge(&self) -> Result<Value, ConfigErrors> {
+        let fail = |errors: Vec<ConfigError>| ConfigErrors {
+            file: self.file.clone(),
+            errors,
+        };
+        if let Err(e) = self.text.parse::<toml::Table>() {
+            let location = e.span().map(|s| line_column(&self.text, s.start));
+            return Err(fail(vec![ConfigError {
+                path: String::new(),
+                message: format!("TOML syntax error: {}", e.message().trim()),
+                location,
+            }]));
+        }
+        let mut builder = Config::builder()
+            .add_source(File::from_str(&self.text, FileFormat::Toml))
+            .add_source(
+                Environment::with_prefix("PONDER")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true)
+                    .source(Some(self.env.iter().cloned().collect())),
+            );
+        let mut errors = Vec::new();
+        for set in &self.overrides {
+            let Some((key, raw)) = set.split_once('=') else {
+                errors.push(ConfigError::new(
+                    "",
+                    format!("--set `{set}`: expected KEY=VALUE, e.g. search.width=8"),
+                ));
+                continue;
+            };
+            let value = config::Value::new(None, toml_to_config(&parse_override_value(raw)));
+            builder = match builder.clone().set_override(key.trim(), value) {
+                Ok(b) => b,
+                Err(e) => {
+                    errors.push(ConfigError::new(key.trim(), format!("--set: {e}")));
+                    builder
+                }
+            };
+        }
+        if !errors.is_empty() {
+            return Err(fail(errors));
+        }
+        builder
+            .build()
+            .and_then(|c| c.try_deserialize::<Value>())
+            .map_err(|e| fail(vec![ConfigError::new("", e.to_string())]))
+    }
+
+    /// Merges and validates, locating errors in the file.
+    pub fn load(&self, registry: &Registry) -> Result<RunConfig, ConfigErrors> {
+        let value = self.merge()?;
+        RunConfig::from_value(&value, registry).map_err(|e| e.locate(self.file.clone(), &self.text))
+    }
+}
+
+/// Reads one component table on its own (for commands such as `ponder datagen` that take a
+/// kind name and overrides rather than a whole run).
+pub fn parse_task(
+    registry: &Registry,
+    kind: &str,
+    overrides: &[(String, toml::Value)],
+) -> Result<Arc<dyn Spec<TaskCategory>>, ConfigErrors> {
+    let mut table = serde_json::Map::new();
+    table.insert("kind".into(), Value::String(kind.to_string()));
+    for (k, v) in overrides {
+        let json = serde_json::to_value(v).unwrap_or(Value::Null);
+        table.insert(k.clone(), json);
+    }
+    registry
+        .tasks
+        .parse(&Value::Object(table), "task")
+        .map_err(|errors| ConfigErrors { file: None, errors })
+}
+
+/// Deserializes a free-standing section with all errors collected (for stage settings).
+pub fn read_section<T: serde::de::DeserializeOwned>(
+    value: &Value,
+    path: &str,
+) -> Result<T, ConfigErrors> {
+    deserialize_all(value, path).map_err(|errors| ConfigErrors { file: None, errors })
+}

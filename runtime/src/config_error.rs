@@ -1,0 +1,263 @@
+//! Configuration errors: every one carries its key path and, where the file can tell, its line
+//! and column. Validation collects all of them before reporting.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path, e.g. `search.width`; empty for the whole file.
+    pub path: String,
+    pub message: String,
+    /// 1-based line and column in the config file, where known.
+    pub location: Option<(usize, usize)>,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+            location: None,
+        }
+    }
+}
+
+/// All the errors of one config, reported together.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigErrors {
+    pub file: Option<PathBuf>,
+    pub errors: Vec<ConfigError>,
+}
+
+impl ConfigErrors {
+    pub fn one(error: ConfigError) -> Self {
+        ConfigErrors {
+            file: None,
+            errors: vec![error],
+        }
+    }
+
+    /// Fills in line and column for each error from the file's text.
+    pub fn locate(mut self, file: Option<PathBuf>, text: &str) -> Self {
+        for e in &mut self.errors {
+            if e.location.is_none() {
+                e.location = locate_key(text, &e.path);
+            }
+        }
+        // In file order; errors the file cannot place (overrides, environment) last.
+        self.errors
+            .sort_by_key(|e| e.location.unwrap_or((usize::MAX, usize::MAX)));
+        self.file = file;
+        self
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors.len();
+        let file = self
+            .file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "config".into());
+        writeln!(f, "{file}: {n} error{}", if n == 1 { "" } else { "s" })?;
+        for e in &self.errors {
+            write!(f, "  ")?;
+            if let Some((line, column)) = e.location {
+                write!(f, "{file}:{line}:{column}: ")?;
+            }
+            if e.path.is_empty() {
+                writeln!(f, "{}", e.message)?;
+            } else {
+                writeln!(f, "{}: {}", e.path, e.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Line and column (1-based) of a byte offset.
+pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Finds where a dotted key path is written in a TOML text: the `key =` line under the
+/// matching `[table]` header (or `[[array]]`), or the header itself for a table path.
+pub fn locate_key(text: &str, path: &str) -> Option<(usize, usize)> {
+    if path.is_empty() {
+        return None;
+    }
+    let parts: Vec<&str> = path
+        .split('.')
+        .filter(|p| p.parse::<usize>().is_err())
+        .collect();
+    let mut table: Vec<String> = Vec::new();
+    let mut best: Option<(usize, usize)> = None;
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.starts_with('[') {
+            let name = line.trim_start_matches('[').split(']').next().unwrap_or("");
+            table = name.split('.').map(|s| s.trim().to_string()).collect();
+            if table == parts {
+                best = Some((i + 1, raw.find('[').unwrap_or(0) + 1));
+            }
+            continue;
+        }
+        let Some((key, _)) = line.split_once('=') else {
+            continue;
+        };
+        let mut full: Vec<String> = table.clone();
+        full.extend(
+            key.trim()
+                .split('.')
+                .map(|s| s.trim().trim_matches('"').to_string()),
+        );
+        if full == parts {
+            let column = raw.find(key.trim()).unwrap_or(0) + 1;
+            return Some((i + 1, column));
+        }
+    }
+    best
+}
+
+fn join_path(base: &str, rest: &str) -> String {
+    match (base.is_empty(), rest.is_empty() || rest == ".") {
+        (_, true) => base.to_string(),
+        (true, false) => rest.to_string(),
+        (false, false) => format!("{base}.{rest}"),
+    }
+}
+
+fn remove_at(value: &mut Value, path: &[String]) -> bool {
+    match path {
+        [] => false,
+        [last] => match value {
+            Value::Object(map) => map.remove(last).is_some(),
+            _ => false,
+        },
+        [first, rest @ ..] => match value {
+            Value::Object(map) => map.get_mut(first).is_some_and(|v| remove_at(v, rest)),
+            Value::Array(items) => first
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| items.get_mut(i))
+                .is_some_and(|v| remove_at(v, rest)),
+            _ => false,
+        },
+    }
+}
+
+fn unknown_field_name(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    Some(rest.split('`').next()?.to_string())
+}
+
+/// Deserializes `value` into `T`, collecting every error instead of stopping at the first:
+/// after each error the offending key is removed (falling back to its default) and parsing
+/// goes on. `T` should default every field (`#[serde(default)]`) so removed keys are not
+/// reported again as missing.
+pub fn deserialize_all<T: DeserializeOwned>(
+    value: &Value,
+    base: &str,
+) -> Result<T, Vec<ConfigError>> {
+    let mut value = value.clone();
+    let mut errors: Vec<ConfigError> = Vec::new();
+    for _ in 0..64 {
+        let result: Result<T, _> = serde_path_to_error::deserialize(value.clone());
+        let error = match result {
+            Ok(t) if errors.is_empty() => return Ok(t),
+            Ok(_) => return Err(errors),
+            Err(e) => e,
+        };
+        let inner = error.inner().to_string();
+        let mut segments: Vec<String> = error
+            .path()
+            .iter()
+            .map(|s| s.to_string())
+            .filter(|s| s != "?" && !s.is_empty())
+            .collect();
+        let message = inner.clone();
+        // For an unknown field the reported path may or may not end with the field itself.
+        if let Some(field) = unknown_field_name(&inner)
+            && segments.last() != Some(&field)
+        {
+            segments.push(field);
+        }
+        let path = join_path(base, &segments.join("."));
+        let removed = remove_at(&mut value, &segments);
+        let repeated = errors
+            .iter()
+            .any(|e| e.path == path && e.message == message);
+        // A field removed after an earlier error comes back as "missing": not a new mistake.
+        let consequence = inner.starts_with("missing field") && !errors.is_empty();
+        if !repeated && !consequence {
+            errors.push(ConfigError::new(path, message));
+        }
+        if !removed {
+            break;
+        }
+    }
+    if errors.is_empty() {
+        errors.push(ConfigError::new(base, "cannot be read"));
+    }
+    Err(errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    #[allow(dead_code)]
+    struct Inner {
+        depth: u32,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    #[allow(dead_code)]
+    struct Outer {
+        width: u32,
+        name: String,
+        inner: Inner,
+    }
+
+    #[test]
+    fn collects_every_error_with_its_path() {
+        let value = serde_json::json!({
+            "width": "wide", "colour": 3, "inner": { "depth": -1, "extra": true }
+        });
+        let errors = deserialize_all::<Outer>(&value, "search").expect_err("three mistakes");
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(errors.len(), 4, "{errors:?}");
+        for p in [
+            "search.width",
+            "search.colour",
+            "search.inner.depth",
+            "search.inner.extra",
+        ] {
+            assert!(paths.contains(&p), "{p} missing from {paths:?}");
+        }
+    }
+
+    #[test]
+    fn keys_are_located_in_the_text() {
+        let text = "[run]\nseed = 1\n\n[search]\nkind = \"beam\"\nwidth = 4\n";
+        assert_eq!(locate_key(text, "search.width"), Some((6, 1)));
+        assert_eq!(locate_key(text, "search"), Some((4, 1)));
+        assert_eq!(locate_key(text, "run.seed"), Some((2, 1)));
+        assert_eq!(locate_key(text, "nothing.here"), None);
+        assert_eq!(line_column("ab\ncd", 4), (2, 2));
+    }
+}

@@ -1,0 +1,250 @@
+//! The component registry: kind names mapped to the config type that reads them and builds the
+//! component. Built-in kinds are registered by [`Registry::builtin`]; a third-party crate adds
+//! its own with a `pub fn register(registry: &mut Registry)` that its binary calls (an explicit
+//! call also guarantees the crate is linked).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::config_error::{ConfigError, deserialize_all};
+
+/// A family of components: what a kind builds and what building needs.
+pub trait Category: 'static {
+    /// The TOML section name, e.g. `search`.
+    const NAME: &'static str;
+    /// What a kind of this category builds, e.g. `dyn Searcher`.
+    type Built: ?Sized;
+    /// What building needs beyond the kind's own settings.
+    type Context;
+}
+
+/// The settings of one kind: a serde struct (`deny_unknown_fields`, every field defaulted)
+/// that validates itself and builds the component.
+pub trait Kind<C: Category>:
+    DeserializeOwned + Serialize + Default + fmt::Debug + Send + Sync + 'static
+{
+    /// Checks settings that types alone cannot (ranges, combinations); one message per problem,
+    /// each starting with the field name.
+    fn validate(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn build(&self, context: &C::Context) -> anyhow::Result<Box<C::Built>>;
+}
+
+/// A parsed and validated kind, ready to build.
+pub trait Spec<C: Category>: fmt::Debug + Send + Sync {
+    fn kind(&self) -> &str;
+    /// The settings with every default filled in, as saved in a run's resolved config.
+    fn resolved(&self) -> Value;
+    fn build(&self, context: &C::Context) -> anyhow::Result<Box<C::Built>>;
+    /// Downcasting, for stages that need a kind's own settings.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+#[derive(Debug)]
+struct KindSpec<K> {
+    kind: String,
+    settings: K,
+}
+
+impl<C: Category, K: Kind<C>> Spec<C> for KindSpec<K> {
+    fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    fn resolved(&self) -> Value {
+        let mut value = serde_json::to_value(&self.settings).unwrap_or(Value::Null);
+        if let Value::Object(map) = &mut value {
+            map.insert("kind".into(), Value::String(self.kind.clone()));
+        }
+        value
+    }
+
+    fn build(&self, context: &C::Context) -> anyhow::Result<Box<C::Built>> {
+        self.settings.build(context)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        &self.settings
+    }
+}
+
+type Parser<C> =
+    Arc<dyn Fn(&Value, &str, &str) -> Result<Arc<dyn Spec<C>>, Vec<ConfigError>> + Send + Sync>;
+
+pub struct Entry<C: Category> {
+    pub kind: String,
+    pub description: String,
+    /// Where the kind comes from (`ponder` for built-ins, else the registering crate).
+    pub origin: String,
+    parse: Parser<C>,
+    defaults: Value,
+}
+
+/// The kinds of one category.
+pub struct Kinds<C: Category> {
+    entries: BTreeMap<String, Entry<C>>,
+}
+
+impl<C: Category> Default for Kinds<C> {
+    fn default() -> Self {
+        Kinds {
+            entries: BTreeMap::new(),
+        }
+    }
+}
+
+impl<C: Category> Kinds<C> {
+    /// Registers kind `K` under `name`. A name already taken is refused: two crates must not
+    /// silently replace each other's kinds.
+    pub fn add<K: Kind<C>>(
+        &mut self,
+        name: &str,
+        description: &str,
+        origin: &str,
+    ) -> Result<(), RegistryError> {
+        if self.entries.contains_key(name) {
+            return Err(RegistryError::Duplicate {
+                category: C::NAME,
+                kind: name.to_string(),
+            });
+        }
+        let kind_name = name.to_string();
+        let parse: Parser<C> = Arc::new(move |value: &Value, path: &str, kind: &str| {
+            let settings: K = deserialize_all(value, path)?;
+            let problems = settings.validate();
+            if !problems.is_empty() {
+                return Err(problems
+                    .into_iter()
+                    .map(|p| {
+                        // "field: message" names the key; anything else is about the table.
+                        match p.split_once(": ") {
+                            Some((field, msg)) if !field.contains(' ') => {
+                                ConfigError::new(format!("{path}.{field}"), msg)
+                            }
+                            _ => ConfigError::new(path, p),
+                        }
+                    })
+                    .collect());
+            }
+            Ok(Arc::new(KindSpec {
+                kind: kind.to_string(),
+                settings,
+            }) as Arc<dyn Spec<C>>)
+        });
+        self.entries.insert(
+            kind_name.clone(),
+            Entry {
+                kind: kind_name,
+                description: description.to_string(),
+                origin: origin.to_string(),
+                parse,
+                defaults: serde_json::to_value(K::default()).unwrap_or(Value::Null),
+            },
+        );
+        Ok(())
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.entries.keys().map(String::as_str).collect()
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &Entry<C>> {
+        self.entries.values()
+    }
+
+    pub fn defaults(&self, kind: &str) -> Option<&Value> {
+        self.entries.get(kind).map(|e| &e.defaults)
+    }
+
+    /// Reads a component table (`kind` plus that kind's fields) at key path `path`.
+    pub fn parse(&self, table: &Value, path: &str) -> Result<Arc<dyn Spec<C>>, Vec<ConfigError>> {
+        let Value::Object(map) = table else {
+            return Err(vec![ConfigError::new(
+                path,
+                "must be a table with a `kind` key",
+            )]);
+        };
+        let kind = match map.get("kind") {
+            Some(Value::String(k)) => k.clone(),
+            Some(other) => {
+                return Err(vec![ConfigError::new(
+                    format!("{path}.kind"),
+                    format!("must be a string, not {other}"),
+                )]);
+            }
+            None => {
+                return Err(vec![ConfigError::new(
+                    format!("{path}.kind"),
+                    format!("missing; one of: {}", self.names().join(", ")),
+                )]);
+            }
+        };
+        let Some(entry) = self.entries.get(&kind) else {
+            return Err(vec![ConfigError::new(
+                format!("{path}.kind"),
+                format!(
+                    "unknown {} kind `{kind}`; registered kinds: {}",
+                    C::NAME,
+                    self.names().join(", ")
+                ),
+            )]);
+        };
+        let mut settings = map.clone();
+        settings.remove("kind");
+        (entry.parse)(&Value::Object(settings), path, &kind)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RegistryError {
+    #[error("{category} kind `{kind}` is registered twice")]
+    Duplicate {
+        category: &'static str,
+        kind: String,
+    },
+}
+
+/// Tasks: built from their settings alone.
+pub struct TaskCategory;
+
+impl Category for TaskCategory {
+    const NAME: &'static str = "task";
+    type Built = dyn ponder_datagen::Task;
+    type Context = ();
+}
+
+/// Every category's kinds.
+#[derive(Default)]
+pub struct Registry {
+    pub tasks: Kinds<TaskCategory>,
+}
+
+impl Registry {
+    /// The registry with every built-in kind.
+    pub fn builtin() -> Registry {
+        let mut registry = Registry::default();
+        crate::builtin::register(&mut registry);
+        registry
+    }
+
+    /// Every kind of every category, for `ponder list`: (category, kind, origin, description).
+    pub fn listing(&self) -> Vec<(&'static str, &str, &str, &str)> {
+        let mut out = Vec::new();
+        for e in self.tasks.entries() {
+            out.push((
+                TaskCategory::NAME,
+                e.kind.as_str(),
+                e.origin.as_str(),
+                e.description.as_str(),
+            ));
+        }
+        out
+    }
+}

@@ -1,0 +1,192 @@
+//! The `ponder` binary as a user drives it.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn ponder(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ponder"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("PONDER_RUN__SEED")
+        .output()
+        .expect("ponder runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn datagen_is_fast_and_deterministic_per_seed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let generate = |seed: &str, out: &str| {
+        let start = std::time::Instant::now();
+        let o = ponder(
+            &[
+                "datagen",
+                "--task",
+                "countdown",
+                "--n",
+                "10000",
+                "--seed",
+                seed,
+                "--style",
+                "search",
+                "--out",
+                out,
+            ],
+            dir.path(),
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        start.elapsed()
+    };
+    let took = generate("1", "a.jsonl");
+    generate("1", "b.jsonl");
+    generate("2", "c.jsonl");
+    let read = |f: &str| std::fs::read(dir.path().join(f)).expect("written");
+    assert_eq!(read("a.jsonl"), read("b.jsonl"), "same seed, same bytes");
+    assert_ne!(
+        read("a.jsonl"),
+        read("c.jsonl"),
+        "another seed, another file"
+    );
+    let lines = String::from_utf8(read("a.jsonl")).expect("utf8");
+    assert_eq!(lines.lines().count(), 10_000);
+    // Seconds, not minutes, even in a debug build (the release build takes well under one).
+    assert!(took.as_secs() < 30, "datagen took {took:?}");
+}
+
+#[test]
+fn check_reports_every_mistake_with_its_key_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "[run]\nname = \"x\"\nseed = \"one\"\n\n[task]\nkind = \"countdwn\"\n\n[pipeline.data]\ntrain_examples = 10\ncolour = 3\n",
+    )
+    .expect("write");
+    let o = ponder(&["check", config.to_str().expect("utf8")], dir.path());
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("3 errors"), "{err}");
+    assert!(err.contains("run.seed") && err.contains(":3:1:"), "{err}");
+    assert!(
+        err.contains("task.kind") && err.contains("unknown task kind `countdwn`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("arithmetic, chains, countdown"),
+        "lists the known kinds: {err}"
+    );
+    assert!(
+        err.contains("pipeline.data.colour") && err.contains(":10:1:"),
+        "{err}"
+    );
+}
+
+#[test]
+fn syntax_errors_name_line_and_column() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("broken.toml");
+    std::fs::write(&config, "[run]\nseed = 1\nname = \"x\n").expect("write");
+    let o = ponder(&["check", config.to_str().expect("utf8")], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains("TOML syntax error") && err.contains("broken.toml:3:"),
+        "{err}"
+    );
+}
+
+#[test]
+fn overrides_and_environment_layer_over_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("ok.toml");
+    std::fs::write(
+        &config,
+        "[run]\nname = \"x\"\n\n[task]\nkind = \"countdown\"\n",
+    )
+    .expect("write");
+    let o = Command::new(env!("CARGO_BIN_EXE_ponder"))
+        .args([
+            "check",
+            config.to_str().expect("utf8"),
+            "--set",
+            "task.numbers=4",
+        ])
+        .env("PONDER_RUN__SEED", "77")
+        .env("PONDER_LOG", "not config")
+        .output()
+        .expect("runs");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.contains("seed 77"), "{out}");
+    assert!(out.contains("numbers=4"), "{out}");
+    let o = ponder(
+        &[
+            "check",
+            config.to_str().expect("utf8"),
+            "--set",
+            "task.numbers=many",
+        ],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("task.numbers"), "{}", stderr(&o));
+}
+
+#[test]
+fn list_shows_the_builtin_kinds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = ponder(&["list"], dir.path());
+    let out = String::from_utf8_lossy(&o.stdout);
+    for kind in ["countdown", "chains", "arithmetic"] {
+        assert!(out.contains(kind), "{out}");
+    }
+}
+
+#[test]
+fn bad_datagen_arguments_are_clear_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = ponder(
+        &[
+            "datagen",
+            "--task",
+            "arithmetic",
+            "--n",
+            "3",
+            "--style",
+            "search",
+            "--out",
+            "x.jsonl",
+        ],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("arithmetic writes optimal, retry traces"),
+        "{}",
+        stderr(&o)
+    );
+    let o = ponder(
+        &[
+            "datagen",
+            "--task",
+            "countdown",
+            "--set",
+            "numbers=9",
+            "--n",
+            "3",
+            "--out",
+            "x.jsonl",
+        ],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("task.numbers: must be 2 to 5"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!dir.path().join("x.jsonl").exists());
+}
