@@ -1,0 +1,395 @@
+//! The transformer as a [`Policy`]: batched, KV-cached generation on the CPU engine, with
+//! prefix reuse across calls and per-request seeded sampling.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use ponder_datagen::ANSWER_PREFIX;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::engine::{Engine, KvCache, Want};
+use crate::error::PolicyError;
+use crate::policy::{Finish, GenRequest, Generation, Policy, Stop};
+use crate::prefix_cache::PrefixCache;
+use crate::sampling::{logprob, sample};
+use crate::tokenizer::Tokenizer;
+use crate::weights::HostWeights;
+
+/// How many cached tokens the prefix cache keeps by default.
+pub const DEFAULT_PREFIX_CACHE_TOKENS: usize = 200_000;
+
+pub struct TransformerPolicy {
+    engine: Engine,
+    tokenizer: Tokenizer,
+    prefix_cache: Mutex<PrefixCache>,
+    computed: AtomicU64,
+    generated: AtomicU64,
+    label: String,
+}
+
+impl std::fmt::Debug for TransformerPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TransformerPolicy({})", self.label)
+    }
+}
+
+struct Sequence {
+    request: usize,
+    cache: KvCache,
+    rng: ChaCha8Rng,
+    tokens: Vec<u32>,
+    generated: Vec<u32>,
+    logprobs: Vec<f32>,
+    line: String,
+    finish: Option<Finish>,
+}
+
+impl TransformerPolicy {
+    pub fn new(weights: &HostWeights, tokenizer: Tokenizer) -> TransformerPolicy {
+        let engine = Engine::new(weights);
+        let kv_dim = engine.config.kv_dim();
+        TransformerPolicy {
+            label: format!(
+                "transformer ({:.2}M parameters, d={}, {} layers)",
+                weights.params() as f64 / 1e6,
+                weights.config.d_model,
+                weights.config.n_layers
+            ),
+            engine,
+            tokenizer,
+            prefix_cache: Mutex::new(PrefixCache::new(DEFAULT_PREFIX_CACHE_TOKENS, kv_dim)),
+            computed: AtomicU64::new(0),
+            generated: AtomicU64::new(0),
+        }
+    }
+
+    /// Bounds the prefix cache (0 disables it).
+    pub fn with_prefix_cache(self, tokens: usize) -> TransformerPolicy {
+        let kv_dim = self.engine.config.kv_dim();
+        TransformerPolicy {
+            prefix_cache: Mutex::new(PrefixCache::new(tokens, kv_dim)),
+            ..self
+        }
+    }
+
+    pub fn with_threads(self, threads: usize) -> TransformerPolicy {
+        TransformerPolicy {
+            engine: self.engine.with_threads(threads),
+            ..self
+        }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Forgets every cached prefix (call at checkpoint boundaries so that a resumed run sees
+    /// the same cache history as an uninterrupted one).
+    pub fn clear_prefix_cache(&self) {
+        if let Ok(mut c) = self.prefix_cache.lock() {
+            c.clear();
+        }
+    }
+
+    /// `[bos] + tokens(text)`.
+    pub fn encode_prompt(&self, text: &str) -> Vec<u32> {
+        let mut tokens: Vec<u32> = self.tokenizer.bos_id.into_iter().collect();
+        tokens.extend(self.tokenizer.encode(text));
+        tokens
+    }
+
+    fn lookup(&self, tokens: &[u32], max_len: usize) -> Option<KvCache> {
+        let ends_line = |t: u32| self.tokenizer.ends_line(t);
+        self.prefix_cache
+            .lock()
+            .ok()?
+            .lookup(tokens, max_len, &ends_line)
+    }
+
+    fn keep(&self, tokens: Vec<u32>, cache: KvCache) {
+        let ends_line = |t: u32| self.tokenizer.ends_line(t);
+        if let Ok(mut c) = self.prefix_cache.lock() {
+            c.insert(tokens, cache, &ends_line);
+        }
+    }
+
+    /// Prefills distinct prompts (each once, reusing cached prefixes) and returns, per
+    /// distinct prompt, its cache, the logits of its last position and how many of its
+    /// tokens had to be computed.
+    fn prefill(&self, prompts: &[Vec<u32>]) -> Vec<(KvCache, Vec<f32>, usize)> {
+        let mut caches = Vec::with_capacity(prompts.len());
+        let mut rests: Vec<&[u32]> = Vec::with_capacity(prompts.len());
+        for p in prompts {
+            // Keep at least the last token to compute: its logits start the generation.
+            let cache = self
+                .lookup(p, p.len().saturating_sub(1))
+                .unwrap_or_else(|| self.engine.new_cache());
+            rests.push(&p[cache.len..]);
+            caches.push(cache);
+        }
+        let computed: Vec<usize> = rests.iter().map(|r| r.len()).collect();
+        self.computed
+            .fetch_add(computed.iter().sum::<usize>() as u64, Ordering::Relaxed);
+        let want = vec![Want::Last; prompts.len()];
+        let logits = self.engine.forward(&mut caches, &rests, &want);
+        caches
+            .into_iter()
+            .zip(logits)
+            .zip(computed)
+            .map(|((c, l), n)| (c, l, n))
+            .collect()
+    }
+
+    fn generate_sync(&self, requests: &[GenRequest]) -> Vec<Generation> {
+        let max_seq = self.engine.config.max_seq_len;
+        // Distinct prompts, computed once each.
+        let mut distinct: Vec<Vec<u32>> = Vec::new();
+        let mut by_prompt: HashMap<&str, usize> = HashMap::new();
+        let mut prompt_of: Vec<usize> = Vec::with_capacity(requests.len());
+        for r in requests {
+            let idx = *by_prompt.entry(r.prompt.as_str()).or_insert_with(|| {
+                distinct.push(self.encode_prompt(&r.prompt));
+                distinct.len() - 1
+            });
+            prompt_of.push(idx);
+        }
+        let mut results: Vec<Option<Generation>> = vec![None; requests.len()];
+        let runnable: Vec<usize> = (0..distinct.len())
+            .filter(|&i| !distinct[i].is_empty() && distinct[i].len() < max_seq)
+            .collect();
+        let prefilled = self.prefill(
+            &runnable
+                .iter()
+                .map(|&i| distinct[i].clone())
+                .collect::<Vec<_>>(),
+        );
+        let mut computed_of: HashMap<usize, usize> = HashMap::new();
+        let mut states: HashMap<usize, (KvCache, Vec<f32>)> = HashMap::new();
+        for (&i, (cache, logits, computed)) in runnable.iter().zip(prefilled) {
+            computed_of.insert(i, computed);
+            states.insert(i, (cache, logits));
+        }
+        let mut sequences: Vec<Sequence> = Vec::new();
+        let mut first_logits: Vec<Vec<f32>> = Vec::new();
+        for (ri, r) in requests.iter().enumerate() {
+            let p = prompt_of[ri];
+            let Some((cache, logits)) = states.get(&p) else {
+                // An empty prompt, or one that fills the model's context: nothing to generate.
+                results[ri] = Some(Generation {
+                    text: String::new(),
+                    logprobs: Vec::new(),
+                    finish: Finish::Length,
+                    prompt_tokens: distinct[p].len(),
+                    computed_prompt_tokens: 0,
+                });
+                continue;
+            };
+            sequences.push(Sequence {
+                request: ri,
+                cache: cache.clone(),
+                rng: ChaCha8Rng::seed_from_u64(r.seed),
+                tokens: distinct[p].clone(),
+                generated: Vec::new(),
+                logprobs: Vec::new(),
+                line: String::new(),
+                finish: None,
+            });
+            first_logits.push(logits.clone());
+        }
+        drop(states);
+        let mut logits = first_logits;
+        loop {
+            // Sample one token for every live sequence.
+            let mut live = 0;
+            for (seq, l) in sequences
+                .iter_mut()
+                .filter(|s| s.finish.is_none())
+                .zip(&logits)
+            {
+                let r = &requests[seq.request];
+                let (token, lp) = sample(l, &r.sampling, &mut seq.rng);
+                seq.logprobs.push(lp);
+                seq.generated.push(token);
+                seq.tokens.push(token);
+                seq.finish = self.stop_reason(seq, token, r, max_seq);
+                if seq.finish.is_none() {
+                    live += 1;
+                }
+            }
+            if live == 0 {
+                break;
+            }
+            let (mut caches, inputs): (Vec<KvCache>, Vec<u32>) = sequences
+                .iter_mut()
+                .filter(|s| s.finish.is_none())
+                .map(|s| (std::mem::take(&mut s.cache), *s.tokens.last().unwrap_or(&0)))
+                .unzip();
+            let token_slices: Vec<&[u32]> = inputs.iter().map(std::slice::from_ref).collect();
+            let want = vec![Want::Last; caches.len()];
+            logits = self.engine.forward(&mut caches, &token_slices, &want);
+            for (seq, cache) in sequences
+                .iter_mut()
+                .filter(|s| s.finish.is_none())
+                .zip(caches)
+            {
+                seq.cache = cache;
+            }
+        }
+        let generated: usize = sequences.iter().map(|s| s.generated.len()).sum();
+        let fed: usize = sequences
+            .iter()
+            .map(|s| s.generated.len().saturating_sub(1))
+            .sum();
+        self.generated
+            .fetch_add(generated as u64, Ordering::Relaxed);
+        self.computed.fetch_add(fed as u64, Ordering::Relaxed);
+        let mut credited: HashMap<usize, bool> = HashMap::new();
+        for seq in sequences {
+            let p = prompt_of[seq.request];
+            let mut visible = seq.generated.clone();
+            if seq.finish == Some(Finish::EndOfSequence) {
+                visible.pop();
+            }
+            // The prompt's computation is credited to the first request that used it.
+            let first = !credited.insert(p, true).unwrap_or(false);
+            let prompt_len = distinct[p].len();
+            let computed = if first {
+                computed_of.get(&p).copied().unwrap_or(prompt_len)
+            } else {
+                0
+            };
+            results[seq.request] = Some(Generation {
+                text: self.tokenizer.decode(&visible),
+                logprobs: seq.logprobs,
+                finish: seq.finish.unwrap_or(Finish::Length),
+                prompt_tokens: prompt_len,
+                computed_prompt_tokens: computed,
+            });
+            self.keep(seq.tokens, seq.cache);
+        }
+        results
+            .into_iter()
+            .map(|g| g.unwrap_or_else(empty_generation))
+            .collect()
+    }
+
+    fn stop_reason(
+        &self,
+        seq: &mut Sequence,
+        token: u32,
+        r: &GenRequest,
+        max_seq: usize,
+    ) -> Option<Finish> {
+        if Some(token) == self.tokenizer.eos_id {
+            return Some(Finish::EndOfSequence);
+        }
+        let piece = self.tokenizer.piece(token);
+        if self.tokenizer.ends_line(token) {
+            let before_newline = piece.split('\n').next().unwrap_or("");
+            let line = format!("{}{before_newline}", seq.line);
+            let is_answer = line.trim_start().starts_with(ANSWER_PREFIX);
+            seq.line = piece.rsplit('\n').next().unwrap_or("").to_string();
+            match r.stop {
+                Stop::StepEnd if is_answer => return Some(Finish::Answer),
+                Stop::StepEnd => return Some(Finish::StepEnd),
+                Stop::TraceEnd if is_answer => return Some(Finish::Answer),
+                _ => {}
+            }
+        } else {
+            seq.line.push_str(piece);
+        }
+        if seq.generated.len() >= r.max_tokens || seq.tokens.len() >= max_seq {
+            return Some(Finish::Length);
+        }
+        None
+    }
+
+    /// Log-probabilities of continuations given contexts, batched.
+    pub fn score(&self, pairs: &[(&str, &str)]) -> Vec<Vec<f32>> {
+        let max_seq = self.engine.config.max_seq_len;
+        let mut caches = Vec::new();
+        let mut inputs: Vec<Vec<u32>> = Vec::new();
+        let mut meta = Vec::new();
+        for (context, continuation) in pairs {
+            let ctx = self.encode_prompt(context);
+            let cont = self.tokenizer.encode(continuation);
+            let mut all = ctx.clone();
+            all.extend(&cont);
+            all.truncate(max_seq);
+            let cache = self
+                .lookup(&ctx, ctx.len().saturating_sub(1))
+                .unwrap_or_else(|| self.engine.new_cache());
+            let start = cache.len;
+            meta.push((
+                ctx.len(),
+                cont.len().min(all.len().saturating_sub(ctx.len())),
+                start,
+                cont,
+            ));
+            inputs.push(all[start..].to_vec());
+            caches.push(cache);
+        }
+        let slices: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
+        let want = vec![Want::All; caches.len()];
+        let logits = self.engine.forward(&mut caches, &slices, &want);
+        let v = self.engine.config.vocab_size;
+        meta.into_iter()
+            .zip(logits)
+            .map(|((ctx_len, n, start, cont), l)| {
+                (0..n)
+                    .map(|j| {
+                        // The logits at position ctx_len - 1 + j predict continuation token j.
+                        let row = ctx_len - 1 + j - start;
+                        logprob(&l[row * v..(row + 1) * v], cont[j] as usize)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+fn empty_generation() -> Generation {
+    Generation {
+        text: String::new(),
+        logprobs: Vec::new(),
+        finish: Finish::Length,
+        prompt_tokens: 0,
+        computed_prompt_tokens: 0,
+    }
+}
+
+#[async_trait]
+impl Policy for TransformerPolicy {
+    fn describe(&self) -> String {
+        self.label.clone()
+    }
+
+    fn params(&self) -> Option<usize> {
+        Some(self.engine.config.params())
+    }
+
+    async fn generate(&self, requests: &[GenRequest]) -> Result<Vec<Generation>, PolicyError> {
+        Ok(self.generate_sync(requests))
+    }
+
+    async fn logprobs(&self, context: &str, continuation: &str) -> Result<Vec<f32>, PolicyError> {
+        Ok(self
+            .score(&[(context, continuation)])
+            .pop()
+            .unwrap_or_default())
+    }
+
+    fn compute_counters(&self) -> (u64, u64) {
+        (
+            self.computed.load(Ordering::Relaxed),
+            self.generated.load(Ordering::Relaxed),
+        )
+    }
+}
