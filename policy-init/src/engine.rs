@@ -9,7 +9,8 @@
 use rayon::prelude::*;
 
 use crate::config::ModelConfig;
-use crate::linalg::matmul_transposed;
+use crate::linalg::{dot, linear};
+use pulp::{Simd, WithSimd};
 use crate::model::rope_tables;
 use crate::weights::HostWeights;
 
@@ -79,6 +80,24 @@ pub enum Want {
     All,
     /// Nothing (the tokens only extend the cache).
     Nothing,
+}
+
+struct Group<'a, 'b, 'c> {
+    engine: &'a Engine,
+    caches: &'b mut [KvCache],
+    tokens: &'c [&'c [u32]],
+    want: &'c [Want],
+    threads: usize,
+}
+
+impl WithSimd for Group<'_, '_, '_> {
+    type Output = Vec<Vec<f32>>;
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) -> Self::Output {
+        self.engine
+            .forward_group_kernel(simd, self.caches, self.tokens, self.want, self.threads)
+    }
 }
 
 pub struct Engine {
@@ -235,6 +254,25 @@ impl Engine {
         want: &[Want],
         threads: usize,
     ) -> Vec<Vec<f32>> {
+        // Compiled for the best instruction set the CPU has (AVX-512, AVX2 or plain).
+        pulp::Arch::new().dispatch(Group {
+            engine: self,
+            caches,
+            tokens,
+            want,
+            threads,
+        })
+    }
+
+    #[inline(always)]
+    fn forward_group_kernel<S: Simd>(
+        &self,
+        simd: S,
+        caches: &mut [KvCache],
+        tokens: &[&[u32]],
+        want: &[Want],
+        threads: usize,
+    ) -> Vec<Vec<f32>> {
         let c = &self.config;
         let (d, kv, f, v) = (c.d_model, c.kv_dim(), c.ffn_hidden, c.vocab_size);
         let (h, kvh, dh) = (c.n_heads, c.n_kv_heads, c.head_dim());
@@ -263,7 +301,7 @@ impl Engine {
         let mut scores = vec![0.0f32; max_len];
         for (li, layer) in self.layers.iter().enumerate() {
             rms_norm_rows(&x, d, &layer.input_norm, c.rms_eps, &mut normed);
-            matmul_transposed(
+            linear(
                 &normed, total, d, &layer.qkv, qkv_width, &mut qkv, false, threads,
             );
             if let Some(b) = &layer.qkv_bias {
@@ -298,7 +336,7 @@ impl Engine {
                     let mut max = f32::NEG_INFINITY;
                     for t in 0..=pos {
                         let k = &keys[t * kv + kvo..t * kv + kvo + dh];
-                        let dot: f32 = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+                        let dot = dot(simd, q, k) * scale;
                         scores[t] = dot;
                         max = max.max(dot);
                     }
@@ -318,12 +356,12 @@ impl Engine {
                     }
                 }
             }
-            matmul_transposed(&attn, total, d, &layer.o, d, &mut x, true, threads);
+            linear(&attn, total, d, &layer.o, d, &mut x, true, threads);
             if let Some(b) = &layer.o_bias {
                 add_bias(&mut x, b);
             }
             rms_norm_rows(&x, d, &layer.post_norm, c.rms_eps, &mut normed);
-            matmul_transposed(
+            linear(
                 &normed,
                 total,
                 d,
@@ -339,7 +377,7 @@ impl Engine {
                     *a = g / (1.0 + (-g).exp()) * u;
                 }
             }
-            matmul_transposed(&act, total, f, &layer.down, d, &mut x, true, threads);
+            linear(&act, total, f, &layer.down, d, &mut x, true, threads);
         }
         for (s, t) in tokens.iter().enumerate() {
             caches[s].len += t.len();
@@ -363,7 +401,7 @@ impl Engine {
                 &mut normed_rows,
             );
             let mut logits = vec![0.0f32; count * v];
-            matmul_transposed(
+            linear(
                 &normed_rows,
                 count,
                 d,

@@ -11,15 +11,23 @@
 //! | `ndarray` | burn's `ndarray` backend as well (`run.device = "ndarray"`) |
 //! | `cuda` | burn's CUDA backend (needs internet at build time; never in CI) |
 
+pub mod checkpoint;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod eval;
+pub mod evaluate;
+pub mod hf;
 mod linalg;
+pub mod metrics;
 pub mod model;
+pub mod optim;
 pub mod policy;
 pub mod prefix_cache;
 pub mod sampling;
+pub mod sft;
 pub mod tokenizer;
+pub mod trainer;
 pub mod transformer_policy;
 pub mod weights;
 

@@ -151,6 +151,25 @@ impl Transformer {
         self.cos.device()
     }
 
+    /// A trainer over this model's parameters (Hugging Face names; decay on matrices).
+    pub fn trainer(&self, config: crate::trainer::TrainerConfig) -> crate::trainer::Trainer {
+        let decay = (0..self.params.len()).map(|i| self.layout.decays(i)).collect();
+        crate::trainer::Trainer::new(
+            config,
+            self.layout.names.clone(),
+            self.layout.shapes.clone(),
+            decay,
+            self.params.clone(),
+        )
+    }
+
+    /// The same model with other parameter values (same layout).
+    pub fn with_params(&self, params: Vec<Tensor<2>>) -> Transformer {
+        let mut m = self.clone();
+        m.params = params;
+        m
+    }
+
     /// The same parameters as trainable leaves on the autodiff version of the device.
     pub fn trainable(&self) -> Transformer {
         let mut t = self.clone();

@@ -1,0 +1,157 @@
+//! Policy initialisation: supervised training on expert traces, with the loss on the trace
+//! only (never the prompt).
+
+use burn::tensor::Tensor;
+use ponder_datagen::Example;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::PolicyError;
+use crate::model::{TokenBatch, Transformer};
+use crate::tokenizer::Tokenizer;
+use crate::trainer::{Objective, StepInfo};
+use crate::weights::HostWeights;
+
+/// Tokenized training sequences: `[bos] prompt completion`, and the index of the first
+/// completion token (the first trained target).
+#[derive(Clone, Debug, Default)]
+pub struct Sequences {
+    pub items: Vec<(Vec<u32>, usize)>,
+    /// Examples dropped for not fitting the context.
+    pub dropped: usize,
+}
+
+impl Sequences {
+    pub fn from_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+        tokenizer: &Tokenizer,
+        max_seq_len: usize,
+    ) -> Sequences {
+        let mut out = Sequences::default();
+        for (prompt, completion) in pairs {
+            let mut tokens: Vec<u32> = tokenizer.bos_id.into_iter().collect();
+            tokens.extend(tokenizer.encode(prompt));
+            let first = tokens.len();
+            tokens.extend(tokenizer.encode(completion));
+            // Inputs are tokens[..n-1]: n - 1 positions must fit the context.
+            if tokens.len() > max_seq_len + 1 || first >= tokens.len() {
+                out.dropped += 1;
+                continue;
+            }
+            out.items.push((tokens, first));
+        }
+        out
+    }
+
+    pub fn from_examples(examples: &[Example], tokenizer: &Tokenizer, max_seq_len: usize) -> Sequences {
+        Self::from_pairs(
+            examples
+                .iter()
+                .map(|e| (e.problem.prompt.as_str(), e.completion.as_str())),
+            tokenizer,
+            max_seq_len,
+        )
+    }
+
+    pub fn total_tokens(&self) -> u64 {
+        self.items.iter().map(|(t, _)| t.len() as u64).sum()
+    }
+}
+
+/// The batches of one epoch: shuffled, grouped by length (within windows of 16 batches) so
+/// padding stays small, batch order shuffled again. A pure function of seed and epoch.
+pub fn epoch_batches(lengths: &[usize], batch_size: usize, seed: u64, epoch: usize) -> Vec<Vec<usize>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.shuffle(&mut rng);
+    let window = batch_size * 16;
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    for chunk in order.chunks(window.max(1)) {
+        let mut chunk = chunk.to_vec();
+        chunk.sort_by_key(|&i| lengths[i]);
+        batches.extend(chunk.chunks(batch_size.max(1)).map(|b| b.to_vec()));
+    }
+    batches.shuffle(&mut rng);
+    batches
+}
+
+/// Evaluation hook: current weights and step in, a JSON summary out.
+pub type EvalHook = Box<dyn FnMut(&HostWeights, usize) -> Result<serde_json::Value, PolicyError>>;
+
+/// Next-token cross-entropy on the trace tokens of expert examples.
+pub struct SftObjective {
+    template: Transformer,
+    sequences: Sequences,
+    batch_size: usize,
+    seed: u64,
+    pad: u32,
+    epoch: Option<(usize, Vec<Vec<usize>>)>,
+    eval: Option<EvalHook>,
+}
+
+impl SftObjective {
+    pub fn new(template: Transformer, sequences: Sequences, batch_size: usize, seed: u64, pad: u32) -> SftObjective {
+        SftObjective {
+            template,
+            sequences,
+            batch_size,
+            seed,
+            pad,
+            epoch: None,
+            eval: None,
+        }
+    }
+
+    pub fn with_eval(mut self, hook: EvalHook) -> SftObjective {
+        self.eval = Some(hook);
+        self
+    }
+
+    /// The batch of step `step`.
+    pub fn batch(&mut self, step: usize) -> Result<TokenBatch, PolicyError> {
+        if self.sequences.items.is_empty() {
+            return Err(PolicyError::Config("no training sequences fit the model's context".into()));
+        }
+        let lengths: Vec<usize> = self.sequences.items.iter().map(|(t, _)| t.len()).collect();
+        let per_epoch = lengths.len().div_ceil(self.batch_size.max(1));
+        let (epoch, index) = (step / per_epoch, step % per_epoch);
+        if self.epoch.as_ref().map(|(e, _)| *e) != Some(epoch) {
+            self.epoch = Some((epoch, epoch_batches(&lengths, self.batch_size, self.seed, epoch)));
+        }
+        let batches = self.epoch.as_ref().map(|(_, b)| b).ok_or_else(|| PolicyError::Config("no batches".into()))?;
+        let picked: Vec<(Vec<u32>, usize)> = batches[index % batches.len()]
+            .iter()
+            .map(|&i| self.sequences.items[i].clone())
+            .collect();
+        Ok(TokenBatch::new(&picked, self.pad))
+    }
+
+    fn model_with(&self, params: &[Tensor<2>]) -> Transformer {
+        self.template.with_params(params.to_vec())
+    }
+}
+
+impl Objective for SftObjective {
+    fn loss(&mut self, params: &[Tensor<2>], step: usize) -> Result<(Tensor<1>, StepInfo), PolicyError> {
+        let batch = self.batch(step)?;
+        let model = self.model_with(params);
+        let (loss, trained) = model.loss(&batch);
+        let tokens = batch.mask.len() - batch.inputs.iter().filter(|&&t| t == self.pad as i32).count();
+        Ok((
+            loss,
+            StepInfo {
+                tokens,
+                scalars: vec![("trained_tokens".into(), trained as f64)],
+            },
+        ))
+    }
+
+    fn evaluate(&mut self, params: &[Tensor<2>], step: usize) -> Result<serde_json::Value, PolicyError> {
+        let weights = self.model_with(params).to_host();
+        match &mut self.eval {
+            Some(hook) => hook(&weights, step),
+            None => Ok(serde_json::Value::Null),
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! The training loop every learning stage shares (policy initialisation, reward models, RL):
+//! AdamW on named parameters, the learning-rate schedule, global-norm clipping, metrics,
+//! atomic checkpoints with resume, a divergence guard and progress reports.
+//!
+//! Determinism: the data of step `s` is a pure function of the seed and `s`, and the state is
+//! the parameters, AdamW's moments and the step count. A run resumed from a checkpoint
+//! therefore ends with the same weights as an uninterrupted one.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::checkpoint::Checkpointer;
+use crate::error::PolicyError;
+use crate::metrics::MetricsLog;
+use crate::optim::{AdamW, OptimConfig};
+use crate::weights::{HostTensor, load_safetensors, save_safetensors};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainerConfig {
+    pub optim: OptimConfig,
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Write a checkpoint every this many steps (and at the end).
+    pub checkpoint_every: usize,
+    /// Write a metrics record every this many steps.
+    pub log_every: usize,
+    /// Run the objective's evaluation every this many steps (0: only at the end).
+    pub eval_every: usize,
+    /// Stop when the loss exceeds this multiple of its running mean (after warmup).
+    pub divergence_factor: f64,
+}
+
+impl Default for TrainerConfig {
+    fn default() -> Self {
+        TrainerConfig {
+            optim: OptimConfig::default(),
+            steps: 1000,
+            checkpoint_every: 100,
+            log_every: 10,
+            eval_every: 0,
+            divergence_factor: 8.0,
+        }
+    }
+}
+
+/// What one step's loss came with.
+#[derive(Clone, Debug, Default)]
+pub struct StepInfo {
+    /// Tokens processed (for tokens/s).
+    pub tokens: usize,
+    /// Extra scalars to log (e.g. KL, entropy).
+    pub scalars: Vec<(String, f64)>,
+}
+
+/// A training objective: the loss of step `step` given the parameters (autodiff leaves).
+pub trait Objective {
+    fn loss(&mut self, params: &[Tensor<2>], step: usize) -> Result<(Tensor<1>, StepInfo), PolicyError>;
+
+    /// An evaluation of the current parameters (non-autodiff), logged as one record.
+    fn evaluate(&mut self, _params: &[Tensor<2>], _step: usize) -> Result<serde_json::Value, PolicyError> {
+        Ok(serde_json::Value::Null)
+    }
+}
+
+/// Receives progress: the step reached, the total, and a short status.
+pub trait Progress: Send + Sync {
+    fn update(&self, step: usize, total: usize, status: &str);
+}
+
+/// Reports nothing.
+#[derive(Debug, Default)]
+pub struct Silent;
+
+impl Progress for Silent {
+    fn update(&self, _: usize, _: usize, _: &str) {}
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TrainSummary {
+    pub steps: usize,
+    pub tokens: u64,
+    /// Wall time of the training steps (evaluations excluded).
+    pub train_seconds: f64,
+    pub tokens_per_second: f64,
+    pub final_loss: f64,
+    pub resumed_from: Option<usize>,
+}
+
+/// Named parameters and their optimizer.
+pub struct Trainer {
+    pub config: TrainerConfig,
+    pub names: Vec<String>,
+    /// Shapes as saved (a `[1, n]` tensor saved as `[n]` when listed so).
+    pub saved_shapes: Vec<Vec<usize>>,
+    pub decay: Vec<bool>,
+    /// Current parameters, on the non-autodiff device.
+    pub params: Vec<Tensor<2>>,
+    pub optimizer: AdamW,
+    pub step: usize,
+    pub tokens: u64,
+    pub train_seconds: f64,
+    checkpointer: Option<Checkpointer>,
+    metrics: MetricsLog,
+    resumed_from: Option<usize>,
+    loss_mean: Option<f64>,
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Trainer(step {}, {} tensors)", self.step, self.params.len())
+    }
+}
+
+fn to_host(t: &Tensor<2>, shape: &[usize]) -> HostTensor {
+    HostTensor {
+        shape: shape.to_vec(),
+        data: t.clone().inner().into_data().try_into_vec_as::<f32>().unwrap_or_default(),
+    }
+}
+
+fn from_host(t: &HostTensor, dims: [usize; 2], device: &Device) -> Tensor<2> {
+    Tensor::from_data(TensorData::new(t.data.clone(), dims), device)
+}
+
+impl Trainer {
+    /// `params` on any device (moved to its non-autodiff form); `saved_shapes` the shapes under
+    /// which they are written; `decay` which get weight decay.
+    pub fn new(
+        config: TrainerConfig,
+        names: Vec<String>,
+        saved_shapes: Vec<Vec<usize>>,
+        decay: Vec<bool>,
+        params: Vec<Tensor<2>>,
+    ) -> Trainer {
+        let params: Vec<Tensor<2>> = params.into_iter().map(|p| p.inner()).collect();
+        let optimizer = AdamW::new(config.optim.clone(), &params);
+        Trainer {
+            config,
+            names,
+            saved_shapes,
+            decay,
+            params,
+            optimizer,
+            step: 0,
+            tokens: 0,
+            train_seconds: 0.0,
+            checkpointer: None,
+            metrics: MetricsLog::disabled("train"),
+            resumed_from: None,
+            loss_mean: None,
+        }
+    }
+
+    /// Checkpoints go under `dir`; metrics records to `metrics`.
+    pub fn with_outputs(mut self, checkpoints: Checkpointer, metrics: MetricsLog) -> Trainer {
+        self.checkpointer = Some(checkpoints);
+        self.metrics = metrics;
+        self
+    }
+
+    /// Host copies of the parameters under their names and saved shapes.
+    pub fn named_params(&self) -> BTreeMap<String, HostTensor> {
+        self.names
+            .iter()
+            .zip(&self.params)
+            .zip(&self.saved_shapes)
+            .map(|((n, p), s)| (n.clone(), to_host(p, s)))
+            .collect()
+    }
+
+    /// Loads the latest checkpoint, if there is one; returns its step.
+    pub fn resume(&mut self) -> Result<Option<usize>, PolicyError> {
+        let Some(checkpointer) = &self.checkpointer else {
+            return Ok(None);
+        };
+        let Some((step, dir)) = checkpointer.latest()? else {
+            return Ok(None);
+        };
+        let device = self.params.first().map(|p| p.device()).unwrap_or_else(Device::flex);
+        let params = load_safetensors(&dir.join("model.safetensors"))?;
+        let moments = load_safetensors(&dir.join("optimizer.safetensors"))?;
+        for i in 0..self.names.len() {
+            let dims = self.params[i].dims();
+            let get = |map: &BTreeMap<String, HostTensor>, key: &str| {
+                map.get(key)
+                    .filter(|t| t.data.len() == dims[0] * dims[1])
+                    .map(|t| from_host(t, dims, &device))
+                    .ok_or_else(|| {
+                        PolicyError::Format(format!("{}: `{key}` is missing or misshapen", dir.display()))
+                    })
+            };
+            let name = &self.names[i];
+            self.params[i] = get(&params, name)?;
+            self.optimizer.m[i] = get(&moments, &format!("m.{name}"))?;
+            self.optimizer.v[i] = get(&moments, &format!("v.{name}"))?;
+        }
+        let state_path = dir.join("trainer.json");
+        let state: serde_json::Value = std::fs::read_to_string(&state_path)
+            .map_err(|e| PolicyError::io(&state_path, e))
+            .and_then(|t| {
+                serde_json::from_str(&t).map_err(|e| PolicyError::Format(format!("{}: {e}", state_path.display())))
+            })?;
+        self.step = step;
+        self.optimizer.t = state["optimizer_t"].as_u64().unwrap_or(step as u64);
+        self.tokens = state["tokens"].as_u64().unwrap_or(0);
+        self.train_seconds = state["train_seconds"].as_f64().unwrap_or(0.0);
+        self.loss_mean = state["loss_mean"].as_f64();
+        self.resumed_from = Some(step);
+        Ok(Some(step))
+    }
+
+    /// Writes a checkpoint of the current state; `extra` adds files (configs, tokenizer).
+    pub fn save_checkpoint(&self, extra: &dyn Fn(&Path) -> Result<(), PolicyError>) -> Result<(), PolicyError> {
+        let Some(checkpointer) = &self.checkpointer else {
+            return Ok(());
+        };
+        let params = self.named_params();
+        let mut moments: BTreeMap<String, HostTensor> = BTreeMap::new();
+        for ((name, m), (v, shape)) in self
+            .names
+            .iter()
+            .zip(&self.optimizer.m)
+            .zip(self.optimizer.v.iter().zip(&self.saved_shapes))
+        {
+            moments.insert(format!("m.{name}"), to_host(m, shape));
+            moments.insert(format!("v.{name}"), to_host(v, shape));
+        }
+        let state = json!({
+            "step": self.step,
+            "optimizer_t": self.optimizer.t,
+            "tokens": self.tokens,
+            "train_seconds": self.train_seconds,
+            "loss_mean": self.loss_mean,
+        });
+        checkpointer.save(self.step, |dir| {
+            save_safetensors(&dir.join("model.safetensors"), params.iter().map(|(k, v)| (k.clone(), v)), None)?;
+            save_safetensors(
+                &dir.join("optimizer.safetensors"),
+                moments.iter().map(|(k, v)| (k.clone(), v)),
+                None,
+            )?;
+            let path = dir.join("trainer.json");
+            std::fs::write(&path, serde_json::to_string_pretty(&state).unwrap_or_default())
+                .map_err(|e| PolicyError::io(&path, e))?;
+            extra(dir)
+        })?;
+        Ok(())
+    }
+
+    /// Trains until `config.steps`, checkpointing and evaluating on the way.
+    pub fn run(
+        &mut self,
+        objective: &mut dyn Objective,
+        progress: &dyn Progress,
+        extra: &dyn Fn(&Path) -> Result<(), PolicyError>,
+    ) -> Result<TrainSummary, PolicyError> {
+        let total = self.config.steps;
+        let mut last_loss = f64::NAN;
+        let mut window_tokens = 0u64;
+        let mut window_seconds = 0.0f64;
+        while self.step < total {
+            let started = Instant::now();
+            let lr = self.config.optim.lr_at(self.step, total);
+            let trainable: Vec<Tensor<2>> = self
+                .params
+                .iter()
+                .map(|p| p.clone().autodiff().require_grad())
+                .collect();
+            let (loss, info) = objective.loss(&trainable, self.step)?;
+            let loss_value = f64::from(loss.clone().into_scalar::<f32>());
+            self.guard(loss_value)?;
+            let grads = loss.backward();
+            let grads: Vec<Tensor<2>> = trainable
+                .iter()
+                .zip(&self.params)
+                .map(|(t, p)| t.grad(&grads).unwrap_or_else(|| p.zeros_like()))
+                .collect();
+            let stats = self.optimizer.step(&mut self.params, &grads, &self.decay, lr);
+            if !stats.grad_norm.is_finite() {
+                return Err(PolicyError::Diverged(format!(
+                    "step {}: the gradient norm is {} (the last checkpoint is intact)",
+                    self.step, stats.grad_norm
+                )));
+            }
+            self.step += 1;
+            self.tokens += info.tokens as u64;
+            let seconds = started.elapsed().as_secs_f64();
+            self.train_seconds += seconds;
+            window_tokens += info.tokens as u64;
+            window_seconds += seconds;
+            last_loss = loss_value;
+            if self.step % self.config.log_every.max(1) == 0 || self.step == total {
+                let mut record = json!({
+                    "step": self.step,
+                    "loss": loss_value,
+                    "lr": lr,
+                    "grad_norm": stats.grad_norm,
+                    "tokens": self.tokens,
+                    "tokens_per_s": window_tokens as f64 / window_seconds.max(1e-9),
+                });
+                for (k, v) in &info.scalars {
+                    record[k] = json!(v);
+                }
+                self.metrics.write(record)?;
+                window_tokens = 0;
+                window_seconds = 0.0;
+            }
+            progress.update(self.step, total, &format!("loss {loss_value:.3}"));
+            let eval_due = self.config.eval_every > 0 && self.step % self.config.eval_every == 0;
+            if eval_due || self.step == total {
+                let result = objective.evaluate(&self.params, self.step)?;
+                if !result.is_null() {
+                    let mut record = json!({"step": self.step, "eval": result});
+                    record["tokens"] = json!(self.tokens);
+                    self.metrics.write(record)?;
+                }
+            }
+            if self.step % self.config.checkpoint_every.max(1) == 0 || self.step == total {
+                self.save_checkpoint(extra)?;
+            }
+        }
+        Ok(TrainSummary {
+            steps: self.step,
+            tokens: self.tokens,
+            train_seconds: self.train_seconds,
+            tokens_per_second: self.tokens as f64 / self.train_seconds.max(1e-9),
+            final_loss: last_loss,
+            resumed_from: self.resumed_from,
+        })
+    }
+
+    fn guard(&mut self, loss: f64) -> Result<(), PolicyError> {
+        if !loss.is_finite() {
+            return Err(PolicyError::Diverged(format!(
+                "step {}: the loss is {loss} (the last checkpoint is intact)",
+                self.step
+            )));
+        }
+        if let Some(mean) = self.loss_mean
+            && self.step > self.config.optim.warmup_steps
+            && loss > self.config.divergence_factor * mean.max(1e-3)
+        {
+            return Err(PolicyError::Diverged(format!(
+                "step {}: the loss jumped to {loss:.4}, {:.1}x its running mean {mean:.4} (the last checkpoint is intact)",
+                self.step,
+                loss / mean
+            )));
+        }
+        self.loss_mean = Some(match self.loss_mean {
+            Some(m) => 0.95 * m + 0.05 * loss,
+            None => loss,
+        });
+        Ok(())
+    }
+}
