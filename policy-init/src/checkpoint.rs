@@ -87,7 +87,10 @@ impl Checkpointer {
             .strip_prefix("step-")
             .and_then(|s| s.parse::<usize>().ok())
             .ok_or_else(|| {
-                PolicyError::Format(format!("{}: `{name}` names no checkpoint", pointer.display()))
+                PolicyError::Format(format!(
+                    "{}: `{name}` names no checkpoint",
+                    pointer.display()
+                ))
             })?;
         let dir = self.dir.join(&name);
         if !dir.is_dir() {
@@ -142,6 +145,10 @@ mod tests {
         let failed = c.save(40, |_| Err(PolicyError::Format("disk full".into())));
         assert!(failed.is_err());
         assert_eq!(c.latest().expect("reads").expect("some").0, 30);
-        assert_eq!(fs::read_dir(dir.path().join("ckpt")).expect("dir").count(), 3, "no temporary left");
+        assert_eq!(
+            fs::read_dir(dir.path().join("ckpt")).expect("dir").count(),
+            3,
+            "no temporary left"
+        );
     }
 }

@@ -10,9 +10,9 @@ use rayon::prelude::*;
 
 use crate::config::ModelConfig;
 use crate::linalg::{dot, linear};
-use pulp::{Simd, WithSimd};
 use crate::model::rope_tables;
 use crate::weights::HostWeights;
+use pulp::{Simd, WithSimd};
 
 struct EngineLayer {
     input_norm: Vec<f32>,

@@ -46,7 +46,12 @@ impl Estimate {
 /// The 95% Wilson score interval of a proportion.
 pub fn wilson(successes: f64, n: usize) -> Estimate {
     if n == 0 {
-        return Estimate { value: 0.0, low: 0.0, high: 1.0, n };
+        return Estimate {
+            value: 0.0,
+            low: 0.0,
+            high: 1.0,
+            n,
+        };
     }
     let z = 1.959_964;
     let nf = n as f64;
@@ -67,7 +72,12 @@ pub fn wilson(successes: f64, n: usize) -> Estimate {
 pub fn bootstrap_mean(scores: &[f64], seed: u64) -> Estimate {
     let n = scores.len();
     if n == 0 {
-        return Estimate { value: 0.0, low: 0.0, high: 1.0, n };
+        return Estimate {
+            value: 0.0,
+            low: 0.0,
+            high: 1.0,
+            n,
+        };
     }
     let mean = scores.iter().sum::<f64>() / n as f64;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -98,8 +108,19 @@ mod tests {
         fn choose(n: u64, k: u64) -> f64 {
             (0..k).map(|i| (n - i) as f64 / (i + 1) as f64).product()
         }
-        for (n, c, k) in [(10, 3, 1), (10, 3, 5), (32, 1, 8), (32, 0, 4), (5, 5, 2), (20, 7, 20)] {
-            let exact = if n - c < k { 1.0 } else { 1.0 - choose(n - c, k) / choose(n, k) };
+        for (n, c, k) in [
+            (10, 3, 1),
+            (10, 3, 5),
+            (32, 1, 8),
+            (32, 0, 4),
+            (5, 5, 2),
+            (20, 7, 20),
+        ] {
+            let exact = if n - c < k {
+                1.0
+            } else {
+                1.0 - choose(n - c, k) / choose(n, k)
+            };
             let got = pass_at_k(n as usize, c as usize, k as usize);
             assert!((got - exact).abs() < 1e-12, "{n} {c} {k}: {got} vs {exact}");
         }

@@ -12,7 +12,11 @@ use crate::weights::{HostTensor, HostWeights, load_safetensors, save_safetensors
 
 /// Writes `config.json`, `model.safetensors`, `tokenizer.json` (and `tokenizer_config.json`,
 /// `generation_config.json`) into `dir`.
-pub fn save_pretrained(dir: &Path, weights: &HostWeights, tokenizer: &Tokenizer) -> Result<(), PolicyError> {
+pub fn save_pretrained(
+    dir: &Path,
+    weights: &HostWeights,
+    tokenizer: &Tokenizer,
+) -> Result<(), PolicyError> {
     std::fs::create_dir_all(dir).map_err(|e| PolicyError::io(dir, e))?;
     let config = weights
         .config
@@ -20,7 +24,8 @@ pub fn save_pretrained(dir: &Path, weights: &HostWeights, tokenizer: &Tokenizer)
     let write_json = |name: &str, value: &serde_json::Value| {
         let path = dir.join(name);
         let text = serde_json::to_string_pretty(value).unwrap_or_default();
-        ponder_datagen::io::write_atomic(&path, text.as_bytes()).map_err(|e| PolicyError::io(&path, e))
+        ponder_datagen::io::write_atomic(&path, text.as_bytes())
+            .map_err(|e| PolicyError::io(&path, e))
     };
     write_json("config.json", &config)?;
     write_json(
@@ -28,7 +33,9 @@ pub fn save_pretrained(dir: &Path, weights: &HostWeights, tokenizer: &Tokenizer)
         &serde_json::json!({"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
                             "pad_token_id": tokenizer.pad_id}),
     )?;
-    let metadata = [("format".to_string(), "pt".to_string())].into_iter().collect();
+    let metadata = [("format".to_string(), "pt".to_string())]
+        .into_iter()
+        .collect();
     save_safetensors(
         &dir.join("model.safetensors"),
         weights.named().into_iter().map(|(k, v)| (k, v)),
@@ -40,7 +47,8 @@ pub fn save_pretrained(dir: &Path, weights: &HostWeights, tokenizer: &Tokenizer)
 /// Reads a Llama/Qwen2 checkpoint folder.
 pub fn load_pretrained(dir: &Path) -> Result<(HostWeights, Tokenizer), PolicyError> {
     let config_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&config_path).map_err(|e| PolicyError::io(&config_path, e))?;
+    let text =
+        std::fs::read_to_string(&config_path).map_err(|e| PolicyError::io(&config_path, e))?;
     let config = ModelConfig::from_hf_json(&text)
         .map_err(|e| PolicyError::Format(format!("{}: {e}", config_path.display())))?;
     let mut named: BTreeMap<String, HostTensor> = BTreeMap::new();
@@ -56,13 +64,20 @@ pub fn load_pretrained(dir: &Path) -> Result<(HostWeights, Tokenizer), PolicyErr
         let mut files: Vec<String> = index
             .get("weight_map")
             .and_then(|m| m.as_object())
-            .map(|m| m.values().filter_map(|f| f.as_str().map(String::from)).collect())
+            .map(|m| {
+                m.values()
+                    .filter_map(|f| f.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default();
         files.sort();
         files.dedup();
         for file in files {
             if file.contains('/') || file.contains("..") {
-                return Err(PolicyError::Format(format!("{}: bad shard name {file}", index_path.display())));
+                return Err(PolicyError::Format(format!(
+                    "{}: bad shard name {file}",
+                    index_path.display()
+                )));
             }
             named.extend(load_safetensors(&dir.join(file))?);
         }

@@ -11,7 +11,16 @@ use pulp::{Simd, WithSimd};
 pub const SMALL_ROWS: usize = 48;
 
 /// `out[n, m] (+)= x[n, k] · w[m, k]ᵀ`, choosing the kernel by the number of rows.
-pub fn linear(x: &[f32], n: usize, k: usize, w: &[f32], m: usize, out: &mut [f32], accumulate: bool, threads: usize) {
+pub fn linear(
+    x: &[f32],
+    n: usize,
+    k: usize,
+    w: &[f32],
+    m: usize,
+    out: &mut [f32],
+    accumulate: bool,
+    threads: usize,
+) {
     if n < SMALL_ROWS {
         linear_few_rows(x, n, k, w, m, out, accumulate);
     } else {
@@ -21,8 +30,19 @@ pub fn linear(x: &[f32], n: usize, k: usize, w: &[f32], m: usize, out: &mut [f32
 
 /// Dot products of each row of `x` with each row of `w`, four rows of `x` at a time so each
 /// weight row is read once per four.
-pub fn linear_few_rows(x: &[f32], n: usize, k: usize, w: &[f32], m: usize, out: &mut [f32], accumulate: bool) {
-    assert!(x.len() >= n * k && w.len() >= m * k && out.len() >= n * m, "linear shapes");
+pub fn linear_few_rows(
+    x: &[f32],
+    n: usize,
+    k: usize,
+    w: &[f32],
+    m: usize,
+    out: &mut [f32],
+    accumulate: bool,
+) {
+    assert!(
+        x.len() >= n * k && w.len() >= m * k && out.len() >= n * m,
+        "linear shapes"
+    );
     pulp::Arch::new().dispatch(FewRows {
         x,
         n,
@@ -94,9 +114,18 @@ impl WithSimd for FewRows<'_> {
                 }
                 let tail = |t: &[f32]| t.iter().zip(wt).map(|(a, b)| a * b).sum::<f32>();
                 store(&mut out[i * m + j], simd.reduce_sum_f32s(a0) + tail(t0));
-                store(&mut out[(i + 1) * m + j], simd.reduce_sum_f32s(a1) + tail(t1));
-                store(&mut out[(i + 2) * m + j], simd.reduce_sum_f32s(a2) + tail(t2));
-                store(&mut out[(i + 3) * m + j], simd.reduce_sum_f32s(a3) + tail(t3));
+                store(
+                    &mut out[(i + 1) * m + j],
+                    simd.reduce_sum_f32s(a1) + tail(t1),
+                );
+                store(
+                    &mut out[(i + 2) * m + j],
+                    simd.reduce_sum_f32s(a2) + tail(t2),
+                );
+                store(
+                    &mut out[(i + 3) * m + j],
+                    simd.reduce_sum_f32s(a3) + tail(t3),
+                );
             }
             i += 4;
         }

@@ -153,7 +153,9 @@ impl Transformer {
 
     /// A trainer over this model's parameters (Hugging Face names; decay on matrices).
     pub fn trainer(&self, config: crate::trainer::TrainerConfig) -> crate::trainer::Trainer {
-        let decay = (0..self.params.len()).map(|i| self.layout.decays(i)).collect();
+        let decay = (0..self.params.len())
+            .map(|i| self.layout.decays(i))
+            .collect();
         crate::trainer::Trainer::new(
             config,
             self.layout.names.clone(),

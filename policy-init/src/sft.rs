@@ -44,7 +44,11 @@ impl Sequences {
         out
     }
 
-    pub fn from_examples(examples: &[Example], tokenizer: &Tokenizer, max_seq_len: usize) -> Sequences {
+    pub fn from_examples(
+        examples: &[Example],
+        tokenizer: &Tokenizer,
+        max_seq_len: usize,
+    ) -> Sequences {
         Self::from_pairs(
             examples
                 .iter()
@@ -61,8 +65,14 @@ impl Sequences {
 
 /// The batches of one epoch: shuffled, grouped by length (within windows of 16 batches) so
 /// padding stays small, batch order shuffled again. A pure function of seed and epoch.
-pub fn epoch_batches(lengths: &[usize], batch_size: usize, seed: u64, epoch: usize) -> Vec<Vec<usize>> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+pub fn epoch_batches(
+    lengths: &[usize],
+    batch_size: usize,
+    seed: u64,
+    epoch: usize,
+) -> Vec<Vec<usize>> {
+    let mut rng =
+        ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.shuffle(&mut rng);
     let window = batch_size * 16;
@@ -91,7 +101,13 @@ pub struct SftObjective {
 }
 
 impl SftObjective {
-    pub fn new(template: Transformer, sequences: Sequences, batch_size: usize, seed: u64, pad: u32) -> SftObjective {
+    pub fn new(
+        template: Transformer,
+        sequences: Sequences,
+        batch_size: usize,
+        seed: u64,
+        pad: u32,
+    ) -> SftObjective {
         SftObjective {
             template,
             sequences,
@@ -111,15 +127,24 @@ impl SftObjective {
     /// The batch of step `step`.
     pub fn batch(&mut self, step: usize) -> Result<TokenBatch, PolicyError> {
         if self.sequences.items.is_empty() {
-            return Err(PolicyError::Config("no training sequences fit the model's context".into()));
+            return Err(PolicyError::Config(
+                "no training sequences fit the model's context".into(),
+            ));
         }
         let lengths: Vec<usize> = self.sequences.items.iter().map(|(t, _)| t.len()).collect();
         let per_epoch = lengths.len().div_ceil(self.batch_size.max(1));
         let (epoch, index) = (step / per_epoch, step % per_epoch);
         if self.epoch.as_ref().map(|(e, _)| *e) != Some(epoch) {
-            self.epoch = Some((epoch, epoch_batches(&lengths, self.batch_size, self.seed, epoch)));
+            self.epoch = Some((
+                epoch,
+                epoch_batches(&lengths, self.batch_size, self.seed, epoch),
+            ));
         }
-        let batches = self.epoch.as_ref().map(|(_, b)| b).ok_or_else(|| PolicyError::Config("no batches".into()))?;
+        let batches = self
+            .epoch
+            .as_ref()
+            .map(|(_, b)| b)
+            .ok_or_else(|| PolicyError::Config("no batches".into()))?;
         let picked: Vec<(Vec<u32>, usize)> = batches[index % batches.len()]
             .iter()
             .map(|&i| self.sequences.items[i].clone())
@@ -133,11 +158,20 @@ impl SftObjective {
 }
 
 impl Objective for SftObjective {
-    fn loss(&mut self, params: &[Tensor<2>], step: usize) -> Result<(Tensor<1>, StepInfo), PolicyError> {
+    fn loss(
+        &mut self,
+        params: &[Tensor<2>],
+        step: usize,
+    ) -> Result<(Tensor<1>, StepInfo), PolicyError> {
         let batch = self.batch(step)?;
         let model = self.model_with(params);
         let (loss, trained) = model.loss(&batch);
-        let tokens = batch.mask.len() - batch.inputs.iter().filter(|&&t| t == self.pad as i32).count();
+        let tokens = batch.mask.len()
+            - batch
+                .inputs
+                .iter()
+                .filter(|&&t| t == self.pad as i32)
+                .count();
         Ok((
             loss,
             StepInfo {
@@ -147,7 +181,11 @@ impl Objective for SftObjective {
         ))
     }
 
-    fn evaluate(&mut self, params: &[Tensor<2>], step: usize) -> Result<serde_json::Value, PolicyError> {
+    fn evaluate(
+        &mut self,
+        params: &[Tensor<2>],
+        step: usize,
+    ) -> Result<serde_json::Value, PolicyError> {
         let weights = self.model_with(params).to_host();
         match &mut self.eval {
             Some(hook) => hook(&weights, step),

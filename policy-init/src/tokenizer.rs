@@ -164,23 +164,34 @@ impl Tokenizer {
             json!({"id": id, "content": content, "single_word": false, "lstrip": false,
                    "rstrip": false, "normalized": false, "special": true})
         };
+        // Byte-level BPE without merges: one token per character, and the form every
+        // `transformers` tokenizer class (Llama's, Qwen2's, the generic one) reads alike.
+        let byte_level = |p: &str| match p {
+            " " => "\u{0120}".to_string(),
+            "\n" => "\u{010a}".to_string(),
+            other => other.to_string(),
+        };
         let vocab: serde_json::Map<String, serde_json::Value> = self
             .pieces
             .iter()
             .enumerate()
-            .map(|(i, p)| (p.clone(), json!(i)))
+            .map(|(i, p)| (byte_level(p), json!(i)))
             .collect();
+        let byte_level_step = json!({"type": "ByteLevel", "add_prefix_space": false,
+                                     "trim_offsets": false, "use_regex": false});
         json!({
             "version": "1.0",
             "truncation": null,
             "padding": null,
             "added_tokens": [special(0, PAD), special(1, BOS), special(2, EOS), special(3, UNK)],
             "normalizer": null,
-            "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "(?s)."},
-                              "behavior": "Isolated", "invert": false},
+            "pre_tokenizer": byte_level_step,
             "post_processor": null,
-            "decoder": {"type": "Fuse"},
-            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": UNK},
+            "decoder": byte_level_step,
+            "model": {"type": "BPE", "dropout": null, "unk_token": UNK,
+                      "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                      "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                      "vocab": vocab, "merges": []},
         })
     }
 

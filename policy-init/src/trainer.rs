@@ -60,10 +60,18 @@ pub struct StepInfo {
 
 /// A training objective: the loss of step `step` given the parameters (autodiff leaves).
 pub trait Objective {
-    fn loss(&mut self, params: &[Tensor<2>], step: usize) -> Result<(Tensor<1>, StepInfo), PolicyError>;
+    fn loss(
+        &mut self,
+        params: &[Tensor<2>],
+        step: usize,
+    ) -> Result<(Tensor<1>, StepInfo), PolicyError>;
 
     /// An evaluation of the current parameters (non-autodiff), logged as one record.
-    fn evaluate(&mut self, _params: &[Tensor<2>], _step: usize) -> Result<serde_json::Value, PolicyError> {
+    fn evaluate(
+        &mut self,
+        _params: &[Tensor<2>],
+        _step: usize,
+    ) -> Result<serde_json::Value, PolicyError> {
         Ok(serde_json::Value::Null)
     }
 }
@@ -114,14 +122,24 @@ pub struct Trainer {
 
 impl std::fmt::Debug for Trainer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Trainer(step {}, {} tensors)", self.step, self.params.len())
+        write!(
+            f,
+            "Trainer(step {}, {} tensors)",
+            self.step,
+            self.params.len()
+        )
     }
 }
 
 fn to_host(t: &Tensor<2>, shape: &[usize]) -> HostTensor {
     HostTensor {
         shape: shape.to_vec(),
-        data: t.clone().inner().into_data().try_into_vec_as::<f32>().unwrap_or_default(),
+        data: t
+            .clone()
+            .inner()
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .unwrap_or_default(),
     }
 }
 
@@ -183,7 +201,11 @@ impl Trainer {
         let Some((step, dir)) = checkpointer.latest()? else {
             return Ok(None);
         };
-        let device = self.params.first().map(|p| p.device()).unwrap_or_else(Device::flex);
+        let device = self
+            .params
+            .first()
+            .map(|p| p.device())
+            .unwrap_or_else(Device::flex);
         let params = load_safetensors(&dir.join("model.safetensors"))?;
         let moments = load_safetensors(&dir.join("optimizer.safetensors"))?;
         for i in 0..self.names.len() {
@@ -193,7 +215,10 @@ impl Trainer {
                     .filter(|t| t.data.len() == dims[0] * dims[1])
                     .map(|t| from_host(t, dims, &device))
                     .ok_or_else(|| {
-                        PolicyError::Format(format!("{}: `{key}` is missing or misshapen", dir.display()))
+                        PolicyError::Format(format!(
+                            "{}: `{key}` is missing or misshapen",
+                            dir.display()
+                        ))
                     })
             };
             let name = &self.names[i];
@@ -205,7 +230,8 @@ impl Trainer {
         let state: serde_json::Value = std::fs::read_to_string(&state_path)
             .map_err(|e| PolicyError::io(&state_path, e))
             .and_then(|t| {
-                serde_json::from_str(&t).map_err(|e| PolicyError::Format(format!("{}: {e}", state_path.display())))
+                serde_json::from_str(&t)
+                    .map_err(|e| PolicyError::Format(format!("{}: {e}", state_path.display())))
             })?;
         self.step = step;
         self.optimizer.t = state["optimizer_t"].as_u64().unwrap_or(step as u64);
@@ -217,7 +243,10 @@ impl Trainer {
     }
 
     /// Writes a checkpoint of the current state; `extra` adds files (configs, tokenizer).
-    pub fn save_checkpoint(&self, extra: &dyn Fn(&Path) -> Result<(), PolicyError>) -> Result<(), PolicyError> {
+    pub fn save_checkpoint(
+        &self,
+        extra: &dyn Fn(&Path) -> Result<(), PolicyError>,
+    ) -> Result<(), PolicyError> {
         let Some(checkpointer) = &self.checkpointer else {
             return Ok(());
         };
@@ -240,15 +269,22 @@ impl Trainer {
             "loss_mean": self.loss_mean,
         });
         checkpointer.save(self.step, |dir| {
-            save_safetensors(&dir.join("model.safetensors"), params.iter().map(|(k, v)| (k.clone(), v)), None)?;
+            save_safetensors(
+                &dir.join("model.safetensors"),
+                params.iter().map(|(k, v)| (k.clone(), v)),
+                None,
+            )?;
             save_safetensors(
                 &dir.join("optimizer.safetensors"),
                 moments.iter().map(|(k, v)| (k.clone(), v)),
                 None,
             )?;
             let path = dir.join("trainer.json");
-            std::fs::write(&path, serde_json::to_string_pretty(&state).unwrap_or_default())
-                .map_err(|e| PolicyError::io(&path, e))?;
+            std::fs::write(
+                &path,
+                serde_json::to_string_pretty(&state).unwrap_or_default(),
+            )
+            .map_err(|e| PolicyError::io(&path, e))?;
             extra(dir)
         })?;
         Ok(())
@@ -282,7 +318,9 @@ impl Trainer {
                 .zip(&self.params)
                 .map(|(t, p)| t.grad(&grads).unwrap_or_else(|| p.zeros_like()))
                 .collect();
-            let stats = self.optimizer.step(&mut self.params, &grads, &self.decay, lr);
+            let stats = self
+                .optimizer
+                .step(&mut self.params, &grads, &self.decay, lr);
             if !stats.grad_norm.is_finite() {
                 return Err(PolicyError::Diverged(format!(
                     "step {}: the gradient norm is {} (the last checkpoint is intact)",

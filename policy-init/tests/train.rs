@@ -25,7 +25,11 @@ fn micro() -> ModelConfig {
 }
 
 fn examples(n: usize) -> Vec<Example> {
-    let task = Arithmetic::new(ArithmeticConfig { digits: 2, ..ArithmeticConfig::default() }).expect("task");
+    let task = Arithmetic::new(ArithmeticConfig {
+        digits: 2,
+        ..ArithmeticConfig::default()
+    })
+    .expect("task");
     generate(&task, &GenerateSpec::new(n, 3, TraceStyle::Optimal))
         .collect::<Result<_, _>>()
         .expect("examples")
@@ -50,7 +54,12 @@ fn config(steps: usize) -> TrainerConfig {
 fn host(params: &[Tensor<2>]) -> Vec<Vec<f32>> {
     params
         .iter()
-        .map(|p| p.clone().into_data().try_into_vec_as::<f32>().expect("data"))
+        .map(|p| {
+            p.clone()
+                .into_data()
+                .try_into_vec_as::<f32>()
+                .expect("data")
+        })
         .collect()
 }
 
@@ -79,7 +88,11 @@ struct KillAt<'a> {
 }
 
 impl Objective for KillAt<'_> {
-    fn loss(&mut self, params: &[Tensor<2>], step: usize) -> Result<(Tensor<1>, StepInfo), PolicyError> {
+    fn loss(
+        &mut self,
+        params: &[Tensor<2>],
+        step: usize,
+    ) -> Result<(Tensor<1>, StepInfo), PolicyError> {
         if step == self.at {
             return Err(PolicyError::Config("killed".into()));
         }
@@ -95,7 +108,9 @@ fn resume_after_a_kill_reproduces_the_weights_bit_for_bit() {
     let dir = tempfile::tempdir().expect("tempdir");
 
     let mut straight = model.trainer(config(30));
-    straight.run(&mut objective(&model, &tokenizer), &Silent, &|_| Ok(())).expect("trains");
+    straight
+        .run(&mut objective(&model, &tokenizer), &Silent, &|_| Ok(()))
+        .expect("trains");
 
     let outputs = |name: &str| {
         (
@@ -106,16 +121,29 @@ fn resume_after_a_kill_reproduces_the_weights_bit_for_bit() {
     let (ckpt, log) = outputs("killed");
     let mut first = model.trainer(config(30)).with_outputs(ckpt, log);
     let mut obj = objective(&model, &tokenizer);
-    let killed = first.run(&mut KillAt { inner: &mut obj, at: 17 }, &Silent, &|_| Ok(()));
+    let killed = first.run(
+        &mut KillAt {
+            inner: &mut obj,
+            at: 17,
+        },
+        &Silent,
+        &|_| Ok(()),
+    );
     assert!(killed.is_err());
 
     let ckpt = Checkpointer::new(dir.path().join("killed"), 2);
     let log = MetricsLog::open(&dir.path().join("metrics.jsonl"), "killed", Some(10)).expect("log");
     let mut resumed = model.trainer(config(30)).with_outputs(ckpt, log);
     assert_eq!(resumed.resume().expect("resumes"), Some(10));
-    let summary = resumed.run(&mut objective(&model, &tokenizer), &Silent, &|_| Ok(())).expect("trains");
+    let summary = resumed
+        .run(&mut objective(&model, &tokenizer), &Silent, &|_| Ok(()))
+        .expect("trains");
     assert_eq!(summary.resumed_from, Some(10));
-    assert_eq!(host(&resumed.params), host(&straight.params), "bit-identical weights");
+    assert_eq!(
+        host(&resumed.params),
+        host(&straight.params),
+        "bit-identical weights"
+    );
     // The metrics hold each step once.
     let text = std::fs::read_to_string(dir.path().join("metrics.jsonl")).expect("metrics");
     let steps: Vec<u64> = text

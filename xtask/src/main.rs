@@ -77,8 +77,9 @@ fn run(args: &[String]) -> Result<()> {
             ponder(&a, "ponder bench")
         }
         "ci" => ci(),
+        "hf-check" => hf_check(true),
         _ => {
-            eprintln!("usage: cargo xtask <pipeline|sweep FILE|bench|ci>");
+            eprintln!("usage: cargo xtask <pipeline|sweep FILE|bench|ci|hf-check>");
             if command == "help" {
                 Ok(())
             } else {
@@ -104,5 +105,35 @@ fn ci() -> Result<()> {
     status(clippy, "cargo clippy -D warnings")?;
     let mut test = cargo();
     test.args(["test", "--workspace"]);
-    status(test, "cargo test --workspace")
+    status(test, "cargo test --workspace")?;
+    hf_check(false)
+}
+
+/// Loads ponder's Hugging Face export in `transformers` and compares logits, when Python has
+/// `transformers` and `torch` (`pip install transformers torch`). `required` makes their
+/// absence an error.
+fn hf_check(required: bool) -> Result<()> {
+    let available = Command::new("python3")
+        .args(["-c", "import transformers, torch"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !available {
+        if required {
+            bail!("python3 cannot import transformers and torch: pip install transformers torch");
+        }
+        eprintln!("xtask: hf-check skipped (python3 has no transformers/torch)");
+        return Ok(());
+    }
+    let mut test = cargo();
+    test.args([
+        "test",
+        "--package",
+        "ponder-policy-init",
+        "--test",
+        "hf",
+        "--",
+        "--ignored",
+    ]);
+    status(test, "transformers logit check")
 }

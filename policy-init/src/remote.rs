@@ -1,0 +1,374 @@
+//! A policy served by any OpenAI-compatible `/v1/completions` endpoint (vLLM, SGLang,
+//! llama.cpp server, `ponder serve`): the way rollouts scale beyond one machine. Requests are
+//! spread over a pool of base URLs, retried on failure, and identical requests are sent once
+//! with `n`.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::{self, StreamExt};
+use ponder_datagen::ANSWER_PREFIX;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::error::PolicyError;
+use crate::policy::{Finish, GenRequest, Generation, Policy, Sampling, Stop};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemoteConfig {
+    /// Base URLs, e.g. `http://gpu1:8000/v1`; requests go round-robin.
+    pub endpoints: Vec<String>,
+    /// The `model` field sent with each request.
+    pub model: String,
+    /// The name of an environment variable holding a bearer token (never the token itself).
+    pub api_key_env: Option<String>,
+    pub timeout_seconds: f64,
+    /// HTTP requests in flight at once, over all endpoints.
+    pub concurrency: usize,
+    /// Attempts per request (on connection errors and 5xx answers).
+    pub attempts: usize,
+    /// Parameters of the served model, when known (for FLOPs estimates).
+    pub params: Option<usize>,
+}
+
+impl Default for RemoteConfig {
+    fn default() -> Self {
+        RemoteConfig {
+            endpoints: vec!["http://127.0.0.1:8000/v1".into()],
+            model: "default".into(),
+            api_key_env: None,
+            timeout_seconds: 120.0,
+            concurrency: 16,
+            attempts: 3,
+            params: None,
+        }
+    }
+}
+
+impl RemoteConfig {
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.endpoints.is_empty() {
+            problems.push("endpoints: give at least one base URL".into());
+        }
+        for e in &self.endpoints {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                problems.push(format!("endpoints: `{e}` is not an http(s) URL"));
+            }
+        }
+        if self.concurrency == 0 || self.attempts == 0 {
+            problems.push("concurrency: concurrency and attempts must be at least 1".into());
+        }
+        problems
+    }
+}
+
+pub struct RemotePolicy {
+    config: RemoteConfig,
+    client: reqwest::Client,
+    api_key: Option<String>,
+    next: AtomicUsize,
+    generated: AtomicU64,
+}
+
+impl std::fmt::Debug for RemotePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RemotePolicy({:?})", self.config.endpoints)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct CompletionResponse {
+    choices: Vec<Choice>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Choice {
+    #[serde(default)]
+    index: usize,
+    text: String,
+    #[serde(default)]
+    logprobs: Option<Logprobs>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Logprobs {
+    #[serde(default)]
+    token_logprobs: Vec<Option<f32>>,
+    #[serde(default)]
+    text_offset: Vec<usize>,
+}
+
+/// One HTTP request: a prompt, its parameters and how many samples.
+struct Call {
+    prompt: String,
+    max_tokens: usize,
+    sampling: Sampling,
+    stop: Vec<String>,
+    seed: u64,
+    n: usize,
+}
+
+impl RemotePolicy {
+    pub fn new(config: RemoteConfig) -> Result<RemotePolicy, PolicyError> {
+        let problems = config.validate();
+        if !problems.is_empty() {
+            return Err(PolicyError::Config(problems.join("; ")));
+        }
+        let api_key = match &config.api_key_env {
+            Some(var) => Some(std::env::var(var).map_err(|_| {
+                PolicyError::Config(format!(
+                    "api_key_env: environment variable {var} is not set"
+                ))
+            })?),
+            None => None,
+        };
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs_f64(config.timeout_seconds.max(0.1)))
+            .build()
+            .map_err(|e| PolicyError::Remote(e.to_string()))?;
+        Ok(RemotePolicy {
+            config,
+            client,
+            api_key,
+            next: AtomicUsize::new(0),
+            generated: AtomicU64::new(0),
+        })
+    }
+
+    async fn post(&self, body: serde_json::Value) -> Result<CompletionResponse, PolicyError> {
+        let mut last_error = String::new();
+        for attempt in 0..self.config.attempts {
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % self.config.endpoints.len();
+            let url = format!(
+                "{}/completions",
+                self.config.endpoints[i].trim_end_matches('/')
+            );
+            let mut request = self.client.post(&url).json(&body);
+            if let Some(key) = &self.api_key {
+                request = request.bearer_auth(key);
+            }
+            match request.send().await {
+                Ok(response) if response.status().is_success() => {
+                    return response.json::<CompletionResponse>().await.map_err(|e| {
+                        PolicyError::Remote(format!("{url}: unreadable answer: {e}"))
+                    });
+                }
+                Ok(response) if response.status().is_server_error() => {
+                    last_error = format!("{url}: {}", response.status());
+                }
+                Ok(response) => {
+                    let status = response.status();
+                    let text = response.text().await.unwrap_or_default();
+                    return Err(PolicyError::Remote(format!("{url}: {status}: {text}")));
+                }
+                Err(e) => last_error = format!("{url}: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50 << attempt.min(6))).await;
+        }
+        Err(PolicyError::Remote(format!(
+            "gave up after {} attempts; last error: {last_error}",
+            self.config.attempts
+        )))
+    }
+
+    async fn complete(&self, call: &Call) -> Result<Vec<(String, Vec<f32>, bool)>, PolicyError> {
+        let mut body = json!({
+            "model": self.config.model,
+            "prompt": call.prompt,
+            "max_tokens": call.max_tokens,
+            "temperature": call.sampling.temperature,
+            "top_p": call.sampling.top_p,
+            "n": call.n,
+            "seed": call.seed,
+            "logprobs": 0,
+        });
+        if call.sampling.top_k > 0 {
+            body["top_k"] = json!(call.sampling.top_k);
+        }
+        if !call.stop.is_empty() {
+            body["stop"] = json!(call.stop);
+        }
+        let mut response = self.post(body).await?;
+        response.choices.sort_by_key(|c| c.index);
+        if response.choices.len() != call.n {
+            return Err(PolicyError::Remote(format!(
+                "asked for {} choices, got {}",
+                call.n,
+                response.choices.len()
+            )));
+        }
+        Ok(response
+            .choices
+            .into_iter()
+            .map(|c| {
+                let logprobs: Vec<f32> = c
+                    .logprobs
+                    .unwrap_or_default()
+                    .token_logprobs
+                    .into_iter()
+                    .map(|l| l.unwrap_or(0.0))
+                    .collect();
+                let stopped = c.finish_reason.as_deref() == Some("stop");
+                (c.text, logprobs, stopped)
+            })
+            .collect())
+    }
+
+    /// One group of identical requests: for `StepEnd` one call stopping at a newline; for
+    /// `TraceEnd` a call stopping before `Answer:` and one finishing that line.
+    async fn generate_group(
+        &self,
+        r: &GenRequest,
+        n: usize,
+    ) -> Result<Vec<Generation>, PolicyError> {
+        let first_stop = match r.stop {
+            Stop::StepEnd => vec!["\n".to_string()],
+            Stop::TraceEnd => vec![ANSWER_PREFIX.to_string()],
+            Stop::Never => vec![],
+        };
+        let call = Call {
+            prompt: r.prompt.clone(),
+            max_tokens: r.max_tokens,
+            sampling: r.sampling,
+            stop: first_stop,
+            seed: r.seed,
+            n,
+        };
+        let first = self.complete(&call).await?;
+        let mut out = Vec::with_capacity(n);
+        for (i, (mut text, mut logprobs, stopped)) in first.into_iter().enumerate() {
+            let finish = match r.stop {
+                Stop::StepEnd if stopped => {
+                    text.push('\n');
+                    let line = text.rsplit('\n').nth(1).unwrap_or("");
+                    if line.trim_start().starts_with(ANSWER_PREFIX) {
+                        Finish::Answer
+                    } else {
+                        Finish::StepEnd
+                    }
+                }
+                Stop::TraceEnd if stopped && logprobs.len() < r.max_tokens => {
+                    text.push_str(ANSWER_PREFIX);
+                    let rest = Call {
+                        prompt: format!("{}{}", r.prompt, text),
+                        max_tokens: r.max_tokens.saturating_sub(logprobs.len()).max(1),
+                        sampling: r.sampling,
+                        stop: vec!["\n".to_string()],
+                        seed: r.seed.wrapping_add(i as u64 + 1),
+                        n: 1,
+                    };
+                    let (tail, tail_logprobs, tail_stopped) =
+                        self.complete(&rest).await?.pop().unwrap_or_default();
+                    text.push_str(&tail);
+                    logprobs.extend(tail_logprobs);
+                    if tail_stopped {
+                        text.push('\n');
+                        Finish::Answer
+                    } else {
+                        Finish::Length
+                    }
+                }
+                _ if stopped => Finish::EndOfSequence,
+                _ => Finish::Length,
+            };
+            self.generated
+                .fetch_add(logprobs.len() as u64, Ordering::Relaxed);
+            out.push(Generation {
+                text,
+                logprobs,
+                finish,
+                prompt_tokens: 0,
+                computed_prompt_tokens: 0,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Policy for RemotePolicy {
+    fn describe(&self) -> String {
+        format!(
+            "remote {} at {}",
+            self.config.model,
+            self.config.endpoints.join(", ")
+        )
+    }
+
+    fn params(&self) -> Option<usize> {
+        self.config.params
+    }
+
+    async fn generate(&self, requests: &[GenRequest]) -> Result<Vec<Generation>, PolicyError> {
+        // Consecutive requests equal but for their seed go out as one call with `n`.
+        let mut groups: Vec<(usize, usize)> = Vec::new();
+        for (i, r) in requests.iter().enumerate() {
+            match groups.last_mut() {
+                Some((start, len))
+                    if {
+                        let s = &requests[*start];
+                        s.prompt == r.prompt
+                            && s.stop == r.stop
+                            && s.sampling == r.sampling
+                            && s.max_tokens == r.max_tokens
+                    } =>
+                {
+                    *len += 1
+                }
+                _ => groups.push((i, 1)),
+            }
+        }
+        let calls: Vec<(GenRequest, usize)> = groups
+            .iter()
+            .map(|&(start, n)| (requests[start].clone(), n))
+            .collect();
+        let results: Vec<Result<Vec<Generation>, PolicyError>> = stream::iter(calls)
+            .map(|(request, n)| async move { self.generate_group(&request, n).await })
+            .buffered(self.config.concurrency)
+            .collect()
+            .await;
+        let mut out = Vec::with_capacity(requests.len());
+        for r in results {
+            out.extend(r?);
+        }
+        Ok(out)
+    }
+
+    async fn logprobs(&self, context: &str, continuation: &str) -> Result<Vec<f32>, PolicyError> {
+        let body = json!({
+            "model": self.config.model,
+            "prompt": format!("{context}{continuation}"),
+            "max_tokens": 0,
+            "echo": true,
+            "logprobs": 0,
+        });
+        let response = self.post(body).await?;
+        let choice = response
+            .choices
+            .into_iter()
+            .next()
+            .ok_or_else(|| PolicyError::Remote("no choices in the echo answer".into()))?;
+        let lp = choice.logprobs.unwrap_or_default();
+        if lp.text_offset.len() != lp.token_logprobs.len() {
+            return Err(PolicyError::Remote(
+                "echo answer without text offsets".into(),
+            ));
+        }
+        Ok(lp
+            .text_offset
+            .iter()
+            .zip(&lp.token_logprobs)
+            .filter(|(offset, _)| **offset >= context.len())
+            .map(|(_, l)| l.unwrap_or(0.0))
+            .collect())
+    }
+
+    fn compute_counters(&self) -> (u64, u64) {
+        (0, self.generated.load(Ordering::Relaxed))
+    }
+}
