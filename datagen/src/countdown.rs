@@ -28,6 +28,18 @@ use crate::trace::{Problem, Trace};
 
 pub const NAME: &str = "countdown";
 
+/// How a problem's target is drawn from the values its numbers can reach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetSampling {
+    /// Every reachable value in range equally likely: rare targets (few solutions) are as
+    /// common as easy ones. Harder.
+    Uniform,
+    /// The result of a uniformly random move sequence: a target is as likely as the share of
+    /// move sequences that reach it. Easier.
+    ByPaths,
+}
+
 /// The order in which the search style tries moves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -49,6 +61,8 @@ pub struct CountdownConfig {
     pub max_target: u64,
     /// Keep only problems with at most this many solutions (ordered move sequences); 0 = any.
     pub max_solutions: u64,
+    /// How targets are drawn: `uniform` over reachable values, or `by-paths`.
+    pub targets: TargetSampling,
     /// Move order of `search`-style traces.
     pub search_order: SearchOrder,
 }
@@ -62,6 +76,7 @@ impl Default for CountdownConfig {
             min_target: 1,
             max_target: 100,
             max_solutions: 0,
+            targets: TargetSampling::Uniform,
             search_order: SearchOrder::Random,
         }
     }
@@ -627,8 +642,10 @@ impl Task for Countdown {
             let mut values = Vec::new();
             reachable_values(&numbers, &mut values);
             values.retain(|v| (c.min_target..=c.max_target).contains(v));
-            values.sort_unstable();
-            values.dedup();
+            if c.targets == TargetSampling::Uniform {
+                values.sort_unstable();
+                values.dedup();
+            }
             if values.is_empty() {
                 continue;
             }

@@ -27,12 +27,15 @@ struct EngineLayer {
     down: Vec<f32>,
 }
 
-/// The keys and values one sequence has cached, per layer `[len, kv_dim]`.
+/// The keys and values one sequence has cached, per layer `[len, kv_dim]`, and, for a
+/// scoring engine, the head's outputs at every cached position.
 #[derive(Clone, Debug, Default)]
 pub struct KvCache {
     pub len: usize,
     pub keys: Vec<Vec<f32>>,
     pub values: Vec<Vec<f32>>,
+    /// `[len, head_rows]` for an engine built [`Engine::with_scoring_head`]; empty otherwise.
+    pub scores: Vec<f32>,
 }
 
 impl KvCache {
@@ -41,24 +44,19 @@ impl KvCache {
             len: 0,
             keys: vec![Vec::new(); layers],
             values: vec![Vec::new(); layers],
+            scores: Vec::new(),
         }
     }
 
     /// A copy of the first `len` positions.
     pub fn prefix(&self, len: usize, kv_dim: usize) -> KvCache {
         let len = len.min(self.len);
+        let per_position = self.scores.len() / self.len.max(1);
         KvCache {
             len,
-            keys: self
-                .keys
-                .iter()
-                .map(|k| k[..len * kv_dim].to_vec())
-                .collect(),
-            values: self
-                .values
-                .iter()
-                .map(|v| v[..len * kv_dim].to_vec())
-                .collect(),
+            keys: self.keys.iter().map(|k| k[..len * kv_dim].to_vec()).collect(),
+            values: self.values.iter().map(|v| v[..len * kv_dim].to_vec()).collect(),
+            scores: self.scores[..len * per_position].to_vec(),
         }
     }
 
@@ -106,6 +104,11 @@ pub struct Engine {
     layers: Vec<EngineLayer>,
     final_norm: Vec<f32>,
     head: Vec<f32>,
+    /// Rows of `head` (the vocabulary, or a scoring head's outputs).
+    head_rows: usize,
+    head_bias: Option<Vec<f32>>,
+    /// A scoring head: outputs of every position are kept in the caches.
+    scoring: bool,
     /// `[max_seq_len, head_dim / 2]`.
     cos: Vec<f32>,
     sin: Vec<f32>,
@@ -178,6 +181,9 @@ impl Engine {
         Engine {
             embed: t(layout.embed),
             head: t(layout.lm_head.unwrap_or(layout.embed)),
+            head_rows: c.vocab_size,
+            head_bias: None,
+            scoring: false,
             final_norm: t(layout.final_norm),
             layers,
             cos: halve(cos_full),
@@ -191,6 +197,21 @@ impl Engine {
     pub fn with_threads(mut self, threads: usize) -> Engine {
         self.threads = threads.max(1);
         self
+    }
+
+    /// Replaces the language-model head by a scoring head `[rows, d_model]` (+ bias): the
+    /// engine of a reward model. Its outputs at every position are kept in the caches.
+    pub fn with_scoring_head(mut self, head: Vec<f32>, bias: Vec<f32>, rows: usize) -> Engine {
+        self.head = head;
+        self.head_bias = Some(bias);
+        self.head_rows = rows;
+        self.scoring = true;
+        self
+    }
+
+    /// Outputs per position of the head.
+    pub fn head_rows(&self) -> usize {
+        self.head_rows
     }
 
     pub fn new_cache(&self) -> KvCache {
@@ -382,11 +403,13 @@ impl Engine {
         for (s, t) in tokens.iter().enumerate() {
             caches[s].len += t.len();
         }
-        // Logits of the wanted rows only.
+        // Logits of the wanted rows only (a scoring head computes every row and keeps them).
+        let v = self.head_rows;
         let mut out = Vec::with_capacity(tokens.len());
         let mut row = 0;
         for (s, t) in tokens.iter().enumerate() {
             let (first, count) = match want[s] {
+                _ if self.scoring => (row, t.len()),
                 Want::Last if !t.is_empty() => (row + t.len() - 1, 1),
                 Want::All => (row, t.len()),
                 _ => (row, 0),
@@ -411,6 +434,12 @@ impl Engine {
                 false,
                 threads,
             );
+            if let Some(bias) = &self.head_bias {
+                add_bias(&mut logits, bias);
+            }
+            if self.scoring {
+                caches[s].scores.extend_from_slice(&logits);
+            }
             out.push(logits);
         }
         out

@@ -220,6 +220,13 @@ impl Transformer {
     /// Logits `[batch * len, vocab]` for every position of a right-padded batch of inputs
     /// (`[batch * len]` ids), causal attention, positions from 0.
     pub fn forward(&self, inputs: &[i32], batch: usize, len: usize) -> Tensor<2> {
+        let x = self.forward_hidden(inputs, batch, len);
+        let head = self.layout.lm_head.unwrap_or(self.layout.embed);
+        self.linear(x, head, None)
+    }
+
+    /// The final normalised hidden states `[batch * len, d_model]` (what a head reads).
+    pub fn forward_hidden(&self, inputs: &[i32], batch: usize, len: usize) -> Tensor<2> {
         let device = self.device();
         let c = &self.config;
         let (d, h, kvh, dh) = (c.d_model, c.n_heads, c.n_kv_heads, c.head_dim());
@@ -273,9 +280,7 @@ impl Transformer {
             let up = self.linear(m, l.up, None);
             x = x + self.linear(gate * up, l.down, None);
         }
-        let x = self.rms_norm(x, self.layout.final_norm);
-        let head = self.layout.lm_head.unwrap_or(self.layout.embed);
-        self.linear(x, head, None)
+        self.rms_norm(x, self.layout.final_norm)
     }
 
     /// Mean cross-entropy over the batch's trained positions, and how many there were.

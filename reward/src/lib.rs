@@ -1,1 +1,149 @@
-//! placeholder
+//! # ponder-reward
+//!
+//! Reward design: the [`RewardModel`] trait shared by search and learning, and its kinds —
+//! the task's [`verifier`], exact per-step labels ([`oracle`]), trained outcome and process
+//! reward models ([`learned`], trained by [`training`]), a [`remote`] scoring endpoint —
+//! with step-label makers ([`labels`]: ground truth, Monte-Carlo rollouts), quality metrics
+//! against exact truth ([`quality`]) and Hugging Face-shaped datasets ([`datasets`]).
+
+pub mod datasets;
+pub mod labels;
+pub mod learned;
+pub mod oracle;
+pub mod quality;
+pub mod remote;
+pub mod training;
+pub mod verifier;
+
+use async_trait::async_trait;
+use ponder_datagen::{Problem, Trace};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RewardError {
+    #[error(transparent)]
+    Task(#[from] ponder_datagen::TaskError),
+    #[error(transparent)]
+    Policy(#[from] ponder_policy_init::PolicyError),
+    #[error("{0}")]
+    Format(String),
+    #[error("remote reward model: {0}")]
+    Remote(String),
+    #[error("{path}:{line}: {message}")]
+    Line {
+        path: std::path::PathBuf,
+        line: usize,
+        message: String,
+    },
+}
+
+/// What a reward model says about one (possibly unfinished) trace.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepScores {
+    /// One score per step, in [0, 1] (process models); empty for outcome models.
+    pub steps: Vec<f32>,
+    /// The score of the whole trace at its answer line (outcome models, verifiers, and process
+    /// models on finished traces).
+    pub answer: Option<f32>,
+}
+
+/// How a process model's step scores become one score.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Aggregation {
+    /// The last score (Snell et al. found it best).
+    #[default]
+    Last,
+    Min,
+    Product,
+    Mean,
+}
+
+impl Aggregation {
+    pub const ALL: [Aggregation; 4] = [Aggregation::Last, Aggregation::Min, Aggregation::Product, Aggregation::Mean];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Aggregation::Last => "last",
+            Aggregation::Min => "min",
+            Aggregation::Product => "product",
+            Aggregation::Mean => "mean",
+        }
+    }
+}
+
+impl StepScores {
+    /// Every score in order: the steps, then the answer's.
+    pub fn all(&self) -> impl Iterator<Item = f32> + '_ {
+        self.steps.iter().copied().chain(self.answer)
+    }
+
+    /// One score for the trace. An empty score list scores 0.
+    pub fn aggregate(&self, how: Aggregation) -> f32 {
+        let mut all = self.all().peekable();
+        if all.peek().is_none() {
+            return 0.0;
+        }
+        match how {
+            Aggregation::Last => self.all().last().unwrap_or(0.0),
+            Aggregation::Min => self.all().fold(f32::INFINITY, f32::min),
+            Aggregation::Product => self.all().product(),
+            Aggregation::Mean => {
+                let n = self.all().count() as f32;
+                self.all().sum::<f32>() / n
+            }
+        }
+    }
+}
+
+/// Whether a model judges steps or only outcomes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Granularity {
+    Outcome,
+    Process,
+}
+
+/// Scores traces of one problem. Batched: search passes every candidate of a round at once.
+#[async_trait]
+pub trait RewardModel: Send + Sync {
+    fn describe(&self) -> String;
+
+    fn granularity(&self) -> Granularity;
+
+    /// How `score`s are turned into one number by default.
+    fn aggregation(&self) -> Aggregation {
+        Aggregation::Last
+    }
+
+    async fn score(&self, problem: &Problem, traces: &[Trace]) -> Result<Vec<StepScores>, RewardError>;
+
+    /// Model evaluations (forward passes) so far, for compute accounting.
+    fn calls(&self) -> u64 {
+        0
+    }
+}
+
+impl std::fmt::Debug for dyn RewardModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RewardModel({})", self.describe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aggregations() {
+        let s = StepScores {
+            steps: vec![0.9, 0.5],
+            answer: Some(0.8),
+        };
+        assert_eq!(s.aggregate(Aggregation::Last), 0.8);
+        assert_eq!(s.aggregate(Aggregation::Min), 0.5);
+        assert!((s.aggregate(Aggregation::Product) - 0.36).abs() < 1e-6);
+        assert!((s.aggregate(Aggregation::Mean) - 2.2 / 3.0).abs() < 1e-6);
+        assert_eq!(StepScores::default().aggregate(Aggregation::Min), 0.0);
+    }
+}

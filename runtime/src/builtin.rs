@@ -5,7 +5,11 @@ use ponder_datagen::arithmetic::{Arithmetic, ArithmeticConfig};
 use ponder_datagen::chains::{Chains, ChainsConfig};
 use ponder_datagen::countdown::{Countdown, CountdownConfig};
 
-use crate::registry::{Kind, Registry, TaskCategory};
+use ponder_policy_init::remote::{RemoteConfig, RemotePolicy};
+use ponder_policy_init::settings::TransformerSettings;
+use ponder_policy_init::{HostWeights, Policy, Tokenizer, TransformerPolicy};
+
+use crate::registry::{Kind, PolicyCategory, PolicyContext, Registry, TaskCategory};
 
 const ORIGIN: &str = "ponder";
 
@@ -46,6 +50,39 @@ impl Kind<TaskCategory> for ArithmeticConfig {
     }
 }
 
+impl Kind<PolicyCategory> for TransformerSettings {
+    fn validate(&self) -> Vec<String> {
+        TransformerSettings::validate(self)
+    }
+
+    fn build(&self, context: &PolicyContext) -> anyhow::Result<Box<dyn Policy>> {
+        let (weights, tokenizer) = match (&context.trained, &self.from) {
+            (Some((w, t)), _) => (w.clone(), t.clone()),
+            (None, Some(dir)) => ponder_policy_init::hf::load_pretrained(std::path::Path::new(dir))?,
+            (None, None) => {
+                let tokenizer = Tokenizer::chars();
+                let config = self.model_config(tokenizer.vocab_size())?;
+                (HostWeights::init(&config, context.seed)?, tokenizer)
+            }
+        };
+        let mut policy = TransformerPolicy::new(&weights, tokenizer);
+        if let Some(tokens) = self.prefix_cache_tokens {
+            policy = policy.with_prefix_cache(tokens);
+        }
+        Ok(Box::new(policy))
+    }
+}
+
+impl Kind<PolicyCategory> for RemoteConfig {
+    fn validate(&self) -> Vec<String> {
+        RemoteConfig::validate(self)
+    }
+
+    fn build(&self, _: &PolicyContext) -> anyhow::Result<Box<dyn Policy>> {
+        Ok(Box::new(RemotePolicy::new(self.clone())?))
+    }
+}
+
 /// Registers the built-in kinds. Names are unique, so this cannot fail on a fresh registry.
 pub fn register(registry: &mut Registry) {
     let results = [
@@ -62,6 +99,16 @@ pub fn register(registry: &mut Registry) {
         registry.tasks.add::<ArithmeticConfig>(
             ponder_datagen::arithmetic::NAME,
             "multi-digit addition and multiplication with a digit/carry scratchpad",
+            ORIGIN,
+        ),
+        registry.policies.add::<TransformerSettings>(
+            "transformer",
+            "a Llama-family transformer in burn (presets tiny/small, or a Hugging Face folder)",
+            ORIGIN,
+        ),
+        registry.policies.add::<RemoteConfig>(
+            "remote",
+            "any OpenAI-compatible /v1/completions server pool (vLLM, SGLang, llama.cpp, ponder serve)",
             ORIGIN,
         ),
     ];

@@ -141,7 +141,9 @@ pub fn run_command(command: Command, registry: &Registry) -> Result<(), Failure>
                 .with_process_env()
                 .with_overrides(&set);
             let run = layers.load(registry)?;
-            crate::plan::run(&run, registry, resume).map_err(Failure::Other)
+            crate::pipeline::run(&run, registry, resume)
+                .map(|_| eprintln!("ponder: run {} complete in {}", run.run.name, run.run_dir().display()))
+                .map_err(Failure::Other)
         }
         Command::Datagen(args) => datagen(args, registry),
     }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config_error::{ConfigError, ConfigErrors, deserialize_all, line_column};
-use crate::registry::{Registry, Spec, TaskCategory};
+use crate::registry::{PolicyCategory, Registry, Spec, TaskCategory};
 
 /// The top-level sections a run config may have.
 pub const SECTIONS: [&str; 7] = [
@@ -85,7 +85,7 @@ impl RunSection {
 }
 
 /// The stages of a pipeline, in the order they run.
-pub const STAGES: [&str; 1] = ["datagen"];
+pub const STAGES: [&str; 2] = ["datagen", "init"];
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -111,12 +111,47 @@ impl Default for DataStage {
     }
 }
 
+/// `[pipeline.init]`: policy initialisation, supervised training on the expert traces.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InitStage {
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Sequences per step.
+    pub batch_size: usize,
+    pub optim: ponder_policy_init::optim::OptimConfig,
+    pub checkpoint_every: usize,
+    /// Evaluate (greedy pass@1 on `curve_problems` problems) every this many steps; 0: at the end only.
+    pub eval_every: usize,
+    pub curve_problems: usize,
+    /// Samples per held-out problem for pass@k and maj@k at the end.
+    pub samples: usize,
+    /// Token limit of a generated trace; 0 sizes it from the training data.
+    pub max_new_tokens: usize,
+}
+
+impl Default for InitStage {
+    fn default() -> Self {
+        InitStage {
+            steps: 1500,
+            batch_size: 32,
+            optim: ponder_policy_init::optim::OptimConfig::default(),
+            checkpoint_every: 250,
+            eval_every: 0,
+            curve_problems: 100,
+            samples: 32,
+            max_new_tokens: 0,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineSection {
     /// Which stages to run, a subset of the pipeline's stages in their order.
     pub stages: Vec<String>,
     pub data: DataStage,
+    pub init: InitStage,
 }
 
 impl Default for PipelineSection {
@@ -124,6 +159,7 @@ impl Default for PipelineSection {
         PipelineSection {
             stages: STAGES.iter().map(|s| s.to_string()).collect(),
             data: DataStage::default(),
+            init: InitStage::default(),
         }
     }
 }
@@ -148,6 +184,19 @@ impl PipelineSection {
                 "must be above 0 and below 1",
             ));
         }
+        for p in self.init.optim.validate() {
+            let (field, msg) = p.split_once(": ").unwrap_or(("", &p));
+            errors.push(ConfigError::new(format!("pipeline.init.optim.{field}"), msg));
+        }
+        if self.init.batch_size == 0 {
+            errors.push(ConfigError::new("pipeline.init.batch_size", "must be at least 1"));
+        }
+        if self.stages.contains(&"init".to_string()) && self.data.train_examples == 0 {
+            errors.push(ConfigError::new(
+                "pipeline.data.train_examples",
+                "policy initialisation needs training examples",
+            ));
+        }
         errors
     }
 }
@@ -157,6 +206,8 @@ impl PipelineSection {
 pub struct RunConfig {
     pub run: RunSection,
     pub task: Arc<dyn Spec<TaskCategory>>,
+    /// `[policy]`, by default a `tiny` transformer.
+    pub policy: Arc<dyn Spec<PolicyCategory>>,
     pub pipeline: PipelineSection,
 }
 
@@ -210,10 +261,17 @@ impl RunConfig {
                 None
             }
         };
-        match (errors.is_empty(), task) {
-            (true, Some(task)) => Ok(RunConfig {
+        let default_policy = serde_json::json!({"kind": "transformer"});
+        let policy = registry
+            .policies
+            .parse(root.get("policy").unwrap_or(&default_policy), "policy")
+            .map_err(|e| errors.extend(e))
+            .ok();
+        match (errors.is_empty(), task, policy) {
+            (true, Some(task), Some(policy)) => Ok(RunConfig {
                 run,
                 task,
+                policy,
                 pipeline,
             }),
             _ => Err(ConfigErrors { file: None, errors }),
@@ -225,6 +283,7 @@ impl RunConfig {
         serde_json::json!({
             "run": self.run,
             "task": self.task.resolved(),
+            "policy": self.policy.resolved(),
             "pipeline": self.pipeline,
         })
     }

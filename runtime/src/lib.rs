@@ -7,8 +7,13 @@ pub mod builtin;
 pub mod cli;
 pub mod config;
 pub mod config_error;
+pub mod pipeline;
 pub mod plan;
+pub mod progress;
 pub mod registry;
+pub mod results;
+pub mod run_dir;
+pub mod stages;
 
 pub use config::{Layers, RunConfig};
 pub use config_error::{ConfigError, ConfigErrors};

@@ -220,10 +220,29 @@ impl Category for TaskCategory {
     type Context = ();
 }
 
+/// Policies: built from their settings and, once a run has trained one, its weights.
+pub struct PolicyCategory;
+
+/// What building a policy can use.
+#[derive(Clone, Debug, Default)]
+pub struct PolicyContext {
+    /// Weights and tokenizer the run trained (policy initialisation or RL); `None` before.
+    pub trained: Option<(ponder_policy_init::HostWeights, ponder_policy_init::Tokenizer)>,
+    /// Seed for fresh weights.
+    pub seed: u64,
+}
+
+impl Category for PolicyCategory {
+    const NAME: &'static str = "policy";
+    type Built = dyn ponder_policy_init::Policy;
+    type Context = PolicyContext;
+}
+
 /// Every category's kinds.
 #[derive(Default)]
 pub struct Registry {
     pub tasks: Kinds<TaskCategory>,
+    pub policies: Kinds<PolicyCategory>,
 }
 
 impl Registry {

@@ -1,0 +1,127 @@
+//! A trained outcome or process reward model at inference: the CPU engine with a scoring head,
+//! and the same prefix reuse as the policy (candidates of one search node share their prefix).
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use ponder_datagen::{Problem, Trace};
+use ponder_policy_init::Tokenizer;
+use ponder_policy_init::engine::{Engine, KvCache, Want};
+use ponder_policy_init::prefix_cache::PrefixCache;
+
+use crate::training::{RewardWeights, encode_trace};
+use crate::{Aggregation, Granularity, RewardError, RewardModel, StepScores};
+
+pub struct LearnedReward {
+    engine: Engine,
+    tokenizer: Tokenizer,
+    granularity: Granularity,
+    aggregation: Aggregation,
+    cache: Mutex<PrefixCache>,
+    calls: AtomicU64,
+    label: String,
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+impl LearnedReward {
+    pub fn new(weights: &RewardWeights, tokenizer: Tokenizer) -> LearnedReward {
+        let engine = Engine::new(&weights.backbone).with_scoring_head(weights.head.clone(), vec![weights.bias], 1);
+        let kv = engine.config.kv_dim();
+        LearnedReward {
+            label: format!(
+                "{} ({:.2}M parameters)",
+                match weights.granularity {
+                    Granularity::Process => "process reward model",
+                    Granularity::Outcome => "outcome reward model",
+                },
+                weights.backbone.params() as f64 / 1e6
+            ),
+            engine,
+            tokenizer,
+            granularity: weights.granularity,
+            aggregation: weights.aggregation,
+            cache: Mutex::new(PrefixCache::new(100_000, kv)),
+            calls: AtomicU64::new(0),
+        }
+    }
+
+    pub fn with_aggregation(mut self, aggregation: Aggregation) -> LearnedReward {
+        self.aggregation = aggregation;
+        self
+    }
+
+    /// Scores many (problem, trace) pairs in one batched pass.
+    pub fn score_pairs(&self, pairs: &[(&Problem, &Trace)]) -> Vec<StepScores> {
+        let max_seq = self.engine.config.max_seq_len;
+        let ends_line = |t: u32| self.tokenizer.ends_line(t);
+        let mut encoded = Vec::with_capacity(pairs.len());
+        let mut caches: Vec<KvCache> = Vec::with_capacity(pairs.len());
+        for (problem, trace) in pairs {
+            let mut e = encode_trace(&self.tokenizer, problem, trace);
+            e.tokens.truncate(max_seq);
+            let cache = self
+                .cache
+                .lock()
+                .ok()
+                .and_then(|mut c| c.lookup(&e.tokens, e.tokens.len(), &ends_line))
+                .unwrap_or_else(|| self.engine.new_cache());
+            caches.push(cache);
+            encoded.push(e);
+        }
+        let rests: Vec<&[u32]> = encoded
+            .iter()
+            .zip(&caches)
+            .map(|(e, c)| &e.tokens[c.len..])
+            .collect();
+        let want = vec![Want::All; pairs.len()];
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.engine.forward(&mut caches, &rests, &want);
+        let mut out = Vec::with_capacity(pairs.len());
+        for (e, cache) in encoded.into_iter().zip(caches) {
+            let at = |p: usize| cache.scores.get(p).copied().map(sigmoid);
+            let scores = match self.granularity {
+                Granularity::Process => StepScores {
+                    steps: e.step_ends.iter().filter_map(|&p| at(p)).collect(),
+                    answer: e.answer_end.and_then(at),
+                },
+                Granularity::Outcome => StepScores {
+                    steps: Vec::new(),
+                    answer: e.tokens.len().checked_sub(1).and_then(at),
+                },
+            };
+            out.push(scores);
+            if let Ok(mut c) = self.cache.lock() {
+                c.insert(e.tokens, cache, &ends_line);
+            }
+        }
+        out
+    }
+}
+
+#[async_trait]
+impl RewardModel for LearnedReward {
+    fn describe(&self) -> String {
+        self.label.clone()
+    }
+
+    fn granularity(&self) -> Granularity {
+        self.granularity
+    }
+
+    fn aggregation(&self) -> Aggregation {
+        self.aggregation
+    }
+
+    async fn score(&self, problem: &Problem, traces: &[Trace]) -> Result<Vec<StepScores>, RewardError> {
+        let pairs: Vec<(&Problem, &Trace)> = traces.iter().map(|t| (problem, t)).collect();
+        Ok(self.score_pairs(&pairs))
+    }
+
+    fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+}

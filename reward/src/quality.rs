@@ -1,0 +1,174 @@
+//! How good a reward model or a labelling method is, against exact truth: step AUROC,
+//! first-error localisation F1 (ProcessBench), calibration (expected calibration error and a
+//! reliability table), and label accuracy.
+
+use serde::{Deserialize, Serialize};
+
+/// The area under the ROC curve of `scores` for binary `labels` (ties count half). `None`
+/// when one class is absent.
+pub fn auroc(scores: &[f32], labels: &[bool]) -> Option<f64> {
+    let positives = labels.iter().filter(|&&l| l).count();
+    let negatives = labels.len() - positives;
+    if positives == 0 || negatives == 0 {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    // Average ranks over ties, then the Mann-Whitney U statistic.
+    let mut rank_sum = 0.0f64;
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
+            j += 1;
+        }
+        let rank = (i + j) as f64 / 2.0 + 1.0;
+        for &k in &order[i..=j] {
+            if labels[k] {
+                rank_sum += rank;
+            }
+        }
+        i = j + 1;
+    }
+    let p = positives as f64;
+    Some((rank_sum - p * (p + 1.0) / 2.0) / (p * negatives as f64))
+}
+
+/// ProcessBench-style first-error localisation: per trace, the index of the first wrong step
+/// (or none). The prediction is the first step scored below `threshold`. F1 is the harmonic
+/// mean of the accuracy on traces with an error and on traces without one.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FirstErrorF1 {
+    pub f1: f64,
+    pub accuracy_erroneous: f64,
+    pub accuracy_correct: f64,
+    pub erroneous: usize,
+    pub correct: usize,
+}
+
+pub fn first_error_f1(traces: &[(Vec<f32>, Vec<bool>)], threshold: f32) -> FirstErrorF1 {
+    let (mut err_total, mut err_right, mut ok_total, mut ok_right) = (0, 0, 0, 0);
+    for (scores, labels) in traces {
+        let truth = labels.iter().position(|&l| !l);
+        let predicted = scores.iter().position(|&s| s < threshold);
+        match truth {
+            Some(_) => {
+                err_total += 1;
+                err_right += usize::from(predicted == truth);
+            }
+            None => {
+                ok_total += 1;
+                ok_right += usize::from(predicted.is_none());
+            }
+        }
+    }
+    let a = err_right as f64 / err_total.max(1) as f64;
+    let b = ok_right as f64 / ok_total.max(1) as f64;
+    FirstErrorF1 {
+        f1: if a + b > 0.0 { 2.0 * a * b / (a + b) } else { 0.0 },
+        accuracy_erroneous: a,
+        accuracy_correct: b,
+        erroneous: err_total,
+        correct: ok_total,
+    }
+}
+
+/// One bin of a reliability table.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationBin {
+    pub mean_score: f64,
+    pub positive_rate: f64,
+    pub count: usize,
+}
+
+/// Expected calibration error over `bins` equal-width bins, and the table.
+pub fn calibration(scores: &[f32], labels: &[bool], bins: usize) -> (f64, Vec<CalibrationBin>) {
+    let bins = bins.max(1);
+    let mut sums = vec![(0.0f64, 0.0f64, 0usize); bins];
+    for (&s, &l) in scores.iter().zip(labels) {
+        let b = ((s.clamp(0.0, 1.0) * bins as f32) as usize).min(bins - 1);
+        sums[b].0 += f64::from(s);
+        sums[b].1 += f64::from(u8::from(l));
+        sums[b].2 += 1;
+    }
+    let n = scores.len().max(1) as f64;
+    let mut ece = 0.0;
+    let table = sums
+        .into_iter()
+        .filter(|b| b.2 > 0)
+        .map(|(s, p, c)| {
+            let mean = s / c as f64;
+            let rate = p / c as f64;
+            ece += (mean - rate).abs() * c as f64 / n;
+            CalibrationBin {
+                mean_score: mean,
+                positive_rate: rate,
+                count: c,
+            }
+        })
+        .collect();
+    (ece, table)
+}
+
+/// Share of `predicted` labels equal to `truth`, with false positive and false negative rates.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LabelAccuracy {
+    pub accuracy: f64,
+    /// Wrong steps labelled right, among wrong steps.
+    pub false_positive_rate: f64,
+    /// Right steps labelled wrong, among right steps.
+    pub false_negative_rate: f64,
+    pub n: usize,
+}
+
+pub fn label_accuracy(predicted: &[bool], truth: &[bool]) -> LabelAccuracy {
+    let (mut agree, mut fp, mut neg, mut fneg, mut pos) = (0, 0, 0, 0, 0);
+    for (&p, &t) in predicted.iter().zip(truth) {
+        agree += usize::from(p == t);
+        if t {
+            pos += 1;
+            fneg += usize::from(!p);
+        } else {
+            neg += 1;
+            fp += usize::from(p);
+        }
+    }
+    LabelAccuracy {
+        accuracy: agree as f64 / predicted.len().max(1) as f64,
+        false_positive_rate: fp as f64 / neg.max(1) as f64,
+        false_negative_rate: fneg as f64 / pos.max(1) as f64,
+        n: predicted.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auroc_matches_pairwise_counting() {
+        let scores = [0.1, 0.4, 0.35, 0.8, 0.4];
+        let labels = [false, false, true, true, true];
+        // Pairs (pos, neg): (0.35,0.1)=1 (0.35,0.4)=0 (0.8,*)=2 (0.4,0.1)=1 (0.4,0.4)=0.5 -> 4.5/6
+        assert!((auroc(&scores, &labels).expect("both classes") - 4.5 / 6.0).abs() < 1e-12);
+        assert_eq!(auroc(&[0.1, 0.2], &[true, true]), None);
+    }
+
+    #[test]
+    fn first_error_and_calibration() {
+        let traces = vec![
+            (vec![0.9, 0.2, 0.1], vec![true, false, false]), // right: first error at 1
+            (vec![0.9, 0.8], vec![true, true]),              // right: none
+            (vec![0.3, 0.9], vec![true, false]),             // wrong: predicted 0, truth 1
+        ];
+        let f = first_error_f1(&traces, 0.5);
+        assert_eq!((f.erroneous, f.correct), (2, 1));
+        assert!((f.accuracy_erroneous - 0.5).abs() < 1e-12 && (f.accuracy_correct - 1.0).abs() < 1e-12);
+        assert!((f.f1 - 2.0 / 3.0).abs() < 1e-12);
+        let (ece, table) = calibration(&[0.05, 0.95, 0.95, 0.95], &[false, true, true, false], 10);
+        assert_eq!(table.len(), 2);
+        assert!((ece - (0.05 * 0.25 + (0.95 - 2.0 / 3.0) * 0.75)).abs() < 1e-6);
+        let a = label_accuracy(&[true, true, false, false], &[true, false, false, true]);
+        assert!((a.accuracy - 0.5).abs() < 1e-12 && (a.false_positive_rate - 0.5).abs() < 1e-12);
+    }
+}

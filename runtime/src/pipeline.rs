@@ -1,0 +1,160 @@
+//! Runs a config's pipeline in its run directory: each stage once (a finished stage is skipped
+//! on a re-run), an interrupted stage started over or, with `--resume`, continued from its last
+//! checkpoint; `manifest.json` and `results.json` rewritten after every stage.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use ponder_datagen::io::write_atomic;
+use ponder_datagen::trace::stable_hash;
+use serde_json::json;
+
+use crate::config::{RunConfig, STAGES};
+use crate::progress::Display;
+use crate::registry::Registry;
+use crate::run_dir::{RunDir, StageRecord};
+use crate::stages::{self, Context};
+
+/// Facts about the machine, for the manifest.
+pub fn machine() -> serde_json::Value {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let memory_gib = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / (1024.0 * 1024.0));
+    json!({
+        "os": std::env::consts::OS,
+        "arch": std::env::consts::ARCH,
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "threads": rayon::current_num_threads(),
+        "memory_gib": memory_gib,
+    })
+}
+
+fn git_commit() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Makes rayon (and so burn's flex backend and the CPU engine) use `threads` threads, once per
+/// process; 0 keeps rayon's default (every core).
+pub fn configure_threads(threads: usize) {
+    if threads > 0 {
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+    }
+}
+
+/// Runs the pipeline.
+pub fn run(config: &RunConfig, registry: &Registry, resume: bool) -> anyhow::Result<BTreeMap<String, StageRecord>> {
+    configure_threads(config.run.threads);
+    let dir = RunDir::new(config.run_dir());
+    fs::create_dir_all(&dir.root).with_context(|| format!("creating {}", dir.root.display()))?;
+    let resolved = config.resolved_toml();
+    let config_path = dir.path("config.toml");
+    if let Ok(existing) = fs::read_to_string(&config_path)
+        && existing != resolved
+    {
+        anyhow::bail!(
+            "{} was made with a different config; give this run another run.name, or delete that directory",
+            dir.root.display()
+        );
+    }
+    write_atomic(&config_path, resolved.as_bytes())?;
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(dir.path("log.txt"))
+        .with_context(|| format!("opening {}", dir.path("log.txt").display()))?;
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(Mutex::new(log))
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _log_guard = tracing::subscriber::set_default(subscriber);
+    tracing::info!(run = %config.run.name, resume, "pipeline starts");
+
+    let device = ponder_policy_init::settings::device_from_name(&config.run.device)?;
+    device.seed(config.run.seed);
+    let task = config.task.build(&())?;
+    let stages: Vec<String> = STAGES
+        .iter()
+        .filter(|s| config.pipeline.stages.iter().any(|x| x == *s))
+        .map(|s| s.to_string())
+        .collect();
+    let started = Instant::now();
+    let display = Display::new(stages.len());
+    let mut records = dir.records(&stages)?;
+    let manifest = |records: &BTreeMap<String, StageRecord>| {
+        json!({
+            "ponder_version": env!("CARGO_PKG_VERSION"),
+            "git_commit": git_commit(),
+            "config_hash": format!("{:016x}", stable_hash(resolved.as_bytes())),
+            "seed": config.run.seed,
+            "device": config.run.device,
+            "machine": machine(),
+            "stages": records.iter().map(|(k, r)| (k.clone(), json!({"seconds": r.seconds}))).collect::<serde_json::Map<_, _>>(),
+            "wall_seconds": records.values().map(|r| r.seconds).sum::<f64>(),
+        })
+    };
+    for name in &stages {
+        if records.contains_key(name) {
+            tracing::info!(stage = %name, "finished earlier; skipped");
+            display.stage_done();
+            continue;
+        }
+        let bar = display.stage(name);
+        let stage_started = Instant::now();
+        tracing::info!(stage = %name, "stage starts");
+        let ctx = Context {
+            config,
+            registry,
+            dir: &dir,
+            task: task.as_ref(),
+            device: device.clone(),
+            resume,
+            progress: &bar,
+            earlier: &records,
+        };
+        let results = stages::run(name, &ctx).with_context(|| format!("stage {name}"))?;
+        let record = StageRecord {
+            stage: name.clone(),
+            results,
+            seconds: stage_started.elapsed().as_secs_f64(),
+        };
+        dir.record(&record)?;
+        eprintln!("ponder: stage {name} done in {:.1}s", record.seconds);
+        tracing::info!(stage = %name, seconds = record.seconds, "stage done");
+        records.insert(name.clone(), record);
+        drop(bar);
+        display.stage_done();
+        dir.write_json("manifest.json", &manifest(&records))?;
+        dir.write_json("results.json", &crate::results::assemble(config, &records))?;
+    }
+    display.finish();
+    dir.write_json("manifest.json", &manifest(&records))?;
+    dir.write_json("results.json", &crate::results::assemble(config, &records))?;
+    tracing::info!(seconds = started.elapsed().as_secs_f64(), "pipeline done");
+    Ok(records)
+}

@@ -1,0 +1,98 @@
+//! A run directory: `config.toml` (resolved), `manifest.json`, `metrics.jsonl`, `log.txt`,
+//! `data/`, `checkpoints/`, `policy/`, `stages/*.json` (one record per finished stage),
+//! `results.json`, `report.md`, `plots/`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use ponder_datagen::io::write_atomic;
+use serde::{Deserialize, Serialize};
+
+/// What a finished stage left: its results and wall time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StageRecord {
+    pub stage: String,
+    pub results: serde_json::Value,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct RunDir {
+    pub root: PathBuf,
+}
+
+impl RunDir {
+    pub fn new(root: impl Into<PathBuf>) -> RunDir {
+        RunDir { root: root.into() }
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.root.join(relative)
+    }
+
+    pub fn data(&self, file: &str) -> PathBuf {
+        self.root.join("data").join(file)
+    }
+
+    pub fn checkpoints(&self, stage: &str) -> PathBuf {
+        self.root.join("checkpoints").join(stage)
+    }
+
+    pub fn policy(&self, name: &str) -> PathBuf {
+        self.root.join("policy").join(name)
+    }
+
+    pub fn metrics(&self) -> PathBuf {
+        self.root.join("metrics.jsonl")
+    }
+
+    fn stage_file(&self, stage: &str) -> PathBuf {
+        self.root.join("stages").join(format!("{stage}.json"))
+    }
+
+    /// The record of a finished stage, if it finished.
+    pub fn finished(&self, stage: &str) -> anyhow::Result<Option<StageRecord>> {
+        let path = self.stage_file(stage);
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(
+                serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    pub fn record(&self, record: &StageRecord) -> anyhow::Result<()> {
+        let path = self.stage_file(&record.stage);
+        let text = serde_json::to_string_pretty(record)?;
+        write_atomic(&path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Writes a JSON file atomically.
+    pub fn write_json(&self, relative: &str, value: &serde_json::Value) -> anyhow::Result<()> {
+        let path = self.path(relative);
+        let text = serde_json::to_string_pretty(value)?;
+        write_atomic(&path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// All finished stages' records, by name.
+    pub fn records(&self, stages: &[String]) -> anyhow::Result<BTreeMap<String, StageRecord>> {
+        let mut out = BTreeMap::new();
+        for s in stages {
+            if let Some(r) = self.finished(s)? {
+                out.insert(s.clone(), r);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Removes a directory if it exists.
+pub fn clear_dir(path: &Path) -> anyhow::Result<()> {
+    if path.exists() {
+        fs::remove_dir_all(path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    Ok(())
+}
