@@ -6,12 +6,26 @@ use ponder_policy_init::*;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let (weights, tokenizer) = hf::load_pretrained(std::path::Path::new(&args[1])).expect("checkpoint");
-    let examples = ponder_datagen::dataset::read_examples(std::path::Path::new(&args[2])).expect("test set");
+    let (weights, tokenizer) =
+        hf::load_pretrained(std::path::Path::new(&args[1])).expect("checkpoint");
+    let examples =
+        ponder_datagen::dataset::read_examples(std::path::Path::new(&args[2])).expect("test set");
     let n: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(20);
     let task = Countdown::new(CountdownConfig::default()).expect("task");
     let policy = TransformerPolicy::new(&weights, tokenizer);
-    let requests: Vec<GenRequest> = examples.iter().take(n).map(|e| GenRequest::new(&e.problem.prompt, Stop::TraceEnd, 120, Sampling::greedy(), 0)).collect();
+    let requests: Vec<GenRequest> = examples
+        .iter()
+        .take(n)
+        .map(|e| {
+            GenRequest::new(
+                &e.problem.prompt,
+                Stop::TraceEnd,
+                120,
+                Sampling::greedy(),
+                0,
+            )
+        })
+        .collect();
     let gens = futures::executor::block_on(policy.generate(&requests)).expect("generates");
     let (mut right, mut steps_right) = (0, 0);
     for (e, g) in examples.iter().zip(&gens) {
@@ -20,7 +34,10 @@ fn main() {
         let labels = task.check_steps(&e.problem, &t.steps).expect("labels");
         right += usize::from(v.correct);
         steps_right += usize::from(labels.iter().all(|&l| l) && !labels.is_empty());
-        println!("{}{}  -> correct={} steps={:?}\n", e.problem.prompt, g.text, v.correct, labels);
+        println!(
+            "{}{}  -> correct={} steps={:?}\n",
+            e.problem.prompt, g.text, v.correct, labels
+        );
     }
     println!("correct {right}/{n}, all steps right {steps_right}/{n}");
 }

@@ -54,8 +54,16 @@ impl KvCache {
         let per_position = self.scores.len() / self.len.max(1);
         KvCache {
             len,
-            keys: self.keys.iter().map(|k| k[..len * kv_dim].to_vec()).collect(),
-            values: self.values.iter().map(|v| v[..len * kv_dim].to_vec()).collect(),
+            keys: self
+                .keys
+                .iter()
+                .map(|k| k[..len * kv_dim].to_vec())
+                .collect(),
+            values: self
+                .values
+                .iter()
+                .map(|v| v[..len * kv_dim].to_vec())
+                .collect(),
             scores: self.scores[..len * per_position].to_vec(),
         }
     }

@@ -21,6 +21,7 @@ pub mod hf;
 mod linalg;
 pub mod metrics;
 pub mod model;
+pub mod native_train;
 pub mod optim;
 pub mod policy;
 pub mod prefix_cache;

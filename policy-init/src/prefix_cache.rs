@@ -155,6 +155,7 @@ mod tests {
             len,
             keys: vec![(0..len).map(|i| i as f32).collect()],
             values: vec![(0..len).map(|i| -(i as f32)).collect()],
+            scores: Vec::new(),
         }
     }
 

@@ -1,7 +1,7 @@
 //! Policy initialisation: supervised training on expert traces, with the loss on the trace
 //! only (never the prompt).
 
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor, TensorData};
 use ponder_datagen::Example;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -9,6 +9,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::error::PolicyError;
 use crate::model::{TokenBatch, Transformer};
+use crate::native_train::{CrossEntropy, NativeModel};
 use crate::tokenizer::Tokenizer;
 use crate::trainer::{Objective, StepInfo};
 use crate::weights::HostWeights;
@@ -86,6 +87,30 @@ pub fn epoch_batches(
     batches
 }
 
+/// The mean next-token cross-entropy over the trace tokens of `(tokens, first_trained)`
+/// sequences and its gradients, on the CPU training path. Returns the loss, the gradients in
+/// layout order and the input tokens processed.
+pub fn cross_entropy_gradients(
+    weights: &HostWeights,
+    sequences: &[(Vec<u32>, usize)],
+) -> (f64, Vec<Vec<f32>>, usize) {
+    let tokens: Vec<Vec<u32>> = sequences.iter().map(|(t, _)| t.clone()).collect();
+    let firsts: Vec<usize> = sequences.iter().map(|(_, f)| *f).collect();
+    let count: usize = sequences
+        .iter()
+        .map(|(t, f)| t.len().saturating_sub(*f))
+        .sum();
+    let inputs: Vec<&[u32]> = tokens.iter().map(|t| &t[..t.len() - 1]).collect();
+    let loss = CrossEntropy {
+        tokens: &tokens,
+        first_trained: &firsts,
+        count,
+    };
+    let model = NativeModel::new(weights, None, true);
+    let (value, grads) = model.loss_and_gradients(&inputs, &loss, rayon::current_num_threads());
+    (value, grads.tensors, inputs.iter().map(|i| i.len()).sum())
+}
+
 /// Evaluation hook: current weights and step in, a JSON summary out.
 pub type EvalHook = Box<dyn FnMut(&HostWeights, usize) -> Result<serde_json::Value, PolicyError>>;
 
@@ -124,8 +149,14 @@ impl SftObjective {
         self
     }
 
-    /// The batch of step `step`.
+    /// The batch of step `step`, padded for the burn model.
     pub fn batch(&mut self, step: usize) -> Result<TokenBatch, PolicyError> {
+        let picked = self.picked(step)?;
+        Ok(TokenBatch::new(&picked, self.pad))
+    }
+
+    /// The sequences of step `step`.
+    pub fn picked(&mut self, step: usize) -> Result<Vec<(Vec<u32>, usize)>, PolicyError> {
         if self.sequences.items.is_empty() {
             return Err(PolicyError::Config(
                 "no training sequences fit the model's context".into(),
@@ -145,11 +176,10 @@ impl SftObjective {
             .as_ref()
             .map(|(_, b)| b)
             .ok_or_else(|| PolicyError::Config("no batches".into()))?;
-        let picked: Vec<(Vec<u32>, usize)> = batches[index % batches.len()]
+        Ok(batches[index % batches.len()]
             .iter()
             .map(|&i| self.sequences.items[i].clone())
-            .collect();
-        Ok(TokenBatch::new(&picked, self.pad))
+            .collect())
     }
 
     fn model_with(&self, params: &[Tensor<2>]) -> Transformer {
@@ -179,6 +209,34 @@ impl Objective for SftObjective {
                 scalars: vec![("trained_tokens".into(), trained as f64)],
             },
         ))
+    }
+
+    fn host_step(
+        &mut self,
+        params: &[Tensor<2>],
+        step: usize,
+    ) -> Option<Result<(f64, Vec<Tensor<2>>, StepInfo), PolicyError>> {
+        if params.first()?.device() != Device::flex() {
+            return None;
+        }
+        Some(self.picked(step).map(|picked| {
+            let weights = self.model_with(params).to_host();
+            let (loss, grads, tokens) = cross_entropy_gradients(&weights, &picked);
+            let device = params[0].device();
+            let grads = grads
+                .into_iter()
+                .zip(params)
+                .map(|(g, p)| Tensor::from_data(TensorData::new(g, p.dims()), &device))
+                .collect();
+            (
+                loss,
+                grads,
+                StepInfo {
+                    tokens,
+                    scalars: Vec::new(),
+                },
+            )
+        }))
     }
 
     fn evaluate(

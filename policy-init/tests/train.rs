@@ -98,6 +98,17 @@ impl Objective for KillAt<'_> {
         }
         self.inner.loss(params, step)
     }
+
+    fn host_step(
+        &mut self,
+        params: &[Tensor<2>],
+        step: usize,
+    ) -> Option<Result<(f64, Vec<Tensor<2>>, StepInfo), PolicyError>> {
+        if step == self.at {
+            return Some(Err(PolicyError::Config("killed".into())));
+        }
+        self.inner.host_step(params, step)
+    }
 }
 
 #[test]
@@ -153,4 +164,75 @@ fn resume_after_a_kill_reproduces_the_weights_bit_for_bit() {
         .filter_map(|v| v["step"].as_u64())
         .collect();
     assert_eq!(steps, vec![5, 10, 15, 20, 25, 30]);
+}
+
+#[test]
+fn the_cpu_training_path_matches_burn_autodiff() {
+    use ponder_policy_init::sft::cross_entropy_gradients;
+    let tokenizer = Tokenizer::chars();
+    let base = micro();
+    for config in [
+        base.clone(),
+        ModelConfig {
+            n_heads: 4,
+            n_kv_heads: 2,
+            qkv_bias: true,
+            o_bias: true,
+            tie_embeddings: false,
+            ..base
+        },
+    ] {
+        let mut weights = HostWeights::init(&config, 4).expect("init");
+        for t in &mut weights.tensors {
+            for (i, x) in t.data.iter_mut().enumerate() {
+                *x = if t.shape.len() == 2 {
+                    *x * 10.0
+                } else {
+                    *x + 0.05 * ((i % 5) as f32 - 2.0)
+                };
+            }
+        }
+        let sequences =
+            Sequences::from_examples(&examples(3), &tokenizer, config.max_seq_len).items;
+        let model = Transformer::from_host(&weights, &Device::flex());
+        let trainable = model.trainable();
+        let batch = ponder_policy_init::model::TokenBatch::new(&sequences, tokenizer.pad_id);
+        let (loss, _) = trainable.loss(&batch);
+        let burn_loss: f32 = loss.clone().into_scalar();
+        let grads = loss.backward();
+        let burn_grads: Vec<Vec<f32>> = trainable
+            .params
+            .iter()
+            .map(|p| {
+                p.grad(&grads)
+                    .expect("grad")
+                    .into_data()
+                    .try_into_vec_as::<f32>()
+                    .expect("data")
+            })
+            .collect();
+        let (native_loss, native_grads, _) = cross_entropy_gradients(&weights, &sequences);
+        assert!(
+            (native_loss - f64::from(burn_loss)).abs() < 1e-4,
+            "{native_loss} vs {burn_loss}"
+        );
+        for ((name, a), b) in weights
+            .layout()
+            .names
+            .iter()
+            .zip(&native_grads)
+            .zip(&burn_grads)
+        {
+            let scale = b.iter().map(|x| x.abs()).fold(1e-6f32, f32::max);
+            let diff = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                diff <= 1e-4 * scale.max(1.0),
+                "{name}: max diff {diff} (scale {scale})"
+            );
+        }
+    }
 }

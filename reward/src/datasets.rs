@@ -26,7 +26,12 @@ pub struct ProcessExample {
 }
 
 impl ProcessExample {
-    pub fn new(problem: &Problem, trace: &Trace, step_labels: &[bool], outcome: Option<bool>) -> ProcessExample {
+    pub fn new(
+        problem: &Problem,
+        trace: &Trace,
+        step_labels: &[bool],
+        outcome: Option<bool>,
+    ) -> ProcessExample {
         let mut completions = trace.steps.clone();
         let mut labels = step_labels.to_vec();
         if let (Some(answer), Some(o)) = (&trace.answer, outcome) {
@@ -46,7 +51,13 @@ impl ProcessExample {
         if !prompt.ends_with('\n') {
             prompt.push('\n');
         }
-        let problem = Problem::new("imported", prompt, String::new(), 0, serde_json::Value::Null);
+        let problem = Problem::new(
+            "imported",
+            prompt,
+            String::new(),
+            0,
+            serde_json::Value::Null,
+        );
         let mut steps = Vec::new();
         let mut labels = Vec::new();
         let mut answer = None;
@@ -94,7 +105,11 @@ fn from_math_shepherd(input: &str, label: &str) -> Result<ProcessExample, String
             .find(piece.trim_end())
             .ok_or("`label` does not follow `input`")?;
         rest = &rest[at + piece.trim_end().len()..];
-        let mark = rest.trim_start().chars().next().ok_or("`label` ends before a mark")?;
+        let mark = rest
+            .trim_start()
+            .chars()
+            .next()
+            .ok_or("`label` ends before a mark")?;
         marks.push(match mark {
             '+' => true,
             '-' => false,
@@ -111,7 +126,11 @@ fn from_math_shepherd(input: &str, label: &str) -> Result<ProcessExample, String
         },
     };
     let mut completions = vec![first_step.trim().to_string()];
-    completions.extend(pieces[1..pieces.len() - 1].iter().map(|p| p.trim().to_string()));
+    completions.extend(
+        pieces[1..pieces.len() - 1]
+            .iter()
+            .map(|p| p.trim().to_string()),
+    );
     Ok(ProcessExample {
         prompt: question.to_string(),
         completions,
@@ -173,7 +192,8 @@ pub fn read_process(path: &Path) -> Result<Vec<ProcessExample>, RewardError> {
 
 /// The 1-based line of the `index`-th record (blank lines are skipped by the reader).
 fn line_number(path: &Path, index: usize) -> Result<usize, RewardError> {
-    let text = std::fs::read_to_string(path).map_err(|e| RewardError::Format(format!("{}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| RewardError::Format(format!("{}: {e}", path.display())))?;
     Ok(text
         .lines()
         .enumerate()
@@ -184,7 +204,15 @@ fn line_number(path: &Path, index: usize) -> Result<usize, RewardError> {
 
 fn dataset_error(e: DatasetError) -> RewardError {
     match e {
-        DatasetError::Line { path, line, message } => RewardError::Line { path, line, message },
+        DatasetError::Line {
+            path,
+            line,
+            message,
+        } => RewardError::Line {
+            path,
+            line,
+            message,
+        },
         other => RewardError::Format(other.to_string()),
     }
 }
@@ -240,7 +268,10 @@ mod tests {
         assert_eq!(trace.answer.as_deref(), Some("3"));
         assert_eq!((labels, outcome), (vec![true], Some(true)));
         assert_eq!(examples[1].prompt, "What is 2+3?");
-        assert_eq!(examples[1].completions, vec!["Step 1: 2+3=6", "Step 2: The answer is 6"]);
+        assert_eq!(
+            examples[1].completions,
+            vec!["Step 1: 2+3=6", "Step 2: The answer is 6"]
+        );
         assert_eq!(examples[1].labels, vec![false, false]);
     }
 
@@ -254,7 +285,10 @@ mod tests {
         )
         .expect("write");
         let err = read_process(&path).expect_err("mismatch").to_string();
-        assert!(err.contains("bad.jsonl:3:") && err.contains("2 completions but 1 labels"), "{err}");
+        assert!(
+            err.contains("bad.jsonl:3:") && err.contains("2 completions but 1 labels"),
+            "{err}"
+        );
         std::fs::write(&path, "{\"prompt\": \"p\", \"chosen\": 3}\n").expect("write");
         let err = read_pairs(&path).expect_err("wrong type").to_string();
         assert!(err.contains("bad.jsonl:1:"), "{err}");

@@ -19,7 +19,11 @@ pub enum LabelSource {
 }
 
 /// Exact labels (1.0 right, 0.0 wrong) of a trace's steps.
-pub fn ground_truth(task: &dyn Task, problem: &Problem, trace: &Trace) -> Result<Vec<f32>, RewardError> {
+pub fn ground_truth(
+    task: &dyn Task,
+    problem: &Problem,
+    trace: &Trace,
+) -> Result<Vec<f32>, RewardError> {
     Ok(task
         .check_steps(problem, &trace.steps)?
         .into_iter()
@@ -73,7 +77,13 @@ pub async fn monte_carlo_rollouts(
             let context = format!("{}{}", problem.prompt, trace.render_prefix(s + 1));
             for r in 0..settings.rollouts {
                 let seed = settings.seed ^ ((t as u64) << 32) ^ ((s as u64) << 16) ^ r as u64;
-                requests.push(GenRequest::new(context.clone(), Stop::TraceEnd, settings.max_tokens, sampling, seed));
+                requests.push(GenRequest::new(
+                    context.clone(),
+                    Stop::TraceEnd,
+                    settings.max_tokens,
+                    sampling,
+                    seed,
+                ));
                 index.push((t, s));
             }
         }
@@ -83,7 +93,10 @@ pub async fn monte_carlo_rollouts(
         .map(|(_, trace)| vec![Vec::with_capacity(settings.rollouts); trace.steps.len()])
         .collect();
     let mut tokens = 0u64;
-    for (chunk, idx) in requests.chunks(settings.batch.max(1)).zip(index.chunks(settings.batch.max(1))) {
+    for (chunk, idx) in requests
+        .chunks(settings.batch.max(1))
+        .zip(index.chunks(settings.batch.max(1)))
+    {
         let generations = policy.generate(chunk).await?;
         for (g, &(t, s)) in generations.iter().zip(idx) {
             tokens += g.tokens() as u64;
@@ -123,7 +136,10 @@ mod tests {
 
     #[test]
     fn hard_and_soft_labels_from_prefixes_of_the_rollouts() {
-        let outcomes = vec![vec![false, true, true, false], vec![false, false, false, false]];
+        let outcomes = vec![
+            vec![false, true, true, false],
+            vec![false, false, false, false],
+        ];
         assert_eq!(labels_from_rollouts(&outcomes, 1, false), vec![0.0, 0.0]);
         assert_eq!(labels_from_rollouts(&outcomes, 2, false), vec![1.0, 0.0]);
         assert_eq!(labels_from_rollouts(&outcomes, 4, true), vec![0.5, 0.0]);

@@ -29,7 +29,11 @@ fn sigmoid(x: f32) -> f32 {
 
 impl LearnedReward {
     pub fn new(weights: &RewardWeights, tokenizer: Tokenizer) -> LearnedReward {
-        let engine = Engine::new(&weights.backbone).with_scoring_head(weights.head.clone(), vec![weights.bias], 1);
+        let engine = Engine::new(&weights.backbone).with_scoring_head(
+            weights.head.clone(),
+            vec![weights.bias],
+            1,
+        );
         let kv = engine.config.kv_dim();
         LearnedReward {
             label: format!(
@@ -116,7 +120,11 @@ impl RewardModel for LearnedReward {
         self.aggregation
     }
 
-    async fn score(&self, problem: &Problem, traces: &[Trace]) -> Result<Vec<StepScores>, RewardError> {
+    async fn score(
+        &self,
+        problem: &Problem,
+        traces: &[Trace],
+    ) -> Result<Vec<StepScores>, RewardError> {
         let pairs: Vec<(&Problem, &Trace)> = traces.iter().map(|t| (problem, t)).collect();
         Ok(self.score_pairs(&pairs))
     }

@@ -60,7 +60,12 @@ pub enum Aggregation {
 }
 
 impl Aggregation {
-    pub const ALL: [Aggregation; 4] = [Aggregation::Last, Aggregation::Min, Aggregation::Product, Aggregation::Mean];
+    pub const ALL: [Aggregation; 4] = [
+        Aggregation::Last,
+        Aggregation::Min,
+        Aggregation::Product,
+        Aggregation::Mean,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -116,7 +121,11 @@ pub trait RewardModel: Send + Sync {
         Aggregation::Last
     }
 
-    async fn score(&self, problem: &Problem, traces: &[Trace]) -> Result<Vec<StepScores>, RewardError>;
+    async fn score(
+        &self,
+        problem: &Problem,
+        traces: &[Trace],
+    ) -> Result<Vec<StepScores>, RewardError>;
 
     /// Model evaluations (forward passes) so far, for compute accounting.
     fn calls(&self) -> u64 {

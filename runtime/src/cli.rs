@@ -142,7 +142,13 @@ pub fn run_command(command: Command, registry: &Registry) -> Result<(), Failure>
                 .with_overrides(&set);
             let run = layers.load(registry)?;
             crate::pipeline::run(&run, registry, resume)
-                .map(|_| eprintln!("ponder: run {} complete in {}", run.run.name, run.run_dir().display()))
+                .map(|_| {
+                    eprintln!(
+                        "ponder: run {} complete in {}",
+                        run.run.name,
+                        run.run_dir().display()
+                    )
+                })
                 .map_err(Failure::Other)
         }
         Command::Datagen(args) => datagen(args, registry),

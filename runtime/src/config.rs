@@ -186,10 +186,16 @@ impl PipelineSection {
         }
         for p in self.init.optim.validate() {
             let (field, msg) = p.split_once(": ").unwrap_or(("", &p));
-            errors.push(ConfigError::new(format!("pipeline.init.optim.{field}"), msg));
+            errors.push(ConfigError::new(
+                format!("pipeline.init.optim.{field}"),
+                msg,
+            ));
         }
         if self.init.batch_size == 0 {
-            errors.push(ConfigError::new("pipeline.init.batch_size", "must be at least 1"));
+            errors.push(ConfigError::new(
+                "pipeline.init.batch_size",
+                "must be at least 1",
+            ));
         }
         if self.stages.contains(&"init".to_string()) && self.data.train_examples == 0 {
             errors.push(ConfigError::new(

@@ -62,4 +62,3 @@ fn compact(value: &serde_json::Value) -> String {
         other => other.to_string(),
     }
 }
-

@@ -227,7 +227,10 @@ pub struct PolicyCategory;
 #[derive(Clone, Debug, Default)]
 pub struct PolicyContext {
     /// Weights and tokenizer the run trained (policy initialisation or RL); `None` before.
-    pub trained: Option<(ponder_policy_init::HostWeights, ponder_policy_init::Tokenizer)>,
+    pub trained: Option<(
+        ponder_policy_init::HostWeights,
+        ponder_policy_init::Tokenizer,
+    )>,
     /// Seed for fresh weights.
     pub seed: u64,
 }

@@ -56,9 +56,15 @@ pub fn run(ctx: &Context) -> anyhow::Result<serde_json::Value> {
             );
         }
     }
-    let chance = examples.iter().map(|e| ctx.task.chance_level(&e.problem)).sum::<f64>()
+    let chance = examples
+        .iter()
+        .map(|e| ctx.task.chance_level(&e.problem))
+        .sum::<f64>()
         / examples.len().max(1) as f64;
-    write_jsonl::<_, DatasetError>(&ctx.dir.data("test.jsonl"), examples.iter().cloned().map(Ok))?;
+    write_jsonl::<_, DatasetError>(
+        &ctx.dir.data("test.jsonl"),
+        examples.iter().cloned().map(Ok),
+    )?;
     Ok(json!({
         "train_examples": written,
         "train_chars": chars,

@@ -1,0 +1,726 @@
+//! The CPU training path: forward and backward of the transformer written out by hand on host
+//! memory, for the shapes of small models where burn's op-by-op autodiff spends most of its time
+//! outside the matrix products (see BURN-NOTES and the closing note of the performance issue).
+//!
+//! - Sequences are packed without padding: the linear layers see all tokens of a batch as one
+//!   matrix; attention runs per sequence.
+//! - The batch is split across threads by token count; each thread runs forward and backward
+//!   on its sequences with single-threaded matrix products, and the weight gradients are summed
+//!   in thread order (deterministic for a given thread count).
+//! - The loss is a callback on each sequence's logits (and optional scalar head), so supervised
+//!   training, reward models and the RL losses share one engine.
+//!
+//! Gradients match burn's autodiff on the same model to float rounding (tested).
+
+use pulp::{Simd, WithSimd};
+use rayon::prelude::*;
+
+use crate::config::ModelConfig;
+use crate::linalg::{dot, fast_exp, matmul, matmul_lhs_transposed, matmul_transposed};
+use crate::model::rope_tables;
+use crate::weights::{HostWeights, Layout};
+
+/// A scalar head read at every position: `h · weight + bias` (a value or reward head).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScalarHead {
+    pub weight: Vec<f32>,
+    pub bias: f32,
+}
+
+/// What a loss sees of one sequence and where it writes its gradients.
+pub struct SeqOutputs<'a> {
+    /// `[len, vocab]` logits, when the language-model head is on.
+    pub logits: Option<&'a [f32]>,
+    /// `[len]` scalar-head outputs, when a scalar head is present.
+    pub values: Option<&'a [f32]>,
+    /// Gradient of the loss with respect to `logits` (zeroed before the call).
+    pub dlogits: Option<&'a mut [f32]>,
+    /// Gradient of the loss with respect to `values` (zeroed before the call).
+    pub dvalues: Option<&'a mut [f32]>,
+}
+
+/// A loss over a batch of sequences, evaluated one sequence at a time (in parallel). It
+/// returns that sequence's contribution to the batch loss, already normalised.
+pub trait SequenceLoss: Sync {
+    fn loss(&self, seq: usize, outputs: SeqOutputs<'_>) -> f64;
+}
+
+/// Gradients of every parameter, in [`Layout`] order, and of the scalar head.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gradients {
+    pub tensors: Vec<Vec<f32>>,
+    pub head: Option<ScalarHead>,
+}
+
+impl Gradients {
+    fn zeros(weights: &HostWeights, head: Option<&ScalarHead>) -> Gradients {
+        Gradients {
+            tensors: weights
+                .tensors
+                .iter()
+                .map(|t| vec![0.0; t.data.len()])
+                .collect(),
+            head: head.map(|h| ScalarHead {
+                weight: vec![0.0; h.weight.len()],
+                bias: 0.0,
+            }),
+        }
+    }
+
+    fn add(&mut self, other: &Gradients) {
+        for (a, b) in self.tensors.iter_mut().zip(&other.tensors) {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+        }
+        if let (Some(a), Some(b)) = (&mut self.head, &other.head) {
+            for (x, y) in a.weight.iter_mut().zip(&b.weight) {
+                *x += y;
+            }
+            a.bias += b.bias;
+        }
+    }
+}
+
+/// The model, ready for training steps.
+pub struct NativeModel<'a> {
+    config: &'a ModelConfig,
+    weights: &'a HostWeights,
+    layout: Layout,
+    head: Option<&'a ScalarHead>,
+    /// Whether the language-model head (and its logits) is computed.
+    lm: bool,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    /// Stacked q/k/v and gate/up weights per layer.
+    qkv: Vec<Vec<f32>>,
+    qkv_bias: Vec<Option<Vec<f32>>>,
+    gate_up: Vec<Vec<f32>>,
+}
+
+struct LayerActs {
+    x_in: Vec<f32>,
+    r1: Vec<f32>,
+    a: Vec<f32>,
+    qkv: Vec<f32>,
+    /// Per sequence, per head, `[len, len]` attention probabilities (causal).
+    probs: Vec<Vec<f32>>,
+    o: Vec<f32>,
+    x_mid: Vec<f32>,
+    r2: Vec<f32>,
+    m: Vec<f32>,
+    gate_up: Vec<f32>,
+    act: Vec<f32>,
+}
+
+fn rms_forward(x: &[f32], d: usize, gamma: &[f32], eps: f32, out: &mut [f32], r: &mut [f32]) {
+    for ((row, o), r) in x
+        .chunks_exact(d)
+        .zip(out.chunks_exact_mut(d))
+        .zip(r.iter_mut())
+    {
+        let ms = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        *r = 1.0 / (ms + eps).sqrt();
+        for ((o, &v), &g) in o.iter_mut().zip(row).zip(gamma) {
+            *o = v * *r * g;
+        }
+    }
+}
+
+/// Adds to `dx` the gradient through `y = x * r * gamma`; adds `dgamma`.
+fn rms_backward(
+    dy: &[f32],
+    x: &[f32],
+    r: &[f32],
+    gamma: &[f32],
+    d: usize,
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+) {
+    for (((dy, x), &r), dx) in dy
+        .chunks_exact(d)
+        .zip(x.chunks_exact(d))
+        .zip(r)
+        .zip(dx.chunks_exact_mut(d))
+    {
+        let mut t = 0.0f32;
+        for j in 0..d {
+            t += dy[j] * gamma[j] * x[j];
+            dgamma[j] += dy[j] * x[j] * r;
+        }
+        let c = r * r * r * t / d as f32;
+        for j in 0..d {
+            dx[j] += r * dy[j] * gamma[j] - x[j] * c;
+        }
+    }
+}
+
+/// Columns `offset..offset + width` of rows `base..base + t` of a row-major `[_, stride]`
+/// matrix, as a contiguous `[t, width]` matrix.
+fn gather_head(
+    x: &[f32],
+    stride: usize,
+    base: usize,
+    t: usize,
+    offset: usize,
+    width: usize,
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(t * width);
+    for r in base..base + t {
+        out.extend_from_slice(&x[r * stride + offset..r * stride + offset + width]);
+    }
+    out
+}
+
+fn scatter_head(
+    head: &[f32],
+    x: &mut [f32],
+    stride: usize,
+    base: usize,
+    t: usize,
+    offset: usize,
+    width: usize,
+) {
+    for (i, row) in head.chunks_exact(width).enumerate().take(t) {
+        let r = base + i;
+        x[r * stride + offset..r * stride + offset + width].copy_from_slice(row);
+    }
+}
+
+fn accumulate_head(
+    head: &[f32],
+    x: &mut [f32],
+    stride: usize,
+    base: usize,
+    t: usize,
+    offset: usize,
+    width: usize,
+) {
+    for (i, row) in head.chunks_exact(width).enumerate().take(t) {
+        let r = base + i;
+        for (a, b) in x[r * stride + offset..r * stride + offset + width]
+            .iter_mut()
+            .zip(row)
+        {
+            *a += b;
+        }
+    }
+}
+
+fn add_bias(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
+}
+
+fn column_sums(x: &[f32], width: usize, out: &mut [f32]) {
+    for row in x.chunks_exact(width) {
+        for (o, v) in out.iter_mut().zip(row) {
+            *o += v;
+        }
+    }
+}
+
+impl<'a> NativeModel<'a> {
+    pub fn new(
+        weights: &'a HostWeights,
+        head: Option<&'a ScalarHead>,
+        lm: bool,
+    ) -> NativeModel<'a> {
+        let config = &weights.config;
+        let layout = weights.layout();
+        let (cos_full, sin_full) = rope_tables(config, config.max_seq_len);
+        let (dh, half) = (config.head_dim(), config.head_dim() / 2);
+        let halve = |full: Vec<f32>| -> Vec<f32> {
+            full.chunks_exact(dh)
+                .flat_map(|r| r[..half].to_vec())
+                .collect()
+        };
+        let t = |slot: usize| -> &[f32] { weights.tensors[slot].data.as_slice() };
+        let qkv = layout
+            .layers
+            .iter()
+            .map(|l| [t(l.q), t(l.k), t(l.v)].concat())
+            .collect();
+        let zeros = vec![0.0f32; config.kv_dim()];
+        let qkv_bias = layout
+            .layers
+            .iter()
+            .map(|l| {
+                l.q_bias.map(|q| {
+                    let k = l.k_bias.map_or(zeros.clone(), |b| t(b).to_vec());
+                    let v = l.v_bias.map_or(zeros.clone(), |b| t(b).to_vec());
+                    [t(q), k.as_slice(), v.as_slice()].concat()
+                })
+            })
+            .collect();
+        let gate_up = layout
+            .layers
+            .iter()
+            .map(|l| [t(l.gate), t(l.up)].concat())
+            .collect();
+        NativeModel {
+            config,
+            weights,
+            layout,
+            head,
+            lm,
+            cos: halve(cos_full),
+            sin: halve(sin_full),
+            qkv,
+            qkv_bias,
+            gate_up,
+        }
+    }
+
+    /// The batch loss and the gradients of every parameter. Sequences longer than the model's
+    /// context are refused by the caller; each must be non-empty.
+    pub fn loss_and_gradients(
+        &self,
+        sequences: &[&[u32]],
+        loss: &dyn SequenceLoss,
+        threads: usize,
+    ) -> (f64, Gradients) {
+        let threads = threads.max(1).min(sequences.len().max(1));
+        let total: usize = sequences.iter().map(|s| s.len()).sum();
+        let target = total.div_ceil(threads);
+        let mut bounds = vec![0];
+        let mut acc = 0;
+        for (i, s) in sequences.iter().enumerate() {
+            acc += s.len();
+            if acc >= target * bounds.len() && i + 1 < sequences.len() && bounds.len() < threads {
+                bounds.push(i + 1);
+            }
+        }
+        bounds.push(sequences.len());
+        let parts: Vec<(f64, Gradients)> = bounds
+            .par_windows(2)
+            .map(|w| {
+                pulp::Arch::new().dispatch(Group {
+                    model: self,
+                    sequences: &sequences[w[0]..w[1]],
+                    first: w[0],
+                    loss,
+                })
+            })
+            .collect();
+        let mut total_loss = 0.0;
+        let mut grads = Gradients::zeros(self.weights, self.head);
+        for (l, g) in &parts {
+            total_loss += l;
+            grads.add(g);
+        }
+        (total_loss, grads)
+    }
+}
+
+struct Group<'m, 'a, 's> {
+    model: &'m NativeModel<'a>,
+    sequences: &'s [&'s [u32]],
+    first: usize,
+    loss: &'s dyn SequenceLoss,
+}
+
+impl WithSimd for Group<'_, '_, '_> {
+    type Output = (f64, Gradients);
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) -> Self::Output {
+        self.model
+            .group(simd, self.sequences, self.first, self.loss)
+    }
+}
+
+impl NativeModel<'_> {
+    #[inline(always)]
+    fn group<S: Simd>(
+        &self,
+        simd: S,
+        sequences: &[&[u32]],
+        first: usize,
+        loss: &dyn SequenceLoss,
+    ) -> (f64, Gradients) {
+        let c = self.config;
+        let (d, kv, f, v) = (c.d_model, c.kv_dim(), c.ffn_hidden, c.vocab_size);
+        let (h, kvh, dh) = (c.n_heads, c.n_kv_heads, c.head_dim());
+        let (half, group) = (dh / 2, h / kvh);
+        let qw = d + 2 * kv;
+        let scale = 1.0 / (dh as f32).sqrt();
+        let eps = c.rms_eps;
+        let n: usize = sequences.iter().map(|s| s.len()).sum();
+        let mut offsets = Vec::with_capacity(sequences.len() + 1);
+        offsets.push(0);
+        for s in sequences {
+            offsets.push(offsets.last().copied().unwrap_or(0) + s.len());
+        }
+        let w = |slot: usize| self.weights.tensors[slot].data.as_slice();
+        let embed_slot = self.layout.embed;
+        // ---- forward ----
+        let mut x = vec![0.0f32; n * d];
+        let tokens: Vec<usize> = sequences
+            .iter()
+            .flat_map(|s| s.iter().map(|&t| (t as usize).min(v - 1)))
+            .collect();
+        for (r, &tok) in tokens.iter().enumerate() {
+            x[r * d..(r + 1) * d].copy_from_slice(&w(embed_slot)[tok * d..(tok + 1) * d]);
+        }
+        let mut acts: Vec<LayerActs> = Vec::with_capacity(self.layout.layers.len());
+        for (li, l) in self.layout.layers.iter().enumerate() {
+            let x_in = x.clone();
+            let mut r1 = vec![0.0f32; n];
+            let mut a = vec![0.0f32; n * d];
+            rms_forward(&x_in, d, w(l.input_norm), eps, &mut a, &mut r1);
+            let mut qkv = vec![0.0f32; n * qw];
+            matmul_transposed(&a, n, d, &self.qkv[li], qw, &mut qkv, false, 1);
+            if let Some(b) = &self.qkv_bias[li] {
+                add_bias(&mut qkv, b);
+            }
+            for (s, seq) in sequences.iter().enumerate() {
+                for p in 0..seq.len() {
+                    let row = &mut qkv[(offsets[s] + p) * qw..(offsets[s] + p + 1) * qw];
+                    let (cos, sin) = (
+                        &self.cos[p * half..(p + 1) * half],
+                        &self.sin[p * half..(p + 1) * half],
+                    );
+                    for head in row[..d + kv].chunks_exact_mut(dh) {
+                        for i in 0..half {
+                            let (x1, x2) = (head[i], head[i + half]);
+                            head[i] = x1 * cos[i] - x2 * sin[i];
+                            head[i + half] = x2 * cos[i] + x1 * sin[i];
+                        }
+                    }
+                }
+            }
+            let mut o = vec![0.0f32; n * d];
+            let mut probs: Vec<Vec<f32>> = Vec::with_capacity(sequences.len() * h);
+            for (s, seq) in sequences.iter().enumerate() {
+                let (t, base) = (seq.len(), offsets[s]);
+                for hh in 0..h {
+                    let (qo, ko, vo) = (hh * dh, d + (hh / group) * dh, d + kv + (hh / group) * dh);
+                    let qh = gather_head(&qkv, qw, base, t, qo, dh);
+                    let kh = gather_head(&qkv, qw, base, t, ko, dh);
+                    let vh = gather_head(&qkv, qw, base, t, vo, dh);
+                    // S = Q Kᵀ · scale, causal softmax by rows, O = P V.
+                    let mut p = vec![0.0f32; t * t];
+                    matmul_transposed(&qh, t, dh, &kh, t, &mut p, false, 1);
+                    for i in 0..t {
+                        let row = &mut p[i * t..(i + 1) * t];
+                        let mut max = f32::NEG_INFINITY;
+                        for v in row[..=i].iter_mut() {
+                            *v *= scale;
+                            max = max.max(*v);
+                        }
+                        let mut sum = 0.0;
+                        for v in row[..=i].iter_mut() {
+                            *v = fast_exp(*v - max);
+                            sum += *v;
+                        }
+                        let inv = 1.0 / sum;
+                        for v in row[..=i].iter_mut() {
+                            *v *= inv;
+                        }
+                        row[i + 1..].fill(0.0);
+                    }
+                    let mut oh = vec![0.0f32; t * dh];
+                    matmul(&p, t, t, &vh, dh, &mut oh, false, 1);
+                    scatter_head(&oh, &mut o, d, base, t, qo, dh);
+                    probs.push(p);
+                }
+            }
+            matmul_transposed(&o, n, d, w(l.o), d, &mut x, true, 1);
+            if let Some(b) = l.o_bias {
+                add_bias(&mut x, w(b));
+            }
+            let x_mid = x.clone();
+            let mut r2 = vec![0.0f32; n];
+            let mut m = vec![0.0f32; n * d];
+            rms_forward(&x_mid, d, w(l.post_norm), eps, &mut m, &mut r2);
+            let mut gu = vec![0.0f32; n * 2 * f];
+            matmul_transposed(&m, n, d, &self.gate_up[li], 2 * f, &mut gu, false, 1);
+            let mut act = vec![0.0f32; n * f];
+            for (row, a) in gu.chunks_exact(2 * f).zip(act.chunks_exact_mut(f)) {
+                let (g, u) = row.split_at(f);
+                for ((a, &g), &u) in a.iter_mut().zip(g).zip(u) {
+                    *a = g / (1.0 + fast_exp(-g)) * u;
+                }
+            }
+            matmul_transposed(&act, n, f, w(l.down), d, &mut x, true, 1);
+            acts.push(LayerActs {
+                x_in,
+                r1,
+                a,
+                qkv,
+                probs,
+                o,
+                x_mid,
+                r2,
+                m,
+                gate_up: gu,
+                act,
+            });
+        }
+        let mut rf = vec![0.0f32; n];
+        let mut hidden = vec![0.0f32; n * d];
+        rms_forward(&x, d, w(self.layout.final_norm), eps, &mut hidden, &mut rf);
+        // ---- heads and loss ----
+        let lm_slot = self.layout.lm_head.unwrap_or(embed_slot);
+        let mut logits = Vec::new();
+        if self.lm {
+            logits = vec![0.0f32; n * v];
+            matmul_transposed(&hidden, n, d, w(lm_slot), v, &mut logits, false, 1);
+        }
+        let values: Option<Vec<f32>> = self.head.map(|hd| {
+            hidden
+                .chunks_exact(d)
+                .map(|row| dot(simd, row, &hd.weight) + hd.bias)
+                .collect()
+        });
+        let mut dlogits = vec![0.0f32; if self.lm { n * v } else { 0 }];
+        let mut dvalues = vec![0.0f32; if self.head.is_some() { n } else { 0 }];
+        let mut total_loss = 0.0f64;
+        for s in 0..sequences.len() {
+            let (a, b) = (offsets[s], offsets[s + 1]);
+            let outputs = SeqOutputs {
+                logits: self.lm.then(|| &logits[a * v..b * v]),
+                values: values.as_ref().map(|vals| &vals[a..b]),
+                dlogits: if self.lm {
+                    Some(&mut dlogits[a * v..b * v])
+                } else {
+                    None
+                },
+                dvalues: if self.head.is_some() {
+                    Some(&mut dvalues[a..b])
+                } else {
+                    None
+                },
+            };
+            total_loss += loss.loss(first + s, outputs);
+        }
+        // ---- backward ----
+        let mut grads = Gradients::zeros(self.weights, self.head);
+        let mut dh_ = vec![0.0f32; n * d];
+        if self.lm {
+            matmul(&dlogits, n, v, w(lm_slot), d, &mut dh_, false, 1);
+            matmul_lhs_transposed(
+                &dlogits,
+                n,
+                v,
+                &hidden,
+                d,
+                &mut grads.tensors[lm_slot],
+                true,
+                1,
+            );
+        }
+        if let (Some(hd), Some(gh)) = (self.head, &mut grads.head) {
+            for ((row, dh_row), &dv) in hidden
+                .chunks_exact(d)
+                .zip(dh_.chunks_exact_mut(d))
+                .zip(&dvalues)
+            {
+                for j in 0..d {
+                    dh_row[j] += dv * hd.weight[j];
+                    gh.weight[j] += dv * row[j];
+                }
+                gh.bias += dv;
+            }
+        }
+        let mut dx = vec![0.0f32; n * d];
+        rms_backward(
+            &dh_,
+            &x,
+            &rf,
+            w(self.layout.final_norm),
+            d,
+            &mut dx,
+            &mut grads.tensors[self.layout.final_norm],
+        );
+        for (li, l) in self.layout.layers.iter().enumerate().rev() {
+            let acts = &acts[li];
+            // MLP: x_out = x_mid + act · downᵀ
+            matmul_lhs_transposed(&dx, n, d, &acts.act, f, &mut grads.tensors[l.down], true, 1);
+            let mut dact = vec![0.0f32; n * f];
+            matmul(&dx, n, d, w(l.down), f, &mut dact, false, 1);
+            let mut dgu = vec![0.0f32; n * 2 * f];
+            for ((row, da), dg) in acts
+                .gate_up
+                .chunks_exact(2 * f)
+                .zip(dact.chunks_exact(f))
+                .zip(dgu.chunks_exact_mut(2 * f))
+            {
+                let (g, u) = row.split_at(f);
+                let (dgate, dup) = dg.split_at_mut(f);
+                for j in 0..f {
+                    let sig = 1.0 / (1.0 + fast_exp(-g[j]));
+                    let silu = g[j] * sig;
+                    dup[j] = da[j] * silu;
+                    dgate[j] = da[j] * u[j] * sig * (1.0 + g[j] * (1.0 - sig));
+                }
+            }
+            let mut dgate_up_w = vec![0.0f32; 2 * f * d];
+            matmul_lhs_transposed(&dgu, n, 2 * f, &acts.m, d, &mut dgate_up_w, false, 1);
+            for (dst, src) in [(l.gate, 0), (l.up, f * d)] {
+                for (g, s) in grads.tensors[dst]
+                    .iter_mut()
+                    .zip(&dgate_up_w[src..src + f * d])
+                {
+                    *g += s;
+                }
+            }
+            let mut dm = vec![0.0f32; n * d];
+            matmul(&dgu, n, 2 * f, &self.gate_up[li], d, &mut dm, false, 1);
+            let mut dx_mid = dx.clone();
+            rms_backward(
+                &dm,
+                &acts.x_mid,
+                &acts.r2,
+                w(l.post_norm),
+                d,
+                &mut dx_mid,
+                &mut grads.tensors[l.post_norm],
+            );
+            // Attention: x_mid = x_in + o · oᵀ
+            matmul_lhs_transposed(&dx_mid, n, d, &acts.o, d, &mut grads.tensors[l.o], true, 1);
+            if let Some(b) = l.o_bias {
+                column_sums(&dx_mid, d, &mut grads.tensors[b]);
+            }
+            let mut do_ = vec![0.0f32; n * d];
+            matmul(&dx_mid, n, d, w(l.o), d, &mut do_, false, 1);
+            let mut dqkv = vec![0.0f32; n * qw];
+            for (s, seq) in sequences.iter().enumerate() {
+                let (t, base) = (seq.len(), offsets[s]);
+                for hh in 0..h {
+                    let p = &acts.probs[s * h + hh];
+                    let (qo, ko, vo) = (hh * dh, d + (hh / group) * dh, d + kv + (hh / group) * dh);
+                    let qh = gather_head(&acts.qkv, qw, base, t, qo, dh);
+                    let kh = gather_head(&acts.qkv, qw, base, t, ko, dh);
+                    let vh = gather_head(&acts.qkv, qw, base, t, vo, dh);
+                    let doh = gather_head(&do_, d, base, t, qo, dh);
+                    // dV = Pᵀ dO; dP = dO Vᵀ; dS = P ∘ (dP - rowsum(P ∘ dP)) · scale;
+                    // dQ = dS K; dK = dSᵀ Q.
+                    let mut dvh = vec![0.0f32; t * dh];
+                    matmul_lhs_transposed(p, t, t, &doh, dh, &mut dvh, false, 1);
+                    let mut ds = vec![0.0f32; t * t];
+                    matmul_transposed(&doh, t, dh, &vh, t, &mut ds, false, 1);
+                    for i in 0..t {
+                        let (prow, drow) = (&p[i * t..(i + 1) * t], &mut ds[i * t..(i + 1) * t]);
+                        let weighted: f32 =
+                            prow[..=i].iter().zip(&drow[..=i]).map(|(a, b)| a * b).sum();
+                        for j in 0..=i {
+                            drow[j] = prow[j] * (drow[j] - weighted) * scale;
+                        }
+                        drow[i + 1..].fill(0.0);
+                    }
+                    let mut dqh = vec![0.0f32; t * dh];
+                    matmul(&ds, t, t, &kh, dh, &mut dqh, false, 1);
+                    let mut dkh = vec![0.0f32; t * dh];
+                    matmul_lhs_transposed(&ds, t, t, &qh, dh, &mut dkh, false, 1);
+                    accumulate_head(&dqh, &mut dqkv, qw, base, t, qo, dh);
+                    accumulate_head(&dkh, &mut dqkv, qw, base, t, ko, dh);
+                    accumulate_head(&dvh, &mut dqkv, qw, base, t, vo, dh);
+                }
+                // Rotary positions backward: rotate the q and k gradients back.
+                for pidx in 0..t {
+                    let row = &mut dqkv[(base + pidx) * qw..(base + pidx + 1) * qw];
+                    let (cos, sin) = (
+                        &self.cos[pidx * half..(pidx + 1) * half],
+                        &self.sin[pidx * half..(pidx + 1) * half],
+                    );
+                    for head in row[..d + kv].chunks_exact_mut(dh) {
+                        for i in 0..half {
+                            let (g1, g2) = (head[i], head[i + half]);
+                            head[i] = g1 * cos[i] + g2 * sin[i];
+                            head[i + half] = g2 * cos[i] - g1 * sin[i];
+                        }
+                    }
+                }
+            }
+            let mut dqkv_w = vec![0.0f32; qw * d];
+            matmul_lhs_transposed(&dqkv, n, qw, &acts.a, d, &mut dqkv_w, false, 1);
+            for (dst, src, rows) in [(l.q, 0, d), (l.k, d * d, kv), (l.v, (d + kv) * d, kv)] {
+                for (g, s) in grads.tensors[dst]
+                    .iter_mut()
+                    .zip(&dqkv_w[src..src + rows * d])
+                {
+                    *g += s;
+                }
+            }
+            if l.q_bias.is_some() {
+                let mut sums = vec![0.0f32; qw];
+                column_sums(&dqkv, qw, &mut sums);
+                for (slot, range) in [
+                    (l.q_bias, 0..d),
+                    (l.k_bias, d..d + kv),
+                    (l.v_bias, d + kv..qw),
+                ] {
+                    if let Some(slot) = slot {
+                        for (g, s) in grads.tensors[slot].iter_mut().zip(&sums[range]) {
+                            *g += s;
+                        }
+                    }
+                }
+            }
+            let mut da = vec![0.0f32; n * d];
+            matmul(&dqkv, n, qw, &self.qkv[li], d, &mut da, false, 1);
+            dx = dx_mid;
+            rms_backward(
+                &da,
+                &acts.x_in,
+                &acts.r1,
+                w(l.input_norm),
+                d,
+                &mut dx,
+                &mut grads.tensors[l.input_norm],
+            );
+        }
+        for (r, &tok) in tokens.iter().enumerate() {
+            let g = &mut grads.tensors[embed_slot][tok * d..(tok + 1) * d];
+            for (gg, &dv) in g.iter_mut().zip(&dx[r * d..(r + 1) * d]) {
+                *gg += dv;
+            }
+        }
+        (total_loss, grads)
+    }
+}
+
+/// Next-token cross-entropy on the trained positions of each sequence, averaged over all
+/// trained positions of the batch.
+pub struct CrossEntropy<'a> {
+    /// Per sequence: the tokens (inputs are `tokens[..n-1]`, targets `tokens[1..]`).
+    pub tokens: &'a [Vec<u32>],
+    /// Per sequence: the index of the first trained target token.
+    pub first_trained: &'a [usize],
+    /// All trained positions of the batch (the normaliser).
+    pub count: usize,
+}
+
+impl SequenceLoss for CrossEntropy<'_> {
+    fn loss(&self, seq: usize, outputs: SeqOutputs<'_>) -> f64 {
+        let (Some(logits), Some(dlogits)) = (outputs.logits, outputs.dlogits) else {
+            return 0.0;
+        };
+        let tokens = &self.tokens[seq];
+        let v = logits.len() / (tokens.len() - 1).max(1);
+        let norm = 1.0 / self.count.max(1) as f32;
+        let mut total = 0.0f64;
+        for p in 0..tokens.len() - 1 {
+            if p + 1 < self.first_trained[seq] {
+                continue;
+            }
+            let row = &logits[p * v..(p + 1) * v];
+            let target = tokens[p + 1] as usize;
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f32 = row.iter().map(|&l| (l - max).exp()).sum();
+            let log_z = max + sum.ln();
+            total += f64::from(log_z - row[target]) * f64::from(norm);
+            let drow = &mut dlogits[p * v..(p + 1) * v];
+            for (j, dl) in drow.iter_mut().enumerate() {
+                *dl = (row[j] - log_z).exp() * norm;
+            }
+            drow[target] -= norm;
+        }
+        total
+    }
+}
