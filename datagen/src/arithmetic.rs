@@ -94,31 +94,17 @@ impl Instance {
     }
 
     fn result(&self) -> u64 {
-        if self.mul {
-            self.a * self.b
-        } else {
-            self.a + self.b
-        }
+        if self.mul { self.a * self.b } else { self.a + self.b }
     }
 
     /// The expected steps, in order.
     fn steps(&self) -> Vec<String> {
-        let digits = |n: u64| -> Vec<u64> {
-            n.to_string()
-                .bytes()
-                .rev()
-                .map(|d| u64::from(d - b'0'))
-                .collect()
-        };
+        let digits = |n: u64| -> Vec<u64> { n.to_string().bytes().rev().map(|d| u64::from(d - b'0')).collect() };
         let (da, db) = (digits(self.a), digits(self.b));
         let mut steps = Vec::new();
         let mut carry = 0;
         let mut so_far = String::new();
-        let len = if self.mul {
-            da.len()
-        } else {
-            da.len().max(db.len())
-        };
+        let len = if self.mul { da.len() } else { da.len().max(db.len()) };
         for i in 0..len {
             let x = da.get(i).copied().unwrap_or(0);
             let (text, value) = if self.mul {
@@ -159,11 +145,7 @@ impl Arithmetic {
 }
 
 fn random_digits(rng: &mut TaskRng, digits: u32) -> u64 {
-    let low = if digits == 1 {
-        0
-    } else {
-        10u64.pow(digits - 1)
-    };
+    let low = if digits == 1 { 0 } else { 10u64.pow(digits - 1) };
     rng.random_range(low..10u64.pow(digits))
 }
 
@@ -173,7 +155,7 @@ impl Task for Arithmetic {
     }
 
     fn styles(&self) -> Vec<&'static str> {
-        vec!["optimal", "retry"]
+        vec!["optimal", "retry", "revision"]
     }
 
     fn sample(&self, rng: &mut TaskRng, difficulty: Option<u32>) -> Result<Problem, TaskError> {
@@ -235,15 +217,10 @@ impl Task for Arithmetic {
         Ok(labels)
     }
 
-    fn expert_trace(
-        &self,
-        problem: &Problem,
-        style: TraceStyle,
-        rng: &mut TaskRng,
-    ) -> Result<Trace, TaskError> {
+    fn expert_trace(&self, problem: &Problem, style: TraceStyle, rng: &mut TaskRng) -> Result<Trace, TaskError> {
         let instance = Instance::parse(problem)?;
         let rate = match style {
-            TraceStyle::Optimal => 0.0,
+            TraceStyle::Optimal | TraceStyle::Revision { .. } => 0.0,
             TraceStyle::Retry { rate } => rate.clamp(0.0, 1.0),
             TraceStyle::Search => {
                 return Err(TaskError::UnsupportedStyle {
@@ -270,6 +247,25 @@ impl Task for Arithmetic {
         Ok(Trace::new(steps, instance.result().to_string()))
     }
 
+    fn wrong_attempt(&self, problem: &Problem, rng: &mut TaskRng) -> Result<Option<Trace>, TaskError> {
+        let instance = Instance::parse(problem)?;
+        // The second operand misread: a consistent scratchpad for the wrong problem.
+        for _ in 0..20 {
+            let delta: i64 = [-2, -1, 1, 2][rng.random_range(0..4)];
+            let b = instance.b as i64 + delta;
+            let ok = if instance.mul { (2..=9).contains(&b) } else { b >= 0 };
+            if !ok {
+                continue;
+            }
+            let wrong = Instance {
+                b: b as u64,
+                ..instance
+            };
+            return Ok(Some(Trace::new(wrong.steps(), wrong.result().to_string())));
+        }
+        Ok(None)
+    }
+
     fn answer_key(&self, _problem: &Problem, answer: &str) -> Option<String> {
         answer.trim().parse::<u64>().ok().map(|n| n.to_string())
     }
@@ -288,13 +284,7 @@ mod tests {
     use super::*;
 
     fn problem(prompt: &str) -> Problem {
-        Problem::new(
-            NAME,
-            prompt.into(),
-            String::new(),
-            3,
-            serde_json::Value::Null,
-        )
+        Problem::new(NAME, prompt.into(), String::new(), 3, serde_json::Value::Null)
     }
 
     #[test]
@@ -303,23 +293,13 @@ mod tests {
         let steps = Instance::parse(&p).expect("parses").steps();
         assert_eq!(
             steps,
-            vec![
-                "1+7+0=8 so 8",
-                "2+3+0=5 so 58",
-                "8+9+0=17 so 758",
-                "4+0+1=5 so 5758"
-            ]
+            vec!["1+7+0=8 so 8", "2+3+0=5 so 58", "8+9+0=17 so 758", "4+0+1=5 so 5758"]
         );
         let p = problem("mul 482*7\n");
         let steps = Instance::parse(&p).expect("parses").steps();
         assert_eq!(
             steps,
-            vec![
-                "2*7+0=14 so 4",
-                "8*7+1=57 so 74",
-                "4*7+5=33 so 374",
-                "carry 3 so 3374"
-            ]
+            vec!["2*7+0=14 so 4", "8*7+1=57 so 74", "4*7+5=33 so 374", "carry 3 so 3374"]
         );
     }
 
@@ -327,16 +307,10 @@ mod tests {
     fn back_retracts_only_wrong_steps() {
         let task = Arithmetic::new(ArithmeticConfig::default()).expect("valid");
         let p = problem("add 12+9\n");
-        let steps: Vec<String> = [
-            "2+9+0=12 so 2",
-            "back",
-            "2+9+0=11 so 1",
-            "back",
-            "1+0+1=2 so 21",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let steps: Vec<String> = ["2+9+0=12 so 2", "back", "2+9+0=11 so 1", "back", "1+0+1=2 so 21"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let labels = task.check_steps(&p, &steps).expect("parses");
         assert_eq!(labels, vec![false, true, true, false, true]);
     }

@@ -141,15 +141,11 @@ impl Instance {
             .ok()
             .filter(|m| (2..=1000).contains(m))
             .ok_or_else(|| bad("the modulus is not a number from 2 to 1000"))?;
-        let (defs, query) = rest
-            .split_once("; find ")
-            .ok_or_else(|| bad("no `; find `"))?;
+        let (defs, query) = rest.split_once("; find ").ok_or_else(|| bad("no `; find `"))?;
         let query = single_char(query).ok_or_else(|| bad("the query is not one variable"))?;
         let mut definitions = Vec::new();
         for def in defs.split(", ") {
-            let (v, body) = def
-                .split_once('=')
-                .ok_or_else(|| bad("a definition has no `=`"))?;
+            let (v, body) = def.split_once('=').ok_or_else(|| bad("a definition has no `=`"))?;
             let v = single_char(v).ok_or_else(|| bad("a variable name is not one letter"))?;
             let d = if let Ok(c) = body.parse::<u64>() {
                 Definition::Constant(c % modulus)
@@ -177,10 +173,7 @@ impl Instance {
     }
 
     fn definition(&self, v: char) -> Option<&Definition> {
-        self.definitions
-            .iter()
-            .find(|(w, _)| *w == v)
-            .map(|(_, d)| d)
+        self.definitions.iter().find(|(w, _)| *w == v).map(|(_, d)| d)
     }
 
     /// The value of every variable, `None` if the definitions are circular or incomplete.
@@ -204,8 +197,7 @@ impl Instance {
                 }
             }
         }
-        (values.len() == self.definitions.len() && values.contains_key(&self.query))
-            .then_some(values)
+        (values.len() == self.definitions.len() && values.contains_key(&self.query)).then_some(values)
     }
 
     /// The operations the query needs, in dependency order (operands before their users).
@@ -268,9 +260,7 @@ impl Chains {
         if let Some(goal) = line.strip_suffix('?') {
             let chars: Vec<char> = goal.chars().collect();
             return match chars[..] {
-                [v, '=', x, op, y] => {
-                    instance.definition(v) == Some(&Definition::Operation(x, op, y))
-                }
+                [v, '=', x, op, y] => instance.definition(v) == Some(&Definition::Operation(x, op, y)),
                 _ => false,
             };
         }
@@ -307,16 +297,11 @@ impl Task for Chains {
         // before it, so all are needed), then distractors built on anything earlier.
         let mut definitions: Vec<(char, Definition)> = Vec::new();
         for _ in 0..c.constants {
-            definitions.push((
-                next_name(),
-                Definition::Constant(rng.random_range(0..c.modulus)),
-            ));
+            definitions.push((next_name(), Definition::Constant(rng.random_range(0..c.modulus))));
         }
         let mut previous: Option<char> = None;
         for _ in 0..operations {
-            let pick = |rng: &mut TaskRng, defs: &[(char, Definition)]| {
-                defs[rng.random_range(0..defs.len())].0
-            };
+            let pick = |rng: &mut TaskRng, defs: &[(char, Definition)]| defs[rng.random_range(0..defs.len())].0;
             let x = previous.unwrap_or_else(|| pick(rng, &definitions));
             let y = pick(rng, &definitions);
             let (x, y) = if rng.random_bool(0.5) { (x, y) } else { (y, x) };
@@ -349,11 +334,8 @@ impl Task for Chains {
             ordered.insert(at, d.clone());
         }
         // Move a `shuffle` fraction of definitions among themselves.
-        let chosen: Vec<usize> = (0..ordered.len())
-            .filter(|_| rng.random_bool(c.shuffle))
-            .collect();
-        let mut moved: Vec<(char, Definition)> =
-            chosen.iter().map(|&i| ordered[i].clone()).collect();
+        let chosen: Vec<usize> = (0..ordered.len()).filter(|_| rng.random_bool(c.shuffle)).collect();
+        let mut moved: Vec<(char, Definition)> = chosen.iter().map(|&i| ordered[i].clone()).collect();
         moved.shuffle(rng);
         for (&i, d) in chosen.iter().zip(moved) {
             ordered[i] = d;
@@ -369,13 +351,7 @@ impl Task for Chains {
         })?;
         let answer = values.get(&query).copied().unwrap_or(0).to_string();
         let meta = serde_json::json!({ "operations": operations, "modulus": c.modulus });
-        Ok(Problem::new(
-            NAME,
-            instance.prompt(),
-            answer,
-            operations,
-            meta,
-        ))
+        Ok(Problem::new(NAME, instance.prompt(), answer, operations, meta))
     }
 
     fn check_answer(&self, problem: &Problem, answer: &str) -> Result<bool, TaskError> {
@@ -402,22 +378,13 @@ impl Task for Chains {
         Ok(labels)
     }
 
-    fn expert_trace(
-        &self,
-        problem: &Problem,
-        style: TraceStyle,
-        rng: &mut TaskRng,
-    ) -> Result<Trace, TaskError> {
+    fn expert_trace(&self, problem: &Problem, style: TraceStyle, rng: &mut TaskRng) -> Result<Trace, TaskError> {
         let instance = Instance::parse(problem)?;
         let values = instance.values().unwrap_or_default();
-        let answer = values
-            .get(&instance.query)
-            .copied()
-            .unwrap_or(0)
-            .to_string();
+        let answer = values.get(&instance.query).copied().unwrap_or(0).to_string();
         let mut steps = Vec::new();
         match style {
-            TraceStyle::Optimal | TraceStyle::Retry { .. } => {
+            TraceStyle::Optimal | TraceStyle::Retry { .. } | TraceStyle::Revision { .. } => {
                 let rate = match style {
                     TraceStyle::Retry { rate } => rate.clamp(0.0, 1.0),
                     _ => 0.0,
@@ -441,10 +408,41 @@ impl Task for Chains {
         Ok(Trace::new(steps, answer))
     }
 
+    fn wrong_attempt(&self, problem: &Problem, rng: &mut TaskRng) -> Result<Option<Trace>, TaskError> {
+        let instance = Instance::parse(problem)?;
+        let Some(truth) = instance.values() else {
+            return Ok(None);
+        };
+        let needed = instance.needed();
+        if needed.is_empty() {
+            return Ok(None);
+        }
+        // One computation goes wrong; every later step builds on the wrong value.
+        for _ in 0..20 {
+            let mut values = truth.clone();
+            let broken = needed[rng.random_range(0..needed.len())];
+            let mut steps = Vec::new();
+            for &v in &needed {
+                if let Some(Definition::Operation(x, op, y)) = instance.definition(v) {
+                    let (a, b) = (values.get(x).copied().unwrap_or(0), values.get(y).copied().unwrap_or(0));
+                    let mut r = apply(*op, a, b, instance.modulus);
+                    if v == broken {
+                        r = (r + rng.random_range(1..instance.modulus)) % instance.modulus;
+                    }
+                    values.insert(v, r);
+                    steps.push(format!("{v}={x}{op}{y}={a}{op}{b}={r}"));
+                }
+            }
+            let answer = values.get(&instance.query).copied().unwrap_or(0);
+            if Some(&answer) != truth.get(&instance.query) {
+                return Ok(Some(Trace::new(steps, answer.to_string())));
+            }
+        }
+        Ok(None)
+    }
+
     fn answer_key(&self, problem: &Problem, answer: &str) -> Option<String> {
-        let modulus = Instance::parse(problem)
-            .map(|i| i.modulus)
-            .unwrap_or(u64::MAX);
+        let modulus = Instance::parse(problem).map(|i| i.modulus).unwrap_or(u64::MAX);
         let n: u64 = answer.trim().parse().ok()?;
         (n < modulus).then(|| n.to_string())
     }
@@ -481,9 +479,9 @@ fn goal_stack(
     let Some(Definition::Operation(x, op, y)) = instance.definition(v).cloned() else {
         return;
     };
-    let open = [x, y].iter().any(|o| {
-        matches!(instance.definition(*o), Some(Definition::Operation(..))) && !done.contains(o)
-    });
+    let open = [x, y]
+        .iter()
+        .any(|o| matches!(instance.definition(*o), Some(Definition::Operation(..))) && !done.contains(o));
     if open {
         steps.push(format!("{v}={x}{op}{y}?"));
     }
@@ -501,13 +499,7 @@ mod tests {
     use rand::SeedableRng;
 
     fn problem(prompt: &str) -> Problem {
-        Problem::new(
-            NAME,
-            prompt.into(),
-            String::new(),
-            2,
-            serde_json::Value::Null,
-        )
+        Problem::new(NAME, prompt.into(), String::new(), 2, serde_json::Value::Null)
     }
 
     #[test]
@@ -528,10 +520,7 @@ mod tests {
         .map(|s| s.to_string())
         .collect();
         let labels = task.check_steps(&p, &steps).expect("parses");
-        assert_eq!(
-            labels,
-            vec![true, false, true, true, false, true, true, false]
-        );
+        assert_eq!(labels, vec![true, false, true, true, false, true, true, false]);
         assert_eq!(task.check_answer(&p, "14"), Ok(true));
         assert_eq!(task.check_answer(&p, "15"), Ok(false));
         assert_eq!(task.answer_key(&p, "30"), None);
@@ -559,15 +548,8 @@ mod tests {
                 }
                 seen.push(*v);
             }
-            let trace = task
-                .expert_trace(&p, TraceStyle::Search, &mut rng)
-                .expect("trace");
-            assert!(
-                task.check_steps(&p, &trace.steps)
-                    .expect("ok")
-                    .iter()
-                    .all(|&l| l)
-            );
+            let trace = task.expert_trace(&p, TraceStyle::Search, &mut rng).expect("trace");
+            assert!(task.check_steps(&p, &trace.steps).expect("ok").iter().all(|&l| l));
         }
     }
 }

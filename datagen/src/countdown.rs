@@ -179,11 +179,7 @@ impl Move {
 }
 
 fn join(numbers: &[u64]) -> String {
-    numbers
-        .iter()
-        .map(|n| n.to_string())
-        .collect::<Vec<_>>()
-        .join(" ")
+    numbers.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" ")
 }
 
 fn remove_one(state: &[u64], value: u64) -> Option<Vec<u64>> {
@@ -269,10 +265,7 @@ impl Solver {
         if let Some(&n) = self.solutions.get(state) {
             return n;
         }
-        let n = moves(state)
-            .iter()
-            .map(|m| self.solutions(&m.next))
-            .sum::<u64>();
+        let n = moves(state).iter().map(|m| self.solutions(&m.next)).sum::<u64>();
         self.solutions.insert(state.to_vec(), n);
         n
     }
@@ -319,9 +312,7 @@ impl Instance {
         let rest = line
             .strip_prefix("countdown ")
             .ok_or_else(|| bad("it does not start with `countdown `"))?;
-        let (nums, target) = rest
-            .split_once(" target ")
-            .ok_or_else(|| bad("it has no ` target `"))?;
+        let (nums, target) = rest.split_once(" target ").ok_or_else(|| bad("it has no ` target `"))?;
         let mut numbers = nums
             .split(' ')
             .map(|n| n.parse::<u64>())
@@ -405,8 +396,7 @@ impl Expr {
                 } else {
                     l.render()
                 };
-                let right_needs =
-                    r.precedence() < p || (r.precedence() == p && matches!(op, Op::Sub | Op::Div));
+                let right_needs = r.precedence() < p || (r.precedence() == p && matches!(op, Op::Sub | Op::Div));
                 let right = if right_needs {
                     format!("({})", r.render())
                 } else {
@@ -549,13 +539,7 @@ impl Countdown {
         let mut ms = moves(state);
         ms.shuffle(rng);
         if self.config.search_order == SearchOrder::Heuristic {
-            let distance = |m: &Move| {
-                m.next
-                    .iter()
-                    .map(|&x| x.abs_diff(target))
-                    .min()
-                    .unwrap_or(u64::MAX)
-            };
+            let distance = |m: &Move| m.next.iter().map(|&x| x.abs_diff(target)).min().unwrap_or(u64::MAX);
             ms.sort_by_key(distance); // stable: ties keep their random order
         }
         ms
@@ -694,13 +678,7 @@ impl Task for Countdown {
         for step in steps {
             let current = path.last().cloned().unwrap_or_default();
             let label = match parse_step(step) {
-                Some(StepLine::Move {
-                    a,
-                    op,
-                    b,
-                    result,
-                    left,
-                }) => {
+                Some(StepLine::Move { a, op, b, result, left }) => {
                     let next = remove_one(&current, a)
                         .and_then(|s| remove_one(&s, b))
                         .filter(|_| op.apply(a, b) == Some(result))
@@ -738,12 +716,7 @@ impl Task for Countdown {
         Ok(labels)
     }
 
-    fn expert_trace(
-        &self,
-        problem: &Problem,
-        style: TraceStyle,
-        rng: &mut TaskRng,
-    ) -> Result<Trace, TaskError> {
+    fn expert_trace(&self, problem: &Problem, style: TraceStyle, rng: &mut TaskRng) -> Result<Trace, TaskError> {
         let instance = Instance::parse(problem)?;
         let mut solver = Solver::new(instance.target);
         if !solver.reachable(&instance.numbers) {
@@ -755,19 +728,37 @@ impl Task for Countdown {
         }
         let mut steps = Vec::new();
         let answer = match style {
-            TraceStyle::Optimal => self.optimal(&instance, &mut solver, &mut steps, rng),
-            TraceStyle::Search => depth_first(
-                self,
-                &tag(&instance.numbers),
-                instance.target,
-                &mut steps,
-                rng,
-            )
-            .map(|e| e.render())
-            .unwrap_or_default(),
+            TraceStyle::Optimal | TraceStyle::Revision { .. } => self.optimal(&instance, &mut solver, &mut steps, rng),
+            TraceStyle::Search => depth_first(self, &tag(&instance.numbers), instance.target, &mut steps, rng)
+                .map(|e| e.render())
+                .unwrap_or_default(),
             TraceStyle::Retry { rate } => self.retry(&instance, &mut solver, rate, &mut steps, rng),
         };
         Ok(Trace::new(steps, answer))
+    }
+
+    fn wrong_attempt(&self, problem: &Problem, rng: &mut TaskRng) -> Result<Option<Trace>, TaskError> {
+        let instance = Instance::parse(problem)?;
+        // Random legal moves to a single number that misses the target.
+        for _ in 0..50 {
+            let mut tagged = tag(&instance.numbers);
+            let mut state = instance.numbers.clone();
+            let mut steps = Vec::new();
+            while state.len() > 1 {
+                let ms = moves(&state);
+                let Some(m) = ms.get(rng.random_range(0..ms.len().max(1))).cloned() else {
+                    break;
+                };
+                steps.push(m.render());
+                tagged = apply_tagged(&tagged, &m);
+                state = m.next;
+            }
+            if state.len() == 1 && state[0] != instance.target {
+                let answer = tagged.first().map(|(_, e)| e.render()).unwrap_or_default();
+                return Ok(Some(Trace::new(steps, answer)));
+            }
+        }
+        Ok(None)
     }
 
     fn answer_key(&self, _problem: &Problem, answer: &str) -> Option<String> {
@@ -788,13 +779,7 @@ impl Task for Countdown {
 impl Countdown {
     /// A random solution path: at each state a uniformly chosen move that keeps the target
     /// reachable. Returns the answer expression; pushes the steps.
-    fn optimal(
-        &self,
-        instance: &Instance,
-        solver: &mut Solver,
-        steps: &mut Vec<String>,
-        rng: &mut TaskRng,
-    ) -> String {
+    fn optimal(&self, instance: &Instance, solver: &mut Solver, steps: &mut Vec<String>, rng: &mut TaskRng) -> String {
         let mut tagged = tag(&instance.numbers);
         let mut state = instance.numbers.clone();
         while state.len() > 1 {
@@ -825,9 +810,8 @@ impl Countdown {
         let mut tagged = tag(&instance.numbers);
         let mut state = instance.numbers.clone();
         while state.len() > 1 {
-            let (good, bad): (Vec<Move>, Vec<Move>) = moves(&state)
-                .into_iter()
-                .partition(|m| solver.reachable(&m.next));
+            let (good, bad): (Vec<Move>, Vec<Move>) =
+                moves(&state).into_iter().partition(|m| solver.reachable(&m.next));
             if !bad.is_empty() && rng.random_bool(rate.clamp(0.0, 1.0)) {
                 steps.push(bad[rng.random_range(0..bad.len())].render());
                 steps.push(format!("back to {}", join(&state)));
@@ -853,13 +837,7 @@ mod tests {
             numbers: numbers.to_vec(),
             target,
         };
-        Problem::new(
-            NAME,
-            instance.prompt(),
-            String::new(),
-            3,
-            serde_json::Value::Null,
-        )
+        Problem::new(NAME, instance.prompt(), String::new(), 3, serde_json::Value::Null)
     }
 
     fn lines(s: &[&str]) -> Vec<String> {
@@ -926,11 +904,7 @@ mod tests {
         let mut rng = TaskRng::seed_from_u64(7);
         for _ in 0..50 {
             let p = task.sample(&mut rng, None).expect("samples");
-            for style in [
-                TraceStyle::Optimal,
-                TraceStyle::Search,
-                TraceStyle::Retry { rate: 0.5 },
-            ] {
+            for style in [TraceStyle::Optimal, TraceStyle::Search, TraceStyle::Retry { rate: 0.5 }] {
                 let t = task.expert_trace(&p, style, &mut rng).expect("trace");
                 let answer = t.answer.clone().expect("answer");
                 assert!(task.check_answer(&p, &answer).expect("ok"), "{p:?} {t:?}");

@@ -9,7 +9,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +22,10 @@ use crate::trace::{Problem, Trace, stable_hash};
 pub struct Example {
     #[serde(flatten)]
     pub problem: Problem,
+    /// Text between the prompt and the completion that the model reads but is not trained to
+    /// write (earlier attempts, for revision data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
     /// The trace text the model learns to write (steps and answer line).
     pub completion: String,
     /// The trace style, e.g. `search` or `retry:0.2`.
@@ -70,11 +74,7 @@ impl Split {
         let mut bytes = seed.to_le_bytes().to_vec();
         bytes.extend_from_slice(problem_id.as_bytes());
         let u = (stable_hash(&bytes) >> 11) as f64 / (1u64 << 53) as f64;
-        if u < test_fraction {
-            Split::Test
-        } else {
-            Split::Train
-        }
+        if u < test_fraction { Split::Test } else { Split::Train }
     }
 
     pub fn contains(self, problem_id: &str, seed: u64, test_fraction: f64) -> bool {
@@ -129,41 +129,45 @@ pub fn generate<'a>(
                 Ok(p) => p,
                 Err(e) => return Some(Err(e)),
             };
-            if !spec
-                .split
-                .contains(&problem.id, spec.split_seed, spec.test_fraction)
-            {
+            if !spec.split.contains(&problem.id, spec.split_seed, spec.test_fraction) {
                 skipped += 1;
                 if skipped > 1000 {
                     return Some(Err(TaskError::BadSettings {
                         task: task.name().into(),
-                        reason: format!(
-                            "1000 problems in a row fell outside the {:?} split",
-                            spec.split
-                        ),
+                        reason: format!("1000 problems in a row fell outside the {:?} split", spec.split),
                     }));
                 }
                 continue;
             }
             produced += 1;
-            return Some(
-                task.expert_trace(&problem, spec.style, &mut rng)
-                    .map(|trace| Example {
-                        completion: trace.render(),
-                        style: spec.style.to_string(),
-                        problem,
-                    }),
-            );
+            let context = match spec.style {
+                TraceStyle::Revision { attempts } => {
+                    let wanted = rng.random_range(0..=attempts);
+                    let mut wrong = Vec::new();
+                    for _ in 0..wanted {
+                        match task.wrong_attempt(&problem, &mut rng) {
+                            Ok(Some(t)) => wrong.push(t),
+                            Ok(None) => break,
+                            Err(e) => return Some(Err(e)),
+                        }
+                    }
+                    (!wrong.is_empty()).then(|| crate::trace::revision_context(&wrong))
+                }
+                _ => None,
+            };
+            return Some(task.expert_trace(&problem, spec.style, &mut rng).map(|trace| Example {
+                completion: trace.render(),
+                context,
+                style: spec.style.to_string(),
+                problem,
+            }));
         }
     })
 }
 
 /// Writes records as JSONL, atomically: the file appears whole or not at all. Returns how
 /// many lines were written.
-pub fn write_jsonl<T: Serialize, E>(
-    path: &Path,
-    records: impl IntoIterator<Item = Result<T, E>>,
-) -> Result<usize, E>
+pub fn write_jsonl<T: Serialize, E>(path: &Path, records: impl IntoIterator<Item = Result<T, E>>) -> Result<usize, E>
 where
     E: From<DatasetError>,
 {
@@ -233,16 +237,10 @@ mod tests {
     #[test]
     fn splits_are_disjoint_and_seeded() {
         let ids: Vec<String> = (0..2000).map(|i| format!("p{i}")).collect();
-        let test: Vec<&String> = ids
-            .iter()
-            .filter(|id| Split::of(id, 1, 0.2) == Split::Test)
-            .collect();
+        let test: Vec<&String> = ids.iter().filter(|id| Split::of(id, 1, 0.2) == Split::Test).collect();
         let share = test.len() as f64 / ids.len() as f64;
         assert!((0.15..0.25).contains(&share), "{share}");
-        let other: Vec<&String> = ids
-            .iter()
-            .filter(|id| Split::of(id, 2, 0.2) == Split::Test)
-            .collect();
+        let other: Vec<&String> = ids.iter().filter(|id| Split::of(id, 2, 0.2) == Split::Test).collect();
         assert_ne!(test, other);
     }
 
@@ -252,25 +250,13 @@ mod tests {
         let mut spec = GenerateSpec::new(200, 5, TraceStyle::Search);
         spec.split = Split::Train;
         spec.test_fraction = 0.3;
-        let a: Vec<Example> = generate(&task, &spec)
-            .collect::<Result<_, _>>()
-            .expect("gen");
-        let b: Vec<Example> = generate(&task, &spec)
-            .collect::<Result<_, _>>()
-            .expect("gen");
+        let a: Vec<Example> = generate(&task, &spec).collect::<Result<_, _>>().expect("gen");
+        let b: Vec<Example> = generate(&task, &spec).collect::<Result<_, _>>().expect("gen");
         assert_eq!(a, b);
-        assert!(
-            a.iter()
-                .all(|e| Split::of(&e.problem.id, 0, 0.3) == Split::Train)
-        );
+        assert!(a.iter().all(|e| Split::of(&e.problem.id, 0, 0.3) == Split::Train));
         spec.split = Split::Test;
-        let t: Vec<Example> = generate(&task, &spec)
-            .collect::<Result<_, _>>()
-            .expect("gen");
-        assert!(
-            t.iter()
-                .all(|e| a.iter().all(|x| x.problem.id != e.problem.id))
-        );
+        let t: Vec<Example> = generate(&task, &spec).collect::<Result<_, _>>().expect("gen");
+        assert!(t.iter().all(|e| a.iter().all(|x| x.problem.id != e.problem.id)));
     }
 
     #[test]
@@ -279,17 +265,13 @@ mod tests {
         let path = dir.path().join("d.jsonl");
         let task = Countdown::new(CountdownConfig::default()).expect("valid");
         let spec = GenerateSpec::new(3, 1, TraceStyle::Optimal);
-        let n = write_jsonl::<_, DatasetError>(
-            &path,
-            generate(&task, &spec).map(|r| r.map_err(DatasetError::from)),
-        )
-        .expect("write");
+        let n = write_jsonl::<_, DatasetError>(&path, generate(&task, &spec).map(|r| r.map_err(DatasetError::from)))
+            .expect("write");
         assert_eq!(n, 3);
         let mut text = std::fs::read_to_string(&path).expect("read");
         text.push_str("\n{\"id\": 3}\n");
         std::fs::write(&path, text).expect("write");
-        let results: Vec<Result<Example, DatasetError>> =
-            read_jsonl(&path).expect("opens").collect();
+        let results: Vec<Result<Example, DatasetError>> = read_jsonl(&path).expect("opens").collect();
         assert_eq!(results.len(), 4);
         let err = results[3].as_ref().expect_err("bad line").to_string();
         assert!(err.contains("d.jsonl:5:"), "{err}");

@@ -96,11 +96,7 @@ mod tests {
             // dropped without commit
         }
         assert_eq!(fs::read(&path).expect("read"), b"old");
-        assert_eq!(
-            fs::read_dir(dir.path()).expect("dir").count(),
-            1,
-            "no temporary left"
-        );
+        assert_eq!(fs::read_dir(dir.path()).expect("dir").count(), 1, "no temporary left");
         let mut f = AtomicFile::create(&path).expect("create");
         f.write_all(b"new").expect("write");
         f.commit().expect("commit");

@@ -23,10 +23,13 @@ pub enum TraceStyle {
     /// A clean solution in which, before each step, with probability `rate` a wrong step is
     /// written and then retracted by a `back` line (Physics of Language Models 2.2).
     Retry { rate: f64 },
+    /// Sequential revision data: up to `attempts` wrong attempts (each followed by a `revise`
+    /// line, as context the model is not trained on), then a clean solution.
+    Revision { attempts: u32 },
 }
 
 impl TraceStyle {
-    pub const NAMES: [&'static str; 3] = ["optimal", "search", "retry"];
+    pub const NAMES: [&'static str; 4] = ["optimal", "search", "retry", "revision"];
     /// The retry rate used when `retry` is given without one.
     pub const DEFAULT_RETRY_RATE: f64 = 0.2;
 
@@ -35,6 +38,7 @@ impl TraceStyle {
             TraceStyle::Optimal => "optimal",
             TraceStyle::Search => "search",
             TraceStyle::Retry { .. } => "retry",
+            TraceStyle::Revision { .. } => "revision",
         }
     }
 }
@@ -43,6 +47,7 @@ impl fmt::Display for TraceStyle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TraceStyle::Retry { rate } => write!(f, "retry:{rate}"),
+            TraceStyle::Revision { attempts } => write!(f, "revision:{attempts}"),
             other => f.write_str(other.name()),
         }
     }
@@ -51,7 +56,8 @@ impl fmt::Display for TraceStyle {
 impl FromStr for TraceStyle {
     type Err = String;
 
-    /// `optimal`, `search`, `retry` or `retry:RATE` with RATE in [0, 1].
+    /// `optimal`, `search`, `retry`, `retry:RATE` with RATE in [0, 1], `revision` or
+    /// `revision:ATTEMPTS`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (name, rate) = match s.split_once(':') {
             Some((n, r)) => (n, Some(r)),
@@ -67,8 +73,13 @@ impl FromStr for TraceStyle {
                 Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(TraceStyle::Retry { rate }),
                 _ => Err(format!("retry rate `{r}` is not a number in [0, 1]")),
             },
+            ("revision", None) => Ok(TraceStyle::Revision { attempts: 2 }),
+            ("revision", Some(a)) => match a.parse::<u32>() {
+                Ok(attempts) if (1..=8).contains(&attempts) => Ok(TraceStyle::Revision { attempts }),
+                _ => Err(format!("revision attempts `{a}` is not a number from 1 to 8")),
+            },
             _ => Err(format!(
-                "unknown trace style `{s}`: expected one of optimal, search, retry, retry:RATE"
+                "unknown trace style `{s}`: expected one of optimal, search, retry, retry:RATE, revision, revision:ATTEMPTS"
             )),
         }
     }
@@ -86,11 +97,7 @@ pub struct Verdict {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum TaskError {
     #[error("problem {id}: the prompt is not a {task} prompt: {reason}")]
-    BadPrompt {
-        task: String,
-        id: String,
-        reason: String,
-    },
+    BadPrompt { task: String, id: String, reason: String },
     #[error("task {task} cannot write `{style}` traces")]
     UnsupportedStyle { task: String, style: String },
     #[error("task {task}: {reason}")]
@@ -115,12 +122,7 @@ pub trait Task: Send + Sync {
     fn check_steps(&self, problem: &Problem, steps: &[String]) -> Result<Vec<bool>, TaskError>;
 
     /// An expert trace in the given style; it always ends with a right answer.
-    fn expert_trace(
-        &self,
-        problem: &Problem,
-        style: TraceStyle,
-        rng: &mut TaskRng,
-    ) -> Result<Trace, TaskError>;
+    fn expert_trace(&self, problem: &Problem, style: TraceStyle, rng: &mut TaskRng) -> Result<Trace, TaskError>;
 
     /// The canonical form of an answer for voting (equal keys are the same answer), or `None`
     /// where the task cannot read it.
@@ -135,6 +137,12 @@ pub trait Task: Send + Sync {
         TraceStyle::NAMES.to_vec()
     }
 
+    /// A plausible wrong attempt (well formed, consistent in itself, wrong answer) for revision
+    /// data; `None` if the task cannot write one.
+    fn wrong_attempt(&self, _problem: &Problem, _rng: &mut TaskRng) -> Result<Option<Trace>, TaskError> {
+        Ok(None)
+    }
+
     /// Verdict on a whole attempt.
     fn verify(&self, problem: &Problem, trace: &Trace) -> Result<Verdict, TaskError> {
         let Some(answer) = &trace.answer else {
@@ -145,10 +153,7 @@ pub trait Task: Send + Sync {
         };
         let well_formed = self.answer_key(problem, answer).is_some();
         let correct = well_formed && self.check_answer(problem, answer)?;
-        Ok(Verdict {
-            correct,
-            well_formed,
-        })
+        Ok(Verdict { correct, well_formed })
     }
 }
 

@@ -32,13 +32,7 @@ pub struct Problem {
 
 impl Problem {
     /// Builds a problem whose id is a stable hash of task name and prompt.
-    pub fn new(
-        task: &str,
-        prompt: String,
-        answer: String,
-        difficulty: u32,
-        meta: serde_json::Value,
-    ) -> Self {
+    pub fn new(task: &str, prompt: String, answer: String, difficulty: u32, meta: serde_json::Value) -> Self {
         let id = format!("{task}-{:016x}", stable_hash(prompt.as_bytes()));
         Problem {
             id,
@@ -98,10 +92,7 @@ impl Trace {
         if steps.last().is_some_and(|s| s.is_empty()) {
             steps.pop();
         }
-        Trace {
-            steps,
-            answer: None,
-        }
+        Trace { steps, answer: None }
     }
 
     /// The exact text a model writes for this trace: every step and the answer line end with
@@ -142,16 +133,28 @@ pub fn answer_line(answer: &str) -> String {
     format!("{ANSWER_PREFIX} {answer}")
 }
 
+/// The line that follows an attempt when another one comes (sequential revision).
+pub const REVISE: &str = "revise";
+
+/// Earlier attempts as the context of a revision: each attempt's text, then a `revise` line.
+/// Whether an attempt was right is never written.
+pub fn revision_context(attempts: &[Trace]) -> String {
+    let mut out = String::new();
+    for a in attempts {
+        out.push_str(&a.render());
+        out.push_str(REVISE);
+        out.push(STEP_END);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn parse_and_render_round_trip() {
-        let trace = Trace::new(
-            vec!["1+2=3 left 3 3".into(), "3+3=6 left 6".into()],
-            "1+2+3",
-        );
+        let trace = Trace::new(vec!["1+2=3 left 3 3".into(), "3+3=6 left 6".into()], "1+2+3");
         let text = trace.render();
         assert_eq!(text, "1+2=3 left 3 3\n3+3=6 left 6\nAnswer: 1+2+3\n");
         assert_eq!(Trace::parse(&text), trace);

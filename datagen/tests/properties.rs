@@ -58,9 +58,7 @@ fn every_expert_trace_verifies() {
             let mut rng = TaskRng::seed_from_u64(seed);
             let problem = task.sample(&mut rng, None).expect("samples");
             for style in styles(task.as_ref()) {
-                let trace = task
-                    .expert_trace(&problem, style, &mut rng)
-                    .expect("expert trace");
+                let trace = task.expert_trace(&problem, style, &mut rng).expect("expert trace");
                 let verdict = task.verify(&problem, &trace).expect("verifies");
                 assert!(
                     verdict.correct,
@@ -92,12 +90,9 @@ fn every_expert_trace_verifies() {
                             }
                         }
                     }
-                    TraceStyle::Search => {}
+                    TraceStyle::Search | TraceStyle::Revision { .. } => {}
                 }
-                assert!(
-                    labels.last().copied().unwrap_or(true),
-                    "the last step is wrong"
-                );
+                assert!(labels.last().copied().unwrap_or(true), "the last step is wrong");
             }
         }
         assert!(
@@ -105,6 +100,23 @@ fn every_expert_trace_verifies() {
             "{}: retry traces hold only {wrong_steps_seen} mistakes",
             task.name()
         );
+    }
+}
+
+#[test]
+fn wrong_attempts_are_well_formed_and_wrong() {
+    for task in tasks() {
+        let mut written = 0;
+        for seed in 0..500u64 {
+            let mut rng = TaskRng::seed_from_u64(seed);
+            let problem = task.sample(&mut rng, None).expect("samples");
+            if let Some(wrong) = task.wrong_attempt(&problem, &mut rng).expect("attempt") {
+                let v = task.verify(&problem, &wrong).expect("verifies");
+                assert!(v.well_formed && !v.correct, "{}: {}", task.name(), wrong.render());
+                written += 1;
+            }
+        }
+        assert!(written > 400, "{} wrote {written} wrong attempts", task.name());
     }
 }
 

@@ -51,9 +51,7 @@ impl Checkpointer {
         let result = write(&tmp).and_then(|()| {
             for entry in fs::read_dir(&tmp).map_err(io(&tmp))? {
                 let path = entry.map_err(io(&tmp))?.path();
-                fs::File::open(&path)
-                    .and_then(|f| f.sync_all())
-                    .map_err(io(&path))?;
+                fs::File::open(&path).and_then(|f| f.sync_all()).map_err(io(&path))?;
             }
             Ok(())
         });
@@ -86,12 +84,7 @@ impl Checkpointer {
         let step = name
             .strip_prefix("step-")
             .and_then(|s| s.parse::<usize>().ok())
-            .ok_or_else(|| {
-                PolicyError::Format(format!(
-                    "{}: `{name}` names no checkpoint",
-                    pointer.display()
-                ))
-            })?;
+            .ok_or_else(|| PolicyError::Format(format!("{}: `{name}` names no checkpoint", pointer.display())))?;
         let dir = self.dir.join(&name);
         if !dir.is_dir() {
             return Err(PolicyError::Format(format!(

@@ -74,32 +74,26 @@ impl ModelConfig {
 
     pub fn validate(&self) -> Result<(), PolicyError> {
         let fail = |m: String| Err(PolicyError::Config(m));
-        if self.n_heads == 0 || self.d_model % self.n_heads != 0 {
+        if self.n_heads == 0 || !self.d_model.is_multiple_of(self.n_heads) {
             return fail(format!(
                 "d_model {} is not a multiple of n_heads {}",
                 self.d_model, self.n_heads
             ));
         }
-        if self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+        if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return fail(format!(
                 "n_heads {} is not a multiple of n_kv_heads {}",
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return fail(format!(
                 "head dimension {} must be even for rotary positions",
                 self.head_dim()
             ));
         }
-        if self.vocab_size == 0
-            || self.n_layers == 0
-            || self.ffn_hidden == 0
-            || self.max_seq_len == 0
-        {
-            return fail(
-                "vocab_size, n_layers, ffn_hidden and max_seq_len must be positive".into(),
-            );
+        if self.vocab_size == 0 || self.n_layers == 0 || self.ffn_hidden == 0 || self.max_seq_len == 0 {
+            return fail("vocab_size, n_layers, ffn_hidden and max_seq_len must be positive".into());
         }
         Ok(())
     }
@@ -108,10 +102,8 @@ impl ModelConfig {
     pub fn params(&self) -> usize {
         let d = self.d_model;
         let kv = self.kv_dim();
-        let attention = d * d * 2
-            + d * kv * 2
-            + if self.qkv_bias { d + 2 * kv } else { 0 }
-            + if self.o_bias { d } else { 0 };
+        let attention =
+            d * d * 2 + d * kv * 2 + if self.qkv_bias { d + 2 * kv } else { 0 } + if self.o_bias { d } else { 0 };
         let mlp = 3 * d * self.ffn_hidden;
         let per_layer = attention + mlp + 2 * d;
         let embeddings = self.vocab_size * d * if self.tie_embeddings { 1 } else { 2 };
@@ -120,8 +112,8 @@ impl ModelConfig {
 
     /// Reads a Hugging Face `config.json` of the Llama or Qwen2 family.
     pub fn from_hf_json(text: &str) -> Result<ModelConfig, PolicyError> {
-        let v: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| PolicyError::Format(format!("config.json is not JSON: {e}")))?;
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| PolicyError::Format(format!("config.json is not JSON: {e}")))?;
         let model_type = v.get("model_type").and_then(|m| m.as_str()).unwrap_or("");
         if !matches!(model_type, "llama" | "qwen2") {
             return Err(PolicyError::Format(format!(
@@ -134,24 +126,17 @@ impl ModelConfig {
                 .map(|x| x as usize)
                 .ok_or_else(|| PolicyError::Format(format!("config.json: `{key}` is missing")))
         };
-        let act = v
-            .get("hidden_act")
-            .and_then(|a| a.as_str())
-            .unwrap_or("silu");
+        let act = v.get("hidden_act").and_then(|a| a.as_str()).unwrap_or("silu");
         if act != "silu" {
             return Err(PolicyError::Format(format!(
                 "config.json: hidden_act `{act}` is not supported (silu)"
             )));
         }
         if v.get("mlp_bias").and_then(|b| b.as_bool()) == Some(true) {
-            return Err(PolicyError::Format(
-                "config.json: mlp_bias is not supported".into(),
-            ));
+            return Err(PolicyError::Format("config.json: mlp_bias is not supported".into()));
         }
         if v.get("rope_scaling").is_some_and(|r| !r.is_null()) {
-            return Err(PolicyError::Format(
-                "config.json: rope_scaling is not supported".into(),
-            ));
+            return Err(PolicyError::Format("config.json: rope_scaling is not supported".into()));
         }
         let n_heads = get("num_attention_heads")?;
         let d_model = get("hidden_size")?;
@@ -162,10 +147,7 @@ impl ModelConfig {
                 "config.json: head_dim * num_attention_heads must equal hidden_size".into(),
             ));
         }
-        let attention_bias = v
-            .get("attention_bias")
-            .and_then(|b| b.as_bool())
-            .unwrap_or(false);
+        let attention_bias = v.get("attention_bias").and_then(|b| b.as_bool()).unwrap_or(false);
         let config = ModelConfig {
             vocab_size: get("vocab_size")?,
             d_model,
@@ -177,18 +159,9 @@ impl ModelConfig {
                 .map_or(n_heads, |x| x as usize),
             ffn_hidden: get("intermediate_size")?,
             max_seq_len: get("max_position_embeddings")?,
-            rope_theta: v
-                .get("rope_theta")
-                .and_then(|x| x.as_f64())
-                .unwrap_or(10_000.0) as f32,
-            rms_eps: v
-                .get("rms_norm_eps")
-                .and_then(|x| x.as_f64())
-                .unwrap_or(1e-6) as f32,
-            tie_embeddings: v
-                .get("tie_word_embeddings")
-                .and_then(|x| x.as_bool())
-                .unwrap_or(false),
+            rope_theta: v.get("rope_theta").and_then(|x| x.as_f64()).unwrap_or(10_000.0) as f32,
+            rms_eps: v.get("rms_norm_eps").and_then(|x| x.as_f64()).unwrap_or(1e-6) as f32,
+            tie_embeddings: v.get("tie_word_embeddings").and_then(|x| x.as_bool()).unwrap_or(false),
             qkv_bias: model_type == "qwen2" || attention_bias,
             o_bias: model_type == "llama" && attention_bias,
         };
@@ -236,17 +209,9 @@ mod tests {
     #[test]
     fn presets_have_the_documented_sizes() {
         let tiny = ModelConfig::preset("tiny", 100).expect("preset");
-        assert!(
-            (0.9e6..1.2e6).contains(&(tiny.params() as f64)),
-            "{}",
-            tiny.params()
-        );
+        assert!((0.9e6..1.2e6).contains(&(tiny.params() as f64)), "{}", tiny.params());
         let small = ModelConfig::preset("small", 100).expect("preset");
-        assert!(
-            (9e6..11.5e6).contains(&(small.params() as f64)),
-            "{}",
-            small.params()
-        );
+        assert!((9e6..11.5e6).contains(&(small.params() as f64)), "{}", small.params());
         assert!(ModelConfig::preset("huge", 100).is_err());
     }
 

@@ -54,26 +54,14 @@ impl KvCache {
         let per_position = self.scores.len() / self.len.max(1);
         KvCache {
             len,
-            keys: self
-                .keys
-                .iter()
-                .map(|k| k[..len * kv_dim].to_vec())
-                .collect(),
-            values: self
-                .values
-                .iter()
-                .map(|v| v[..len * kv_dim].to_vec())
-                .collect(),
+            keys: self.keys.iter().map(|k| k[..len * kv_dim].to_vec()).collect(),
+            values: self.values.iter().map(|v| v[..len * kv_dim].to_vec()).collect(),
             scores: self.scores[..len * per_position].to_vec(),
         }
     }
 
     pub fn bytes(&self) -> usize {
-        self.keys
-            .iter()
-            .chain(&self.values)
-            .map(|v| v.len() * 4)
-            .sum()
+        self.keys.iter().chain(&self.values).map(|v| v.len() * 4).sum()
     }
 }
 
@@ -181,11 +169,7 @@ impl Engine {
             .collect();
         let (cos_full, sin_full) = rope_tables(&c, c.max_seq_len);
         let (dh, half) = (c.head_dim(), c.head_dim() / 2);
-        let halve = |full: Vec<f32>| -> Vec<f32> {
-            full.chunks_exact(dh)
-                .flat_map(|r| r[..half].to_vec())
-                .collect()
-        };
+        let halve = |full: Vec<f32>| -> Vec<f32> { full.chunks_exact(dh).flat_map(|r| r[..half].to_vec()).collect() };
         Engine {
             embed: t(layout.embed),
             head: t(layout.lm_head.unwrap_or(layout.embed)),
@@ -228,23 +212,14 @@ impl Engine {
 
     /// Runs `tokens[i]` through sequence `i` (appending to its cache) and returns the logits
     /// each sequence wants. The sequences are split across threads by token count.
-    pub fn forward(
-        &self,
-        caches: &mut [KvCache],
-        tokens: &[&[u32]],
-        want: &[Want],
-    ) -> Vec<Vec<f32>> {
+    pub fn forward(&self, caches: &mut [KvCache], tokens: &[&[u32]], want: &[Want]) -> Vec<Vec<f32>> {
         let n = caches.len();
         assert!(
             tokens.len() == n && want.len() == n,
             "one token list and want per cache"
         );
         let total: usize = tokens.iter().map(|t| t.len()).sum();
-        let groups = if total < 8 || n == 1 {
-            1
-        } else {
-            self.threads.min(n)
-        };
+        let groups = if total < 8 || n == 1 { 1 } else { self.threads.min(n) };
         if groups == 1 {
             // One group: let the matrix products use the threads when the work is large.
             let threads = if total >= 128 { self.threads } else { 1 };
@@ -276,13 +251,7 @@ impl Engine {
         results.into_iter().flatten().collect()
     }
 
-    fn forward_group(
-        &self,
-        caches: &mut [KvCache],
-        tokens: &[&[u32]],
-        want: &[Want],
-        threads: usize,
-    ) -> Vec<Vec<f32>> {
+    fn forward_group(&self, caches: &mut [KvCache], tokens: &[&[u32]], want: &[Want], threads: usize) -> Vec<Vec<f32>> {
         // Compiled for the best instruction set the CPU has (AVX-512, AVX2 or plain).
         pulp::Arch::new().dispatch(Group {
             engine: self,
@@ -330,9 +299,7 @@ impl Engine {
         let mut scores = vec![0.0f32; max_len];
         for (li, layer) in self.layers.iter().enumerate() {
             rms_norm_rows(&x, d, &layer.input_norm, c.rms_eps, &mut normed);
-            linear(
-                &normed, total, d, &layer.qkv, qkv_width, &mut qkv, false, threads,
-            );
+            linear(&normed, total, d, &layer.qkv, qkv_width, &mut qkv, false, threads);
             if let Some(b) = &layer.qkv_bias {
                 add_bias(&mut qkv, b);
             }
@@ -390,16 +357,7 @@ impl Engine {
                 add_bias(&mut x, b);
             }
             rms_norm_rows(&x, d, &layer.post_norm, c.rms_eps, &mut normed);
-            linear(
-                &normed,
-                total,
-                d,
-                &layer.gate_up,
-                2 * f,
-                &mut gate_up,
-                false,
-                threads,
-            );
+            linear(&normed, total, d, &layer.gate_up, 2 * f, &mut gate_up, false, threads);
             for (row, a) in gate_up.chunks_exact(2 * f).zip(act.chunks_exact_mut(f)) {
                 let (g, u) = row.split_at(f);
                 for ((a, &g), &u) in a.iter_mut().zip(g).zip(u) {
@@ -432,16 +390,7 @@ impl Engine {
                 &mut normed_rows,
             );
             let mut logits = vec![0.0f32; count * v];
-            linear(
-                &normed_rows,
-                count,
-                d,
-                &self.head,
-                v,
-                &mut logits,
-                false,
-                threads,
-            );
+            linear(&normed_rows, count, d, &self.head, v, &mut logits, false, threads);
             if let Some(bias) = &self.head_bias {
                 add_bias(&mut logits, bias);
             }

@@ -67,10 +67,7 @@ pub struct EvalReport {
 
 impl EvalReport {
     pub fn pass_at(&self, k: usize) -> Option<Estimate> {
-        self.pass_at
-            .iter()
-            .find(|(kk, _)| *kk == k)
-            .map(|(_, e)| *e)
+        self.pass_at.iter().find(|(kk, _)| *kk == k).map(|(_, e)| *e)
     }
 
     pub fn maj_at(&self, k: usize) -> Option<Estimate> {
@@ -98,11 +95,7 @@ impl EvalReport {
 
 /// The answer most samples gave (by the task's answer key; ties go to the earliest), and
 /// whether it is right.
-pub fn majority_vote(
-    task: &dyn Task,
-    problem: &Problem,
-    traces: &[Trace],
-) -> Result<Option<bool>, PolicyError> {
+pub fn majority_vote(task: &dyn Task, problem: &Problem, traces: &[Trace]) -> Result<Option<bool>, PolicyError> {
     let mut counts: HashMap<String, (usize, usize, String)> = HashMap::new();
     for (i, t) in traces.iter().enumerate() {
         let Some(answer) = &t.answer else { continue };
@@ -112,9 +105,7 @@ pub fn majority_vote(
         let e = counts.entry(key).or_insert((0, i, answer.clone()));
         e.0 += 1;
     }
-    let best = counts
-        .into_values()
-        .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+    let best = counts.into_values().max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
     match best {
         Some((_, _, answer)) => Ok(Some(task.check_answer(problem, &answer)?)),
         None => Ok(None),
@@ -135,8 +126,7 @@ pub async fn evaluate(
     for (chunk_index, chunk) in problems.chunks(settings.batch_problems.max(1)).enumerate() {
         let mut requests = Vec::new();
         for (i, p) in chunk.iter().enumerate() {
-            let problem_seed = settings.seed
-                ^ ((chunk_index * 100_003 + i) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let problem_seed = settings.seed ^ ((chunk_index * 100_003 + i) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
             requests.push(GenRequest::new(
                 &p.prompt,
                 Stop::TraceEnd,
@@ -185,11 +175,7 @@ pub async fn evaluate(
     let greedy_right = outcomes.iter().filter(|o| o.greedy_correct).count();
     let mut pass_at = Vec::new();
     let mut maj_at = Vec::new();
-    for &k in settings
-        .ks
-        .iter()
-        .filter(|&&k| k >= 1 && k <= settings.samples)
-    {
+    for &k in settings.ks.iter().filter(|&&k| k >= 1 && k <= settings.samples) {
         let scores: Vec<f64> = outcomes
             .iter()
             .map(|o| pass_at_k(o.samples, o.correct_samples, k))

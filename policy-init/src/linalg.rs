@@ -19,24 +19,12 @@ pub fn fast_exp(x: f32) -> f32 {
     let k = (x * std::f32::consts::LOG2_E).round();
     let r = x - k * 0.693_145_75 - k * 1.428_606_8e-6;
     let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (0.166_666_67
-                    + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
+        + r * (1.0 + r * (0.5 + r * (0.166_666_67 + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
     p * f32::from_bits(((k as i32 + 127) as u32) << 23)
 }
 
 /// `out[n, m] (+)= x[n, k] · w[m, k]ᵀ`, choosing the kernel by the number of rows.
-pub fn linear(
-    x: &[f32],
-    n: usize,
-    k: usize,
-    w: &[f32],
-    m: usize,
-    out: &mut [f32],
-    accumulate: bool,
-    threads: usize,
-) {
+pub fn linear(x: &[f32], n: usize, k: usize, w: &[f32], m: usize, out: &mut [f32], accumulate: bool, threads: usize) {
     if n < SMALL_ROWS {
         linear_few_rows(x, n, k, w, m, out, accumulate);
     } else {
@@ -46,15 +34,7 @@ pub fn linear(
 
 /// Dot products of each row of `x` with each row of `w`, four rows of `x` at a time so each
 /// weight row is read once per four.
-pub fn linear_few_rows(
-    x: &[f32],
-    n: usize,
-    k: usize,
-    w: &[f32],
-    m: usize,
-    out: &mut [f32],
-    accumulate: bool,
-) {
+pub fn linear_few_rows(x: &[f32], n: usize, k: usize, w: &[f32], m: usize, out: &mut [f32], accumulate: bool) {
     assert!(
         x.len() >= n * k && w.len() >= m * k && out.len() >= n * m,
         "linear shapes"
@@ -130,18 +110,9 @@ impl WithSimd for FewRows<'_> {
                 }
                 let tail = |t: &[f32]| t.iter().zip(wt).map(|(a, b)| a * b).sum::<f32>();
                 store(&mut out[i * m + j], simd.reduce_sum_f32s(a0) + tail(t0));
-                store(
-                    &mut out[(i + 1) * m + j],
-                    simd.reduce_sum_f32s(a1) + tail(t1),
-                );
-                store(
-                    &mut out[(i + 2) * m + j],
-                    simd.reduce_sum_f32s(a2) + tail(t2),
-                );
-                store(
-                    &mut out[(i + 3) * m + j],
-                    simd.reduce_sum_f32s(a3) + tail(t3),
-                );
+                store(&mut out[(i + 1) * m + j], simd.reduce_sum_f32s(a1) + tail(t1));
+                store(&mut out[(i + 2) * m + j], simd.reduce_sum_f32s(a2) + tail(t2));
+                store(&mut out[(i + 3) * m + j], simd.reduce_sum_f32s(a3) + tail(t3));
             }
             i += 4;
         }
@@ -216,16 +187,7 @@ pub fn matmul_transposed(
 }
 
 /// `out[n, m] (+)= x[n, k] · w[k, m]` for row-major slices.
-pub fn matmul(
-    x: &[f32],
-    n: usize,
-    k: usize,
-    w: &[f32],
-    m: usize,
-    out: &mut [f32],
-    accumulate: bool,
-    threads: usize,
-) {
+pub fn matmul(x: &[f32], n: usize, k: usize, w: &[f32], m: usize, out: &mut [f32], accumulate: bool, threads: usize) {
     assert!(
         x.len() >= n * k && w.len() >= k * m && out.len() >= n * m,
         "matmul shapes"

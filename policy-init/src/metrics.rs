@@ -27,11 +27,7 @@ impl MetricsLog {
 
     /// Opens the log for `stage`. With `resume_after = Some(step)`, this stage's records past
     /// `step` are removed first; with `None`, all of this stage's records are (a fresh start).
-    pub fn open(
-        path: &Path,
-        stage: &str,
-        resume_after: Option<usize>,
-    ) -> Result<MetricsLog, PolicyError> {
+    pub fn open(path: &Path, stage: &str, resume_after: Option<usize>) -> Result<MetricsLog, PolicyError> {
         let io = |e| PolicyError::io(path, e);
         if path.exists() {
             let kept: Vec<String> = BufReader::new(File::open(path).map_err(io)?)
@@ -58,11 +54,7 @@ impl MetricsLog {
         } else if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| PolicyError::io(dir, e))?;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(io)?;
+        let file = OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
         Ok(MetricsLog {
             path: path.to_path_buf(),
             file: Some(file),
@@ -76,10 +68,7 @@ impl MetricsLog {
             return Ok(());
         };
         if let Some(map) = record.as_object_mut() {
-            map.insert(
-                "stage".into(),
-                serde_json::Value::String(self.stage.clone()),
-            );
+            map.insert("stage".into(), serde_json::Value::String(self.stage.clone()));
         }
         let mut line = record.to_string();
         line.push('\n');

@@ -110,15 +110,10 @@ impl Transformer {
         let config = weights.config.clone();
         let (cos, sin) = rope_tables(&config, config.max_seq_len);
         let dh = config.head_dim();
-        let table =
-            |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [config.max_seq_len, dh]), device);
+        let table = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [config.max_seq_len, dh]), device);
         Transformer {
             layout: Layout::new(&config),
-            params: weights
-                .tensors
-                .iter()
-                .map(|t| to_tensor(t, device))
-                .collect(),
+            params: weights.tensors.iter().map(|t| to_tensor(t, device)).collect(),
             cos: table(cos),
             sin: table(sin),
             config,
@@ -153,9 +148,7 @@ impl Transformer {
 
     /// A trainer over this model's parameters (Hugging Face names; decay on matrices).
     pub fn trainer(&self, config: crate::trainer::TrainerConfig) -> crate::trainer::Trainer {
-        let decay = (0..self.params.len())
-            .map(|i| self.layout.decays(i))
-            .collect();
+        let decay = (0..self.params.len()).map(|i| self.layout.decays(i)).collect();
         crate::trainer::Trainer::new(
             config,
             self.layout.names.clone(),
@@ -231,28 +224,16 @@ impl Transformer {
         let c = &self.config;
         let (d, h, kvh, dh) = (c.d_model, c.n_heads, c.n_kv_heads, c.head_dim());
         let n = batch * len;
-        let ids =
-            Tensor::<2, Int>::from_data(TensorData::new(inputs.to_vec(), [batch, len]), &device);
-        let mut x: Tensor<2> =
-            burn::tensor::module::embedding(self.p(self.layout.embed), ids).reshape([n, d]);
-        let cos: Tensor<4> = self
-            .cos
-            .clone()
-            .slice([0..len, 0..dh])
-            .reshape([1, 1, len, dh]);
-        let sin: Tensor<4> = self
-            .sin
-            .clone()
-            .slice([0..len, 0..dh])
-            .reshape([1, 1, len, dh]);
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(inputs.to_vec(), [batch, len]), &device);
+        let mut x: Tensor<2> = burn::tensor::module::embedding(self.p(self.layout.embed), ids).reshape([n, d]);
+        let cos: Tensor<4> = self.cos.clone().slice([0..len, 0..dh]).reshape([1, 1, len, dh]);
+        let sin: Tensor<4> = self.sin.clone().slice([0..len, 0..dh]).reshape([1, 1, len, dh]);
         for l in &self.layout.layers {
             let a = self.rms_norm(x.clone(), l.input_norm);
             let q = self.linear(a.clone(), l.q, l.q_bias);
             let k = self.linear(a.clone(), l.k, l.k_bias);
             let v = self.linear(a, l.v, l.v_bias);
-            let heads = |t: Tensor<2>, nh: usize| -> Tensor<4> {
-                t.reshape([batch, len, nh, dh]).swap_dims(1, 2)
-            };
+            let heads = |t: Tensor<2>, nh: usize| -> Tensor<4> { t.reshape([batch, len, nh, dh]).swap_dims(1, 2) };
             let q = Self::rope(heads(q, h), cos.clone(), sin.clone());
             let mut k = Self::rope(heads(k, kvh), cos.clone(), sin.clone());
             let mut v = heads(v, kvh);
@@ -289,8 +270,7 @@ impl Transformer {
         let n = batch.batch * batch.len;
         let logits = self.forward(&batch.inputs, batch.batch, batch.len);
         let logp = log_softmax(logits, 1);
-        let targets =
-            Tensor::<2, Int>::from_data(TensorData::new(batch.targets.clone(), [n, 1]), &device);
+        let targets = Tensor::<2, Int>::from_data(TensorData::new(batch.targets.clone(), [n, 1]), &device);
         let mask = Tensor::<2>::from_data(TensorData::new(batch.mask.clone(), [n, 1]), &device);
         let count = batch.trained_tokens().max(1);
         let picked = logp.gather(1, targets) * mask;
@@ -303,8 +283,7 @@ impl Transformer {
         let device = self.device();
         let n = batch.batch * batch.len;
         let logits = self.forward(&batch.inputs, batch.batch, batch.len);
-        let targets =
-            Tensor::<2, Int>::from_data(TensorData::new(batch.targets.clone(), [n, 1]), &device);
+        let targets = Tensor::<2, Int>::from_data(TensorData::new(batch.targets.clone(), [n, 1]), &device);
         log_softmax(logits, 1).gather(1, targets)
     }
 }

@@ -55,11 +55,7 @@ pub struct Gradients {
 impl Gradients {
     fn zeros(weights: &HostWeights, head: Option<&ScalarHead>) -> Gradients {
         Gradients {
-            tensors: weights
-                .tensors
-                .iter()
-                .map(|t| vec![0.0; t.data.len()])
-                .collect(),
+            tensors: weights.tensors.iter().map(|t| vec![0.0; t.data.len()]).collect(),
             head: head.map(|h| ScalarHead {
                 weight: vec![0.0; h.weight.len()],
                 bias: 0.0,
@@ -114,11 +110,7 @@ struct LayerActs {
 }
 
 fn rms_forward(x: &[f32], d: usize, gamma: &[f32], eps: f32, out: &mut [f32], r: &mut [f32]) {
-    for ((row, o), r) in x
-        .chunks_exact(d)
-        .zip(out.chunks_exact_mut(d))
-        .zip(r.iter_mut())
-    {
+    for ((row, o), r) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)).zip(r.iter_mut()) {
         let ms = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
         *r = 1.0 / (ms + eps).sqrt();
         for ((o, &v), &g) in o.iter_mut().zip(row).zip(gamma) {
@@ -128,15 +120,7 @@ fn rms_forward(x: &[f32], d: usize, gamma: &[f32], eps: f32, out: &mut [f32], r:
 }
 
 /// Adds to `dx` the gradient through `y = x * r * gamma`; adds `dgamma`.
-fn rms_backward(
-    dy: &[f32],
-    x: &[f32],
-    r: &[f32],
-    gamma: &[f32],
-    d: usize,
-    dx: &mut [f32],
-    dgamma: &mut [f32],
-) {
+fn rms_backward(dy: &[f32], x: &[f32], r: &[f32], gamma: &[f32], d: usize, dx: &mut [f32], dgamma: &mut [f32]) {
     for (((dy, x), &r), dx) in dy
         .chunks_exact(d)
         .zip(x.chunks_exact(d))
@@ -157,14 +141,7 @@ fn rms_backward(
 
 /// Columns `offset..offset + width` of rows `base..base + t` of a row-major `[_, stride]`
 /// matrix, as a contiguous `[t, width]` matrix.
-fn gather_head(
-    x: &[f32],
-    stride: usize,
-    base: usize,
-    t: usize,
-    offset: usize,
-    width: usize,
-) -> Vec<f32> {
+fn gather_head(x: &[f32], stride: usize, base: usize, t: usize, offset: usize, width: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(t * width);
     for r in base..base + t {
         out.extend_from_slice(&x[r * stride + offset..r * stride + offset + width]);
@@ -172,36 +149,17 @@ fn gather_head(
     out
 }
 
-fn scatter_head(
-    head: &[f32],
-    x: &mut [f32],
-    stride: usize,
-    base: usize,
-    t: usize,
-    offset: usize,
-    width: usize,
-) {
+fn scatter_head(head: &[f32], x: &mut [f32], stride: usize, base: usize, t: usize, offset: usize, width: usize) {
     for (i, row) in head.chunks_exact(width).enumerate().take(t) {
         let r = base + i;
         x[r * stride + offset..r * stride + offset + width].copy_from_slice(row);
     }
 }
 
-fn accumulate_head(
-    head: &[f32],
-    x: &mut [f32],
-    stride: usize,
-    base: usize,
-    t: usize,
-    offset: usize,
-    width: usize,
-) {
+fn accumulate_head(head: &[f32], x: &mut [f32], stride: usize, base: usize, t: usize, offset: usize, width: usize) {
     for (i, row) in head.chunks_exact(width).enumerate().take(t) {
         let r = base + i;
-        for (a, b) in x[r * stride + offset..r * stride + offset + width]
-            .iter_mut()
-            .zip(row)
-        {
+        for (a, b) in x[r * stride + offset..r * stride + offset + width].iter_mut().zip(row) {
             *a += b;
         }
     }
@@ -224,20 +182,12 @@ fn column_sums(x: &[f32], width: usize, out: &mut [f32]) {
 }
 
 impl<'a> NativeModel<'a> {
-    pub fn new(
-        weights: &'a HostWeights,
-        head: Option<&'a ScalarHead>,
-        lm: bool,
-    ) -> NativeModel<'a> {
+    pub fn new(weights: &'a HostWeights, head: Option<&'a ScalarHead>, lm: bool) -> NativeModel<'a> {
         let config = &weights.config;
         let layout = weights.layout();
         let (cos_full, sin_full) = rope_tables(config, config.max_seq_len);
         let (dh, half) = (config.head_dim(), config.head_dim() / 2);
-        let halve = |full: Vec<f32>| -> Vec<f32> {
-            full.chunks_exact(dh)
-                .flat_map(|r| r[..half].to_vec())
-                .collect()
-        };
+        let halve = |full: Vec<f32>| -> Vec<f32> { full.chunks_exact(dh).flat_map(|r| r[..half].to_vec()).collect() };
         let t = |slot: usize| -> &[f32] { weights.tensors[slot].data.as_slice() };
         let qkv = layout
             .layers
@@ -256,11 +206,7 @@ impl<'a> NativeModel<'a> {
                 })
             })
             .collect();
-        let gate_up = layout
-            .layers
-            .iter()
-            .map(|l| [t(l.gate), t(l.up)].concat())
-            .collect();
+        let gate_up = layout.layers.iter().map(|l| [t(l.gate), t(l.up)].concat()).collect();
         NativeModel {
             config,
             weights,
@@ -328,20 +274,13 @@ impl WithSimd for Group<'_, '_, '_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) -> Self::Output {
-        self.model
-            .group(simd, self.sequences, self.first, self.loss)
+        self.model.group(simd, self.sequences, self.first, self.loss)
     }
 }
 
 impl NativeModel<'_> {
     #[inline(always)]
-    fn group<S: Simd>(
-        &self,
-        simd: S,
-        sequences: &[&[u32]],
-        first: usize,
-        loss: &dyn SequenceLoss,
-    ) -> (f64, Gradients) {
+    fn group<S: Simd>(&self, simd: S, sequences: &[&[u32]], first: usize, loss: &dyn SequenceLoss) -> (f64, Gradients) {
         let c = self.config;
         let (d, kv, f, v) = (c.d_model, c.kv_dim(), c.ffn_hidden, c.vocab_size);
         let (h, kvh, dh) = (c.n_heads, c.n_kv_heads, c.head_dim());
@@ -380,10 +319,7 @@ impl NativeModel<'_> {
             for (s, seq) in sequences.iter().enumerate() {
                 for p in 0..seq.len() {
                     let row = &mut qkv[(offsets[s] + p) * qw..(offsets[s] + p + 1) * qw];
-                    let (cos, sin) = (
-                        &self.cos[p * half..(p + 1) * half],
-                        &self.sin[p * half..(p + 1) * half],
-                    );
+                    let (cos, sin) = (&self.cos[p * half..(p + 1) * half], &self.sin[p * half..(p + 1) * half]);
                     for head in row[..d + kv].chunks_exact_mut(dh) {
                         for i in 0..half {
                             let (x1, x2) = (head[i], head[i + half]);
@@ -503,23 +439,10 @@ impl NativeModel<'_> {
         let mut dh_ = vec![0.0f32; n * d];
         if self.lm {
             matmul(&dlogits, n, v, w(lm_slot), d, &mut dh_, false, 1);
-            matmul_lhs_transposed(
-                &dlogits,
-                n,
-                v,
-                &hidden,
-                d,
-                &mut grads.tensors[lm_slot],
-                true,
-                1,
-            );
+            matmul_lhs_transposed(&dlogits, n, v, &hidden, d, &mut grads.tensors[lm_slot], true, 1);
         }
         if let (Some(hd), Some(gh)) = (self.head, &mut grads.head) {
-            for ((row, dh_row), &dv) in hidden
-                .chunks_exact(d)
-                .zip(dh_.chunks_exact_mut(d))
-                .zip(&dvalues)
-            {
+            for ((row, dh_row), &dv) in hidden.chunks_exact(d).zip(dh_.chunks_exact_mut(d)).zip(&dvalues) {
                 for j in 0..d {
                     dh_row[j] += dv * hd.weight[j];
                     gh.weight[j] += dv * row[j];
@@ -562,10 +485,7 @@ impl NativeModel<'_> {
             let mut dgate_up_w = vec![0.0f32; 2 * f * d];
             matmul_lhs_transposed(&dgu, n, 2 * f, &acts.m, d, &mut dgate_up_w, false, 1);
             for (dst, src) in [(l.gate, 0), (l.up, f * d)] {
-                for (g, s) in grads.tensors[dst]
-                    .iter_mut()
-                    .zip(&dgate_up_w[src..src + f * d])
-                {
+                for (g, s) in grads.tensors[dst].iter_mut().zip(&dgate_up_w[src..src + f * d]) {
                     *g += s;
                 }
             }
@@ -606,8 +526,7 @@ impl NativeModel<'_> {
                     matmul_transposed(&doh, t, dh, &vh, t, &mut ds, false, 1);
                     for i in 0..t {
                         let (prow, drow) = (&p[i * t..(i + 1) * t], &mut ds[i * t..(i + 1) * t]);
-                        let weighted: f32 =
-                            prow[..=i].iter().zip(&drow[..=i]).map(|(a, b)| a * b).sum();
+                        let weighted: f32 = prow[..=i].iter().zip(&drow[..=i]).map(|(a, b)| a * b).sum();
                         for j in 0..=i {
                             drow[j] = prow[j] * (drow[j] - weighted) * scale;
                         }
@@ -640,21 +559,14 @@ impl NativeModel<'_> {
             let mut dqkv_w = vec![0.0f32; qw * d];
             matmul_lhs_transposed(&dqkv, n, qw, &acts.a, d, &mut dqkv_w, false, 1);
             for (dst, src, rows) in [(l.q, 0, d), (l.k, d * d, kv), (l.v, (d + kv) * d, kv)] {
-                for (g, s) in grads.tensors[dst]
-                    .iter_mut()
-                    .zip(&dqkv_w[src..src + rows * d])
-                {
+                for (g, s) in grads.tensors[dst].iter_mut().zip(&dqkv_w[src..src + rows * d]) {
                     *g += s;
                 }
             }
             if l.q_bias.is_some() {
                 let mut sums = vec![0.0f32; qw];
                 column_sums(&dqkv, qw, &mut sums);
-                for (slot, range) in [
-                    (l.q_bias, 0..d),
-                    (l.k_bias, d..d + kv),
-                    (l.v_bias, d + kv..qw),
-                ] {
+                for (slot, range) in [(l.q_bias, 0..d), (l.k_bias, d..d + kv), (l.v_bias, d + kv..qw)] {
                     if let Some(slot) = slot {
                         for (g, s) in grads.tensors[slot].iter_mut().zip(&sums[range]) {
                             *g += s;

@@ -61,13 +61,7 @@ pub struct GenRequest {
 }
 
 impl GenRequest {
-    pub fn new(
-        prompt: impl Into<String>,
-        stop: Stop,
-        max_tokens: usize,
-        sampling: Sampling,
-        seed: u64,
-    ) -> Self {
+    pub fn new(prompt: impl Into<String>, stop: Stop, max_tokens: usize, sampling: Sampling, seed: u64) -> Self {
         GenRequest {
             prompt: prompt.into(),
             max_tokens,

@@ -74,12 +74,7 @@ impl PrefixCache {
 
     /// A copy of the longest cached prefix of `tokens` that ends at a line boundary, at most
     /// `max_len` tokens long.
-    pub fn lookup(
-        &mut self,
-        tokens: &[u32],
-        max_len: usize,
-        ends_line: &dyn Fn(u32) -> bool,
-    ) -> Option<KvCache> {
+    pub fn lookup(&mut self, tokens: &[u32], max_len: usize, ends_line: &dyn Fn(u32) -> bool) -> Option<KvCache> {
         self.clock += 1;
         for (len, hash) in boundary_hashes(tokens, ends_line).into_iter().rev() {
             let Some(id) = self.index.get(&hash) else {
@@ -127,11 +122,7 @@ impl PrefixCache {
             },
         );
         while self.used_tokens > self.capacity_tokens {
-            let Some((&oldest, _)) = self
-                .snapshots
-                .iter()
-                .min_by_key(|(id, s)| (s.last_used, **id))
-            else {
+            let Some((&oldest, _)) = self.snapshots.iter().min_by_key(|(id, s)| (s.last_used, **id)) else {
                 break;
             };
             if let Some(s) = self.snapshots.remove(&oldest) {

@@ -120,11 +120,10 @@ impl RemotePolicy {
             return Err(PolicyError::Config(problems.join("; ")));
         }
         let api_key = match &config.api_key_env {
-            Some(var) => Some(std::env::var(var).map_err(|_| {
-                PolicyError::Config(format!(
-                    "api_key_env: environment variable {var} is not set"
-                ))
-            })?),
+            Some(var) => Some(
+                std::env::var(var)
+                    .map_err(|_| PolicyError::Config(format!("api_key_env: environment variable {var} is not set")))?,
+            ),
             None => None,
         };
         let client = reqwest::Client::builder()
@@ -144,19 +143,17 @@ impl RemotePolicy {
         let mut last_error = String::new();
         for attempt in 0..self.config.attempts {
             let i = self.next.fetch_add(1, Ordering::Relaxed) % self.config.endpoints.len();
-            let url = format!(
-                "{}/completions",
-                self.config.endpoints[i].trim_end_matches('/')
-            );
+            let url = format!("{}/completions", self.config.endpoints[i].trim_end_matches('/'));
             let mut request = self.client.post(&url).json(&body);
             if let Some(key) = &self.api_key {
                 request = request.bearer_auth(key);
             }
             match request.send().await {
                 Ok(response) if response.status().is_success() => {
-                    return response.json::<CompletionResponse>().await.map_err(|e| {
-                        PolicyError::Remote(format!("{url}: unreadable answer: {e}"))
-                    });
+                    return response
+                        .json::<CompletionResponse>()
+                        .await
+                        .map_err(|e| PolicyError::Remote(format!("{url}: unreadable answer: {e}")));
                 }
                 Ok(response) if response.status().is_server_error() => {
                     last_error = format!("{url}: {}", response.status());
@@ -221,11 +218,7 @@ impl RemotePolicy {
 
     /// One group of identical requests: for `StepEnd` one call stopping at a newline; for
     /// `TraceEnd` a call stopping before `Answer:` and one finishing that line.
-    async fn generate_group(
-        &self,
-        r: &GenRequest,
-        n: usize,
-    ) -> Result<Vec<Generation>, PolicyError> {
+    async fn generate_group(&self, r: &GenRequest, n: usize) -> Result<Vec<Generation>, PolicyError> {
         let first_stop = match r.stop {
             Stop::StepEnd => vec!["\n".to_string()],
             Stop::TraceEnd => vec![ANSWER_PREFIX.to_string()],
@@ -262,8 +255,7 @@ impl RemotePolicy {
                         seed: r.seed.wrapping_add(i as u64 + 1),
                         n: 1,
                     };
-                    let (tail, tail_logprobs, tail_stopped) =
-                        self.complete(&rest).await?.pop().unwrap_or_default();
+                    let (tail, tail_logprobs, tail_stopped) = self.complete(&rest).await?.pop().unwrap_or_default();
                     text.push_str(&tail);
                     logprobs.extend(tail_logprobs);
                     if tail_stopped {
@@ -276,8 +268,7 @@ impl RemotePolicy {
                 _ if stopped => Finish::EndOfSequence,
                 _ => Finish::Length,
             };
-            self.generated
-                .fetch_add(logprobs.len() as u64, Ordering::Relaxed);
+            self.generated.fetch_add(logprobs.len() as u64, Ordering::Relaxed);
             out.push(Generation {
                 text,
                 logprobs,
@@ -293,11 +284,7 @@ impl RemotePolicy {
 #[async_trait]
 impl Policy for RemotePolicy {
     fn describe(&self) -> String {
-        format!(
-            "remote {} at {}",
-            self.config.model,
-            self.config.endpoints.join(", ")
-        )
+        format!("remote {} at {}", self.config.model, self.config.endpoints.join(", "))
     }
 
     fn params(&self) -> Option<usize> {
@@ -323,10 +310,7 @@ impl Policy for RemotePolicy {
                 _ => groups.push((i, 1)),
             }
         }
-        let calls: Vec<(GenRequest, usize)> = groups
-            .iter()
-            .map(|&(start, n)| (requests[start].clone(), n))
-            .collect();
+        let calls: Vec<(GenRequest, usize)> = groups.iter().map(|&(start, n)| (requests[start].clone(), n)).collect();
         let results: Vec<Result<Vec<Generation>, PolicyError>> = stream::iter(calls)
             .map(|(request, n)| async move { self.generate_group(&request, n).await })
             .buffered(self.config.concurrency)
@@ -355,9 +339,7 @@ impl Policy for RemotePolicy {
             .ok_or_else(|| PolicyError::Remote("no choices in the echo answer".into()))?;
         let lp = choice.logprobs.unwrap_or_default();
         if lp.text_offset.len() != lp.token_logprobs.len() {
-            return Err(PolicyError::Remote(
-                "echo answer without text offsets".into(),
-            ));
+            return Err(PolicyError::Remote("echo answer without text offsets".into()));
         }
         Ok(lp
             .text_offset

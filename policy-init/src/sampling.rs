@@ -9,9 +9,7 @@ use crate::policy::Sampling;
 pub fn logprob(logits: &[f32], token: usize) -> f32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
-    logits
-        .get(token)
-        .map_or(f32::NEG_INFINITY, |&l| l - max - sum.ln())
+    logits.get(token).map_or(f32::NEG_INFINITY, |&l| l - max - sum.ln())
 }
 
 /// The index of the largest logit (the lowest index on ties).

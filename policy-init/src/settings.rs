@@ -29,11 +29,7 @@ pub struct TransformerSettings {
 
 impl TransformerSettings {
     pub fn preset_name(&self) -> &str {
-        if self.preset.is_empty() {
-            "tiny"
-        } else {
-            &self.preset
-        }
+        if self.preset.is_empty() { "tiny" } else { &self.preset }
     }
 
     /// The architecture for a vocabulary.
@@ -72,11 +68,7 @@ impl TransformerSettings {
         let mut problems = Vec::new();
         if let Err(e) = self.model_config(100) {
             let msg = e.to_string();
-            let field = if msg.contains("preset") {
-                "preset"
-            } else {
-                "d_model"
-            };
+            let field = if msg.contains("preset") { "preset" } else { "d_model" };
             problems.push(format!("{field}: {msg}"));
         }
         problems

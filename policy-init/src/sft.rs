@@ -45,15 +45,18 @@ impl Sequences {
         out
     }
 
-    pub fn from_examples(
-        examples: &[Example],
-        tokenizer: &Tokenizer,
-        max_seq_len: usize,
-    ) -> Sequences {
+    pub fn from_examples(examples: &[Example], tokenizer: &Tokenizer, max_seq_len: usize) -> Sequences {
+        // The model reads prompt and context (earlier attempts, for revision data) and is
+        // trained on the completion.
+        let conditioned: Vec<String> = examples
+            .iter()
+            .map(|e| format!("{}{}", e.problem.prompt, e.context.as_deref().unwrap_or("")))
+            .collect();
         Self::from_pairs(
-            examples
+            conditioned
                 .iter()
-                .map(|e| (e.problem.prompt.as_str(), e.completion.as_str())),
+                .zip(examples)
+                .map(|(c, e)| (c.as_str(), e.completion.as_str())),
             tokenizer,
             max_seq_len,
         )
@@ -66,14 +69,8 @@ impl Sequences {
 
 /// The batches of one epoch: shuffled, grouped by length (within windows of 16 batches) so
 /// padding stays small, batch order shuffled again. A pure function of seed and epoch.
-pub fn epoch_batches(
-    lengths: &[usize],
-    batch_size: usize,
-    seed: u64,
-    epoch: usize,
-) -> Vec<Vec<usize>> {
-    let mut rng =
-        ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+pub fn epoch_batches(lengths: &[usize], batch_size: usize, seed: u64, epoch: usize) -> Vec<Vec<usize>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.shuffle(&mut rng);
     let window = batch_size * 16;
@@ -90,16 +87,10 @@ pub fn epoch_batches(
 /// The mean next-token cross-entropy over the trace tokens of `(tokens, first_trained)`
 /// sequences and its gradients, on the CPU training path. Returns the loss, the gradients in
 /// layout order and the input tokens processed.
-pub fn cross_entropy_gradients(
-    weights: &HostWeights,
-    sequences: &[(Vec<u32>, usize)],
-) -> (f64, Vec<Vec<f32>>, usize) {
+pub fn cross_entropy_gradients(weights: &HostWeights, sequences: &[(Vec<u32>, usize)]) -> (f64, Vec<Vec<f32>>, usize) {
     let tokens: Vec<Vec<u32>> = sequences.iter().map(|(t, _)| t.clone()).collect();
     let firsts: Vec<usize> = sequences.iter().map(|(_, f)| *f).collect();
-    let count: usize = sequences
-        .iter()
-        .map(|(t, f)| t.len().saturating_sub(*f))
-        .sum();
+    let count: usize = sequences.iter().map(|(t, f)| t.len().saturating_sub(*f)).sum();
     let inputs: Vec<&[u32]> = tokens.iter().map(|t| &t[..t.len() - 1]).collect();
     let loss = CrossEntropy {
         tokens: &tokens,
@@ -126,13 +117,7 @@ pub struct SftObjective {
 }
 
 impl SftObjective {
-    pub fn new(
-        template: Transformer,
-        sequences: Sequences,
-        batch_size: usize,
-        seed: u64,
-        pad: u32,
-    ) -> SftObjective {
+    pub fn new(template: Transformer, sequences: Sequences, batch_size: usize, seed: u64, pad: u32) -> SftObjective {
         SftObjective {
             template,
             sequences,
@@ -166,10 +151,7 @@ impl SftObjective {
         let per_epoch = lengths.len().div_ceil(self.batch_size.max(1));
         let (epoch, index) = (step / per_epoch, step % per_epoch);
         if self.epoch.as_ref().map(|(e, _)| *e) != Some(epoch) {
-            self.epoch = Some((
-                epoch,
-                epoch_batches(&lengths, self.batch_size, self.seed, epoch),
-            ));
+            self.epoch = Some((epoch, epoch_batches(&lengths, self.batch_size, self.seed, epoch)));
         }
         let batches = self
             .epoch
@@ -188,20 +170,11 @@ impl SftObjective {
 }
 
 impl Objective for SftObjective {
-    fn loss(
-        &mut self,
-        params: &[Tensor<2>],
-        step: usize,
-    ) -> Result<(Tensor<1>, StepInfo), PolicyError> {
+    fn loss(&mut self, params: &[Tensor<2>], step: usize) -> Result<(Tensor<1>, StepInfo), PolicyError> {
         let batch = self.batch(step)?;
         let model = self.model_with(params);
         let (loss, trained) = model.loss(&batch);
-        let tokens = batch.mask.len()
-            - batch
-                .inputs
-                .iter()
-                .filter(|&&t| t == self.pad as i32)
-                .count();
+        let tokens = batch.mask.len() - batch.inputs.iter().filter(|&&t| t == self.pad as i32).count();
         Ok((
             loss,
             StepInfo {
@@ -239,11 +212,7 @@ impl Objective for SftObjective {
         }))
     }
 
-    fn evaluate(
-        &mut self,
-        params: &[Tensor<2>],
-        step: usize,
-    ) -> Result<serde_json::Value, PolicyError> {
+    fn evaluate(&mut self, params: &[Tensor<2>], step: usize) -> Result<serde_json::Value, PolicyError> {
         let weights = self.model_with(params).to_host();
         match &mut self.eval {
             Some(hook) => hook(&weights, step),

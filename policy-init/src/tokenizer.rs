@@ -23,10 +23,7 @@ fn char_alphabet() -> Vec<char> {
 #[derive(Clone, Debug)]
 enum Backend {
     /// One token per character; a lookup table for ASCII.
-    Chars {
-        to_id: [u32; 128],
-        alphabet: Vec<char>,
-    },
+    Chars { to_id: Box<[u32; 128]>, alphabet: Vec<char> },
     /// Any Hugging Face tokenizer.
     HuggingFace(Box<tokenizers::Tokenizer>),
 }
@@ -58,7 +55,7 @@ impl Tokenizer {
         pieces.extend(alphabet.iter().map(|c| c.to_string()));
         let ends_line = pieces.iter().map(|p| p == "\n").collect();
         Tokenizer {
-            backend: Backend::Chars { to_id, alphabet },
+            backend: Backend::Chars { to_id: Box::new(to_id), alphabet },
             pieces,
             ends_line,
             pad_id: 0,
@@ -80,9 +77,8 @@ impl Tokenizer {
         {
             return Ok(chars);
         }
-        let hf = tokenizers::Tokenizer::from_bytes(text.as_bytes()).map_err(|e| {
-            PolicyError::Format(format!("{}: not a tokenizer.json: {e}", path.display()))
-        })?;
+        let hf = tokenizers::Tokenizer::from_bytes(text.as_bytes())
+            .map_err(|e| PolicyError::Format(format!("{}: not a tokenizer.json: {e}", path.display())))?;
         Ok(Self::from_hf(hf))
     }
 
@@ -119,18 +115,9 @@ impl Tokenizer {
         match &self.backend {
             Backend::Chars { to_id, .. } => text
                 .chars()
-                .map(|c| {
-                    if (c as u32) < 128 {
-                        to_id[c as usize]
-                    } else {
-                        3
-                    }
-                })
+                .map(|c| if (c as u32) < 128 { to_id[c as usize] } else { 3 })
                 .collect(),
-            Backend::HuggingFace(hf) => hf
-                .encode(text, false)
-                .map(|e| e.get_ids().to_vec())
-                .unwrap_or_default(),
+            Backend::HuggingFace(hf) => hf.encode(text, false).map(|e| e.get_ids().to_vec()).unwrap_or_default(),
         }
     }
 
@@ -201,8 +188,7 @@ impl Tokenizer {
         let write = |name: &str, value: &serde_json::Value| {
             let path = dir.join(name);
             let text = serde_json::to_string_pretty(value).unwrap_or_default();
-            ponder_datagen::io::write_atomic(&path, text.as_bytes())
-                .map_err(|e| PolicyError::io(&path, e))
+            ponder_datagen::io::write_atomic(&path, text.as_bytes()).map_err(|e| PolicyError::io(&path, e))
         };
         match &self.backend {
             Backend::Chars { .. } => {
@@ -219,8 +205,7 @@ impl Tokenizer {
                 let text = hf
                     .to_string(true)
                     .map_err(|e| PolicyError::Format(format!("serializing tokenizer: {e}")))?;
-                ponder_datagen::io::write_atomic(&path, text.as_bytes())
-                    .map_err(|e| PolicyError::io(&path, e))
+                ponder_datagen::io::write_atomic(&path, text.as_bytes()).map_err(|e| PolicyError::io(&path, e))
             }
         }
     }

@@ -64,11 +64,7 @@ pub struct StepInfo {
 
 /// A training objective: the loss of step `step` given the parameters (autodiff leaves).
 pub trait Objective {
-    fn loss(
-        &mut self,
-        params: &[Tensor<2>],
-        step: usize,
-    ) -> Result<(Tensor<1>, StepInfo), PolicyError>;
+    fn loss(&mut self, params: &[Tensor<2>], step: usize) -> Result<(Tensor<1>, StepInfo), PolicyError>;
 
     /// The loss and the gradients of step `step` computed without burn's autodiff (the CPU
     /// training path, `native_train.rs`), given the current (non-autodiff) parameters.
@@ -82,11 +78,7 @@ pub trait Objective {
     }
 
     /// An evaluation of the current parameters (non-autodiff), logged as one record.
-    fn evaluate(
-        &mut self,
-        _params: &[Tensor<2>],
-        _step: usize,
-    ) -> Result<serde_json::Value, PolicyError> {
+    fn evaluate(&mut self, _params: &[Tensor<2>], _step: usize) -> Result<serde_json::Value, PolicyError> {
         Ok(serde_json::Value::Null)
     }
 }
@@ -137,12 +129,7 @@ pub struct Trainer {
 
 impl std::fmt::Debug for Trainer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Trainer(step {}, {} tensors)",
-            self.step,
-            self.params.len()
-        )
+        write!(f, "Trainer(step {}, {} tensors)", self.step, self.params.len())
     }
 }
 
@@ -216,11 +203,7 @@ impl Trainer {
         let Some((step, dir)) = checkpointer.latest()? else {
             return Ok(None);
         };
-        let device = self
-            .params
-            .first()
-            .map(|p| p.device())
-            .unwrap_or_else(Device::flex);
+        let device = self.params.first().map(|p| p.device()).unwrap_or_else(Device::flex);
         let params = load_safetensors(&dir.join("model.safetensors"))?;
         let moments = load_safetensors(&dir.join("optimizer.safetensors"))?;
         for i in 0..self.names.len() {
@@ -229,12 +212,7 @@ impl Trainer {
                 map.get(key)
                     .filter(|t| t.data.len() == dims[0] * dims[1])
                     .map(|t| from_host(t, dims, &device))
-                    .ok_or_else(|| {
-                        PolicyError::Format(format!(
-                            "{}: `{key}` is missing or misshapen",
-                            dir.display()
-                        ))
-                    })
+                    .ok_or_else(|| PolicyError::Format(format!("{}: `{key}` is missing or misshapen", dir.display())))
             };
             let name = &self.names[i];
             self.params[i] = get(&params, name)?;
@@ -245,8 +223,7 @@ impl Trainer {
         let state: serde_json::Value = std::fs::read_to_string(&state_path)
             .map_err(|e| PolicyError::io(&state_path, e))
             .and_then(|t| {
-                serde_json::from_str(&t)
-                    .map_err(|e| PolicyError::Format(format!("{}: {e}", state_path.display())))
+                serde_json::from_str(&t).map_err(|e| PolicyError::Format(format!("{}: {e}", state_path.display())))
             })?;
         self.step = step;
         self.optimizer.t = state["optimizer_t"].as_u64().unwrap_or(step as u64);
@@ -258,10 +235,7 @@ impl Trainer {
     }
 
     /// Writes a checkpoint of the current state; `extra` adds files (configs, tokenizer).
-    pub fn save_checkpoint(
-        &self,
-        extra: &dyn Fn(&Path) -> Result<(), PolicyError>,
-    ) -> Result<(), PolicyError> {
+    pub fn save_checkpoint(&self, extra: &dyn Fn(&Path) -> Result<(), PolicyError>) -> Result<(), PolicyError> {
         let Some(checkpointer) = &self.checkpointer else {
             return Ok(());
         };
@@ -295,11 +269,8 @@ impl Trainer {
                 None,
             )?;
             let path = dir.join("trainer.json");
-            std::fs::write(
-                &path,
-                serde_json::to_string_pretty(&state).unwrap_or_default(),
-            )
-            .map_err(|e| PolicyError::io(&path, e))?;
+            std::fs::write(&path, serde_json::to_string_pretty(&state).unwrap_or_default())
+                .map_err(|e| PolicyError::io(&path, e))?;
             extra(dir)
         })?;
         Ok(())
@@ -348,9 +319,7 @@ impl Trainer {
                     (loss_value, grads, info)
                 }
             };
-            let stats = self
-                .optimizer
-                .step(&mut self.params, &grads, &self.decay, lr);
+            let stats = self.optimizer.step(&mut self.params, &grads, &self.decay, lr);
             if !stats.grad_norm.is_finite() {
                 return Err(PolicyError::Diverged(format!(
                     "step {}: the gradient norm is {} (the last checkpoint is intact)",
@@ -364,7 +333,7 @@ impl Trainer {
             window_tokens += info.tokens as u64;
             window_seconds += seconds;
             last_loss = loss_value;
-            if self.step % self.config.log_every.max(1) == 0 || self.step == total {
+            if self.step.is_multiple_of(self.config.log_every.max(1)) || self.step == total {
                 let mut record = json!({
                     "step": self.step,
                     "loss": loss_value,
@@ -381,7 +350,7 @@ impl Trainer {
                 window_seconds = 0.0;
             }
             progress.update(self.step, total, &format!("loss {loss_value:.3}"));
-            let eval_due = self.config.eval_every > 0 && self.step % self.config.eval_every == 0;
+            let eval_due = self.config.eval_every > 0 && self.step.is_multiple_of(self.config.eval_every);
             if eval_due || self.step == total {
                 let result = objective.evaluate(&self.params, self.step)?;
                 if !result.is_null() {
@@ -390,7 +359,7 @@ impl Trainer {
                     self.metrics.write(record)?;
                 }
             }
-            if self.step % self.config.checkpoint_every.max(1) == 0 || self.step == total {
+            if self.step.is_multiple_of(self.config.checkpoint_every.max(1)) || self.step == total {
                 self.save_checkpoint(extra)?;
             }
         }

@@ -107,10 +107,7 @@ impl TransformerPolicy {
 
     fn lookup(&self, tokens: &[u32], max_len: usize) -> Option<KvCache> {
         let ends_line = |t: u32| self.tokenizer.ends_line(t);
-        self.prefix_cache
-            .lock()
-            .ok()?
-            .lookup(tokens, max_len, &ends_line)
+        self.prefix_cache.lock().ok()?.lookup(tokens, max_len, &ends_line)
     }
 
     fn keep(&self, tokens: Vec<u32>, cache: KvCache) {
@@ -164,12 +161,7 @@ impl TransformerPolicy {
         let runnable: Vec<usize> = (0..distinct.len())
             .filter(|&i| !distinct[i].is_empty() && distinct[i].len() < max_seq)
             .collect();
-        let prefilled = self.prefill(
-            &runnable
-                .iter()
-                .map(|&i| distinct[i].clone())
-                .collect::<Vec<_>>(),
-        );
+        let prefilled = self.prefill(&runnable.iter().map(|&i| distinct[i].clone()).collect::<Vec<_>>());
         let mut computed_of: HashMap<usize, usize> = HashMap::new();
         let mut states: HashMap<usize, (KvCache, Vec<f32>)> = HashMap::new();
         for (&i, (cache, logits, computed)) in runnable.iter().zip(prefilled) {
@@ -208,11 +200,7 @@ impl TransformerPolicy {
         loop {
             // Sample one token for every live sequence.
             let mut live = 0;
-            for (seq, l) in sequences
-                .iter_mut()
-                .filter(|s| s.finish.is_none())
-                .zip(&logits)
-            {
+            for (seq, l) in sequences.iter_mut().filter(|s| s.finish.is_none()).zip(&logits) {
                 let r = &requests[seq.request];
                 let (token, lp) = sample(l, &r.sampling, &mut seq.rng);
                 seq.logprobs.push(lp);
@@ -234,21 +222,13 @@ impl TransformerPolicy {
             let token_slices: Vec<&[u32]> = inputs.iter().map(std::slice::from_ref).collect();
             let want = vec![Want::Last; caches.len()];
             logits = self.engine.forward(&mut caches, &token_slices, &want);
-            for (seq, cache) in sequences
-                .iter_mut()
-                .filter(|s| s.finish.is_none())
-                .zip(caches)
-            {
+            for (seq, cache) in sequences.iter_mut().filter(|s| s.finish.is_none()).zip(caches) {
                 seq.cache = cache;
             }
         }
         let generated: usize = sequences.iter().map(|s| s.generated.len()).sum();
-        let fed: usize = sequences
-            .iter()
-            .map(|s| s.generated.len().saturating_sub(1))
-            .sum();
-        self.generated
-            .fetch_add(generated as u64, Ordering::Relaxed);
+        let fed: usize = sequences.iter().map(|s| s.generated.len().saturating_sub(1)).sum();
+        self.generated.fetch_add(generated as u64, Ordering::Relaxed);
         self.computed.fetch_add(fed as u64, Ordering::Relaxed);
         let mut credited: HashMap<usize, bool> = HashMap::new();
         for seq in sequences {
@@ -280,13 +260,7 @@ impl TransformerPolicy {
             .collect()
     }
 
-    fn stop_reason(
-        &self,
-        seq: &mut Sequence,
-        token: u32,
-        r: &GenRequest,
-        max_seq: usize,
-    ) -> Option<Finish> {
+    fn stop_reason(&self, seq: &mut Sequence, token: u32, r: &GenRequest, max_seq: usize) -> Option<Finish> {
         if Some(token) == self.tokenizer.eos_id {
             return Some(Finish::EndOfSequence);
         }
@@ -380,10 +354,7 @@ impl Policy for TransformerPolicy {
     }
 
     async fn logprobs(&self, context: &str, continuation: &str) -> Result<Vec<f32>, PolicyError> {
-        Ok(self
-            .score(&[(context, continuation)])
-            .pop()
-            .unwrap_or_default())
+        Ok(self.score(&[(context, continuation)]).pop().unwrap_or_default())
     }
 
     fn compute_counters(&self) -> (u64, u64) {

@@ -64,21 +64,13 @@ impl Layout {
             let p = format!("model.layers.{i}");
             let input_norm = push(format!("{p}.input_layernorm.weight"), vec![d]);
             let q = push(format!("{p}.self_attn.q_proj.weight"), vec![d, d]);
-            let q_bias = c
-                .qkv_bias
-                .then(|| push(format!("{p}.self_attn.q_proj.bias"), vec![d]));
+            let q_bias = c.qkv_bias.then(|| push(format!("{p}.self_attn.q_proj.bias"), vec![d]));
             let k = push(format!("{p}.self_attn.k_proj.weight"), vec![kv, d]);
-            let k_bias = c
-                .qkv_bias
-                .then(|| push(format!("{p}.self_attn.k_proj.bias"), vec![kv]));
+            let k_bias = c.qkv_bias.then(|| push(format!("{p}.self_attn.k_proj.bias"), vec![kv]));
             let v = push(format!("{p}.self_attn.v_proj.weight"), vec![kv, d]);
-            let v_bias = c
-                .qkv_bias
-                .then(|| push(format!("{p}.self_attn.v_proj.bias"), vec![kv]));
+            let v_bias = c.qkv_bias.then(|| push(format!("{p}.self_attn.v_proj.bias"), vec![kv]));
             let o = push(format!("{p}.self_attn.o_proj.weight"), vec![d, d]);
-            let o_bias = c
-                .o_bias
-                .then(|| push(format!("{p}.self_attn.o_proj.bias"), vec![d]));
+            let o_bias = c.o_bias.then(|| push(format!("{p}.self_attn.o_proj.bias"), vec![d]));
             let post_norm = push(format!("{p}.post_attention_layernorm.weight"), vec![d]);
             let gate = push(format!("{p}.mlp.gate_proj.weight"), vec![f, d]);
             let up = push(format!("{p}.mlp.up_proj.weight"), vec![f, d]);
@@ -100,8 +92,7 @@ impl Layout {
             });
         }
         let final_norm = push("model.norm.weight".into(), vec![d]);
-        let lm_head =
-            (!c.tie_embeddings).then(|| push("lm_head.weight".into(), vec![c.vocab_size, d]));
+        let lm_head = (!c.tie_embeddings).then(|| push("lm_head.weight".into(), vec![c.vocab_size, d]));
         Layout {
             names,
             shapes,
@@ -153,11 +144,7 @@ impl HostWeights {
                 } else if name.ends_with(".bias") {
                     vec![0.0; n]
                 } else {
-                    let std = if residual.contains(&slot) {
-                        residual_std
-                    } else {
-                        0.02
-                    };
+                    let std = if residual.contains(&slot) { residual_std } else { 0.02 };
                     (0..n).map(|_| normal(&mut rng) * std).collect()
                 };
                 HostTensor {
@@ -244,8 +231,8 @@ pub fn save_safetensors<'a>(
                 .map_err(|e| PolicyError::Format(format!("safetensors: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let buffer = safetensors::serialize(views, metadata)
-        .map_err(|e| PolicyError::Format(format!("safetensors: {e}")))?;
+    let buffer =
+        safetensors::serialize(views, metadata).map_err(|e| PolicyError::Format(format!("safetensors: {e}")))?;
     ponder_datagen::io::write_atomic(path, &buffer).map_err(|e| PolicyError::io(path, e))
 }
 
@@ -308,17 +295,12 @@ mod tests {
         let c = ModelConfig::preset("tiny", 100).expect("preset");
         let w = HostWeights::init(&c, 3).expect("init");
         let path = dir.path().join("model.safetensors");
-        save_safetensors(&path, w.named().into_iter(), None).expect("saves");
+        save_safetensors(&path, w.named(), None).expect("saves");
         let named = load_safetensors(&path).expect("loads");
-        assert_eq!(
-            HostWeights::from_named(&c, named.clone()).expect("matches"),
-            w
-        );
+        assert_eq!(HostWeights::from_named(&c, named.clone()).expect("matches"), w);
         let mut missing = named.clone();
         missing.remove("model.norm.weight");
-        let err = HostWeights::from_named(&c, missing)
-            .expect_err("missing")
-            .to_string();
+        let err = HostWeights::from_named(&c, missing).expect_err("missing").to_string();
         assert!(err.contains("model.norm.weight"), "{err}");
         let mut other = c.clone();
         other.d_model = 64;

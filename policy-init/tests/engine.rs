@@ -7,10 +7,7 @@ use ponder_policy_init::{HostWeights, ModelConfig};
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 fn check(config: ModelConfig, seed: u64) {
@@ -37,9 +34,7 @@ fn check(config: ModelConfig, seed: u64) {
     let engine = Engine::new(&weights);
     // Prefill 10 tokens at once, then one token at a time through the cache.
     let mut caches = vec![engine.new_cache()];
-    let mut logits = engine
-        .forward(&mut caches, &[&tokens[..10]], &[Want::All])
-        .remove(0);
+    let mut logits = engine.forward(&mut caches, &[&tokens[..10]], &[Want::All]).remove(0);
     for t in 10..len {
         logits.extend(
             engine
@@ -48,17 +43,10 @@ fn check(config: ModelConfig, seed: u64) {
         );
     }
     let diff = max_abs_diff(&logits, &reference);
-    assert!(
-        diff <= 1e-4,
-        "cached engine vs burn forward: max abs diff {diff}"
-    );
+    assert!(diff <= 1e-4, "cached engine vs burn forward: max abs diff {diff}");
     // A batch of two sequences split across threads gives the same logits as one alone.
     let mut two = vec![engine.new_cache(), engine.new_cache()];
-    let batched = engine.forward(
-        &mut two,
-        &[&tokens[..len], &tokens[..7]],
-        &[Want::All, Want::Last],
-    );
+    let batched = engine.forward(&mut two, &[&tokens[..len], &tokens[..7]], &[Want::All, Want::Last]);
     assert!(max_abs_diff(&batched[0], &reference) <= 1e-4);
     assert!(max_abs_diff(&batched[1], &reference[6 * v..7 * v]) <= 1e-4);
 }

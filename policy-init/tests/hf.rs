@@ -93,11 +93,7 @@ fn transformers_loads_the_export_with_matching_logits() {
             .arg(ids_text.join(","))
             .output()
             .expect("python3 runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let theirs: Vec<f32> = serde_json::from_slice(&out.stdout).expect("logits as JSON");
         let ours = logits(&weights, &ids);
         assert_eq!(theirs.len(), ours.len());
@@ -120,11 +116,6 @@ fn transformers_loads_the_export_with_matching_logits() {
             .iter()
             .map(|t| t.to_string())
             .collect();
-        assert_eq!(
-            text,
-            expected.join(","),
-            "{}",
-            String::from_utf8_lossy(&check.stderr)
-        );
+        assert_eq!(text, expected.join(","), "{}", String::from_utf8_lossy(&check.stderr));
     }
 }

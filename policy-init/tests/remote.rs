@@ -7,9 +7,7 @@ use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 use ponder_policy_init::remote::{RemoteConfig, RemotePolicy};
-use ponder_policy_init::{
-    GenRequest, HostWeights, ModelConfig, Policy, Sampling, Stop, Tokenizer, TransformerPolicy,
-};
+use ponder_policy_init::{GenRequest, HostWeights, ModelConfig, Policy, Sampling, Stop, Tokenizer, TransformerPolicy};
 use serde_json::{Value, json};
 
 fn micro_policy() -> TransformerPolicy {
@@ -32,10 +30,7 @@ fn micro_policy() -> TransformerPolicy {
 }
 
 /// `/v1/completions` with `stop` (one string), `n`, `seed`, `logprobs`, `echo`.
-async fn completions(
-    State(policy): State<Arc<TransformerPolicy>>,
-    Json(body): Json<Value>,
-) -> Json<Value> {
+async fn completions(State(policy): State<Arc<TransformerPolicy>>, Json(body): Json<Value>) -> Json<Value> {
     let prompt = body["prompt"].as_str().unwrap_or("").to_string();
     let max_tokens = body["max_tokens"].as_u64().unwrap_or(16) as usize;
     if body["echo"].as_bool() == Some(true) {
@@ -55,23 +50,14 @@ async fn completions(
     };
     let seed = body["seed"].as_u64().unwrap_or(0);
     let requests: Vec<GenRequest> = (0..n)
-        .map(|i| {
-            GenRequest::new(
-                prompt.clone(),
-                Stop::Never,
-                max_tokens,
-                sampling,
-                seed + i as u64,
-            )
-        })
+        .map(|i| GenRequest::new(prompt.clone(), Stop::Never, max_tokens, sampling, seed + i as u64))
         .collect();
     let generations = policy.generate(&requests).await.expect("generates");
     let choices: Vec<Value> = generations
         .into_iter()
         .enumerate()
         .map(|(i, g)| {
-            let (text, reason) = match stop.as_deref().and_then(|s| g.text.find(s).map(|p| (p, s)))
-            {
+            let (text, reason) = match stop.as_deref().and_then(|s| g.text.find(s).map(|p| (p, s))) {
                 Some((p, _)) => (g.text[..p].to_string(), "stop"),
                 None => (g.text.clone(), "length"),
             };
@@ -89,9 +75,7 @@ async fn remote_generations_match_the_served_model() {
     let app = Router::new()
         .route("/v1/completions", post(completions))
         .with_state(policy.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("binds");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, app).await.expect("serves") });
 
@@ -105,14 +89,8 @@ async fn remote_generations_match_the_served_model() {
     let prompt = "countdown 1 2 3 target 6\n";
     for stop in [Stop::StepEnd, Stop::TraceEnd] {
         let request = GenRequest::new(prompt, stop, 40, Sampling::greedy(), 1);
-        let local = policy
-            .generate(std::slice::from_ref(&request))
-            .await
-            .expect("local");
-        let far = remote
-            .generate(&[request.clone(), request])
-            .await
-            .expect("remote");
+        let local = policy.generate(std::slice::from_ref(&request)).await.expect("local");
+        let far = remote.generate(&[request.clone(), request]).await.expect("remote");
         assert_eq!(far.len(), 2);
         // Where the local model stopped on its own, the remote one stops at the same text.
         if local[0].finish != ponder_policy_init::Finish::Length {
@@ -134,17 +112,8 @@ async fn remote_generations_match_the_served_model() {
     })
     .expect("config");
     let err = dead
-        .generate(&[GenRequest::new(
-            prompt,
-            Stop::StepEnd,
-            5,
-            Sampling::greedy(),
-            1,
-        )])
+        .generate(&[GenRequest::new(prompt, Stop::StepEnd, 5, Sampling::greedy(), 1)])
         .await
         .expect_err("nothing listens");
-    assert!(
-        err.to_string().contains("gave up after 2 attempts"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("gave up after 2 attempts"), "{err}");
 }

@@ -54,12 +54,7 @@ fn config(steps: usize) -> TrainerConfig {
 fn host(params: &[Tensor<2>]) -> Vec<Vec<f32>> {
     params
         .iter()
-        .map(|p| {
-            p.clone()
-                .into_data()
-                .try_into_vec_as::<f32>()
-                .expect("data")
-        })
+        .map(|p| p.clone().into_data().try_into_vec_as::<f32>().expect("data"))
         .collect()
 }
 
@@ -88,11 +83,7 @@ struct KillAt<'a> {
 }
 
 impl Objective for KillAt<'_> {
-    fn loss(
-        &mut self,
-        params: &[Tensor<2>],
-        step: usize,
-    ) -> Result<(Tensor<1>, StepInfo), PolicyError> {
+    fn loss(&mut self, params: &[Tensor<2>], step: usize) -> Result<(Tensor<1>, StepInfo), PolicyError> {
         if step == self.at {
             return Err(PolicyError::Config("killed".into()));
         }
@@ -150,11 +141,7 @@ fn resume_after_a_kill_reproduces_the_weights_bit_for_bit() {
         .run(&mut objective(&model, &tokenizer), &Silent, &|_| Ok(()))
         .expect("trains");
     assert_eq!(summary.resumed_from, Some(10));
-    assert_eq!(
-        host(&resumed.params),
-        host(&straight.params),
-        "bit-identical weights"
-    );
+    assert_eq!(host(&resumed.params), host(&straight.params), "bit-identical weights");
     // The metrics hold each step once.
     let text = std::fs::read_to_string(dir.path().join("metrics.jsonl")).expect("metrics");
     let steps: Vec<u64> = text
@@ -192,8 +179,7 @@ fn the_cpu_training_path_matches_burn_autodiff() {
                 };
             }
         }
-        let sequences =
-            Sequences::from_examples(&examples(3), &tokenizer, config.max_seq_len).items;
+        let sequences = Sequences::from_examples(&examples(3), &tokenizer, config.max_seq_len).items;
         let model = Transformer::from_host(&weights, &Device::flex());
         let trainable = model.trainable();
         let batch = ponder_policy_init::model::TokenBatch::new(&sequences, tokenizer.pad_id);
@@ -216,23 +202,10 @@ fn the_cpu_training_path_matches_burn_autodiff() {
             (native_loss - f64::from(burn_loss)).abs() < 1e-4,
             "{native_loss} vs {burn_loss}"
         );
-        for ((name, a), b) in weights
-            .layout()
-            .names
-            .iter()
-            .zip(&native_grads)
-            .zip(&burn_grads)
-        {
+        for ((name, a), b) in weights.layout().names.iter().zip(&native_grads).zip(&burn_grads) {
             let scale = b.iter().map(|x| x.abs()).fold(1e-6f32, f32::max);
-            let diff = a
-                .iter()
-                .zip(b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0f32, f32::max);
-            assert!(
-                diff <= 1e-4 * scale.max(1.0),
-                "{name}: max diff {diff} (scale {scale})"
-            );
+            let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            assert!(diff <= 1e-4 * scale.max(1.0), "{name}: max diff {diff} (scale {scale})");
         }
     }
 }

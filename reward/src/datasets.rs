@@ -26,12 +26,7 @@ pub struct ProcessExample {
 }
 
 impl ProcessExample {
-    pub fn new(
-        problem: &Problem,
-        trace: &Trace,
-        step_labels: &[bool],
-        outcome: Option<bool>,
-    ) -> ProcessExample {
+    pub fn new(problem: &Problem, trace: &Trace, step_labels: &[bool], outcome: Option<bool>) -> ProcessExample {
         let mut completions = trace.steps.clone();
         let mut labels = step_labels.to_vec();
         if let (Some(answer), Some(o)) = (&trace.answer, outcome) {
@@ -51,13 +46,7 @@ impl ProcessExample {
         if !prompt.ends_with('\n') {
             prompt.push('\n');
         }
-        let problem = Problem::new(
-            "imported",
-            prompt,
-            String::new(),
-            0,
-            serde_json::Value::Null,
-        );
+        let problem = Problem::new("imported", prompt, String::new(), 0, serde_json::Value::Null);
         let mut steps = Vec::new();
         let mut labels = Vec::new();
         let mut answer = None;
@@ -101,15 +90,9 @@ fn from_math_shepherd(input: &str, label: &str) -> Result<ProcessExample, String
     let mut rest = label;
     for piece in &pieces[..pieces.len() - 1] {
         let piece = piece.trim_start();
-        let at = rest
-            .find(piece.trim_end())
-            .ok_or("`label` does not follow `input`")?;
+        let at = rest.find(piece.trim_end()).ok_or("`label` does not follow `input`")?;
         rest = &rest[at + piece.trim_end().len()..];
-        let mark = rest
-            .trim_start()
-            .chars()
-            .next()
-            .ok_or("`label` ends before a mark")?;
+        let mark = rest.trim_start().chars().next().ok_or("`label` ends before a mark")?;
         marks.push(match mark {
             '+' => true,
             '-' => false,
@@ -126,11 +109,7 @@ fn from_math_shepherd(input: &str, label: &str) -> Result<ProcessExample, String
         },
     };
     let mut completions = vec![first_step.trim().to_string()];
-    completions.extend(
-        pieces[1..pieces.len() - 1]
-            .iter()
-            .map(|p| p.trim().to_string()),
-    );
+    completions.extend(pieces[1..pieces.len() - 1].iter().map(|p| p.trim().to_string()));
     Ok(ProcessExample {
         prompt: question.to_string(),
         completions,
@@ -192,8 +171,7 @@ pub fn read_process(path: &Path) -> Result<Vec<ProcessExample>, RewardError> {
 
 /// The 1-based line of the `index`-th record (blank lines are skipped by the reader).
 fn line_number(path: &Path, index: usize) -> Result<usize, RewardError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| RewardError::Format(format!("{}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| RewardError::Format(format!("{}: {e}", path.display())))?;
     Ok(text
         .lines()
         .enumerate()
@@ -204,15 +182,7 @@ fn line_number(path: &Path, index: usize) -> Result<usize, RewardError> {
 
 fn dataset_error(e: DatasetError) -> RewardError {
     match e {
-        DatasetError::Line {
-            path,
-            line,
-            message,
-        } => RewardError::Line {
-            path,
-            line,
-            message,
-        },
+        DatasetError::Line { path, line, message } => RewardError::Line { path, line, message },
         other => RewardError::Format(other.to_string()),
     }
 }

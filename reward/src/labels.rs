@@ -19,11 +19,7 @@ pub enum LabelSource {
 }
 
 /// Exact labels (1.0 right, 0.0 wrong) of a trace's steps.
-pub fn ground_truth(
-    task: &dyn Task,
-    problem: &Problem,
-    trace: &Trace,
-) -> Result<Vec<f32>, RewardError> {
+pub fn ground_truth(task: &dyn Task, problem: &Problem, trace: &Trace) -> Result<Vec<f32>, RewardError> {
     Ok(task
         .check_steps(problem, &trace.steps)?
         .into_iter()
@@ -136,10 +132,7 @@ mod tests {
 
     #[test]
     fn hard_and_soft_labels_from_prefixes_of_the_rollouts() {
-        let outcomes = vec![
-            vec![false, true, true, false],
-            vec![false, false, false, false],
-        ];
+        let outcomes = vec![vec![false, true, true, false], vec![false, false, false, false]];
         assert_eq!(labels_from_rollouts(&outcomes, 1, false), vec![0.0, 0.0]);
         assert_eq!(labels_from_rollouts(&outcomes, 2, false), vec![1.0, 0.0]);
         assert_eq!(labels_from_rollouts(&outcomes, 4, true), vec![0.5, 0.0]);

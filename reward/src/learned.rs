@@ -29,11 +29,7 @@ fn sigmoid(x: f32) -> f32 {
 
 impl LearnedReward {
     pub fn new(weights: &RewardWeights, tokenizer: Tokenizer) -> LearnedReward {
-        let engine = Engine::new(&weights.backbone).with_scoring_head(
-            weights.head.clone(),
-            vec![weights.bias],
-            1,
-        );
+        let engine = Engine::new(&weights.backbone).with_scoring_head(weights.head.clone(), vec![weights.bias], 1);
         let kv = engine.config.kv_dim();
         LearnedReward {
             label: format!(
@@ -76,11 +72,7 @@ impl LearnedReward {
             caches.push(cache);
             encoded.push(e);
         }
-        let rests: Vec<&[u32]> = encoded
-            .iter()
-            .zip(&caches)
-            .map(|(e, c)| &e.tokens[c.len..])
-            .collect();
+        let rests: Vec<&[u32]> = encoded.iter().zip(&caches).map(|(e, c)| &e.tokens[c.len..]).collect();
         let want = vec![Want::All; pairs.len()];
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.engine.forward(&mut caches, &rests, &want);
@@ -120,13 +112,21 @@ impl RewardModel for LearnedReward {
         self.aggregation
     }
 
-    async fn score(
-        &self,
-        problem: &Problem,
-        traces: &[Trace],
-    ) -> Result<Vec<StepScores>, RewardError> {
+    async fn score(&self, problem: &Problem, traces: &[Trace]) -> Result<Vec<StepScores>, RewardError> {
         let pairs: Vec<(&Problem, &Trace)> = traces.iter().map(|t| (problem, t)).collect();
         Ok(self.score_pairs(&pairs))
+    }
+
+    async fn score_many(&self, items: &[(&Problem, &[Trace])]) -> Result<Vec<Vec<StepScores>>, RewardError> {
+        let pairs: Vec<(&Problem, &Trace)> = items
+            .iter()
+            .flat_map(|(p, traces)| traces.iter().map(move |t| (*p, t)))
+            .collect();
+        let mut scores = self.score_pairs(&pairs).into_iter();
+        Ok(items
+            .iter()
+            .map(|(_, traces)| scores.by_ref().take(traces.len()).collect())
+            .collect())
     }
 
     fn calls(&self) -> u64 {

@@ -121,11 +121,17 @@ pub trait RewardModel: Send + Sync {
         Aggregation::Last
     }
 
-    async fn score(
-        &self,
-        problem: &Problem,
-        traces: &[Trace],
-    ) -> Result<Vec<StepScores>, RewardError>;
+    async fn score(&self, problem: &Problem, traces: &[Trace]) -> Result<Vec<StepScores>, RewardError>;
+
+    /// Scores the traces of several problems; a model that batches overrides this to make one
+    /// pass over all of them.
+    async fn score_many(&self, items: &[(&Problem, &[Trace])]) -> Result<Vec<Vec<StepScores>>, RewardError> {
+        let mut out = Vec::with_capacity(items.len());
+        for (problem, traces) in items {
+            out.push(self.score(problem, traces).await?);
+        }
+        Ok(out)
+    }
 
     /// Model evaluations (forward passes) so far, for compute accounting.
     fn calls(&self) -> u64 {

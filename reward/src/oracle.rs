@@ -33,11 +33,7 @@ impl RewardModel for OracleProcessReward {
         self.aggregation
     }
 
-    async fn score(
-        &self,
-        problem: &Problem,
-        traces: &[Trace],
-    ) -> Result<Vec<StepScores>, RewardError> {
+    async fn score(&self, problem: &Problem, traces: &[Trace]) -> Result<Vec<StepScores>, RewardError> {
         traces
             .iter()
             .map(|t| {

@@ -65,11 +65,7 @@ pub fn first_error_f1(traces: &[(Vec<f32>, Vec<bool>)], threshold: f32) -> First
     let a = err_right as f64 / err_total.max(1) as f64;
     let b = ok_right as f64 / ok_total.max(1) as f64;
     FirstErrorF1 {
-        f1: if a + b > 0.0 {
-            2.0 * a * b / (a + b)
-        } else {
-            0.0
-        },
+        f1: if a + b > 0.0 { 2.0 * a * b / (a + b) } else { 0.0 },
         accuracy_erroneous: a,
         accuracy_correct: b,
         erroneous: err_total,
@@ -167,9 +163,7 @@ mod tests {
         ];
         let f = first_error_f1(&traces, 0.5);
         assert_eq!((f.erroneous, f.correct), (2, 1));
-        assert!(
-            (f.accuracy_erroneous - 0.5).abs() < 1e-12 && (f.accuracy_correct - 1.0).abs() < 1e-12
-        );
+        assert!((f.accuracy_erroneous - 0.5).abs() < 1e-12 && (f.accuracy_correct - 1.0).abs() < 1e-12);
         assert!((f.f1 - 2.0 / 3.0).abs() < 1e-12);
         let (ece, table) = calibration(&[0.05, 0.95, 0.95, 0.95], &[false, true, true, false], 10);
         assert_eq!(table.len(), 2);

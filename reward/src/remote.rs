@@ -55,17 +55,17 @@ struct ScoreResponse {
 
 impl RemoteReward {
     pub fn new(settings: RemoteRewardSettings) -> Result<RemoteReward, RewardError> {
-        if !(settings.endpoint.starts_with("http://") || settings.endpoint.starts_with("https://"))
-        {
+        if !(settings.endpoint.starts_with("http://") || settings.endpoint.starts_with("https://")) {
             return Err(RewardError::Remote(format!(
                 "`{}` is not an http(s) URL",
                 settings.endpoint
             )));
         }
         let api_key = match &settings.api_key_env {
-            Some(var) => Some(std::env::var(var).map_err(|_| {
-                RewardError::Remote(format!("environment variable {var} is not set"))
-            })?),
+            Some(var) => Some(
+                std::env::var(var)
+                    .map_err(|_| RewardError::Remote(format!("environment variable {var} is not set")))?,
+            ),
             None => None,
         };
         let client = reqwest::Client::builder()
@@ -97,11 +97,7 @@ impl RewardModel for RemoteReward {
         self.settings.aggregation
     }
 
-    async fn score(
-        &self,
-        problem: &Problem,
-        traces: &[Trace],
-    ) -> Result<Vec<StepScores>, RewardError> {
+    async fn score(&self, problem: &Problem, traces: &[Trace]) -> Result<Vec<StepScores>, RewardError> {
         let url = format!("{}/score", self.settings.endpoint.trim_end_matches('/'));
         let body = json!({
             "model": self.settings.model,
@@ -116,9 +112,10 @@ impl RewardModel for RemoteReward {
             }
             match request.send().await {
                 Ok(r) if r.status().is_success() => {
-                    let answer: ScoreResponse = r.json().await.map_err(|e| {
-                        RewardError::Remote(format!("{url}: unreadable answer: {e}"))
-                    })?;
+                    let answer: ScoreResponse = r
+                        .json()
+                        .await
+                        .map_err(|e| RewardError::Remote(format!("{url}: unreadable answer: {e}")))?;
                     if answer.scores.len() != traces.len() {
                         return Err(RewardError::Remote(format!(
                             "{url}: {} scores for {} traces",

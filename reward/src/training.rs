@@ -115,11 +115,7 @@ struct RewardMeta {
 impl RewardWeights {
     /// A fresh head on a backbone (its language-model head, if any, is dropped: a reward model
     /// reads hidden states, not next-token logits).
-    pub fn new(
-        mut backbone: HostWeights,
-        granularity: Granularity,
-        aggregation: Aggregation,
-    ) -> RewardWeights {
+    pub fn new(mut backbone: HostWeights, granularity: Granularity, aggregation: Aggregation) -> RewardWeights {
         if let Some(slot) = backbone.layout().lm_head {
             backbone.tensors.remove(slot);
             backbone.config.tie_embeddings = true;
@@ -136,10 +132,10 @@ impl RewardWeights {
 
     pub fn save(&self, dir: &Path, tokenizer: &Tokenizer) -> Result<(), RewardError> {
         std::fs::create_dir_all(dir).map_err(|e| PolicyError::io(dir, e))?;
-        let mut config =
-            self.backbone
-                .config
-                .to_hf_json(tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id);
+        let mut config = self
+            .backbone
+            .config
+            .to_hf_json(tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id);
         let arch = match (self.granularity, config["model_type"].as_str()) {
             (Granularity::Process, Some("qwen2")) => "Qwen2ForTokenClassification",
             (Granularity::Process, _) => "LlamaForTokenClassification",
@@ -150,21 +146,14 @@ impl RewardWeights {
         config["num_labels"] = serde_json::json!(1);
         let write = |name: &str, text: String| {
             let path = dir.join(name);
-            ponder_datagen::io::write_atomic(&path, text.as_bytes())
-                .map_err(|e| PolicyError::io(&path, e))
+            ponder_datagen::io::write_atomic(&path, text.as_bytes()).map_err(|e| PolicyError::io(&path, e))
         };
-        write(
-            "config.json",
-            serde_json::to_string_pretty(&config).unwrap_or_default(),
-        )?;
+        write("config.json", serde_json::to_string_pretty(&config).unwrap_or_default())?;
         let meta = RewardMeta {
             granularity: self.granularity,
             aggregation: self.aggregation,
         };
-        write(
-            "reward.json",
-            serde_json::to_string_pretty(&meta).unwrap_or_default(),
-        )?;
+        write("reward.json", serde_json::to_string_pretty(&meta).unwrap_or_default())?;
         let head = HostTensor {
             shape: vec![1, self.head.len()],
             data: self.head.clone(),
@@ -288,15 +277,10 @@ impl RewardObjective {
         let per_epoch = self.examples.len().div_ceil(self.batch_size.max(1)).max(1);
         let (epoch, index) = (step / per_epoch, step % per_epoch);
         if self.epoch.as_ref().map(|(e, _)| *e) != Some(epoch) {
-            let mut rng = ChaCha8Rng::seed_from_u64(
-                self.seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
-            );
+            let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
             let mut order: Vec<usize> = (0..self.examples.len()).collect();
             order.shuffle(&mut rng);
-            let batches = order
-                .chunks(self.batch_size.max(1))
-                .map(|c| c.to_vec())
-                .collect();
+            let batches = order.chunks(self.batch_size.max(1)).map(|c| c.to_vec()).collect();
             self.epoch = Some((epoch, batches));
         }
         self.epoch
@@ -307,50 +291,28 @@ impl RewardObjective {
 }
 
 /// The trainer for a reward model: backbone parameters plus `score.weight` and `score.bias`.
-pub fn reward_trainer(
-    template: &Transformer,
-    start: &RewardWeights,
-    config: TrainerConfig,
-) -> Trainer {
+pub fn reward_trainer(template: &Transformer, start: &RewardWeights, config: TrainerConfig) -> Trainer {
     let device = template.device();
     let d = template.config.d_model;
     let mut names = template.layout.names.clone();
     let mut shapes = template.layout.shapes.clone();
-    let mut decay: Vec<bool> = (0..names.len())
-        .map(|i| template.layout.decays(i))
-        .collect();
+    let mut decay: Vec<bool> = (0..names.len()).map(|i| template.layout.decays(i)).collect();
     let mut params = template.params.clone();
     names.extend(["score.weight".to_string(), "score.bias".to_string()]);
     shapes.extend([vec![1, d], vec![1]]);
     decay.extend([false, false]);
-    params.push(Tensor::from_data(
-        TensorData::new(start.head.clone(), [1, d]),
-        &device,
-    ));
-    params.push(Tensor::from_data(
-        TensorData::new(vec![start.bias], [1, 1]),
-        &device,
-    ));
+    params.push(Tensor::from_data(TensorData::new(start.head.clone(), [1, d]), &device));
+    params.push(Tensor::from_data(TensorData::new(vec![start.bias], [1, 1]), &device));
     Trainer::new(config, names, shapes, decay, params)
 }
 
 impl Objective for RewardObjective {
-    fn loss(
-        &mut self,
-        params: &[Tensor<2>],
-        step: usize,
-    ) -> Result<(Tensor<1>, StepInfo), PolicyError> {
+    fn loss(&mut self, params: &[Tensor<2>], step: usize) -> Result<(Tensor<1>, StepInfo), PolicyError> {
         if self.examples.is_empty() {
-            return Err(PolicyError::Config(
-                "no reward-model training examples".into(),
-            ));
+            return Err(PolicyError::Config("no reward-model training examples".into()));
         }
         let picked = self.batch_indices(step);
-        let len = picked
-            .iter()
-            .map(|&i| self.examples[i].tokens.len())
-            .max()
-            .unwrap_or(1);
+        let len = picked.iter().map(|&i| self.examples[i].tokens.len()).max().unwrap_or(1);
         let batch = picked.len();
         let mut inputs = vec![self.pad as i32; batch * len];
         let mut mask = vec![0.0f32; batch * len];
@@ -375,8 +337,7 @@ impl Objective for RewardObjective {
         let y = Tensor::<2>::from_data(TensorData::new(targets, [batch * len, 1]), &device);
         let m = Tensor::<2>::from_data(TensorData::new(mask.clone(), [batch * len, 1]), &device);
         let count = mask.iter().filter(|&&v| v > 0.0).count().max(1);
-        let bce =
-            z.clone().clamp_min(0.0) - z.clone() * y + z.abs().neg().exp().add_scalar(1.0).log();
+        let bce = z.clone().clamp_min(0.0) - z.clone() * y + z.abs().neg().exp().add_scalar(1.0).log();
         let loss = (bce * m).sum().div_scalar(count as f32);
         Ok((
             loss,
@@ -387,11 +348,7 @@ impl Objective for RewardObjective {
         ))
     }
 
-    fn evaluate(
-        &mut self,
-        params: &[Tensor<2>],
-        step: usize,
-    ) -> Result<serde_json::Value, PolicyError> {
+    fn evaluate(&mut self, params: &[Tensor<2>], step: usize) -> Result<serde_json::Value, PolicyError> {
         let weights = self.weights(params);
         match &mut self.eval {
             Some(hook) => hook(&weights, step),

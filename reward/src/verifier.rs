@@ -61,11 +61,7 @@ impl RewardModel for VerifierReward {
         Granularity::Outcome
     }
 
-    async fn score(
-        &self,
-        problem: &Problem,
-        traces: &[Trace],
-    ) -> Result<Vec<StepScores>, RewardError> {
+    async fn score(&self, problem: &Problem, traces: &[Trace]) -> Result<Vec<StepScores>, RewardError> {
         traces
             .iter()
             .map(|t| {

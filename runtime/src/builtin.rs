@@ -58,9 +58,7 @@ impl Kind<PolicyCategory> for TransformerSettings {
     fn build(&self, context: &PolicyContext) -> anyhow::Result<Box<dyn Policy>> {
         let (weights, tokenizer) = match (&context.trained, &self.from) {
             (Some((w, t)), _) => (w.clone(), t.clone()),
-            (None, Some(dir)) => {
-                ponder_policy_init::hf::load_pretrained(std::path::Path::new(dir))?
-            }
+            (None, Some(dir)) => ponder_policy_init::hf::load_pretrained(std::path::Path::new(dir))?,
             (None, None) => {
                 let tokenizer = Tokenizer::chars();
                 let config = self.model_config(tokenizer.vocab_size())?;

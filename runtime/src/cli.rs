@@ -124,31 +124,17 @@ pub fn run_command(command: Command, registry: &Registry) -> Result<(), Failure>
             Ok(())
         }
         Command::Check { config, set } => {
-            let layers = Layers::from_file(&config)?
-                .with_process_env()
-                .with_overrides(&set);
+            let layers = Layers::from_file(&config)?.with_process_env().with_overrides(&set);
             let run = layers.load(registry)?;
             println!("{}: ok", config.display());
             print!("{}", crate::plan::describe(&run));
             Ok(())
         }
-        Command::Run {
-            config,
-            set,
-            resume,
-        } => {
-            let layers = Layers::from_file(&config)?
-                .with_process_env()
-                .with_overrides(&set);
+        Command::Run { config, set, resume } => {
+            let layers = Layers::from_file(&config)?.with_process_env().with_overrides(&set);
             let run = layers.load(registry)?;
             crate::pipeline::run(&run, registry, resume)
-                .map(|_| {
-                    eprintln!(
-                        "ponder: run {} complete in {}",
-                        run.run.name,
-                        run.run_dir().display()
-                    )
-                })
+                .map(|_| eprintln!("ponder: run {} complete in {}", run.run.name, run.run_dir().display()))
                 .map_err(Failure::Other)
         }
         Command::Datagen(args) => datagen(args, registry),
@@ -175,23 +161,14 @@ pub fn list(registry: &Registry) -> String {
 }
 
 fn datagen(args: DatagenArgs, registry: &Registry) -> Result<(), Failure> {
-    let usage = |msg: String| {
-        Failure::Config(ConfigErrors::one(crate::config_error::ConfigError::new(
-            "", msg,
-        )))
-    };
-    let style: TraceStyle = args
-        .style
-        .parse()
-        .map_err(|e: String| usage(format!("--style: {e}")))?;
+    let usage = |msg: String| Failure::Config(ConfigErrors::one(crate::config_error::ConfigError::new("", msg)));
+    let style: TraceStyle = args.style.parse().map_err(|e: String| usage(format!("--style: {e}")))?;
     let split = match args.split.as_str() {
         "train" => Split::Train,
         "test" => Split::Test,
         "all" => Split::All,
         other => {
-            return Err(usage(format!(
-                "--split: `{other}` is not train, test or all"
-            )));
+            return Err(usage(format!("--split: `{other}` is not train, test or all")));
         }
     };
     if !(0.0..1.0).contains(&args.test_fraction) {
@@ -199,9 +176,7 @@ fn datagen(args: DatagenArgs, registry: &Registry) -> Result<(), Failure> {
     }
     let spec = match (&args.task, &args.config) {
         (_, Some(config)) => {
-            let layers = Layers::from_file(config)?
-                .with_process_env()
-                .with_overrides(&args.set);
+            let layers = Layers::from_file(config)?.with_process_env().with_overrides(&args.set);
             layers.load(registry)?.task
         }
         (Some(kind), None) => {
@@ -243,8 +218,7 @@ fn datagen(args: DatagenArgs, registry: &Registry) -> Result<(), Failure> {
         bar.inc(1);
         r.map_err(DatasetError::from)
     });
-    let n = write_jsonl::<_, DatasetError>(&args.out, examples)
-        .map_err(|e| Failure::Other(e.into()))?;
+    let n = write_jsonl::<_, DatasetError>(&args.out, examples).map_err(|e| Failure::Other(e.into()))?;
     bar.finish_and_clear();
     eprintln!("wrote {n} examples to {}", args.out.display());
     Ok(())

@@ -18,9 +18,7 @@ use crate::config_error::{ConfigError, ConfigErrors, deserialize_all, line_colum
 use crate::registry::{PolicyCategory, Registry, Spec, TaskCategory};
 
 /// The top-level sections a run config may have.
-pub const SECTIONS: [&str; 7] = [
-    "run", "task", "policy", "reward", "search", "learn", "pipeline",
-];
+pub const SECTIONS: [&str; 7] = ["run", "task", "policy", "reward", "search", "learn", "pipeline"];
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -74,10 +72,7 @@ impl RunSection {
         if !device_ok {
             errors.push(ConfigError::new(
                 "run.device",
-                format!(
-                    "unknown device `{}`: cpu, ndarray, cuda or cuda:N",
-                    self.device
-                ),
+                format!("unknown device `{}`: cpu, ndarray, cuda or cuda:N", self.device),
             ));
         }
         errors
@@ -186,16 +181,10 @@ impl PipelineSection {
         }
         for p in self.init.optim.validate() {
             let (field, msg) = p.split_once(": ").unwrap_or(("", &p));
-            errors.push(ConfigError::new(
-                format!("pipeline.init.optim.{field}"),
-                msg,
-            ));
+            errors.push(ConfigError::new(format!("pipeline.init.optim.{field}"), msg));
         }
         if self.init.batch_size == 0 {
-            errors.push(ConfigError::new(
-                "pipeline.init.batch_size",
-                "must be at least 1",
-            ));
+            errors.push(ConfigError::new("pipeline.init.batch_size", "must be at least 1"));
         }
         if self.stages.contains(&"init".to_string()) && self.data.train_examples == 0 {
             errors.push(ConfigError::new(
@@ -223,10 +212,7 @@ impl RunConfig {
         let mut errors: Vec<ConfigError> = Vec::new();
         let empty = Value::Object(Default::default());
         let Value::Object(root) = value else {
-            return Err(ConfigErrors::one(ConfigError::new(
-                "",
-                "the config must be a table",
-            )));
+            return Err(ConfigErrors::one(ConfigError::new("", "the config must be a table")));
         };
         for key in root.keys() {
             if !SECTIONS.contains(&key.as_str()) {
@@ -254,16 +240,9 @@ impl RunConfig {
         };
         errors.extend(pipeline.validate());
         let task = match root.get("task") {
-            Some(t) => registry
-                .tasks
-                .parse(t, "task")
-                .map_err(|e| errors.extend(e))
-                .ok(),
+            Some(t) => registry.tasks.parse(t, "task").map_err(|e| errors.extend(e)).ok(),
             None => {
-                errors.push(ConfigError::new(
-                    "task",
-                    "missing: every run needs a [task]",
-                ));
+                errors.push(ConfigError::new("task", "missing: every run needs a [task]"));
                 None
             }
         };
@@ -465,9 +444,6 @@ pub fn parse_task(
 }
 
 /// Deserializes a free-standing section with all errors collected (for stage settings).
-pub fn read_section<T: serde::de::DeserializeOwned>(
-    value: &Value,
-    path: &str,
-) -> Result<T, ConfigErrors> {
+pub fn read_section<T: serde::de::DeserializeOwned>(value: &Value, path: &str) -> Result<T, ConfigErrors> {
     deserialize_all(value, path).map_err(|errors| ConfigErrors { file: None, errors })
 }

@@ -96,10 +96,7 @@ pub fn locate_key(text: &str, path: &str) -> Option<(usize, usize)> {
     if path.is_empty() {
         return None;
     }
-    let parts: Vec<&str> = path
-        .split('.')
-        .filter(|p| p.parse::<usize>().is_err())
-        .collect();
+    let parts: Vec<&str> = path.split('.').filter(|p| p.parse::<usize>().is_err()).collect();
     let mut table: Vec<String> = Vec::new();
     let mut best: Option<(usize, usize)> = None;
     for (i, raw) in text.lines().enumerate() {
@@ -116,11 +113,7 @@ pub fn locate_key(text: &str, path: &str) -> Option<(usize, usize)> {
             continue;
         };
         let mut full: Vec<String> = table.clone();
-        full.extend(
-            key.trim()
-                .split('.')
-                .map(|s| s.trim().trim_matches('"').to_string()),
-        );
+        full.extend(key.trim().split('.').map(|s| s.trim().trim_matches('"').to_string()));
         if full == parts {
             let column = raw.find(key.trim()).unwrap_or(0) + 1;
             return Some((i + 1, column));
@@ -165,10 +158,7 @@ fn unknown_field_name(message: &str) -> Option<String> {
 /// after each error the offending key is removed (falling back to its default) and parsing
 /// goes on. `T` should default every field (`#[serde(default)]`) so removed keys are not
 /// reported again as missing.
-pub fn deserialize_all<T: DeserializeOwned>(
-    value: &Value,
-    base: &str,
-) -> Result<T, Vec<ConfigError>> {
+pub fn deserialize_all<T: DeserializeOwned>(value: &Value, base: &str) -> Result<T, Vec<ConfigError>> {
     let mut value = value.clone();
     let mut errors: Vec<ConfigError> = Vec::new();
     for _ in 0..64 {
@@ -194,9 +184,7 @@ pub fn deserialize_all<T: DeserializeOwned>(
         }
         let path = join_path(base, &segments.join("."));
         let removed = remove_at(&mut value, &segments);
-        let repeated = errors
-            .iter()
-            .any(|e| e.path == path && e.message == message);
+        let repeated = errors.iter().any(|e| e.path == path && e.message == message);
         // A field removed after an earlier error comes back as "missing": not a new mistake.
         let consequence = inner.starts_with("missing field") && !errors.is_empty();
         if !repeated && !consequence {

@@ -62,18 +62,12 @@ fn git_commit() -> Option<String> {
 /// process; 0 keeps rayon's default (every core).
 pub fn configure_threads(threads: usize) {
     if threads > 0 {
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build_global();
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
     }
 }
 
 /// Runs the pipeline.
-pub fn run(
-    config: &RunConfig,
-    registry: &Registry,
-    resume: bool,
-) -> anyhow::Result<BTreeMap<String, StageRecord>> {
+pub fn run(config: &RunConfig, registry: &Registry, resume: bool) -> anyhow::Result<BTreeMap<String, StageRecord>> {
     configure_threads(config.run.threads);
     let dir = RunDir::new(config.run_dir());
     fs::create_dir_all(&dir.root).with_context(|| format!("creating {}", dir.root.display()))?;

@@ -25,10 +25,8 @@ impl Display {
         self.pipeline.set_message(name.to_string());
         let bar = self.multi.add(ProgressBar::new(1));
         bar.set_style(
-            ProgressStyle::with_template(
-                "  {prefix:<12} {bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template("  {prefix:<12} {bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar.set_prefix(name.to_string());
         StageBar { bar }

@@ -25,9 +25,7 @@ pub trait Category: 'static {
 
 /// The settings of one kind: a serde struct (`deny_unknown_fields`, every field defaulted)
 /// that validates itself and builds the component.
-pub trait Kind<C: Category>:
-    DeserializeOwned + Serialize + Default + fmt::Debug + Send + Sync + 'static
-{
+pub trait Kind<C: Category>: DeserializeOwned + Serialize + Default + fmt::Debug + Send + Sync + 'static {
     /// Checks settings that types alone cannot (ranges, combinations); one message per problem,
     /// each starting with the field name.
     fn validate(&self) -> Vec<String> {
@@ -75,8 +73,7 @@ impl<C: Category, K: Kind<C>> Spec<C> for KindSpec<K> {
     }
 }
 
-type Parser<C> =
-    Arc<dyn Fn(&Value, &str, &str) -> Result<Arc<dyn Spec<C>>, Vec<ConfigError>> + Send + Sync>;
+type Parser<C> = Arc<dyn Fn(&Value, &str, &str) -> Result<Arc<dyn Spec<C>>, Vec<ConfigError>> + Send + Sync>;
 
 pub struct Entry<C: Category> {
     pub kind: String,
@@ -103,12 +100,7 @@ impl<C: Category> Default for Kinds<C> {
 impl<C: Category> Kinds<C> {
     /// Registers kind `K` under `name`. A name already taken is refused: two crates must not
     /// silently replace each other's kinds.
-    pub fn add<K: Kind<C>>(
-        &mut self,
-        name: &str,
-        description: &str,
-        origin: &str,
-    ) -> Result<(), RegistryError> {
+    pub fn add<K: Kind<C>>(&mut self, name: &str, description: &str, origin: &str) -> Result<(), RegistryError> {
         if self.entries.contains_key(name) {
             return Err(RegistryError::Duplicate {
                 category: C::NAME,
@@ -166,10 +158,7 @@ impl<C: Category> Kinds<C> {
     /// Reads a component table (`kind` plus that kind's fields) at key path `path`.
     pub fn parse(&self, table: &Value, path: &str) -> Result<Arc<dyn Spec<C>>, Vec<ConfigError>> {
         let Value::Object(map) = table else {
-            return Err(vec![ConfigError::new(
-                path,
-                "must be a table with a `kind` key",
-            )]);
+            return Err(vec![ConfigError::new(path, "must be a table with a `kind` key")]);
         };
         let kind = match map.get("kind") {
             Some(Value::String(k)) => k.clone(),
@@ -205,10 +194,7 @@ impl<C: Category> Kinds<C> {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum RegistryError {
     #[error("{category} kind `{kind}` is registered twice")]
-    Duplicate {
-        category: &'static str,
-        kind: String,
-    },
+    Duplicate { category: &'static str, kind: String },
 }
 
 /// Tasks: built from their settings alone.
@@ -227,10 +213,7 @@ pub struct PolicyCategory;
 #[derive(Clone, Debug, Default)]
 pub struct PolicyContext {
     /// Weights and tokenizer the run trained (policy initialisation or RL); `None` before.
-    pub trained: Option<(
-        ponder_policy_init::HostWeights,
-        ponder_policy_init::Tokenizer,
-    )>,
+    pub trained: Option<(ponder_policy_init::HostWeights, ponder_policy_init::Tokenizer)>,
     /// Seed for fresh weights.
     pub seed: u64,
 }

@@ -57,8 +57,7 @@ impl RunDir {
         let path = self.stage_file(stage);
         match fs::read_to_string(&path) {
             Ok(text) => Ok(Some(
-                serde_json::from_str(&text)
-                    .with_context(|| format!("reading {}", path.display()))?,
+                serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?,
             )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),

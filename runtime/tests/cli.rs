@@ -45,11 +45,7 @@ fn datagen_is_fast_and_deterministic_per_seed() {
     generate("2", "c.jsonl");
     let read = |f: &str| std::fs::read(dir.path().join(f)).expect("written");
     assert_eq!(read("a.jsonl"), read("b.jsonl"), "same seed, same bytes");
-    assert_ne!(
-        read("a.jsonl"),
-        read("c.jsonl"),
-        "another seed, another file"
-    );
+    assert_ne!(read("a.jsonl"), read("c.jsonl"), "another seed, another file");
     let lines = String::from_utf8(read("a.jsonl")).expect("utf8");
     assert_eq!(lines.lines().count(), 10_000);
     // Seconds, not minutes, even in a debug build (the release build takes well under one).
@@ -78,10 +74,7 @@ fn check_reports_every_mistake_with_its_key_path() {
         err.contains("arithmetic, chains, countdown"),
         "lists the known kinds: {err}"
     );
-    assert!(
-        err.contains("pipeline.data.colour") && err.contains(":10:1:"),
-        "{err}"
-    );
+    assert!(err.contains("pipeline.data.colour") && err.contains(":10:1:"), "{err}");
 }
 
 #[test]
@@ -102,18 +95,9 @@ fn syntax_errors_name_line_and_column() {
 fn overrides_and_environment_layer_over_the_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("ok.toml");
-    std::fs::write(
-        &config,
-        "[run]\nname = \"x\"\n\n[task]\nkind = \"countdown\"\n",
-    )
-    .expect("write");
+    std::fs::write(&config, "[run]\nname = \"x\"\n\n[task]\nkind = \"countdown\"\n").expect("write");
     let o = Command::new(env!("CARGO_BIN_EXE_ponder"))
-        .args([
-            "check",
-            config.to_str().expect("utf8"),
-            "--set",
-            "task.numbers=4",
-        ])
+        .args(["check", config.to_str().expect("utf8"), "--set", "task.numbers=4"])
         .env("PONDER_RUN__SEED", "77")
         .env("PONDER_LOG", "not config")
         .output()
@@ -123,12 +107,7 @@ fn overrides_and_environment_layer_over_the_file() {
     assert!(out.contains("seed 77"), "{out}");
     assert!(out.contains("numbers=4"), "{out}");
     let o = ponder(
-        &[
-            "check",
-            config.to_str().expect("utf8"),
-            "--set",
-            "task.numbers=many",
-        ],
+        &["check", config.to_str().expect("utf8"), "--set", "task.numbers=many"],
         dir.path(),
     );
     assert_eq!(o.status.code(), Some(2));
@@ -183,10 +162,6 @@ fn bad_datagen_arguments_are_clear_errors() {
         dir.path(),
     );
     assert_eq!(o.status.code(), Some(2));
-    assert!(
-        stderr(&o).contains("task.numbers: must be 2 to 5"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("task.numbers: must be 2 to 5"), "{}", stderr(&o));
     assert!(!dir.path().join("x.jsonl").exists());
 }

@@ -26,9 +26,7 @@ fn cargo() -> Command {
 
 fn status(mut command: Command, what: &str) -> Result<()> {
     eprintln!("xtask: {what}");
-    let status = command
-        .status()
-        .with_context(|| format!("starting {what}"))?;
+    let status = command.status().with_context(|| format!("starting {what}"))?;
     if !status.success() {
         bail!("{what} failed ({status})");
     }
@@ -94,14 +92,7 @@ fn ci() -> Result<()> {
     fmt.args(["fmt", "--all", "--", "--check"]);
     status(fmt, "cargo fmt --check")?;
     let mut clippy = cargo();
-    clippy.args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]);
+    clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
     status(clippy, "cargo clippy -D warnings")?;
     let mut test = cargo();
     test.args(["test", "--workspace"]);

@@ -44,9 +44,7 @@ impl Kind<TaskCategory> for SortingConfig {
     }
 
     fn build(&self, _: &()) -> anyhow::Result<Box<dyn Task>> {
-        Ok(Box::new(Sorting {
-            config: self.clone(),
-        }))
+        Ok(Box::new(Sorting { config: self.clone() }))
     }
 }
 
@@ -69,11 +67,7 @@ fn numbers(problem: &Problem) -> Result<Vec<u32>, TaskError> {
 }
 
 fn render(numbers: &[u32]) -> String {
-    numbers
-        .iter()
-        .map(|n| n.to_string())
-        .collect::<Vec<_>>()
-        .join(" ")
+    numbers.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" ")
 }
 
 impl Task for Sorting {
@@ -113,18 +107,11 @@ impl Task for Sorting {
         Ok(steps
             .iter()
             .enumerate()
-            .map(|(i, s)| {
-                i < sorted.len() && *s == format!("take {} so {}", sorted[i], render(&sorted[..=i]))
-            })
+            .map(|(i, s)| i < sorted.len() && *s == format!("take {} so {}", sorted[i], render(&sorted[..=i])))
             .collect())
     }
 
-    fn expert_trace(
-        &self,
-        problem: &Problem,
-        style: TraceStyle,
-        _rng: &mut TaskRng,
-    ) -> Result<Trace, TaskError> {
+    fn expert_trace(&self, problem: &Problem, style: TraceStyle, _rng: &mut TaskRng) -> Result<Trace, TaskError> {
         if style != TraceStyle::Optimal {
             return Err(TaskError::UnsupportedStyle {
                 task: NAME.into(),

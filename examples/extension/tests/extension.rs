@@ -11,10 +11,7 @@ fn the_extension_kind_is_listed_and_generates_data() {
         out.contains("sorting") && out.contains("[ponder-example-extension]"),
         "{out}"
     );
-    assert!(
-        out.contains("countdown"),
-        "built-ins are still there: {out}"
-    );
+    assert!(out.contains("countdown"), "built-ins are still there: {out}");
 
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("sort.jsonl");
@@ -39,11 +36,7 @@ fn the_extension_kind_is_listed_and_generates_data() {
     };
     for e in &examples {
         assert_eq!(e.problem.task, "sorting");
-        assert!(
-            task.verify(&e.problem, &e.trace())
-                .expect("verifies")
-                .correct
-        );
+        assert!(task.verify(&e.problem, &e.trace()).expect("verifies").correct);
     }
 }
 

@@ -25,9 +25,8 @@ pub fn run(ctx: &Context) -> anyhow::Result<serde_json::Value> {
             if i % 1000 == 0 {
                 ctx.progress.set(i, total, "training traces");
             }
-            r.map(|e| {
+            r.inspect(|e| {
                 chars += e.problem.prompt.len() + e.completion.len();
-                e
             })
             .map_err(DatasetError::from)
         }),
@@ -56,15 +55,8 @@ pub fn run(ctx: &Context) -> anyhow::Result<serde_json::Value> {
             );
         }
     }
-    let chance = examples
-        .iter()
-        .map(|e| ctx.task.chance_level(&e.problem))
-        .sum::<f64>()
-        / examples.len().max(1) as f64;
-    write_jsonl::<_, DatasetError>(
-        &ctx.dir.data("test.jsonl"),
-        examples.iter().cloned().map(Ok),
-    )?;
+    let chance = examples.iter().map(|e| ctx.task.chance_level(&e.problem)).sum::<f64>() / examples.len().max(1) as f64;
+    write_jsonl::<_, DatasetError>(&ctx.dir.data("test.jsonl"), examples.iter().cloned().map(Ok))?;
     Ok(json!({
         "train_examples": written,
         "train_chars": chars,

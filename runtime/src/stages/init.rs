@@ -18,11 +18,7 @@ use super::Context;
 use crate::run_dir::clear_dir;
 
 /// The generation limit: the longest training trace and half again, within the context.
-pub fn trace_token_limit(
-    examples: &[ponder_datagen::Example],
-    tokenizer: &Tokenizer,
-    max_seq_len: usize,
-) -> usize {
+pub fn trace_token_limit(examples: &[ponder_datagen::Example], tokenizer: &Tokenizer, max_seq_len: usize) -> usize {
     let longest = examples
         .iter()
         .map(|e| tokenizer.encode(&e.completion).len())
@@ -49,20 +45,13 @@ pub fn run(ctx: &Context) -> anyhow::Result<serde_json::Value> {
     let settings = transformer_settings(ctx)?;
     let s = &ctx.config.pipeline.init;
     let train = ctx.train_examples()?;
-    let test: Vec<Problem> = ctx
-        .test_examples()?
-        .into_iter()
-        .map(|e| e.problem)
-        .collect();
+    let test: Vec<Problem> = ctx.test_examples()?.into_iter().map(|e| e.problem).collect();
     let (start, tokenizer) = match &settings.from {
         Some(dir) => ponder_policy_init::hf::load_pretrained(std::path::Path::new(dir))?,
         None => {
             let tokenizer = Tokenizer::chars();
             let config = settings.model_config(tokenizer.vocab_size())?;
-            (
-                HostWeights::init(&config, ctx.seed("init-weights"))?,
-                tokenizer,
-            )
+            (HostWeights::init(&config, ctx.seed("init-weights"))?, tokenizer)
         }
     };
     let max_seq_len = start.config.max_seq_len;
@@ -100,9 +89,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<serde_json::Value> {
         eval_every: s.eval_every,
         ..TrainerConfig::default()
     };
-    let mut trainer = model
-        .trainer(trainer_config)
-        .with_outputs(checkpoints, metrics);
+    let mut trainer = model.trainer(trainer_config).with_outputs(checkpoints, metrics);
     if let Some(step) = trainer.resume()? {
         tracing::info!(step, "policy initialisation resumed");
     }
@@ -119,31 +106,17 @@ pub fn run(ctx: &Context) -> anyhow::Result<serde_json::Value> {
     };
     let hook = Box::new(move |weights: &HostWeights, _step: usize| {
         let policy = TransformerPolicy::new(weights, curve_tokenizer.clone());
-        let report = futures::executor::block_on(evaluate(
-            &policy,
-            curve_task.as_ref(),
-            &curve_problems,
-            &curve_settings,
-        ))?;
+        let report =
+            futures::executor::block_on(evaluate(&policy, curve_task.as_ref(), &curve_problems, &curve_settings))?;
         Ok(json!({"pass@1_greedy": report.pass1_greedy.value, "problems": report.problems}))
     });
     let pad = tokenizer.pad_id;
-    let mut objective = SftObjective::new(
-        model.clone(),
-        sequences,
-        s.batch_size,
-        ctx.seed("init-batches"),
-        pad,
-    )
-    .with_eval(hook);
+    let mut objective =
+        SftObjective::new(model.clone(), sequences, s.batch_size, ctx.seed("init-batches"), pad).with_eval(hook);
     let extra_tokenizer = tokenizer.clone();
     let config = start.config.clone();
     let summary = trainer.run(&mut objective, ctx.progress, &move |dir| {
-        let hf = config.to_hf_json(
-            extra_tokenizer.bos_id,
-            extra_tokenizer.eos_id,
-            extra_tokenizer.pad_id,
-        );
+        let hf = config.to_hf_json(extra_tokenizer.bos_id, extra_tokenizer.eos_id, extra_tokenizer.pad_id);
         std::fs::write(dir.join("config.json"), hf.to_string())
             .map_err(|e| ponder_policy_init::PolicyError::io(dir, e))?;
         extra_tokenizer.save(dir)
@@ -151,15 +124,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<serde_json::Value> {
     let weights = model.with_params(trainer.params.clone()).to_host();
     ponder_policy_init::hf::save_pretrained(&ctx.dir.policy("init"), &weights, &tokenizer)?;
     ctx.progress.set(s.steps, s.steps, "evaluating");
-    let report = evaluate_policy(
-        ctx,
-        &weights,
-        &tokenizer,
-        &test,
-        s.samples,
-        max_tokens,
-        "init-eval",
-    )?;
+    let report = evaluate_policy(ctx, &weights, &tokenizer, &test, s.samples, max_tokens, "init-eval")?;
     tracing::info!(
         pass1 = report.pass1_greedy.value,
         tokens_per_s = summary.tokens_per_second,
@@ -183,8 +148,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<serde_json::Value> {
     for (k, e) in &report.maj_at {
         results[format!("maj@{k}")] = json!(e.value);
     }
-    ctx.dir
-        .write_json("eval/init.json", &serde_json::to_value(&report)?)?;
+    ctx.dir.write_json("eval/init.json", &serde_json::to_value(&report)?)?;
     Ok(results)
 }
 
@@ -199,10 +163,7 @@ pub fn evaluate_policy(
     purpose: &str,
 ) -> anyhow::Result<ponder_policy_init::evaluate::EvalReport> {
     let policy = TransformerPolicy::new(weights, tokenizer.clone());
-    let ks: Vec<usize> = [1, 4, 8, 16, 32, 64]
-        .into_iter()
-        .filter(|&k| k <= samples)
-        .collect();
+    let ks: Vec<usize> = [1, 4, 8, 16, 32, 64].into_iter().filter(|&k| k <= samples).collect();
     let settings = EvalSettings {
         samples,
         ks,

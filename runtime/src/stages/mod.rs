@@ -35,15 +35,11 @@ impl Context<'_> {
     }
 
     pub fn train_examples(&self) -> anyhow::Result<Vec<Example>> {
-        Ok(ponder_datagen::dataset::read_examples(
-            &self.dir.data("train.jsonl"),
-        )?)
+        Ok(ponder_datagen::dataset::read_examples(&self.dir.data("train.jsonl"))?)
     }
 
     pub fn test_examples(&self) -> anyhow::Result<Vec<Example>> {
-        Ok(ponder_datagen::dataset::read_examples(
-            &self.dir.data("test.jsonl"),
-        )?)
+        Ok(ponder_datagen::dataset::read_examples(&self.dir.data("test.jsonl"))?)
     }
 }
 

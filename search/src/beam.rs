@@ -1,0 +1,188 @@
+//! Step-level beam search guided by step scores (as in Hugging Face search-and-learn): N beams;
+//! each round every live beam proposes one next step, the proposals are scored together, the
+//! best N/M are kept and each is continued M ways. DVTS (diverse verifier tree search) splits
+//! the N beams into N/M independent subtrees that each keep their own best.
+
+use async_trait::async_trait;
+use ponder_datagen::{Problem, Trace};
+use ponder_policy_init::{Finish, GenRequest, Stop};
+use ponder_reward::Aggregation;
+use serde::{Deserialize, Serialize};
+
+use crate::{Budget, Candidate, Cost, SearchEnv, SearchError, SearchOutcome, Searcher, Selection, outcome};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BeamMode {
+    /// One beam of N, pruned globally.
+    Beam,
+    /// N/M independent subtrees of width M.
+    Dvts,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BeamSettings {
+    pub mode: BeamMode,
+    /// Continuations per kept beam (M); 0 means √N.
+    pub width: usize,
+    /// Rounds (steps) at most.
+    pub max_steps: usize,
+    /// How the final answer is chosen among finished beams.
+    pub selection: Selection,
+    pub aggregation: Aggregation,
+}
+
+impl Default for BeamSettings {
+    fn default() -> Self {
+        BeamSettings {
+            mode: BeamMode::Beam,
+            width: 4,
+            max_steps: 24,
+            selection: Selection::Weighted,
+            aggregation: Aggregation::Last,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct BeamSearch {
+    pub settings: BeamSettings,
+}
+
+#[derive(Clone, Debug)]
+struct Beam {
+    steps: Vec<String>,
+    /// The subtree (DVTS) it belongs to.
+    group: usize,
+}
+
+impl BeamSearch {
+    fn width(&self, n: usize) -> usize {
+        match self.settings.width {
+            0 => ((n as f64).sqrt().round() as usize).max(1),
+            w => w.min(n).max(1),
+        }
+    }
+}
+
+#[async_trait]
+impl Searcher for BeamSearch {
+    fn describe(&self) -> String {
+        match self.settings.mode {
+            BeamMode::Beam => format!("beam (width {})", self.settings.width),
+            BeamMode::Dvts => format!("dvts (width {})", self.settings.width),
+        }
+    }
+
+    async fn search(
+        &self,
+        problem: &Problem,
+        env: &SearchEnv<'_>,
+        budget: &Budget,
+    ) -> Result<SearchOutcome, SearchError> {
+        let n = budget.generations.max(1);
+        let m = self.width(n);
+        let groups = match self.settings.mode {
+            BeamMode::Beam => 1,
+            BeamMode::Dvts => n.div_ceil(m),
+        };
+        let mut cost = Cost::default();
+        let mut finished: Vec<Candidate> = Vec::new();
+        let mut live: Vec<Beam> = (0..n)
+            .map(|i| Beam {
+                steps: Vec::new(),
+                group: i % groups,
+            })
+            .collect();
+        let mut done_groups = vec![false; groups];
+        for round in 0..self.settings.max_steps {
+            if live.is_empty() {
+                break;
+            }
+            let requests: Vec<GenRequest> = live
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    let prompt = format!(
+                        "{}{}",
+                        problem.prompt,
+                        Trace::new(b.steps.clone(), "").render_prefix(b.steps.len())
+                    );
+                    GenRequest::new(
+                        prompt,
+                        Stop::StepEnd,
+                        env.max_step_tokens,
+                        env.sampling,
+                        env.request_seed(round as u64, i as u64),
+                    )
+                })
+                .collect();
+            let generations = env.generate(&requests, &mut cost).await?;
+            let mut proposals: Vec<(Beam, Trace, bool)> = Vec::with_capacity(live.len());
+            for (b, g) in live.iter().zip(&generations) {
+                let added = Trace::parse(&g.text);
+                let mut steps = b.steps.clone();
+                steps.extend(added.steps);
+                let complete = added.answer.is_some();
+                let stalled = g.finish == Finish::Length || g.finish == Finish::EndOfSequence;
+                if stalled && !complete {
+                    continue; // no step ended within the limit: this beam is dropped
+                }
+                let trace = Trace {
+                    steps: steps.clone(),
+                    answer: added.answer,
+                };
+                proposals.push((Beam { steps, group: b.group }, trace, complete));
+            }
+            let traces: Vec<Trace> = proposals.iter().map(|p| p.1.clone()).collect();
+            let scores = env.score(problem, &traces, &mut cost).await?;
+            let mut open: Vec<(f32, Beam)> = Vec::new();
+            for ((beam, trace, complete), s) in proposals.into_iter().zip(scores) {
+                let score = s.aggregate(self.settings.aggregation);
+                if complete {
+                    finished.push(Candidate {
+                        trace,
+                        scores: Some(s),
+                        score: Some(score),
+                    });
+                } else {
+                    open.push((score, beam));
+                }
+            }
+            // Stable sort: equal scores keep proposal order. Duplicates (the same steps proposed
+            // twice) are kept once, so the beam does not collapse onto one path.
+            open.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let mut seen = std::collections::HashSet::new();
+            open.retain(|(_, b)| seen.insert((b.group, b.steps.clone())));
+            let remaining = n.saturating_sub(finished.len());
+            let mut next = Vec::new();
+            match self.settings.mode {
+                BeamMode::Beam => {
+                    let keep = remaining.div_ceil(m);
+                    for (_, beam) in open.into_iter().take(keep) {
+                        for _ in 0..m {
+                            if next.len() < remaining {
+                                next.push(beam.clone());
+                            }
+                        }
+                    }
+                }
+                BeamMode::Dvts => {
+                    for g in 0..groups {
+                        if done_groups[g] {
+                            continue;
+                        }
+                        if let Some((_, best)) = open.iter().find(|(_, b)| b.group == g) {
+                            next.extend(std::iter::repeat_n(best.clone(), m));
+                        } else {
+                            done_groups[g] = true;
+                        }
+                    }
+                }
+            }
+            live = if finished.len() >= n { Vec::new() } else { next };
+        }
+        Ok(outcome(env.task, problem, finished, self.settings.selection, cost))
+    }
+}

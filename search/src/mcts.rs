@@ -1,0 +1,592 @@
+//! Monte-Carlo tree search over steps. A node is a partial trace; expanding it samples k next
+//! steps from the policy (their log-probabilities become priors); a new child is evaluated by
+//! the reward model on its partial trace, or by a rollout to the end scored by the reward
+//! model; values are backed up along the whole path; finished traces are terminal.
+//!
+//! Selection is PUCT (`Q + c·P·√N/(1+n)`), or at the root Gumbel sampling with sequential
+//! halving (Danihelka et al., "Policy improvement by planning with Gumbel"), which keeps
+//! accuracy from falling as the budget grows (ReSCALE). Simulations run in waves: the leaves of
+//! one wave (kept apart by virtual loss) are expanded in one policy call and evaluated in one
+//! reward call. The answer is the most visited path, or the best terminal value.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use ponder_datagen::{Problem, Trace};
+use ponder_policy_init::{Finish, GenRequest, Stop};
+use ponder_reward::Aggregation;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::{Budget, Candidate, Cost, SearchEnv, SearchError, SearchOutcome, Searcher};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Evaluation {
+    /// The reward model's score of the new node's partial trace (a PRM).
+    Reward,
+    /// A rollout to the end from the new node, scored by the reward model (ORM or verifier).
+    Rollout,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RootSelection {
+    Puct,
+    /// Gumbel top-k sampling of root children and sequential halving over them.
+    Gumbel,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AnswerBy {
+    /// Follow the most visited child from the root.
+    Visits,
+    /// The terminal trace with the best mean value.
+    Value,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MctsSettings {
+    /// Steps sampled per expansion.
+    pub expand: usize,
+    pub c_puct: f32,
+    pub evaluation: Evaluation,
+    pub root: RootSelection,
+    /// Root children considered by Gumbel sampling.
+    pub gumbel_considered: usize,
+    pub answer: AnswerBy,
+    /// Leaves expanded per batched wave.
+    pub wave: usize,
+    /// Deepest node (steps).
+    pub max_depth: usize,
+    pub aggregation: Aggregation,
+    /// Progressive widening: a node visited n times may hold up to `expand · ⌈(n+1)^widening⌉`
+    /// children, sampled `expand` at a time, until new samples stop bringing new steps
+    /// (0 disables: each node is expanded once).
+    pub widening: f32,
+}
+
+impl Default for MctsSettings {
+    fn default() -> Self {
+        MctsSettings {
+            expand: 4,
+            c_puct: 1.5,
+            evaluation: Evaluation::Reward,
+            root: RootSelection::Gumbel,
+            gumbel_considered: 16,
+            answer: AnswerBy::Visits,
+            wave: 4,
+            max_depth: 24,
+            aggregation: Aggregation::Last,
+            widening: 0.5,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Mcts {
+    pub settings: MctsSettings,
+}
+
+#[derive(Clone, Debug)]
+struct Node {
+    parent: Option<usize>,
+    /// The generated text that made this node (siblings are distinct by it).
+    text: String,
+    steps: Vec<String>,
+    children: Vec<usize>,
+    prior: f32,
+    /// Log-probability of the step that made this node (root: 0).
+    logprob: f32,
+    visits: u32,
+    value_sum: f32,
+    pending: u32,
+    expanded: bool,
+    /// The finished trace, for a terminal node.
+    terminal: Option<Trace>,
+    /// No further step could be generated here.
+    dead: bool,
+    /// Sampling more children brings no new steps.
+    saturated: bool,
+}
+
+impl Node {
+    fn q(&self) -> Option<f32> {
+        (self.visits > 0).then(|| self.value_sum / self.visits as f32)
+    }
+}
+
+struct Tree {
+    nodes: Vec<Node>,
+}
+
+impl Tree {
+    fn path(&self, mut node: usize) -> Vec<usize> {
+        let mut path = vec![node];
+        while let Some(p) = self.nodes[node].parent {
+            path.push(p);
+            node = p;
+        }
+        path
+    }
+
+    fn backup(&mut self, node: usize, value: f32, count: u32) {
+        for n in self.path(node) {
+            self.nodes[n].visits += count;
+            self.nodes[n].value_sum += value;
+        }
+    }
+
+    /// PUCT child of `node`; `None` when it has none left to explore.
+    fn puct_child(&self, node: usize, c: f32) -> Option<usize> {
+        let parent = &self.nodes[node];
+        let total = (parent.visits + parent.pending) as f32;
+        let fpu = parent.q().unwrap_or(0.0);
+        parent
+            .children
+            .iter()
+            .copied()
+            .filter(|&ch| !self.nodes[ch].dead)
+            .max_by(|&a, &b| {
+                let score = |i: usize| {
+                    let n = &self.nodes[i];
+                    let visits = (n.visits + n.pending) as f32;
+                    // Pending visits count as losses, keeping a wave's leaves apart.
+                    let q = if n.visits + n.pending == 0 {
+                        fpu
+                    } else {
+                        n.value_sum / visits
+                    };
+                    q + c * n.prior * (total.max(1.0)).sqrt() / (1.0 + visits)
+                };
+                score(a).total_cmp(&score(b)).then(b.cmp(&a))
+            })
+    }
+
+    /// Descends from `from` by PUCT to a node to expand (a leaf, or a node allowed more
+    /// children by progressive widening) or a terminal to revisit.
+    fn select(&mut self, from: usize, c: f32, max_depth: usize, widen: &dyn Fn(u32) -> usize) -> Option<usize> {
+        let mut node = from;
+        loop {
+            let n = &self.nodes[node];
+            if n.terminal.is_some() || !n.expanded || n.steps.len() >= max_depth {
+                break;
+            }
+            if !n.saturated && n.children.len() < widen(n.visits + n.pending) {
+                break;
+            }
+            match self.puct_child(node, c) {
+                Some(child) => node = child,
+                None => {
+                    self.nodes[node].dead = true;
+                    return None;
+                }
+            }
+        }
+        for n in self.path(node) {
+            self.nodes[n].pending += 1;
+        }
+        Some(node)
+    }
+
+    fn clear_pending(&mut self) {
+        for n in &mut self.nodes {
+            n.pending = 0;
+        }
+    }
+}
+
+/// A Gumbel(0, 1) draw.
+fn gumbel(rng: &mut ChaCha8Rng) -> f32 {
+    let u: f64 = rng.random::<f64>().clamp(1e-12, 1.0 - 1e-12);
+    (-(-u.ln()).ln()) as f32
+}
+
+impl Mcts {
+    /// Expands `leaves` (one policy call) and evaluates their new children (one reward call,
+    /// after one rollout call in rollout mode); backs the values up.
+    async fn expand_and_evaluate(
+        &self,
+        tree: &mut Tree,
+        leaves: &[usize],
+        problem: &Problem,
+        env: &SearchEnv<'_>,
+        round: u64,
+        cost: &mut Cost,
+        k: usize,
+    ) -> Result<(), SearchError> {
+        let s = &self.settings;
+        // Terminal leaves are revisited: back up their value again.
+        let mut to_expand = Vec::new();
+        for &leaf in leaves {
+            if tree.nodes[leaf].terminal.is_some() {
+                let q = tree.nodes[leaf].q().unwrap_or(0.0);
+                tree.backup(leaf, q, 1);
+            } else if !tree.nodes[leaf].saturated {
+                to_expand.push(leaf);
+            }
+        }
+        let mut requests = Vec::new();
+        for (li, &leaf) in to_expand.iter().enumerate() {
+            let steps = &tree.nodes[leaf].steps;
+            let prompt = format!(
+                "{}{}",
+                problem.prompt,
+                Trace::new(steps.clone(), "").render_prefix(steps.len())
+            );
+            for j in 0..k {
+                let seed = env.request_seed(round, (li * k + j) as u64);
+                requests.push(GenRequest::new(
+                    prompt.clone(),
+                    Stop::StepEnd,
+                    env.max_step_tokens,
+                    env.sampling,
+                    seed,
+                ));
+            }
+        }
+        let generations = env.generate(&requests, cost).await?;
+        let mut new_children: Vec<usize> = Vec::new();
+        for (li, &leaf) in to_expand.iter().enumerate() {
+            // Siblings from earlier expansions (progressive widening) count as seen.
+            let mut by_text: HashMap<String, usize> = tree.nodes[leaf]
+                .children
+                .iter()
+                .map(|&c| (tree.nodes[c].text.clone(), c))
+                .collect();
+            let mut children: Vec<usize> = tree.nodes[leaf].children.clone();
+            let mut added_any = false;
+            for g in &generations[li * k..(li + 1) * k] {
+                let added = Trace::parse(&g.text);
+                let complete = added.answer.is_some();
+                if !complete
+                    && (g.finish == Finish::Length || g.finish == Finish::EndOfSequence || added.steps.is_empty())
+                {
+                    continue;
+                }
+                let lp: f32 = g.logprobs.iter().sum();
+                if let Some(&existing) = by_text.get(&g.text) {
+                    // The same step sampled twice: one child, its probability mass counted once.
+                    tree.nodes[existing].logprob = tree.nodes[existing].logprob.max(lp);
+                    continue;
+                }
+                let mut steps = tree.nodes[leaf].steps.clone();
+                steps.extend(added.steps.iter().cloned());
+                let terminal = complete.then(|| Trace {
+                    steps: steps.clone(),
+                    answer: added.answer.clone(),
+                });
+                tree.nodes.push(Node {
+                    parent: Some(leaf),
+                    text: g.text.clone(),
+                    steps,
+                    children: Vec::new(),
+                    prior: 0.0,
+                    logprob: lp,
+                    visits: 0,
+                    value_sum: 0.0,
+                    pending: 0,
+                    expanded: false,
+                    terminal,
+                    dead: false,
+                    saturated: false,
+                });
+                let id = tree.nodes.len() - 1;
+                by_text.insert(g.text.clone(), id);
+                children.push(id);
+                new_children.push(id);
+                added_any = true;
+            }
+            // Priors: the children's sequence probabilities, normalised among siblings.
+            let max = children
+                .iter()
+                .map(|&c| tree.nodes[c].logprob)
+                .fold(f32::NEG_INFINITY, f32::max);
+            let z: f32 = children.iter().map(|&c| (tree.nodes[c].logprob - max).exp()).sum();
+            for &c in &children {
+                tree.nodes[c].prior = (tree.nodes[c].logprob - max).exp() / z.max(f32::MIN_POSITIVE);
+            }
+            tree.nodes[leaf].expanded = true;
+            tree.nodes[leaf].dead = children.is_empty();
+            tree.nodes[leaf].saturated = !added_any;
+            tree.nodes[leaf].children = children;
+        }
+        // Evaluation traces: the child's own trace (reward mode or terminal), or a rollout.
+        let mut traces: Vec<Trace> = Vec::with_capacity(new_children.len());
+        let rollout: Vec<usize> = if s.evaluation == Evaluation::Rollout {
+            new_children
+                .iter()
+                .copied()
+                .filter(|&c| tree.nodes[c].terminal.is_none())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let rollout_requests: Vec<GenRequest> = rollout
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| {
+                let steps = &tree.nodes[c].steps;
+                let prompt = format!(
+                    "{}{}",
+                    problem.prompt,
+                    Trace::new(steps.clone(), "").render_prefix(steps.len())
+                );
+                GenRequest::new(
+                    prompt,
+                    Stop::TraceEnd,
+                    env.max_trace_tokens,
+                    env.sampling,
+                    env.request_seed(round ^ 0x5555, i as u64),
+                )
+            })
+            .collect();
+        let rollouts = env.generate(&rollout_requests, cost).await?;
+        let mut rollout_of: HashMap<usize, Trace> = HashMap::new();
+        for (&c, g) in rollout.iter().zip(&rollouts) {
+            let rest = Trace::parse(&g.text);
+            let mut steps = tree.nodes[c].steps.clone();
+            steps.extend(rest.steps);
+            rollout_of.insert(
+                c,
+                Trace {
+                    steps,
+                    answer: rest.answer,
+                },
+            );
+        }
+        for &c in &new_children {
+            let node = &tree.nodes[c];
+            traces.push(match (&node.terminal, rollout_of.remove(&c)) {
+                (Some(t), _) => t.clone(),
+                (None, Some(r)) => r,
+                (None, None) => Trace {
+                    steps: node.steps.clone(),
+                    answer: None,
+                },
+            });
+        }
+        let scores = env.score(problem, &traces, cost).await?;
+        for (&c, sc) in new_children.iter().zip(&scores) {
+            let v = sc.aggregate(s.aggregation);
+            tree.backup(c, v, 1);
+        }
+        Ok(())
+    }
+
+    fn answer(&self, tree: &Tree, from: usize) -> Option<usize> {
+        match self.settings.answer {
+            AnswerBy::Visits => {
+                let mut node = from;
+                loop {
+                    if tree.nodes[node].terminal.is_some() {
+                        return Some(node);
+                    }
+                    let best = tree.nodes[node]
+                        .children
+                        .iter()
+                        .copied()
+                        .filter(|&c| tree.nodes[c].visits > 0)
+                        .max_by(|&a, &b| {
+                            let (na, nb) = (&tree.nodes[a], &tree.nodes[b]);
+                            na.visits
+                                .cmp(&nb.visits)
+                                .then(na.q().unwrap_or(0.0).total_cmp(&nb.q().unwrap_or(0.0)))
+                                .then(b.cmp(&a))
+                        });
+                    match best {
+                        Some(b) => node = b,
+                        None => return self.best_terminal(tree, from),
+                    }
+                }
+            }
+            AnswerBy::Value => self.best_terminal(tree, from),
+        }
+    }
+
+    /// The terminal node under `from` with the best mean value.
+    fn best_terminal(&self, tree: &Tree, from: usize) -> Option<usize> {
+        (0..tree.nodes.len())
+            .filter(|&i| tree.nodes[i].terminal.is_some() && tree.path(i).contains(&from))
+            .max_by(|&a, &b| {
+                tree.nodes[a]
+                    .q()
+                    .unwrap_or(0.0)
+                    .total_cmp(&tree.nodes[b].q().unwrap_or(0.0))
+                    .then(b.cmp(&a))
+            })
+    }
+
+    /// Runs waves of simulations from `root_child` (or the root) until `stop_tokens`.
+    async fn simulate(
+        &self,
+        tree: &mut Tree,
+        from: usize,
+        problem: &Problem,
+        env: &SearchEnv<'_>,
+        stop_tokens: u64,
+        round: &mut u64,
+        cost: &mut Cost,
+    ) -> Result<(), SearchError> {
+        let s = &self.settings;
+        let widen = |visits: u32| -> usize {
+            if s.widening <= 0.0 {
+                return s.expand.max(1);
+            }
+            let factor = ((visits + 1) as f32).powf(s.widening).ceil() as usize;
+            s.expand.max(1) * factor.min(8)
+        };
+        while cost.generated_tokens < stop_tokens {
+            let mut leaves = Vec::new();
+            for _ in 0..s.wave.max(1) {
+                match tree.select(from, s.c_puct, s.max_depth, &widen) {
+                    Some(leaf) if !leaves.contains(&leaf) => leaves.push(leaf),
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+            tree.clear_pending();
+            if leaves.is_empty() {
+                break; // the subtree is exhausted
+            }
+            let before = cost.generated_tokens;
+            *round += 1;
+            self.expand_and_evaluate(tree, &leaves, problem, env, *round, cost, s.expand.max(1))
+                .await?;
+            let only_terminals = leaves.iter().all(|&l| tree.nodes[l].terminal.is_some());
+            if cost.generated_tokens == before && only_terminals {
+                // Every leaf was terminal: more simulations would only repeat them.
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Searcher for Mcts {
+    fn describe(&self) -> String {
+        let root = match self.settings.root {
+            RootSelection::Puct => "puct",
+            RootSelection::Gumbel => "gumbel root",
+        };
+        format!("mcts ({root}, {} per expansion)", self.settings.expand)
+    }
+
+    async fn search(
+        &self,
+        problem: &Problem,
+        env: &SearchEnv<'_>,
+        budget: &Budget,
+    ) -> Result<SearchOutcome, SearchError> {
+        let s = &self.settings;
+        let mut cost = Cost::default();
+        let mut tree = Tree {
+            nodes: vec![Node {
+                parent: None,
+                text: String::new(),
+                steps: Vec::new(),
+                children: Vec::new(),
+                prior: 1.0,
+                logprob: 0.0,
+                visits: 0,
+                value_sum: 0.0,
+                pending: 0,
+                expanded: false,
+                terminal: None,
+                dead: false,
+                saturated: false,
+            }],
+        };
+        let total = budget.tokens();
+        let mut round = 0u64;
+        let chosen_root_child = match s.root {
+            RootSelection::Puct => {
+                self.simulate(&mut tree, 0, problem, env, total, &mut round, &mut cost)
+                    .await?;
+                None
+            }
+            RootSelection::Gumbel => {
+                // Root expansion: m sampled children; Gumbel noise on their log-priors.
+                // Consider as many root children as the budget can tell apart: about one per
+                // four generations of budget, at most `gumbel_considered`.
+                let m = (budget.generations / 4).clamp(2, s.gumbel_considered.max(2));
+                // Up to m distinct children: sample again while duplicates leave fewer, until
+                // samples bring nothing new.
+                for attempt in 0..3u64 {
+                    if tree.nodes[0].children.len() >= m || tree.nodes[0].saturated || cost.generated_tokens >= total {
+                        break;
+                    }
+                    let wanted = m - tree.nodes[0].children.len();
+                    self.expand_and_evaluate(&mut tree, &[0], problem, env, attempt, &mut cost, wanted)
+                        .await?;
+                    round = attempt + 1;
+                }
+                let mut rng = ChaCha8Rng::seed_from_u64(env.seed ^ 0x6a09_e667);
+                let mut candidates: Vec<(usize, f32)> = tree.nodes[0]
+                    .children
+                    .iter()
+                    .map(|&c| (c, tree.nodes[c].prior.max(1e-9).ln() + gumbel(&mut rng)))
+                    .collect();
+                candidates.sort_by(|a, b| b.1.total_cmp(&a.1));
+                let phases = (candidates.len().max(2) as f64).log2().ceil() as usize;
+                let sigma = |tree: &Tree, c: usize| {
+                    // σ(q) = (c_visit + max child visits) · c_scale · q, as in Gumbel MuZero.
+                    let max_visits = tree.nodes[0]
+                        .children
+                        .iter()
+                        .map(|&x| tree.nodes[x].visits)
+                        .max()
+                        .unwrap_or(0);
+                    (50.0 + max_visits as f32) * 0.1 * tree.nodes[c].q().unwrap_or(0.0)
+                };
+                for phase in 0..phases {
+                    if candidates.len() <= 1 || cost.generated_tokens >= total {
+                        break;
+                    }
+                    let left = total.saturating_sub(cost.generated_tokens);
+                    let per = left / ((phases - phase) as u64 * candidates.len() as u64).max(1);
+                    for &(c, _) in &candidates {
+                        let stop = cost.generated_tokens + per.max(1);
+                        self.simulate(&mut tree, c, problem, env, stop.min(total), &mut round, &mut cost)
+                            .await?;
+                    }
+                    candidates.sort_by(|a, b| (b.1 + sigma(&tree, b.0)).total_cmp(&(a.1 + sigma(&tree, a.0))));
+                    candidates.truncate(candidates.len().div_ceil(2));
+                }
+                // Whatever budget is left goes to the survivor.
+                if let Some(&(c, _)) = candidates.first() {
+                    self.simulate(&mut tree, c, problem, env, total, &mut round, &mut cost)
+                        .await?;
+                }
+                candidates.first().map(|&(c, _)| c)
+            }
+        };
+        let answer_node = self
+            .answer(&tree, chosen_root_child.unwrap_or(0))
+            .or_else(|| self.best_terminal(&tree, 0));
+        let mut candidates: Vec<Candidate> = Vec::new();
+        let mut chosen = None;
+        for (i, n) in tree.nodes.iter().enumerate() {
+            if let Some(t) = &n.terminal {
+                if Some(i) == answer_node {
+                    chosen = Some(candidates.len());
+                }
+                candidates.push(Candidate {
+                    trace: t.clone(),
+                    scores: None,
+                    score: n.q(),
+                });
+            }
+        }
+        Ok(SearchOutcome {
+            answer: chosen.and_then(|c| candidates[c].trace.answer.clone()),
+            trace: chosen.map(|c| candidates[c].trace.clone()),
+            candidates,
+            cost,
+        })
+    }
+}

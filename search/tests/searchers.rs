@@ -1,0 +1,247 @@
+//! Searchers on countdown with a policy that plays uniformly random legal moves and the exact
+//! process labels as reward: search must find what single samples rarely do, spend what it
+//! reports, and give the same outcome whether problems run alone or in lockstep.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ponder_datagen::countdown::{Countdown, CountdownConfig, moves};
+use ponder_datagen::{Problem, Task, TaskRng};
+use ponder_policy_init::{Finish, GenRequest, Generation, Policy, PolicyError, Sampling};
+use ponder_reward::oracle::OracleProcessReward;
+use ponder_reward::{Aggregation, RewardModel};
+use ponder_search::beam::{BeamMode, BeamSearch, BeamSettings};
+use ponder_search::best_of_n::{BestOfN, BestOfNSettings};
+use ponder_search::lockstep::Lockstep;
+use ponder_search::mcts::{Mcts, MctsSettings, RootSelection};
+use ponder_search::{Budget, SearchEnv, Searcher, Selection};
+use rand::{Rng, SeedableRng};
+
+/// Plays a uniformly random legal move per step; writes the answer when one number is left.
+struct RandomMoves;
+
+fn state_of(text: &str) -> Option<(Vec<(u64, String)>, u64)> {
+    let mut lines = text.lines();
+    let head = lines.next()?.strip_prefix("countdown ")?;
+    let (nums, target) = head.split_once(" target ")?;
+    let mut state: Vec<(u64, String)> = nums
+        .split(' ')
+        .map(|n| n.parse().ok().map(|v: u64| (v, n.to_string())))
+        .collect::<Option<_>>()?;
+    for line in lines {
+        let (eq, _) = line.split_once(" left ")?;
+        let (lhs, _) = eq.split_once('=')?;
+        let pos = lhs.find(|c: char| "+-*/".contains(c))?;
+        let (a, op, b): (u64, char, u64) = (
+            lhs[..pos].parse().ok()?,
+            lhs[pos..].chars().next()?,
+            lhs[pos + 1..].parse().ok()?,
+        );
+        let ia = state.iter().position(|(v, _)| *v == a)?;
+        let (_, ea) = state.remove(ia);
+        let ib = state.iter().position(|(v, _)| *v == b)?;
+        let (_, eb) = state.remove(ib);
+        let v = match op {
+            '+' => a + b,
+            '-' => a - b,
+            '*' => a * b,
+            _ => a / b,
+        };
+        state.push((v, format!("({ea}{op}{eb})")));
+    }
+    Some((state, target.parse().ok()?))
+}
+
+#[async_trait]
+impl Policy for RandomMoves {
+    fn describe(&self) -> String {
+        "random legal moves".into()
+    }
+
+    fn params(&self) -> Option<usize> {
+        None
+    }
+
+    async fn generate(&self, requests: &[GenRequest]) -> Result<Vec<Generation>, PolicyError> {
+        Ok(requests
+            .iter()
+            .map(|r| {
+                let mut rng = TaskRng::seed_from_u64(r.seed);
+                let mut text = String::new();
+                let mut logprobs = Vec::new();
+                loop {
+                    let (state, _) = state_of(&format!("{}{}", r.prompt, text)).unwrap_or_default();
+                    if state.len() <= 1 {
+                        let answer = state.first().map(|(_, e)| e.clone()).unwrap_or_default();
+                        text.push_str(&format!("Answer: {answer}\n"));
+                        logprobs.push(0.0);
+                        return Generation {
+                            text,
+                            logprobs,
+                            finish: Finish::Answer,
+                            prompt_tokens: 0,
+                            computed_prompt_tokens: 0,
+                        };
+                    }
+                    let mut values: Vec<u64> = state.iter().map(|(v, _)| *v).collect();
+                    values.sort_unstable();
+                    let ms = moves(&values);
+                    let m = &ms[rng.random_range(0..ms.len())];
+                    text.push_str(&m.render());
+                    text.push('\n');
+                    logprobs.push(-(ms.len() as f32).ln());
+                    if r.stop == ponder_policy_init::Stop::StepEnd {
+                        return Generation {
+                            text,
+                            logprobs,
+                            finish: Finish::StepEnd,
+                            prompt_tokens: 0,
+                            computed_prompt_tokens: 0,
+                        };
+                    }
+                }
+            })
+            .collect())
+    }
+
+    async fn logprobs(&self, _: &str, _: &str) -> Result<Vec<f32>, PolicyError> {
+        Ok(Vec::new())
+    }
+}
+
+fn problems(n: usize) -> (Arc<dyn Task>, Vec<Problem>) {
+    let task: Arc<dyn Task> = Arc::new(Countdown::new(CountdownConfig::default()).expect("task"));
+    let mut rng = TaskRng::seed_from_u64(42);
+    let problems = (0..n).map(|_| task.sample(&mut rng, None).expect("samples")).collect();
+    (task, problems)
+}
+
+fn env<'a>(policy: &'a dyn Policy, reward: &'a dyn RewardModel, task: &'a dyn Task, seed: u64) -> SearchEnv<'a> {
+    SearchEnv {
+        policy,
+        reward,
+        task,
+        seed,
+        max_step_tokens: 8,
+        max_trace_tokens: 8,
+        sampling: Sampling::default(),
+    }
+}
+
+async fn accuracy(searcher: &dyn Searcher, generations: usize, n: usize) -> (f64, f64) {
+    let (task, problems) = problems(n);
+    let reward = OracleProcessReward::new(task.clone(), Aggregation::Last);
+    let mut right = 0;
+    let mut tokens = 0;
+    for (i, p) in problems.iter().enumerate() {
+        let e = env(&RandomMoves, &reward, task.as_ref(), i as u64);
+        let budget = Budget {
+            generations,
+            tokens_per_generation: 3,
+        };
+        let out = searcher.search(p, &e, &budget).await.expect("searches");
+        tokens += out.cost.generated_tokens;
+        if let Some(a) = &out.answer {
+            right += usize::from(task.check_answer(p, a).expect("checks"));
+        }
+    }
+    (right as f64 / n as f64, tokens as f64 / n as f64)
+}
+
+#[tokio::test]
+async fn process_guided_search_beats_single_samples() {
+    let single = BestOfN {
+        settings: BestOfNSettings {
+            selection: Selection::Majority,
+            ..BestOfNSettings::default()
+        },
+    };
+    let (one, _) = accuracy(&single, 1, 60).await;
+    let beam = BeamSearch {
+        settings: BeamSettings::default(),
+    };
+    let (beam16, beam_tokens) = accuracy(&beam, 16, 60).await;
+    let dvts = BeamSearch {
+        settings: BeamSettings {
+            mode: BeamMode::Dvts,
+            ..BeamSettings::default()
+        },
+    };
+    let (dvts16, _) = accuracy(&dvts, 16, 60).await;
+    let weighted = BestOfN {
+        settings: BestOfNSettings::default(),
+    };
+    let (bon16, _) = accuracy(&weighted, 16, 60).await;
+    assert!(one < 0.25, "random play rarely solves countdown: {one}");
+    assert!(beam16 > 0.7 && dvts16 > 0.7, "beam {beam16}, dvts {dvts16}");
+    assert!(bon16 > one, "best-of-16 weighted {bon16} vs single {one}");
+    // Beam search spends about N step generations per round: never wildly more.
+    assert!(
+        beam_tokens <= 16.0 * 3.0 * 2.0,
+        "beam spent {beam_tokens} tokens per problem"
+    );
+}
+
+#[tokio::test]
+async fn mcts_accuracy_does_not_fall_with_budget() {
+    for root in [RootSelection::Puct, RootSelection::Gumbel] {
+        let mcts = Mcts {
+            settings: MctsSettings {
+                root,
+                ..MctsSettings::default()
+            },
+        };
+        let mut last = 0.0;
+        for generations in [2, 8, 32] {
+            let (acc, tokens) = accuracy(&mcts, generations, 50).await;
+            assert!(
+                tokens <= (generations * 3) as f64 + 40.0,
+                "{root:?} at {generations}: {tokens} tokens"
+            );
+            assert!(
+                acc + 0.06 >= last,
+                "{root:?}: accuracy fell from {last} to {acc} at {generations}"
+            );
+            last = acc;
+        }
+        // A uniform policy puts the one good first move among Gumbel's considered root
+        // children only so often; PUCT with progressive widening keeps sampling the root.
+        let floor = if root == RootSelection::Puct { 0.85 } else { 0.35 };
+        assert!(last > floor, "{root:?} at the largest budget: {last}");
+    }
+}
+
+#[tokio::test]
+async fn lockstep_batches_give_the_same_outcomes() {
+    let (task, problems) = problems(12);
+    let reward = OracleProcessReward::new(task.clone(), Aggregation::Last);
+    let mcts = Mcts {
+        settings: MctsSettings::default(),
+    };
+    let budget = Budget {
+        generations: 8,
+        tokens_per_generation: 3,
+    };
+    let mut alone = Vec::new();
+    for (i, p) in problems.iter().enumerate() {
+        let e = env(&RandomMoves, &reward, task.as_ref(), i as u64);
+        alone.push(mcts.search(p, &e, &budget).await.expect("searches"));
+    }
+    let lockstep = Lockstep::new(&RandomMoves, &reward, problems.len());
+    let runs = problems.iter().enumerate().map(|(i, p)| {
+        let lockstep = &lockstep;
+        let (mcts, task) = (&mcts, task.as_ref());
+        async move {
+            let me = lockstep.participant(i);
+            let e = env(&me, &me, task, i as u64);
+            let out = mcts.search(p, &e, &budget).await.expect("searches");
+            lockstep.leave().await;
+            out
+        }
+    });
+    let together = futures::future::join_all(runs).await;
+    for (a, b) in alone.iter().zip(&together) {
+        assert_eq!(a.answer, b.answer);
+        assert_eq!(a.cost, b.cost);
+    }
+}
