@@ -29,11 +29,7 @@ pub fn save_pretrained(dir: &Path, weights: &HostWeights, tokenizer: &Tokenizer)
                             "pad_token_id": tokenizer.pad_id}),
     )?;
     let metadata = [("format".to_string(), "pt".to_string())].into_iter().collect();
-    save_safetensors(
-        &dir.join("model.safetensors"),
-        weights.named(),
-        Some(metadata),
-    )?;
+    save_safetensors(&dir.join("model.safetensors"), weights.named(), Some(metadata))?;
     tokenizer.save(dir)
 }
 

@@ -23,7 +23,10 @@ fn char_alphabet() -> Vec<char> {
 #[derive(Clone, Debug)]
 enum Backend {
     /// One token per character; a lookup table for ASCII.
-    Chars { to_id: Box<[u32; 128]>, alphabet: Vec<char> },
+    Chars {
+        to_id: Box<[u32; 128]>,
+        alphabet: Vec<char>,
+    },
     /// Any Hugging Face tokenizer.
     HuggingFace(Box<tokenizers::Tokenizer>),
 }
@@ -55,7 +58,10 @@ impl Tokenizer {
         pieces.extend(alphabet.iter().map(|c| c.to_string()));
         let ends_line = pieces.iter().map(|p| p == "\n").collect();
         Tokenizer {
-            backend: Backend::Chars { to_id: Box::new(to_id), alphabet },
+            backend: Backend::Chars {
+                to_id: Box::new(to_id),
+                alphabet,
+            },
             pieces,
             ends_line,
             pad_id: 0,

@@ -162,3 +162,55 @@ mod tests {
         assert_eq!(StepScores::default().aggregate(Aggregation::Min), 0.0);
     }
 }
+
+/// `[reward] kind = "prm"`: a process reward model trained on step labels.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessRewardSettings {
+    /// Where step labels come from: `monte-carlo` (rollouts) or `ground-truth` (the task).
+    pub labels: labels::LabelSource,
+    /// Monte-Carlo rollouts per step prefix.
+    pub rollouts: usize,
+    /// Train on soft labels (the share of rollouts that succeed) instead of hard ones.
+    pub soft: bool,
+    pub aggregation: Aggregation,
+    /// A trained model folder to use instead of training one.
+    pub from: Option<String>,
+}
+
+impl Default for ProcessRewardSettings {
+    fn default() -> Self {
+        ProcessRewardSettings {
+            labels: labels::LabelSource::MonteCarlo,
+            rollouts: 8,
+            soft: false,
+            aggregation: Aggregation::Last,
+            from: None,
+        }
+    }
+}
+
+impl ProcessRewardSettings {
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.labels == labels::LabelSource::MonteCarlo && !(1..=256).contains(&self.rollouts) {
+            problems.push(format!("rollouts: must be 1 to 256, not {}", self.rollouts));
+        }
+        problems
+    }
+}
+
+/// `[reward] kind = "orm"`: an outcome reward model trained on verifier outcomes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutcomeRewardSettings {
+    /// A trained model folder to use instead of training one.
+    pub from: Option<String>,
+}
+
+/// `[reward] kind = "oracle-process"`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OracleSettings {
+    pub aggregation: Aggregation,
+}

@@ -15,6 +15,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use ponder_datagen::trace::answer_line;
 use ponder_datagen::{Problem, Trace};
 use ponder_policy_init::model::Transformer;
+use ponder_policy_init::native_train::{NativeModel, ScalarHead, SeqOutputs, SequenceLoss};
 use ponder_policy_init::trainer::{Objective, StepInfo, Trainer, TrainerConfig};
 use ponder_policy_init::weights::{HostTensor, load_safetensors, save_safetensors};
 use ponder_policy_init::{HostWeights, ModelConfig, PolicyError, Tokenizer};
@@ -232,6 +233,9 @@ impl RewardObjective {
         granularity: Granularity,
         aggregation: Aggregation,
     ) -> RewardObjective {
+        // Sequences longer than the model's context cannot be trained on: they are left out.
+        let max = template.config.max_seq_len;
+        let examples: Vec<RewardExample> = examples.into_iter().filter(|e| e.tokens.len() <= max).collect();
         RewardObjective {
             template,
             examples,
@@ -348,12 +352,88 @@ impl Objective for RewardObjective {
         ))
     }
 
+    fn host_step(
+        &mut self,
+        params: &[Tensor<2>],
+        step: usize,
+    ) -> Option<Result<(f64, Vec<Tensor<2>>, StepInfo), PolicyError>> {
+        if params.first()?.device() != burn::tensor::Device::flex() || self.examples.is_empty() {
+            return None;
+        }
+        let picked = self.batch_indices(step);
+        let weights = self.weights(params);
+        let head = ScalarHead {
+            weight: weights.head.clone(),
+            bias: weights.bias,
+        };
+        let examples: Vec<&RewardExample> = picked.iter().map(|&i| &self.examples[i]).collect();
+        let sequences: Vec<&[u32]> = examples.iter().map(|e| e.tokens.as_slice()).collect();
+        let count = examples.iter().map(|e| e.positions.len()).sum::<usize>().max(1);
+        let loss = BinaryCrossEntropy {
+            examples: &examples,
+            count,
+        };
+        let model = NativeModel::new(&weights.backbone, Some(&head), false);
+        let (value, grads) = model.loss_and_gradients(&sequences, &loss, rayon::current_num_threads());
+        let device = params[0].device();
+        let mut tensors: Vec<Tensor<2>> = grads
+            .tensors
+            .into_iter()
+            .zip(params)
+            .map(|(g, p)| Tensor::from_data(TensorData::new(g, p.dims()), &device))
+            .collect();
+        let head_grad = grads.head.unwrap_or(ScalarHead {
+            weight: vec![0.0; head.weight.len()],
+            bias: 0.0,
+        });
+        let d = head_grad.weight.len();
+        tensors.push(Tensor::from_data(TensorData::new(head_grad.weight, [1, d]), &device));
+        tensors.push(Tensor::from_data(
+            TensorData::new(vec![head_grad.bias], [1, 1]),
+            &device,
+        ));
+        let tokens = sequences.iter().map(|s| s.len()).sum();
+        Some(Ok((
+            value,
+            tensors,
+            StepInfo {
+                tokens,
+                scalars: vec![("labels".into(), count as f64)],
+            },
+        )))
+    }
+
     fn evaluate(&mut self, params: &[Tensor<2>], step: usize) -> Result<serde_json::Value, PolicyError> {
         let weights = self.weights(params);
         match &mut self.eval {
             Some(hook) => hook(&weights, step),
             None => Ok(serde_json::Value::Null),
         }
+    }
+}
+
+/// Binary cross-entropy with logits on the labelled positions, for the CPU training path.
+struct BinaryCrossEntropy<'a> {
+    examples: &'a [&'a RewardExample],
+    count: usize,
+}
+
+impl SequenceLoss for BinaryCrossEntropy<'_> {
+    fn loss(&self, seq: usize, outputs: SeqOutputs<'_>) -> f64 {
+        let (Some(values), Some(dvalues)) = (outputs.values, outputs.dvalues) else {
+            return 0.0;
+        };
+        let e = self.examples[seq];
+        let norm = 1.0 / self.count as f32;
+        let mut total = 0.0f64;
+        for (&p, &y) in e.positions.iter().zip(&e.targets) {
+            let z = values[p];
+            let l = z.max(0.0) - z * y + (-z.abs()).exp().ln_1p();
+            total += f64::from(l * norm);
+            let sig = 1.0 / (1.0 + (-z).exp());
+            dvalues[p] += (sig - y) * norm;
+        }
+        total
     }
 }
 

@@ -9,7 +9,130 @@ use ponder_policy_init::remote::{RemoteConfig, RemotePolicy};
 use ponder_policy_init::settings::TransformerSettings;
 use ponder_policy_init::{HostWeights, Policy, Tokenizer, TransformerPolicy};
 
-use crate::registry::{Kind, PolicyCategory, PolicyContext, Registry, TaskCategory};
+use ponder_reward::learned::LearnedReward;
+use ponder_reward::oracle::OracleProcessReward;
+use ponder_reward::remote::{RemoteReward, RemoteRewardSettings};
+use ponder_reward::training::RewardWeights;
+use ponder_reward::verifier::{VerifierReward, VerifierSettings};
+use ponder_reward::{OracleSettings, OutcomeRewardSettings, ProcessRewardSettings, RewardModel};
+use ponder_search::Searcher;
+use ponder_search::beam::{BeamMode, BeamSearch, BeamSettings};
+use ponder_search::best_of_n::{BestOfN, BestOfNSettings};
+use ponder_search::mcts::{Mcts, MctsSettings};
+use ponder_search::revision::{Revision, RevisionSettings};
+
+use crate::registry::{
+    Kind, PolicyCategory, PolicyContext, Registry, RewardCategory, RewardContext, SearchCategory, TaskCategory,
+};
+
+/// A trained reward model: `from`, else the run's own `reward/NAME` folder.
+fn trained_reward(from: &Option<String>, context: &RewardContext, name: &str) -> anyhow::Result<LearnedReward> {
+    let dir = match (from, &context.run_dir) {
+        (Some(dir), _) => std::path::PathBuf::from(dir),
+        (None, Some(run)) => run.join("reward").join(name),
+        (None, None) => anyhow::bail!("no trained {name}: run the reward stage or set reward.from"),
+    };
+    if !dir.exists() {
+        anyhow::bail!(
+            "no trained {name} at {}: run the reward stage first, or set reward.from",
+            dir.display()
+        );
+    }
+    let (weights, tokenizer) = RewardWeights::load(&dir)?;
+    Ok(LearnedReward::new(&weights, tokenizer))
+}
+
+impl Kind<RewardCategory> for VerifierSettings {
+    fn build(&self, context: &RewardContext) -> anyhow::Result<Box<dyn RewardModel>> {
+        Ok(Box::new(VerifierReward::new(context.task.clone(), self.clone())))
+    }
+}
+
+impl Kind<RewardCategory> for OracleSettings {
+    fn build(&self, context: &RewardContext) -> anyhow::Result<Box<dyn RewardModel>> {
+        Ok(Box::new(OracleProcessReward::new(
+            context.task.clone(),
+            self.aggregation,
+        )))
+    }
+}
+
+impl Kind<RewardCategory> for ProcessRewardSettings {
+    fn validate(&self) -> Vec<String> {
+        ProcessRewardSettings::validate(self)
+    }
+
+    fn build(&self, context: &RewardContext) -> anyhow::Result<Box<dyn RewardModel>> {
+        Ok(Box::new(
+            trained_reward(&self.from, context, "prm")?.with_aggregation(self.aggregation),
+        ))
+    }
+}
+
+impl Kind<RewardCategory> for OutcomeRewardSettings {
+    fn build(&self, context: &RewardContext) -> anyhow::Result<Box<dyn RewardModel>> {
+        Ok(Box::new(trained_reward(&self.from, context, "orm")?))
+    }
+}
+
+impl Kind<RewardCategory> for RemoteRewardSettings {
+    fn build(&self, _: &RewardContext) -> anyhow::Result<Box<dyn RewardModel>> {
+        Ok(Box::new(RemoteReward::new(self.clone())?))
+    }
+}
+
+impl Kind<SearchCategory> for BestOfNSettings {
+    fn build(&self, _: &()) -> anyhow::Result<Box<dyn Searcher>> {
+        Ok(Box::new(BestOfN { settings: self.clone() }))
+    }
+}
+
+impl Kind<SearchCategory> for BeamSettings {
+    fn build(&self, _: &()) -> anyhow::Result<Box<dyn Searcher>> {
+        Ok(Box::new(BeamSearch {
+            settings: BeamSettings {
+                mode: BeamMode::Beam,
+                ..self.clone()
+            },
+        }))
+    }
+}
+
+/// `dvts` takes the settings of `beam`; the kind name picks the mode.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct DvtsSettings(pub BeamSettings);
+
+impl Kind<SearchCategory> for DvtsSettings {
+    fn build(&self, _: &()) -> anyhow::Result<Box<dyn Searcher>> {
+        Ok(Box::new(BeamSearch {
+            settings: BeamSettings {
+                mode: BeamMode::Dvts,
+                ..self.0.clone()
+            },
+        }))
+    }
+}
+
+impl Kind<SearchCategory> for MctsSettings {
+    fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.expand == 0 {
+            problems.push("expand: must be at least 1".into());
+        }
+        problems
+    }
+
+    fn build(&self, _: &()) -> anyhow::Result<Box<dyn Searcher>> {
+        Ok(Box::new(Mcts { settings: self.clone() }))
+    }
+}
+
+impl Kind<SearchCategory> for RevisionSettings {
+    fn build(&self, _: &()) -> anyhow::Result<Box<dyn Searcher>> {
+        Ok(Box::new(Revision { settings: self.clone() }))
+    }
+}
 
 const ORIGIN: &str = "ponder";
 
@@ -109,6 +232,56 @@ pub fn register(registry: &mut Registry) {
         registry.policies.add::<RemoteConfig>(
             "remote",
             "any OpenAI-compatible /v1/completions server pool (vLLM, SGLang, llama.cpp, ponder serve)",
+            ORIGIN,
+        ),
+        registry.rewards.add::<VerifierSettings>(
+            "verifier",
+            "the task's answer check: 1.0 right, 0.1 well-formed but wrong, 0.0 otherwise",
+            ORIGIN,
+        ),
+        registry.rewards.add::<OracleSettings>(
+            "oracle-process",
+            "exact per-step labels from the task (the upper bound for ablations)",
+            ORIGIN,
+        ),
+        registry.rewards.add::<ProcessRewardSettings>(
+            "prm",
+            "process reward model: transformer + head at every step end, trained on step labels",
+            ORIGIN,
+        ),
+        registry.rewards.add::<OutcomeRewardSettings>(
+            "orm",
+            "outcome reward model: transformer + head on the last token, trained on outcomes",
+            ORIGIN,
+        ),
+        registry.rewards.add::<RemoteRewardSettings>(
+            "remote",
+            "a reward model served over HTTP (POST /v1/score)",
+            ORIGIN,
+        ),
+        registry.searchers.add::<BestOfNSettings>(
+            "best-of-n",
+            "N samples; majority, reward-best or reward-weighted vote",
+            ORIGIN,
+        ),
+        registry.searchers.add::<BeamSettings>(
+            "beam",
+            "step-level beam search guided by step scores (N beams, width M)",
+            ORIGIN,
+        ),
+        registry.searchers.add::<DvtsSettings>(
+            "dvts",
+            "diverse verifier tree search: N/M independent beams of width M",
+            ORIGIN,
+        ),
+        registry.searchers.add::<MctsSettings>(
+            "mcts",
+            "Monte-Carlo tree search: PUCT or Gumbel root, PRM or rollout evaluation, full backup",
+            ORIGIN,
+        ),
+        registry.searchers.add::<RevisionSettings>(
+            "revision",
+            "sequential revision: each attempt sees the previous ones; majority or reward selector",
             ORIGIN,
         ),
     ];

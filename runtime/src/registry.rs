@@ -224,11 +224,39 @@ impl Category for PolicyCategory {
     type Context = PolicyContext;
 }
 
+/// Reward models: built from their settings, the task, and what the run trained.
+pub struct RewardCategory;
+
+/// What building a reward model can use.
+#[derive(Clone)]
+pub struct RewardContext {
+    pub task: std::sync::Arc<dyn ponder_datagen::Task>,
+    /// The run's directory (trained reward models live in `reward/prm`, `reward/orm`).
+    pub run_dir: Option<std::path::PathBuf>,
+}
+
+impl Category for RewardCategory {
+    const NAME: &'static str = "reward";
+    type Built = dyn ponder_reward::RewardModel;
+    type Context = RewardContext;
+}
+
+/// Searchers: built from their settings alone.
+pub struct SearchCategory;
+
+impl Category for SearchCategory {
+    const NAME: &'static str = "search";
+    type Built = dyn ponder_search::Searcher;
+    type Context = ();
+}
+
 /// Every category's kinds.
 #[derive(Default)]
 pub struct Registry {
     pub tasks: Kinds<TaskCategory>,
     pub policies: Kinds<PolicyCategory>,
+    pub rewards: Kinds<RewardCategory>,
+    pub searchers: Kinds<SearchCategory>,
 }
 
 impl Registry {
@@ -241,15 +269,15 @@ impl Registry {
 
     /// Every kind of every category, for `ponder list`: (category, kind, origin, description).
     pub fn listing(&self) -> Vec<(&'static str, &str, &str, &str)> {
-        let mut out = Vec::new();
-        for e in self.tasks.entries() {
-            out.push((
-                TaskCategory::NAME,
-                e.kind.as_str(),
-                e.origin.as_str(),
-                e.description.as_str(),
-            ));
+        fn rows<C: Category>(kinds: &Kinds<C>) -> impl Iterator<Item = (&'static str, &str, &str, &str)> {
+            kinds
+                .entries()
+                .map(|e| (C::NAME, e.kind.as_str(), e.origin.as_str(), e.description.as_str()))
         }
-        out
+        rows(&self.tasks)
+            .chain(rows(&self.policies))
+            .chain(rows(&self.rewards))
+            .chain(rows(&self.searchers))
+            .collect()
     }
 }

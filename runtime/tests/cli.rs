@@ -143,7 +143,7 @@ fn bad_datagen_arguments_are_clear_errors() {
     );
     assert_eq!(o.status.code(), Some(2));
     assert!(
-        stderr(&o).contains("arithmetic writes optimal, retry traces"),
+        stderr(&o).contains("arithmetic writes optimal, retry, revision traces"),
         "{}",
         stderr(&o)
     );

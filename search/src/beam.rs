@@ -145,6 +145,7 @@ impl Searcher for BeamSearch {
                         trace,
                         scores: Some(s),
                         score: Some(score),
+                        tokens: 0,
                     });
                 } else {
                     open.push((score, beam));

@@ -31,13 +31,13 @@ pub struct BestOfN {
     pub settings: BestOfNSettings,
 }
 
-/// N full traces from the prompt, in one batch.
+/// N full traces from the prompt, in one batch, with the tokens each took.
 pub async fn sample_traces(
     problem: &Problem,
     env: &SearchEnv<'_>,
     n: usize,
     cost: &mut Cost,
-) -> Result<Vec<Trace>, SearchError> {
+) -> Result<Vec<(Trace, u64)>, SearchError> {
     let requests: Vec<GenRequest> = (0..n)
         .map(|i| {
             GenRequest::new(
@@ -53,7 +53,7 @@ pub async fn sample_traces(
         .generate(&requests, cost)
         .await?
         .iter()
-        .map(|g| Trace::parse(&g.text))
+        .map(|g| (Trace::parse(&g.text), g.tokens() as u64))
         .collect())
 }
 
@@ -61,7 +61,7 @@ pub async fn sample_traces(
 pub async fn score_candidates(
     problem: &Problem,
     env: &SearchEnv<'_>,
-    traces: Vec<Trace>,
+    traces: Vec<(Trace, u64)>,
     selection: Selection,
     aggregation: Aggregation,
     cost: &mut Cost,
@@ -69,21 +69,24 @@ pub async fn score_candidates(
     if selection == Selection::Majority {
         return Ok(traces
             .into_iter()
-            .map(|trace| Candidate {
+            .map(|(trace, tokens)| Candidate {
                 trace,
                 scores: None,
                 score: None,
+                tokens,
             })
             .collect());
     }
-    let scores = env.score(problem, &traces, cost).await?;
+    let plain: Vec<Trace> = traces.iter().map(|(t, _)| t.clone()).collect();
+    let scores = env.score(problem, &plain, cost).await?;
     Ok(traces
         .into_iter()
         .zip(scores)
-        .map(|(trace, s)| Candidate {
+        .map(|((trace, tokens), s)| Candidate {
             score: Some(s.aggregate(aggregation)),
             scores: Some(s),
             trace,
+            tokens,
         })
         .collect())
 }

@@ -110,6 +110,10 @@ pub struct Candidate {
     pub scores: Option<StepScores>,
     /// The aggregated score used for selection.
     pub score: Option<f32>,
+    /// Tokens generated for this candidate alone (best-of-N and revision; 0 where candidates
+    /// share their tokens, as in tree search).
+    #[serde(default)]
+    pub tokens: u64,
 }
 
 /// What a search returns.

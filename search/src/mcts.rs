@@ -579,6 +579,7 @@ impl Searcher for Mcts {
                     trace: t.clone(),
                     scores: None,
                     score: n.q(),
+                    tokens: 0,
                 });
             }
         }

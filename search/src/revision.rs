@@ -64,7 +64,7 @@ impl Searcher for Revision {
         let per_chain = n.div_ceil(chains);
         let mut cost = Cost::default();
         let mut histories: Vec<Vec<Trace>> = vec![Vec::new(); chains];
-        let mut attempts: Vec<Trace> = Vec::new();
+        let mut attempts: Vec<(Trace, u64)> = Vec::new();
         for round in 0..per_chain {
             let live: Vec<usize> = (0..chains).filter(|&c| c * per_chain + round < n).collect();
             let requests: Vec<GenRequest> = live
@@ -86,7 +86,7 @@ impl Searcher for Revision {
             for (&c, g) in live.iter().zip(&generations) {
                 let t = Trace::parse(&g.text);
                 histories[c].push(t.clone());
-                attempts.push(t);
+                attempts.push((t, g.tokens() as u64));
             }
         }
         let candidates = score_candidates(problem, env, attempts, s.selection, s.aggregation, &mut cost).await?;
