@@ -1,1 +1,226 @@
-//! placeholder
+//! # ponder-learn
+//!
+//! The last part of the recipe: turning what sampling and search found into a better policy.
+//! The [`Learner`] trait and its kinds — behaviour cloning and expert iteration ([`bc`]),
+//! [`dpo`], [`ppo`] (a value head, GAE, clipped ratio, KL to the reference, entropy bonus,
+//! optional per-step process rewards) and [`grpo`] (group-normalised advantages, Dr. GRPO
+//! variant) — all on one token-level loss ([`token_loss`]) and the policy trainer's machinery.
+
+pub mod bc;
+pub mod dpo;
+pub mod grpo;
+pub mod objective;
+pub mod ppo;
+pub mod token_loss;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use ponder_policy_init::model::Transformer;
+use ponder_policy_init::native_train::ScalarHead;
+use ponder_policy_init::optim::OptimConfig;
+use ponder_policy_init::trainer::{Objective, Progress, TrainSummary, Trainer, TrainerConfig};
+use ponder_policy_init::{HostWeights, PolicyError, Tokenizer};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LearnError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// One sampled completion and what is known of it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// The text the policy was conditioned on (problem prompt, and any context).
+    pub prompt: String,
+    /// What it generated (steps and answer line).
+    pub completion: String,
+    /// The sampling policy's log-probability of each generated token.
+    pub logprobs: Vec<f32>,
+    /// The outcome reward (verifier, or an outcome model).
+    pub reward: f32,
+    /// Per-step process rewards (a PRM's step scores), one per completed step; may be empty.
+    pub step_rewards: Vec<f32>,
+    /// Whether the answer is right (for filtering and statistics).
+    pub correct: bool,
+    /// Samples of the same prompt share a group (GRPO's baseline, DPO's pairs).
+    pub group: usize,
+}
+
+/// A preference pair (DPO).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Preference {
+    pub prompt: String,
+    pub chosen: String,
+    pub rejected: String,
+}
+
+/// What one learning step works from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Experience {
+    /// Sampled completions with rewards (PPO, GRPO; BC filters the right ones; DPO pairs them).
+    pub samples: Vec<Sample>,
+    /// Demonstrations: prompt and completion (behaviour cloning).
+    pub demonstrations: Vec<(String, String)>,
+    /// Preference pairs (DPO).
+    pub preferences: Vec<Preference>,
+}
+
+/// What one learning step did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LearnStats {
+    pub loss: f64,
+    /// Mean per-token KL estimate to the reference policy.
+    pub kl: f64,
+    /// Mean per-token entropy of the policy.
+    pub entropy: f64,
+    /// Share of tokens whose ratio was clipped.
+    pub clip_fraction: f64,
+    pub optimizer_steps: usize,
+    /// Tokens processed by training (for compute accounting).
+    pub tokens: u64,
+    pub sequences: usize,
+    pub extra: Vec<(String, f64)>,
+}
+
+/// The policy being trained: its parameters and optimizer (in the shared trainer), a value head
+/// when the learner needs one, and the frozen reference policy.
+pub struct TrainablePolicy {
+    pub template: Transformer,
+    pub trainer: Trainer,
+    pub tokenizer: Tokenizer,
+    pub reference: HostWeights,
+    pub value_head: bool,
+}
+
+impl std::fmt::Debug for TrainablePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TrainablePolicy(step {})", self.trainer.step)
+    }
+}
+
+impl TrainablePolicy {
+    /// A trainable copy of `weights` (also the reference), with a constant learning rate after
+    /// warmup, and a fresh value head when asked.
+    pub fn new(
+        weights: &HostWeights,
+        tokenizer: Tokenizer,
+        device: &Device,
+        optim: OptimConfig,
+        value_head: bool,
+    ) -> TrainablePolicy {
+        let template = Transformer::from_host(weights, device);
+        let d = weights.config.d_model;
+        let mut names = template.layout.names.clone();
+        let mut shapes = template.layout.shapes.clone();
+        let mut decay: Vec<bool> = (0..names.len()).map(|i| template.layout.decays(i)).collect();
+        let mut params = template.params.clone();
+        if value_head {
+            names.extend(["value_head.weight".to_string(), "value_head.bias".to_string()]);
+            shapes.extend([vec![1, d], vec![1]]);
+            decay.extend([false, false]);
+            params.push(Tensor::from_data(TensorData::new(vec![0.0f32; d], [1, d]), device));
+            params.push(Tensor::from_data(TensorData::new(vec![0.0f32], [1, 1]), device));
+        }
+        let config = TrainerConfig {
+            optim: OptimConfig {
+                min_lr_ratio: 1.0,
+                ..optim
+            },
+            steps: 0,
+            checkpoint_every: usize::MAX,
+            log_every: usize::MAX,
+            ..TrainerConfig::default()
+        };
+        TrainablePolicy {
+            trainer: Trainer::new(config, names, shapes, decay, params),
+            template,
+            tokenizer,
+            reference: weights.clone(),
+            value_head,
+        }
+    }
+
+    fn policy_params(&self) -> usize {
+        self.template.params.len()
+    }
+
+    /// The current policy weights.
+    pub fn weights(&self) -> HostWeights {
+        self.template
+            .with_params(self.trainer.params[..self.policy_params()].to_vec())
+            .to_host()
+    }
+
+    /// The current value head, if there is one.
+    pub fn value_head(&self) -> Option<ScalarHead> {
+        if !self.value_head {
+            return None;
+        }
+        let n = self.policy_params();
+        let read = |t: &Tensor<2>| {
+            t.clone()
+                .inner()
+                .into_data()
+                .try_into_vec_as::<f32>()
+                .unwrap_or_default()
+        };
+        Some(ScalarHead {
+            weight: read(&self.trainer.params[n]),
+            bias: read(&self.trainer.params[n + 1]).first().copied().unwrap_or(0.0),
+        })
+    }
+
+    /// Runs `steps` more optimizer steps on `objective`.
+    pub fn train(
+        &mut self,
+        objective: &mut dyn Objective,
+        steps: usize,
+        progress: &dyn Progress,
+    ) -> Result<TrainSummary, PolicyError> {
+        self.trainer.config.steps = self.trainer.step + steps;
+        self.trainer.run(objective, progress, &|_| Ok(()))
+    }
+}
+
+/// One update of the policy from experience.
+pub trait Learner: Send {
+    fn describe(&self) -> String;
+
+    /// Whether the policy needs a value head (PPO's critic).
+    fn needs_value_head(&self) -> bool {
+        false
+    }
+
+    /// The optimizer settings this learner trains with.
+    fn optim(&self) -> OptimConfig;
+
+    fn learn(
+        &mut self,
+        policy: &mut TrainablePolicy,
+        batch: &Experience,
+        progress: &dyn Progress,
+    ) -> Result<LearnStats, LearnError>;
+}
+
+impl std::fmt::Debug for dyn Learner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Learner({})", self.describe())
+    }
+}
+
+/// Log-probabilities of each completion token under `weights`, batched on the CPU engine.
+pub fn completion_logprobs(weights: &HostWeights, tokenizer: &Tokenizer, pairs: &[(&str, &str)]) -> Vec<Vec<f32>> {
+    let policy = ponder_policy_init::TransformerPolicy::new(weights, tokenizer.clone()).with_prefix_cache(0);
+    pairs.chunks(256).flat_map(|chunk| policy.score(chunk)).collect()
+}
+
+/// `[bos] prompt completion` as tokens, and where the completion starts.
+pub fn encode_sample(tokenizer: &Tokenizer, prompt: &str, completion: &str) -> (Vec<u32>, usize) {
+    let mut tokens: Vec<u32> = tokenizer.bos_id.into_iter().collect();
+    tokens.extend(tokenizer.encode(prompt));
+    let first = tokens.len();
+    tokens.extend(tokenizer.encode(completion));
+    (tokens, first)
+}

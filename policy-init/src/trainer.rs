@@ -185,6 +185,12 @@ impl Trainer {
         self
     }
 
+    /// Sets where checkpoints and metrics go (in place).
+    pub fn set_outputs(&mut self, checkpoints: Checkpointer, metrics: MetricsLog) {
+        self.checkpointer = Some(checkpoints);
+        self.metrics = metrics;
+    }
+
     /// Host copies of the parameters under their names and saved shapes.
     pub fn named_params(&self) -> BTreeMap<String, HostTensor> {
         self.names

@@ -21,9 +21,52 @@ use ponder_search::best_of_n::{BestOfN, BestOfNSettings};
 use ponder_search::mcts::{Mcts, MctsSettings};
 use ponder_search::revision::{Revision, RevisionSettings};
 
+use ponder_learn::Learner;
+use ponder_learn::bc::{BcSettings, BehaviourCloning};
+use ponder_learn::dpo::{Dpo, DpoSettings};
+use ponder_learn::grpo::{Grpo, GrpoSettings};
+use ponder_learn::ppo::{Ppo, PpoSettings};
+
 use crate::registry::{
-    Kind, PolicyCategory, PolicyContext, Registry, RewardCategory, RewardContext, SearchCategory, TaskCategory,
+    Kind, LearnCategory, PolicyCategory, PolicyContext, Registry, RewardCategory, RewardContext, SearchCategory,
+    TaskCategory,
 };
+
+impl Kind<LearnCategory> for BcSettings {
+    fn build(&self, seed: &u64) -> anyhow::Result<Box<dyn Learner>> {
+        Ok(Box::new(BehaviourCloning {
+            settings: self.clone(),
+            seed: *seed,
+        }))
+    }
+}
+
+impl Kind<LearnCategory> for DpoSettings {
+    fn build(&self, seed: &u64) -> anyhow::Result<Box<dyn Learner>> {
+        Ok(Box::new(Dpo {
+            settings: self.clone(),
+            seed: *seed,
+        }))
+    }
+}
+
+impl Kind<LearnCategory> for PpoSettings {
+    fn build(&self, seed: &u64) -> anyhow::Result<Box<dyn Learner>> {
+        Ok(Box::new(Ppo {
+            settings: self.clone(),
+            seed: *seed,
+        }))
+    }
+}
+
+impl Kind<LearnCategory> for GrpoSettings {
+    fn build(&self, seed: &u64) -> anyhow::Result<Box<dyn Learner>> {
+        Ok(Box::new(Grpo {
+            settings: self.clone(),
+            seed: *seed,
+        }))
+    }
+}
 
 /// A trained reward model: `from`, else the run's own `reward/NAME` folder.
 fn trained_reward(from: &Option<String>, context: &RewardContext, name: &str) -> anyhow::Result<LearnedReward> {
@@ -282,6 +325,26 @@ pub fn register(registry: &mut Registry) {
         registry.searchers.add::<RevisionSettings>(
             "revision",
             "sequential revision: each attempt sees the previous ones; majority or reward selector",
+            ORIGIN,
+        ),
+        registry.learners.add::<BcSettings>(
+            "bc",
+            "behaviour cloning / expert iteration on right samples or search outputs",
+            ORIGIN,
+        ),
+        registry.learners.add::<DpoSettings>(
+            "dpo",
+            "direct preference optimisation against a frozen reference",
+            ORIGIN,
+        ),
+        registry.learners.add::<PpoSettings>(
+            "ppo",
+            "PPO: value head, GAE, clipped ratio, KL, entropy; optional per-step process rewards",
+            ORIGIN,
+        ),
+        registry.learners.add::<GrpoSettings>(
+            "grpo",
+            "GRPO: group-normalised advantages, clipping, KL; Dr. GRPO variant",
             ORIGIN,
         ),
     ];

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config_error::{ConfigError, ConfigErrors, deserialize_all, line_column};
-use crate::registry::{PolicyCategory, Registry, Spec, TaskCategory};
+use crate::registry::{LearnCategory, PolicyCategory, Registry, RewardCategory, SearchCategory, Spec, TaskCategory};
 
 /// The top-level sections a run config may have.
 pub const SECTIONS: [&str; 7] = ["run", "task", "policy", "reward", "search", "learn", "pipeline"];
@@ -80,7 +80,7 @@ impl RunSection {
 }
 
 /// The stages of a pipeline, in the order they run.
-pub const STAGES: [&str; 2] = ["datagen", "init"];
+pub const STAGES: [&str; 6] = ["datagen", "init", "reward", "search-eval", "rl", "report"];
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -93,6 +93,9 @@ pub struct DataStage {
     pub style: String,
     /// Share of problem space set aside for testing (by a seeded hash of each problem).
     pub test_fraction: f64,
+    /// Extra training examples in the revision style (wrong attempts as context, then a right
+    /// one), so that the policy can revise (the `revision` searcher needs it).
+    pub revision_examples: usize,
 }
 
 impl Default for DataStage {
@@ -102,6 +105,7 @@ impl Default for DataStage {
             test_problems: 200,
             style: "optimal".into(),
             test_fraction: 0.1,
+            revision_examples: 0,
         }
     }
 }
@@ -140,6 +144,118 @@ impl Default for InitStage {
     }
 }
 
+/// `[pipeline.reward]`: step labels, reward-model training and the measures of their quality.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewardStage {
+    /// Training problems whose sampled traces are labelled.
+    pub problems: usize,
+    /// Traces sampled per problem (temperature 1) for labelling.
+    pub samples_per_problem: usize,
+    /// Optimizer steps for each reward model.
+    pub steps: usize,
+    pub batch_size: usize,
+    pub optim: ponder_policy_init::optim::OptimConfig,
+    /// Held-out traces whose Monte-Carlo labels are compared with the exact ones.
+    pub accuracy_traces: usize,
+    /// Rollouts per step for that comparison (labels for N = 1, 2, 4, ... up to this).
+    pub accuracy_rollouts: usize,
+    /// Samples per held-out problem for best-of-N (PRM vs ORM vs majority).
+    pub best_of: usize,
+    /// Synthetic traces with exact labels added to the reward models' training data: half
+    /// expert traces of training problems, half the task's plausible wrong attempts. They
+    /// cover the state space the policy's own samples visit too rarely (0: none).
+    pub synthetic_traces: usize,
+}
+
+impl Default for RewardStage {
+    fn default() -> Self {
+        RewardStage {
+            problems: 400,
+            samples_per_problem: 4,
+            steps: 300,
+            batch_size: 32,
+            optim: ponder_policy_init::optim::OptimConfig {
+                lr: 1e-3,
+                warmup_steps: 30,
+                ..ponder_policy_init::optim::OptimConfig::default()
+            },
+            accuracy_traces: 200,
+            accuracy_rollouts: 16,
+            best_of: 16,
+            synthetic_traces: 0,
+        }
+    }
+}
+
+/// `[pipeline.search_eval]`: every listed searcher over a ladder of budgets.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SearchEvalStage {
+    /// Held-out problems (0: all).
+    pub problems: usize,
+    /// Budgets, in generations' worth of tokens.
+    pub budgets: Vec<usize>,
+    /// Searchers: each a `[search]` table plus an optional `label` and an optional `reward`
+    /// table that replaces the run's `[reward]` for it.
+    pub searchers: Vec<serde_json::Value>,
+}
+
+impl Default for SearchEvalStage {
+    fn default() -> Self {
+        let entry = |v: serde_json::Value| v;
+        SearchEvalStage {
+            problems: 0,
+            budgets: vec![1, 2, 4, 8, 16, 32, 64],
+            searchers: vec![
+                entry(serde_json::json!({"label": "majority", "kind": "best-of-n", "selection": "majority"})),
+                entry(
+                    serde_json::json!({"label": "best-of-n-orm", "kind": "best-of-n", "selection": "reward", "reward": {"kind": "orm"}}),
+                ),
+                entry(serde_json::json!({"label": "best-of-n-prm", "kind": "best-of-n", "selection": "reward"})),
+                entry(serde_json::json!({"label": "best-of-n-weighted", "kind": "best-of-n", "selection": "weighted"})),
+                entry(serde_json::json!({"label": "beam-prm", "kind": "beam", "width": 4})),
+                entry(serde_json::json!({"label": "dvts-prm", "kind": "dvts", "width": 4})),
+                entry(serde_json::json!({"label": "mcts", "kind": "mcts"})),
+                entry(serde_json::json!({"label": "revision", "kind": "revision"})),
+            ],
+        }
+    }
+}
+
+/// `[pipeline.rl]`: the RL loop.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RlStage {
+    pub iterations: usize,
+    pub problems_per_iteration: usize,
+    /// Samples per problem (GRPO's group; with `use_search`, the searcher's budget).
+    pub samples_per_problem: usize,
+    /// Learn from the `[search]` searcher's answers instead of plain samples (expert iteration
+    /// with search; with MCTS, the AlphaZero-style loop).
+    pub use_search: bool,
+    /// Greedy pass@1 on held-out problems every this many iterations.
+    pub eval_every: usize,
+    /// Held-out problems for that curve (0: all).
+    pub eval_problems: usize,
+    /// Samples per problem for pass@k after RL.
+    pub final_samples: usize,
+}
+
+impl Default for RlStage {
+    fn default() -> Self {
+        RlStage {
+            iterations: 30,
+            problems_per_iteration: 64,
+            samples_per_problem: 8,
+            use_search: false,
+            eval_every: 5,
+            eval_problems: 200,
+            final_samples: 32,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineSection {
@@ -147,6 +263,9 @@ pub struct PipelineSection {
     pub stages: Vec<String>,
     pub data: DataStage,
     pub init: InitStage,
+    pub reward: RewardStage,
+    pub search_eval: SearchEvalStage,
+    pub rl: RlStage,
 }
 
 impl Default for PipelineSection {
@@ -155,6 +274,9 @@ impl Default for PipelineSection {
             stages: STAGES.iter().map(|s| s.to_string()).collect(),
             data: DataStage::default(),
             init: InitStage::default(),
+            reward: RewardStage::default(),
+            search_eval: SearchEvalStage::default(),
+            rl: RlStage::default(),
         }
     }
 }
@@ -203,7 +325,24 @@ pub struct RunConfig {
     pub task: Arc<dyn Spec<TaskCategory>>,
     /// `[policy]`, by default a `tiny` transformer.
     pub policy: Arc<dyn Spec<PolicyCategory>>,
+    /// `[reward]`, by default a process reward model on Monte-Carlo labels.
+    pub reward: Arc<dyn Spec<RewardCategory>>,
+    /// `[search]`: the searcher used for serving and for search inside RL.
+    pub search: Arc<dyn Spec<SearchCategory>>,
+    /// `[learn]`, by default GRPO.
+    pub learn: Arc<dyn Spec<LearnCategory>>,
+    /// `pipeline.search_eval.searchers`, parsed: label, searcher, and its own reward model.
+    pub eval_searchers: Vec<EvalSearcher>,
     pub pipeline: PipelineSection,
+}
+
+/// One searcher of the search evaluation.
+#[derive(Clone, Debug)]
+pub struct EvalSearcher {
+    pub label: String,
+    pub searcher: Arc<dyn Spec<SearchCategory>>,
+    /// Replaces the run's reward model for this searcher.
+    pub reward: Option<Arc<dyn Spec<RewardCategory>>>,
 }
 
 impl RunConfig {
@@ -246,17 +385,93 @@ impl RunConfig {
                 None
             }
         };
-        let default_policy = serde_json::json!({"kind": "transformer"});
+        // A component table without `kind` (say, from `--set reward.rollouts=4`) gets the
+        // default kind.
+        let with_default_kind = |name: &str, kind: &str| -> Value {
+            let mut table = match root.get(name) {
+                Some(Value::Object(m)) => m.clone(),
+                Some(other) => return other.clone(),
+                None => serde_json::Map::new(),
+            };
+            table.entry("kind").or_insert_with(|| Value::String(kind.to_string()));
+            Value::Object(table)
+        };
         let policy = registry
             .policies
-            .parse(root.get("policy").unwrap_or(&default_policy), "policy")
+            .parse(&with_default_kind("policy", "transformer"), "policy")
             .map_err(|e| errors.extend(e))
             .ok();
-        match (errors.is_empty(), task, policy) {
-            (true, Some(task), Some(policy)) => Ok(RunConfig {
+        let reward = registry
+            .rewards
+            .parse(&with_default_kind("reward", "prm"), "reward")
+            .map_err(|e| errors.extend(e))
+            .ok();
+        let search = registry
+            .searchers
+            .parse(&with_default_kind("search", "best-of-n"), "search")
+            .map_err(|e| errors.extend(e))
+            .ok();
+        let learn = registry
+            .learners
+            .parse(&with_default_kind("learn", "grpo"), "learn")
+            .map_err(|e| errors.extend(e))
+            .ok();
+        let mut eval_searchers = Vec::new();
+        for (i, entry) in pipeline.search_eval.searchers.iter().enumerate() {
+            let path = format!("pipeline.search_eval.searchers.{i}");
+            let Value::Object(map) = entry else {
+                errors.push(ConfigError::new(path, "must be a table with a `kind` key"));
+                continue;
+            };
+            let mut map = map.clone();
+            let label = match map.remove("label") {
+                Some(Value::String(l)) => l,
+                Some(_) => {
+                    errors.push(ConfigError::new(format!("{path}.label"), "must be a string"));
+                    continue;
+                }
+                None => map
+                    .get("kind")
+                    .and_then(|k| k.as_str())
+                    .unwrap_or("searcher")
+                    .to_string(),
+            };
+            let own_reward = match map.remove("reward") {
+                Some(r) => match registry.rewards.parse(&r, &format!("{path}.reward")) {
+                    Ok(spec) => Some(spec),
+                    Err(e) => {
+                        errors.extend(e);
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            match registry.searchers.parse(&Value::Object(map), &path) {
+                Ok(searcher) => {
+                    if eval_searchers.iter().any(|e: &EvalSearcher| e.label == label) {
+                        errors.push(ConfigError::new(
+                            format!("{path}.label"),
+                            format!("`{label}` is used twice"),
+                        ));
+                    }
+                    eval_searchers.push(EvalSearcher {
+                        label,
+                        searcher,
+                        reward: own_reward,
+                    })
+                }
+                Err(e) => errors.extend(e),
+            }
+        }
+        match (errors.is_empty(), task, policy, reward, search, learn) {
+            (true, Some(task), Some(policy), Some(reward), Some(search), Some(learn)) => Ok(RunConfig {
                 run,
                 task,
                 policy,
+                reward,
+                search,
+                learn,
+                eval_searchers,
                 pipeline,
             }),
             _ => Err(ConfigErrors { file: None, errors }),
@@ -269,6 +484,9 @@ impl RunConfig {
             "run": self.run,
             "task": self.task.resolved(),
             "policy": self.policy.resolved(),
+            "reward": self.reward.resolved(),
+            "search": self.search.resolved(),
+            "learn": self.learn.resolved(),
             "pipeline": self.pipeline,
         })
     }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod config_error;
 pub mod pipeline;
 pub mod plan;
+pub mod plots;
 pub mod progress;
 pub mod registry;
 pub mod results;
@@ -16,5 +17,14 @@ pub mod run_dir;
 pub mod stages;
 
 pub use config::{Layers, RunConfig};
+
+/// Runs a future to completion on a fresh single-threaded tokio runtime (stages are
+/// synchronous; remote policies and reward models need a runtime for their HTTP clients).
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(future),
+        Err(_) => futures::executor::block_on(future),
+    }
+}
 pub use config_error::{ConfigError, ConfigErrors};
 pub use registry::{Category, Kind, Registry, Spec};

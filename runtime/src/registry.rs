@@ -250,6 +250,15 @@ impl Category for SearchCategory {
     type Context = ();
 }
 
+/// Learners: built from their settings and a seed.
+pub struct LearnCategory;
+
+impl Category for LearnCategory {
+    const NAME: &'static str = "learn";
+    type Built = dyn ponder_learn::Learner;
+    type Context = u64;
+}
+
 /// Every category's kinds.
 #[derive(Default)]
 pub struct Registry {
@@ -257,6 +266,7 @@ pub struct Registry {
     pub policies: Kinds<PolicyCategory>,
     pub rewards: Kinds<RewardCategory>,
     pub searchers: Kinds<SearchCategory>,
+    pub learners: Kinds<LearnCategory>,
 }
 
 impl Registry {
@@ -278,6 +288,7 @@ impl Registry {
             .chain(rows(&self.policies))
             .chain(rows(&self.rewards))
             .chain(rows(&self.searchers))
+            .chain(rows(&self.learners))
             .collect()
     }
 }

@@ -24,5 +24,15 @@ pub fn assemble(config: &RunConfig, records: &BTreeMap<String, StageRecord>) -> 
     if let Some(init) = stage(records, "init") {
         out["policy_init"] = init.clone();
     }
+    if let Some(reward) = stage(records, "reward") {
+        out["reward"] = reward.clone();
+    }
+    if let Some(search) = stage(records, "search-eval") {
+        out["search"] = search.clone();
+    }
+    if let Some(rl) = stage(records, "rl") {
+        let kind = rl["kind"].as_str().unwrap_or("rl").to_string();
+        out["learn"] = serde_json::json!({ kind: rl.clone() });
+    }
     out
 }

@@ -17,19 +17,30 @@ pub fn run(ctx: &Context) -> anyhow::Result<serde_json::Value> {
     train.split = Split::Train;
     train.split_seed = split_seed;
     train.test_fraction = d.test_fraction;
+    let mut revision = GenerateSpec::new(
+        d.revision_examples,
+        ctx.seed("train-revision"),
+        TraceStyle::Revision { attempts: 2 },
+    );
+    revision.split = Split::Train;
+    revision.split_seed = split_seed;
+    revision.test_fraction = d.test_fraction;
     let mut chars = 0usize;
-    let total = d.train_examples;
+    let total = d.train_examples + d.revision_examples;
     let written = write_jsonl::<_, DatasetError>(
         &ctx.dir.data("train.jsonl"),
-        generate(ctx.task, &train).enumerate().map(|(i, r)| {
-            if i % 1000 == 0 {
-                ctx.progress.set(i, total, "training traces");
-            }
-            r.inspect(|e| {
-                chars += e.problem.prompt.len() + e.completion.len();
-            })
-            .map_err(DatasetError::from)
-        }),
+        generate(ctx.task, &train)
+            .chain(generate(ctx.task, &revision))
+            .enumerate()
+            .map(|(i, r)| {
+                if i % 1000 == 0 {
+                    ctx.progress.set(i, total, "training traces");
+                }
+                r.inspect(|e| {
+                    chars += e.problem.prompt.len() + e.completion.len();
+                })
+                .map_err(DatasetError::from)
+            }),
     )?;
     let mut test = GenerateSpec::new(usize::MAX, ctx.seed("test"), TraceStyle::Optimal);
     test.split = Split::Test;
@@ -59,6 +70,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<serde_json::Value> {
     write_jsonl::<_, DatasetError>(&ctx.dir.data("test.jsonl"), examples.iter().cloned().map(Ok))?;
     Ok(json!({
         "train_examples": written,
+        "revision_examples": d.revision_examples,
         "train_chars": chars,
         "test_problems": examples.len(),
         "style": style.to_string(),

@@ -1,8 +1,13 @@
 //! The pipeline's stages. Each reads what earlier stages left in the run directory, writes its
 //! own outputs there, and returns its headline results (recorded in `stages/NAME.json`).
 
+pub mod common;
 pub mod datagen;
 pub mod init;
+pub mod report;
+pub mod reward;
+pub mod rl;
+pub mod search_eval;
 
 use std::collections::BTreeMap;
 
@@ -48,6 +53,10 @@ pub fn run(name: &str, ctx: &Context) -> anyhow::Result<serde_json::Value> {
     match name {
         "datagen" => datagen::run(ctx),
         "init" => init::run(ctx),
+        "reward" => reward::run(ctx),
+        "search-eval" => search_eval::run(ctx),
+        "rl" => rl::run(ctx),
+        "report" => report::run(ctx),
         other => anyhow::bail!("unknown stage `{other}`"),
     }
 }

@@ -1,0 +1,127 @@
+//! Behaviour cloning: supervised learning on demonstrations. Fed with the right traces among
+//! the policy's own samples (or a searcher's answers), it is expert iteration — STaR,
+//! ReST-EM, rejection-sampling fine-tuning; with MCTS as the expert, the AlphaZero-style loop.
+
+use ponder_policy_init::optim::OptimConfig;
+use ponder_policy_init::trainer::Progress;
+use serde::{Deserialize, Serialize};
+
+use crate::objective::{TermsObjective, minibatches, per_token};
+use crate::token_loss::{LossSettings, TokenTerms};
+use crate::{Experience, LearnError, LearnStats, Learner, TrainablePolicy, encode_sample};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BcSettings {
+    pub lr: f64,
+    pub epochs: usize,
+    /// Sequences per optimizer step.
+    pub minibatch: usize,
+    /// Learn only from samples whose answer is right (expert iteration); demonstrations are
+    /// always used.
+    pub only_correct: bool,
+    /// At most this many distinct right samples per prompt (0: all).
+    pub per_prompt: usize,
+}
+
+impl Default for BcSettings {
+    fn default() -> Self {
+        BcSettings {
+            lr: 5e-4,
+            epochs: 2,
+            minibatch: 32,
+            only_correct: true,
+            per_prompt: 4,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct BehaviourCloning {
+    pub settings: BcSettings,
+    pub seed: u64,
+}
+
+impl Learner for BehaviourCloning {
+    fn describe(&self) -> String {
+        "behaviour cloning / expert iteration".into()
+    }
+
+    fn optim(&self) -> OptimConfig {
+        OptimConfig {
+            lr: self.settings.lr,
+            warmup_steps: 5,
+            ..OptimConfig::default()
+        }
+    }
+
+    fn learn(
+        &mut self,
+        policy: &mut TrainablePolicy,
+        batch: &Experience,
+        progress: &dyn Progress,
+    ) -> Result<LearnStats, LearnError> {
+        let s = &self.settings;
+        let mut pairs: Vec<(String, String)> = batch.demonstrations.clone();
+        let mut per_group: std::collections::HashMap<usize, Vec<&str>> = std::collections::HashMap::new();
+        for sample in &batch.samples {
+            if s.only_correct && !sample.correct {
+                continue;
+            }
+            let kept = per_group.entry(sample.group).or_default();
+            if kept.contains(&sample.completion.as_str()) || (s.per_prompt > 0 && kept.len() >= s.per_prompt) {
+                continue;
+            }
+            kept.push(&sample.completion);
+            pairs.push((sample.prompt.clone(), sample.completion.clone()));
+        }
+        let max = policy.template.config.max_seq_len + 1;
+        let terms: Vec<TokenTerms> = pairs
+            .iter()
+            .map(|(p, c)| encode_sample(&policy.tokenizer, p, c))
+            .filter(|(tokens, first)| tokens.len() <= max && *first < tokens.len())
+            .map(|(tokens, first)| TokenTerms {
+                advantages: vec![1.0; tokens.len() - first],
+                tokens,
+                first,
+                weight: 1.0,
+                ..TokenTerms::default()
+            })
+            .collect();
+        if terms.is_empty() {
+            return Ok(LearnStats::default());
+        }
+        self.seed = self.seed.wrapping_add(1);
+        let batches = minibatches(terms.len(), s.minibatch, s.epochs, self.seed);
+        let steps = batches.len();
+        let settings = LossSettings {
+            clip: None,
+            kl_coef: 0.0,
+            entropy_coef: 0.0,
+            value_coef: 0.0,
+        };
+        let sequences = terms.len();
+        let tokens_before = policy.trainer.tokens;
+        let mut objective = TermsObjective::new(
+            policy.template.clone(),
+            terms,
+            batches,
+            policy.trainer.step,
+            settings,
+            policy.value_head,
+        );
+        let summary = policy.train(&mut objective, steps, progress)?;
+        let stats = objective.stats.lock().map(|s| *s).unwrap_or_default();
+        let (kl, entropy, clipped) = per_token(&stats);
+        Ok(LearnStats {
+            loss: summary.final_loss,
+            kl,
+            entropy,
+            clip_fraction: clipped,
+            optimizer_steps: steps,
+            tokens: policy.trainer.tokens - tokens_before,
+            sequences,
+            extra: vec![("demonstrations".into(), sequences as f64)],
+        })
+    }
+}

@@ -1,0 +1,170 @@
+//! GRPO: several samples per prompt; each sample's advantage is its reward minus the group's
+//! mean, divided by the group's standard deviation; a clipped ratio and a KL penalty to the
+//! reference, no critic. Dr. GRPO (Liu et al., 2025) drops the standard deviation and the
+//! per-response length normalisation, which bias towards long wrong answers.
+
+use ponder_policy_init::optim::OptimConfig;
+use ponder_policy_init::trainer::Progress;
+use serde::{Deserialize, Serialize};
+
+use crate::objective::{TermsObjective, minibatches, per_token};
+use crate::token_loss::{LossSettings, TokenTerms};
+use crate::{Experience, LearnError, LearnStats, Learner, TrainablePolicy, completion_logprobs, encode_sample};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpoSettings {
+    pub lr: f64,
+    pub clip: f32,
+    pub kl: f32,
+    pub entropy: f32,
+    pub epochs: usize,
+    pub minibatch: usize,
+    /// Dr. GRPO: no standard-deviation scaling, token-level (not per-response) normalisation.
+    pub dr_grpo: bool,
+}
+
+impl Default for GrpoSettings {
+    fn default() -> Self {
+        GrpoSettings {
+            lr: 3e-4,
+            clip: 0.2,
+            kl: 0.02,
+            entropy: 0.0,
+            epochs: 1,
+            minibatch: 64,
+            dr_grpo: false,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Grpo {
+    pub settings: GrpoSettings,
+    pub seed: u64,
+}
+
+/// Per-group normalised advantages of sample rewards.
+pub fn group_advantages(rewards: &[(usize, f32)], scale_by_std: bool) -> Vec<f32> {
+    let mut sums: std::collections::HashMap<usize, (f64, f64, usize)> = std::collections::HashMap::new();
+    for &(g, r) in rewards {
+        let e = sums.entry(g).or_default();
+        e.0 += f64::from(r);
+        e.1 += f64::from(r) * f64::from(r);
+        e.2 += 1;
+    }
+    rewards
+        .iter()
+        .map(|&(g, r)| {
+            let (s, s2, n) = sums[&g];
+            let mean = s / n as f64;
+            let std = (s2 / n as f64 - mean * mean).max(0.0).sqrt();
+            let a = f64::from(r) - mean;
+            (if scale_by_std { a / (std + 1e-4) } else { a }) as f32
+        })
+        .collect()
+}
+
+impl Learner for Grpo {
+    fn describe(&self) -> String {
+        if self.settings.dr_grpo {
+            "Dr. GRPO".into()
+        } else {
+            "GRPO".into()
+        }
+    }
+
+    fn optim(&self) -> OptimConfig {
+        OptimConfig {
+            lr: self.settings.lr,
+            warmup_steps: 5,
+            weight_decay: 0.0,
+            ..OptimConfig::default()
+        }
+    }
+
+    fn learn(
+        &mut self,
+        policy: &mut TrainablePolicy,
+        batch: &Experience,
+        progress: &dyn Progress,
+    ) -> Result<LearnStats, LearnError> {
+        let s = self.settings.clone();
+        let max = policy.template.config.max_seq_len + 1;
+        let samples: Vec<&crate::Sample> = batch
+            .samples
+            .iter()
+            .filter(|x| {
+                let (tokens, first) = encode_sample(&policy.tokenizer, &x.prompt, &x.completion);
+                tokens.len() <= max && first < tokens.len()
+            })
+            .collect();
+        if samples.is_empty() {
+            return Ok(LearnStats::default());
+        }
+        let advantages = group_advantages(
+            &samples.iter().map(|x| (x.group, x.reward)).collect::<Vec<_>>(),
+            !s.dr_grpo,
+        );
+        let pairs: Vec<(&str, &str)> = samples
+            .iter()
+            .map(|x| (x.prompt.as_str(), x.completion.as_str()))
+            .collect();
+        let old = completion_logprobs(&policy.weights(), &policy.tokenizer, &pairs);
+        let reference = if s.kl != 0.0 {
+            completion_logprobs(&policy.reference, &policy.tokenizer, &pairs)
+        } else {
+            vec![Vec::new(); pairs.len()]
+        };
+        let terms: Vec<TokenTerms> = samples
+            .iter()
+            .zip(advantages)
+            .zip(old.into_iter().zip(reference))
+            .map(|((x, a), (old, reference))| {
+                let (tokens, first) = encode_sample(&policy.tokenizer, &x.prompt, &x.completion);
+                let len = tokens.len() - first;
+                TokenTerms {
+                    advantages: vec![a; len],
+                    old_logprobs: old,
+                    ref_logprobs: reference,
+                    weight: if s.dr_grpo { 1.0 } else { 1.0 / len as f32 },
+                    tokens,
+                    first,
+                    ..TokenTerms::default()
+                }
+            })
+            .collect();
+        self.seed = self.seed.wrapping_add(1);
+        let batches = minibatches(terms.len(), s.minibatch, s.epochs, self.seed);
+        let steps = batches.len();
+        let settings = LossSettings {
+            clip: Some(s.clip),
+            kl_coef: s.kl,
+            entropy_coef: s.entropy,
+            value_coef: 0.0,
+        };
+        let sequences = terms.len();
+        let tokens_before = policy.trainer.tokens;
+        let mut objective = TermsObjective::new(
+            policy.template.clone(),
+            terms,
+            batches,
+            policy.trainer.step,
+            settings,
+            policy.value_head,
+        );
+        let summary = policy.train(&mut objective, steps, progress)?;
+        let stats = objective.stats.lock().map(|s| *s).unwrap_or_default();
+        let (kl, entropy, clipped) = per_token(&stats);
+        Ok(LearnStats {
+            loss: summary.final_loss,
+            kl,
+            entropy,
+            clip_fraction: clipped,
+            optimizer_steps: steps,
+            tokens: policy.trainer.tokens - tokens_before,
+            sequences,
+            extra: Vec::new(),
+        })
+    }
+}

@@ -1,0 +1,227 @@
+//! PPO with a critic: a value head on the policy's own backbone, generalised advantage
+//! estimation per token, the clipped ratio, a KL penalty to the reference and an entropy
+//! bonus. Rewards: the outcome at the last token and, with `process_rewards`, the process
+//! model's step scores at every step end — as score differences `s_i − s_{i−1}` (potential
+//! shaping from `s_0 = 0.5`), so a long trace cannot collect step rewards for length.
+
+use ponder_policy_init::engine::{Engine, Want};
+use ponder_policy_init::optim::OptimConfig;
+use ponder_policy_init::trainer::Progress;
+use serde::{Deserialize, Serialize};
+
+use crate::objective::{TermsObjective, minibatches, per_token};
+use crate::token_loss::{LossSettings, TokenTerms};
+use crate::{Experience, LearnError, LearnStats, Learner, TrainablePolicy, completion_logprobs, encode_sample};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PpoSettings {
+    pub lr: f64,
+    pub clip: f32,
+    pub kl: f32,
+    pub entropy: f32,
+    pub value_coef: f32,
+    pub gamma: f32,
+    pub lambda: f32,
+    pub epochs: usize,
+    pub minibatch: usize,
+    /// Add the process model's step scores as rewards at step ends.
+    pub process_rewards: bool,
+    /// Weight of the process rewards against the outcome reward.
+    pub process_coef: f32,
+}
+
+impl Default for PpoSettings {
+    fn default() -> Self {
+        PpoSettings {
+            lr: 3e-4,
+            clip: 0.2,
+            kl: 0.02,
+            entropy: 0.0,
+            value_coef: 0.5,
+            gamma: 1.0,
+            lambda: 0.95,
+            epochs: 2,
+            minibatch: 64,
+            process_rewards: false,
+            process_coef: 1.0,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Ppo {
+    pub settings: PpoSettings,
+    pub seed: u64,
+}
+
+/// Generalised advantage estimates and returns for one sequence: rewards and values per
+/// token (the value after the last token is 0).
+pub fn gae(rewards: &[f32], values: &[f32], gamma: f32, lambda: f32) -> (Vec<f32>, Vec<f32>) {
+    let n = rewards.len();
+    let mut advantages = vec![0.0; n];
+    let mut next_value = 0.0;
+    let mut running = 0.0;
+    for k in (0..n).rev() {
+        let delta = rewards[k] + gamma * next_value - values[k];
+        running = delta + gamma * lambda * running;
+        advantages[k] = running;
+        next_value = values[k];
+    }
+    let returns = advantages.iter().zip(values).map(|(a, v)| a + v).collect();
+    (advantages, returns)
+}
+
+impl Learner for Ppo {
+    fn describe(&self) -> String {
+        if self.settings.process_rewards {
+            "PPO with process rewards".into()
+        } else {
+            "PPO with outcome rewards".into()
+        }
+    }
+
+    fn needs_value_head(&self) -> bool {
+        true
+    }
+
+    fn optim(&self) -> OptimConfig {
+        OptimConfig {
+            lr: self.settings.lr,
+            warmup_steps: 5,
+            weight_decay: 0.0,
+            ..OptimConfig::default()
+        }
+    }
+
+    fn learn(
+        &mut self,
+        policy: &mut TrainablePolicy,
+        batch: &Experience,
+        progress: &dyn Progress,
+    ) -> Result<LearnStats, LearnError> {
+        let s = self.settings.clone();
+        let max = policy.template.config.max_seq_len + 1;
+        let encoded: Vec<(&crate::Sample, Vec<u32>, usize)> = batch
+            .samples
+            .iter()
+            .map(|x| {
+                let (tokens, first) = encode_sample(&policy.tokenizer, &x.prompt, &x.completion);
+                (x, tokens, first)
+            })
+            .filter(|(_, tokens, first)| tokens.len() <= max && *first < tokens.len())
+            .collect();
+        if encoded.is_empty() {
+            return Ok(LearnStats::default());
+        }
+        let weights = policy.weights();
+        let head = policy
+            .value_head()
+            .ok_or_else(|| LearnError::Config("PPO needs a value head".into()))?;
+        // Values at every position, from the current critic.
+        let engine = Engine::new(&weights).with_scoring_head(head.weight.clone(), vec![head.bias], 1);
+        let mut caches: Vec<_> = encoded.iter().map(|_| engine.new_cache()).collect();
+        let inputs: Vec<&[u32]> = encoded.iter().map(|(_, t, _)| &t[..t.len() - 1]).collect();
+        engine.forward(&mut caches, &inputs, &vec![Want::All; inputs.len()]);
+        let pairs: Vec<(&str, &str)> = encoded
+            .iter()
+            .map(|(x, _, _)| (x.prompt.as_str(), x.completion.as_str()))
+            .collect();
+        let old = completion_logprobs(&weights, &policy.tokenizer, &pairs);
+        let reference = if s.kl != 0.0 {
+            completion_logprobs(&policy.reference, &policy.tokenizer, &pairs)
+        } else {
+            vec![Vec::new(); pairs.len()]
+        };
+        let mut terms: Vec<TokenTerms> = Vec::with_capacity(encoded.len());
+        for (((x, tokens, first), cache), (old, reference)) in
+            encoded.iter().zip(&caches).zip(old.into_iter().zip(reference))
+        {
+            let len = tokens.len() - first;
+            // The value of the state before completion token k is read at position first+k-1.
+            let values: Vec<f32> = (0..len)
+                .map(|k| cache.scores.get(first + k - 1).copied().unwrap_or(0.0))
+                .collect();
+            let mut rewards = vec![0.0f32; len];
+            rewards[len - 1] += x.reward;
+            if s.process_rewards {
+                let mut previous = 0.5f32;
+                let mut step = 0;
+                for k in 0..len {
+                    if policy.tokenizer.ends_line(tokens[first + k]) {
+                        if let Some(&score) = x.step_rewards.get(step) {
+                            rewards[k] += s.process_coef * (score - previous);
+                            previous = score;
+                        }
+                        step += 1;
+                    }
+                }
+            }
+            let (advantages, returns) = gae(&rewards, &values, s.gamma, s.lambda);
+            terms.push(TokenTerms {
+                tokens: tokens.clone(),
+                first: *first,
+                advantages,
+                old_logprobs: old,
+                ref_logprobs: reference,
+                returns,
+                weight: 1.0,
+            });
+        }
+        // Whiten the advantages over the batch.
+        let all: Vec<f32> = terms.iter().flat_map(|t| t.advantages.iter().copied()).collect();
+        let mean = all.iter().sum::<f32>() / all.len().max(1) as f32;
+        let std = (all.iter().map(|a| (a - mean) * (a - mean)).sum::<f32>() / all.len().max(1) as f32).sqrt();
+        for t in &mut terms {
+            for a in &mut t.advantages {
+                *a = (*a - mean) / (std + 1e-6);
+            }
+        }
+        self.seed = self.seed.wrapping_add(1);
+        let batches = minibatches(terms.len(), s.minibatch, s.epochs, self.seed);
+        let steps = batches.len();
+        let settings = LossSettings {
+            clip: Some(s.clip),
+            kl_coef: s.kl,
+            entropy_coef: s.entropy,
+            value_coef: s.value_coef,
+        };
+        let sequences = terms.len();
+        let tokens_before = policy.trainer.tokens;
+        let mut objective = TermsObjective::new(
+            policy.template.clone(),
+            terms,
+            batches,
+            policy.trainer.step,
+            settings,
+            true,
+        );
+        let summary = policy.train(&mut objective, steps, progress)?;
+        let stats = objective.stats.lock().map(|s| *s).unwrap_or_default();
+        let (kl, entropy, clipped) = per_token(&stats);
+        Ok(LearnStats {
+            loss: summary.final_loss,
+            kl,
+            entropy,
+            clip_fraction: clipped,
+            optimizer_steps: steps,
+            tokens: policy.trainer.tokens - tokens_before,
+            sequences,
+            extra: vec![("value_mse".into(), stats.value_error / stats.tokens.max(1.0))],
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gae_with_lambda_one_is_the_return_minus_the_value() {
+        let (a, r) = gae(&[0.0, 0.0, 1.0], &[0.2, 0.5, 0.9], 1.0, 1.0);
+        assert!((a[0] - 0.8).abs() < 1e-6 && (a[2] - 0.1).abs() < 1e-6);
+        assert!(r.iter().all(|x| (x - 1.0).abs() < 1e-6));
+        let (a, _) = gae(&[0.0, 1.0], &[0.0, 0.0], 1.0, 0.0);
+        assert!((a[0] - 0.0).abs() < 1e-6 && (a[1] - 1.0).abs() < 1e-6);
+    }
+}

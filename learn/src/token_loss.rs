@@ -1,0 +1,200 @@
+//! One token-level loss for every learner. Each completion token carries an advantage and
+//! (optionally) the sampling policy's and the reference policy's log-probabilities:
+//!
+//! - without a ratio (behaviour cloning, DPO's linearised step): `-w·A·log π(a)`;
+//! - with a ratio (PPO, GRPO): `-w·min(r·A, clip(r, 1±ε)·A)`, `r = π(a)/π_old(a)`;
+//! - plus `β·KL(π‖π_ref)` (the k3 estimator `e^{ref−lp} − (ref−lp) − 1`), minus an entropy
+//!   bonus `c_H·H(π)`, plus a value loss `c_V·(V − R)²` on a scalar head (PPO's critic).
+//!
+//! Everything derives from `g = ∂L/∂log π(a)`, computed on the host: the CPU training path
+//! uses it directly, and burn's autodiff (other devices) uses the surrogate `g·log π(a)`
+//! whose gradient is the same.
+
+use std::sync::Mutex;
+
+use ponder_policy_init::native_train::{SeqOutputs, SequenceLoss};
+
+/// The per-token terms of one sequence.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TokenTerms {
+    /// `[bos] prompt completion` tokens; the model reads all but the last.
+    pub tokens: Vec<u32>,
+    /// Index of the first completion token.
+    pub first: usize,
+    /// Per completion token.
+    pub advantages: Vec<f32>,
+    /// Per completion token: the sampling policy's log-probability (ratio losses only).
+    pub old_logprobs: Vec<f32>,
+    /// Per completion token: the reference policy's log-probability (KL only).
+    pub ref_logprobs: Vec<f32>,
+    /// Per completion token: value targets (critic only).
+    pub returns: Vec<f32>,
+    /// Weight of each token of this sequence in the batch loss.
+    pub weight: f32,
+}
+
+impl TokenTerms {
+    pub fn completion_len(&self) -> usize {
+        self.tokens.len().saturating_sub(self.first)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LossSettings {
+    /// Use the importance ratio with this clip range (PPO, GRPO); `None` for plain
+    /// log-likelihood weighting (BC, DPO).
+    pub clip: Option<f32>,
+    pub kl_coef: f32,
+    pub entropy_coef: f32,
+    pub value_coef: f32,
+}
+
+/// Batch statistics, summed over tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TokenStats {
+    pub tokens: f64,
+    pub kl: f64,
+    pub entropy: f64,
+    pub clipped: f64,
+    pub value_error: f64,
+}
+
+pub struct TokenLoss<'a> {
+    pub terms: &'a [&'a TokenTerms],
+    pub settings: LossSettings,
+    pub stats: Mutex<TokenStats>,
+}
+
+/// `∂L/∂log π(a)` and the loss of one token, given its log-probability.
+pub fn token_gradient(
+    settings: &LossSettings,
+    logprob: f32,
+    advantage: f32,
+    old: Option<f32>,
+    reference: Option<f32>,
+) -> (f32, f32, bool) {
+    let (mut g, mut loss, mut clipped) = match (settings.clip, old) {
+        (Some(eps), Some(old)) => {
+            let r = (logprob - old).exp();
+            let unclipped = r * advantage;
+            let bounded = r.clamp(1.0 - eps, 1.0 + eps) * advantage;
+            if unclipped <= bounded {
+                (-advantage * r, -unclipped, false)
+            } else {
+                (0.0, -bounded, true)
+            }
+        }
+        _ => (-advantage, -advantage * logprob, false),
+    };
+    if let (Some(reference), true) = (reference, settings.kl_coef != 0.0) {
+        let d = reference - logprob;
+        loss += settings.kl_coef * (d.exp() - d - 1.0);
+        g += settings.kl_coef * (1.0 - d.exp());
+    }
+    if !g.is_finite() {
+        g = 0.0;
+        clipped = true;
+    }
+    (g, loss, clipped)
+}
+
+impl SequenceLoss for TokenLoss<'_> {
+    fn loss(&self, seq: usize, outputs: SeqOutputs<'_>) -> f64 {
+        let t = self.terms[seq];
+        let (Some(logits), Some(dlogits)) = (outputs.logits, outputs.dlogits) else {
+            return 0.0;
+        };
+        let positions = t.tokens.len() - 1;
+        let v = logits.len() / positions.max(1);
+        let s = &self.settings;
+        let mut stats = TokenStats::default();
+        let mut total = 0.0f64;
+        let mut dvalues = outputs.dvalues;
+        for k in 0..t.completion_len() {
+            let p = t.first + k - 1; // the position whose logits predict completion token k
+            let row = &logits[p * v..(p + 1) * v];
+            let drow = &mut dlogits[p * v..(p + 1) * v];
+            let a = t.tokens[t.first + k] as usize;
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let z: f32 = row.iter().map(|&l| (l - max).exp()).sum();
+            let log_z = max + z.ln();
+            let logprob = row[a] - log_z;
+            let (g, loss, clipped) = token_gradient(
+                s,
+                logprob,
+                t.advantages.get(k).copied().unwrap_or(0.0),
+                t.old_logprobs.get(k).copied(),
+                t.ref_logprobs.get(k).copied(),
+            );
+            let w = t.weight;
+            total += f64::from(w * loss);
+            // Entropy and its gradient: dH/dlogit_j = -p_j (log p_j + H).
+            let mut entropy = 0.0f32;
+            for &l in row {
+                let lp = l - log_z;
+                entropy -= lp.exp() * lp;
+            }
+            for (j, d) in drow.iter_mut().enumerate() {
+                let lp = row[j] - log_z;
+                let pj = lp.exp();
+                let mut grad = w * g * (f32::from(u8::from(j == a)) - pj);
+                if s.entropy_coef != 0.0 {
+                    grad += w * s.entropy_coef * pj * (lp + entropy);
+                }
+                *d += grad;
+            }
+            total -= f64::from(w * s.entropy_coef * entropy);
+            stats.tokens += 1.0;
+            stats.entropy += f64::from(entropy);
+            stats.clipped += f64::from(u8::from(clipped));
+            if let Some(r) = t.ref_logprobs.get(k) {
+                let d = r - logprob;
+                stats.kl += f64::from(d.exp() - d - 1.0);
+            }
+            if let (Some(values), Some(dv), Some(&target)) = (outputs.values, dvalues.as_deref_mut(), t.returns.get(k))
+            {
+                let err = values[p] - target;
+                total += f64::from(w * s.value_coef * err * err);
+                dv[p] += 2.0 * w * s.value_coef * err;
+                stats.value_error += f64::from(err * err);
+            }
+        }
+        if let Ok(mut all) = self.stats.lock() {
+            all.tokens += stats.tokens;
+            all.kl += stats.kl;
+            all.entropy += stats.entropy;
+            all.clipped += stats.clipped;
+            all.value_error += stats.value_error;
+        }
+        total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clipped_tokens_have_no_policy_gradient() {
+        let s = LossSettings {
+            clip: Some(0.2),
+            kl_coef: 0.0,
+            entropy_coef: 0.0,
+            value_coef: 0.0,
+        };
+        // ratio 2 with a positive advantage: clipped.
+        let (g, _, clipped) = token_gradient(&s, 2f32.ln(), 1.0, Some(0.0), None);
+        assert!(clipped && g == 0.0);
+        // ratio 2 with a negative advantage: the unclipped term is the minimum.
+        let (g, loss, clipped) = token_gradient(&s, 2f32.ln(), -1.0, Some(0.0), None);
+        assert!(!clipped && (g - 2.0).abs() < 1e-6 && (loss - 2.0).abs() < 1e-6);
+        // No ratio: plain weighted log-likelihood.
+        let plain = LossSettings { clip: None, ..s };
+        let (g, loss, _) = token_gradient(&plain, -0.5, 2.0, None, None);
+        assert!((g + 2.0).abs() < 1e-6 && (loss - 1.0).abs() < 1e-6);
+        // KL k3 is zero at the reference and its gradient too.
+        let kl = LossSettings { kl_coef: 0.1, ..plain };
+        let (g, loss, _) = token_gradient(&kl, -1.0, 0.0, None, Some(-1.0));
+        assert!(g.abs() < 1e-6 && loss.abs() < 1e-6);
+    }
+}

@@ -1,0 +1,218 @@
+//! Line charts as PNG, drawn with plotters and a bundled font (no system fonts needed).
+
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+static REGISTER: Once = Once::new();
+
+fn register_font() {
+    REGISTER.call_once(|| {
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+/// One line of a chart: points `(x, y)`, optionally with a `[low, high]` interval per point.
+#[derive(Clone, Debug, Default)]
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+    pub intervals: Vec<(f64, f64)>,
+    /// A horizontal reference line instead of points.
+    pub horizontal: Option<f64>,
+}
+
+impl Series {
+    pub fn new(name: impl Into<String>, points: Vec<(f64, f64)>) -> Series {
+        Series {
+            name: name.into(),
+            points,
+            ..Series::default()
+        }
+    }
+
+    pub fn with_intervals(mut self, intervals: Vec<(f64, f64)>) -> Series {
+        self.intervals = intervals;
+        self
+    }
+
+    pub fn horizontal(name: impl Into<String>, y: f64) -> Series {
+        Series {
+            name: name.into(),
+            horizontal: Some(y),
+            ..Series::default()
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Chart {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub log_x: bool,
+    pub series: Vec<Series>,
+    /// y range; `None` fits the data.
+    pub y_range: Option<(f64, f64)>,
+}
+
+const COLORS: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// Draws charts side by side (one row) into a PNG file.
+pub fn draw(path: &Path, charts: &[Chart], width_each: u32, height: u32) -> anyhow::Result<()> {
+    register_font();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let width = width_each * charts.len().max(1) as u32;
+    let root = BitMapBackend::new(path, (width, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let panels = root.split_evenly((1, charts.len().max(1)));
+    for (chart, area) in charts.iter().zip(panels) {
+        draw_one(&area, chart).map_err(|e| anyhow::anyhow!("plot {}: {e}", chart.title))?;
+    }
+    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+fn draw_one(
+    area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
+    chart: &Chart,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let xs: Vec<f64> = chart
+        .series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.0))
+        .filter(|x| x.is_finite())
+        .collect();
+    let ys: Vec<f64> = chart
+        .series
+        .iter()
+        .flat_map(|s| {
+            s.points
+                .iter()
+                .map(|p| p.1)
+                .chain(s.horizontal)
+                .chain(s.intervals.iter().flat_map(|i| [i.0, i.1]))
+        })
+        .filter(|y| y.is_finite())
+        .collect();
+    let (mut x0, mut x1) = xs
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+    if !x0.is_finite() {
+        (x0, x1) = (1.0, 10.0);
+    }
+    if chart.log_x {
+        x0 = x0.max(1e-9) / 1.3;
+        x1 *= 1.3;
+    } else if x1 - x0 < 1e-9 {
+        x1 = x0 + 1.0;
+    }
+    let (y0, y1) = chart.y_range.unwrap_or_else(|| {
+        let (a, b) = ys
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| (a.min(y), b.max(y)));
+        if a.is_finite() {
+            let pad = ((b - a) * 0.08).max(0.01);
+            (a - pad, b + pad)
+        } else {
+            (0.0, 1.0)
+        }
+    });
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(&chart.title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(55);
+    macro_rules! body {
+        ($ctx:expr) => {{
+            let mut ctx = $ctx;
+            ctx.configure_mesh()
+                .x_desc(chart.x_label.as_str())
+                .y_desc(chart.y_label.as_str())
+                .label_style(("sans-serif", 12))
+                .draw()?;
+            for (i, s) in chart.series.iter().enumerate() {
+                let color = COLORS[i % COLORS.len()];
+                if let Some(y) = s.horizontal {
+                    ctx.draw_series(LineSeries::new(vec![(x0, y), (x1, y)], color.stroke_width(2)))?
+                        .label(s.name.as_str())
+                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+                    continue;
+                }
+                let pts: Vec<(f64, f64)> = s
+                    .points
+                    .iter()
+                    .copied()
+                    .filter(|(x, y)| x.is_finite() && y.is_finite())
+                    .collect();
+                ctx.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+                    .label(s.name.as_str())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+                ctx.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+                for (&(x, _), &(lo, hi)) in s.points.iter().zip(&s.intervals) {
+                    if x.is_finite() && lo.is_finite() && hi.is_finite() {
+                        ctx.draw_series(std::iter::once(PathElement::new(
+                            vec![(x, lo), (x, hi)],
+                            color.mix(0.6),
+                        )))?;
+                    }
+                }
+            }
+            ctx.configure_series_labels()
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK.mix(0.3))
+                .label_font(("sans-serif", 12))
+                .position(SeriesLabelPosition::LowerRight)
+                .draw()?;
+        }};
+    }
+    if chart.log_x {
+        body!(builder.build_cartesian_2d((x0..x1).log_scale(), y0..y1)?);
+    } else {
+        body!(builder.build_cartesian_2d(x0..x1, y0..y1)?);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_a_png() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("p.png");
+        let chart = Chart {
+            title: "accuracy".into(),
+            x_label: "tokens".into(),
+            y_label: "accuracy".into(),
+            log_x: true,
+            series: vec![
+                Series::new("a", vec![(10.0, 0.2), (100.0, 0.5)]).with_intervals(vec![(0.1, 0.3), (0.4, 0.6)]),
+                Series::horizontal("greedy", 0.25),
+            ],
+            y_range: Some((0.0, 1.0)),
+        };
+        draw(&path, &[chart.clone(), chart], 500, 350).expect("draws");
+        let bytes = std::fs::read(&path).expect("written");
+        assert_eq!(&bytes[1..4], b"PNG");
+        assert!(bytes.len() > 5000);
+    }
+}

@@ -1,0 +1,115 @@
+//! What several stages share: loading the run's policy, sampling traces, token limits.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use ponder_datagen::{Problem, Task, Trace};
+use ponder_policy_init::{GenRequest, HostWeights, Policy, Sampling, Stop, Tokenizer};
+
+use super::Context;
+
+/// The weights and tokenizer saved in `policy/NAME`.
+pub fn load_policy(dir: &Path) -> anyhow::Result<(HostWeights, Tokenizer)> {
+    anyhow::ensure!(
+        dir.join("config.json").exists(),
+        "no policy at {}: run the stage that trains it first",
+        dir.display()
+    );
+    Ok(ponder_policy_init::hf::load_pretrained(dir)?)
+}
+
+/// The policy the latest training stage left: after RL if it ran, else the initialised one.
+pub fn current_policy(ctx: &Context) -> anyhow::Result<(HostWeights, Tokenizer)> {
+    for name in ["rl", "init"] {
+        let dir = ctx.dir.policy(name);
+        if dir.join("config.json").exists() {
+            return load_policy(&dir);
+        }
+    }
+    match &ctx
+        .config
+        .policy
+        .as_any()
+        .downcast_ref::<ponder_policy_init::settings::TransformerSettings>()
+    {
+        Some(settings) if settings.from.is_some() => load_policy(Path::new(settings.from.as_deref().unwrap_or(""))),
+        _ => anyhow::bail!(
+            "no trained policy in {}: run the init stage first",
+            ctx.dir.root.display()
+        ),
+    }
+}
+
+/// The token limit of a generated trace: the one the init stage chose, or from the data.
+pub fn trace_token_limit(ctx: &Context, tokenizer: &Tokenizer, max_seq_len: usize) -> anyhow::Result<usize> {
+    if let Some(n) = ctx
+        .earlier
+        .get("init")
+        .and_then(|r| r.results.get("max_new_tokens"))
+        .and_then(|v| v.as_u64())
+    {
+        return Ok(n as usize);
+    }
+    let train = ctx.train_examples()?;
+    Ok(super::init::trace_token_limit(&train, tokenizer, max_seq_len))
+}
+
+/// `n` traces per problem at `temperature`, all in batched policy calls; each with its
+/// generated token count.
+pub async fn sample_traces(
+    policy: &dyn Policy,
+    problems: &[Problem],
+    n: usize,
+    max_tokens: usize,
+    temperature: f32,
+    seed: u64,
+) -> anyhow::Result<Vec<Vec<(Trace, usize)>>> {
+    let sampling = Sampling {
+        temperature,
+        ..Sampling::default()
+    };
+    let mut out = Vec::with_capacity(problems.len());
+    for (c, chunk) in problems.chunks(64).enumerate() {
+        let requests: Vec<GenRequest> = chunk
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| {
+                let base = seed ^ (((c * 64 + i) as u64) << 20);
+                (0..n).map(move |s| {
+                    GenRequest::new(
+                        &p.prompt,
+                        Stop::TraceEnd,
+                        max_tokens,
+                        sampling,
+                        base.wrapping_add(s as u64),
+                    )
+                })
+            })
+            .collect();
+        let generations = policy.generate(&requests).await?;
+        for group in generations.chunks(n.max(1)) {
+            out.push(group.iter().map(|g| (Trace::parse(&g.text), g.tokens())).collect());
+        }
+    }
+    Ok(out)
+}
+
+/// The task as a shared object (reward kinds keep a handle to it).
+pub fn shared_task(ctx: &Context) -> anyhow::Result<Arc<dyn Task>> {
+    Ok(Arc::from(ctx.config.task.build(&())?))
+}
+
+/// Distinct problems of a set of examples, in order, at most `n` (0: all).
+pub fn distinct_problems(examples: &[ponder_datagen::Example], n: usize) -> Vec<Problem> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for e in examples {
+        if e.context.is_none() && seen.insert(e.problem.id.clone()) {
+            out.push(e.problem.clone());
+            if n > 0 && out.len() >= n {
+                break;
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,453 @@
+//! `report`: `report.md`, a miniature o1 paper — for each phenomenon ponder's figure beside
+//! the published one — and its plots in `plots/`.
+
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+
+use super::Context;
+use crate::plots::{Chart, Series, draw};
+
+fn pct(v: &Value) -> String {
+    v.as_f64().map_or("—".into(), |x| format!("{:.1}%", x * 100.0))
+}
+
+fn ci(v: &Value) -> String {
+    match (v.get(0).and_then(|x| x.as_f64()), v.get(1).and_then(|x| x.as_f64())) {
+        (Some(a), Some(b)) => format!("[{:.1}, {:.1}]", a * 100.0, b * 100.0),
+        _ => String::new(),
+    }
+}
+
+fn num(v: &Value, digits: usize) -> String {
+    v.as_f64().map_or("—".into(), |x| format!("{x:.digits$}"))
+}
+
+/// The test-time scaling plots: all problems, and one panel per difficulty quintile.
+fn search_plots(ctx: &Context, search: &Value, out: &mut String) -> anyhow::Result<()> {
+    let Some(curves) = search["curves"].as_object() else {
+        return Ok(());
+    };
+    let greedy = search["greedy_pass@1"].as_f64();
+    let mut all = Vec::new();
+    for (name, points) in curves {
+        let pts = points.as_array().cloned().unwrap_or_default();
+        let xy: Vec<(f64, f64)> = pts
+            .iter()
+            .map(|p| {
+                (
+                    p["tokens_per_problem"].as_f64().unwrap_or(f64::NAN),
+                    p["accuracy"].as_f64().unwrap_or(f64::NAN),
+                )
+            })
+            .collect();
+        let intervals: Vec<(f64, f64)> = pts
+            .iter()
+            .map(|p| {
+                (
+                    p["low"].as_f64().unwrap_or(f64::NAN),
+                    p["high"].as_f64().unwrap_or(f64::NAN),
+                )
+            })
+            .collect();
+        all.push(Series::new(name.clone(), xy).with_intervals(intervals));
+    }
+    if let Some(co) = search["compute_optimal"].as_array() {
+        all.push(Series::new(
+            "compute-optimal",
+            co.iter()
+                .map(|p| {
+                    (
+                        p["tokens_per_problem"].as_f64().unwrap_or(f64::NAN),
+                        p["accuracy"].as_f64().unwrap_or(f64::NAN),
+                    )
+                })
+                .collect(),
+        ));
+    }
+    if let Some(g) = greedy {
+        all.push(Series::horizontal("greedy pass@1", g));
+    }
+    let chart = Chart {
+        title: "Test-time scaling".into(),
+        x_label: "generated tokens per problem (log)".into(),
+        y_label: "accuracy".into(),
+        log_x: true,
+        series: all,
+        y_range: Some((0.0, 1.0)),
+    };
+    draw(&ctx.dir.path("plots/test_time_scaling.png"), &[chart], 900, 560)?;
+    let mut panels = Vec::new();
+    for q in 0..5 {
+        let mut series = Vec::new();
+        for (name, points) in curves {
+            let pts = points.as_array().cloned().unwrap_or_default();
+            series.push(Series::new(
+                name.clone(),
+                pts.iter()
+                    .map(|p| {
+                        (
+                            p["tokens_per_problem"].as_f64().unwrap_or(f64::NAN),
+                            p["quintiles"][q].as_f64().unwrap_or(f64::NAN),
+                        )
+                    })
+                    .collect(),
+            ));
+        }
+        panels.push(Chart {
+            title: format!(
+                "quintile {} ({})",
+                q + 1,
+                ["easiest", "easy", "middle", "hard", "hardest"][q]
+            ),
+            x_label: "tokens (log)".into(),
+            y_label: "accuracy".into(),
+            log_x: true,
+            series,
+            y_range: Some((0.0, 1.0)),
+        });
+    }
+    draw(
+        &ctx.dir.path("plots/test_time_scaling_quintiles.png"),
+        &panels,
+        420,
+        380,
+    )?;
+    writeln!(
+        out,
+        "![test-time scaling](plots/test_time_scaling.png)\n\n![per quintile](plots/test_time_scaling_quintiles.png)\n"
+    )?;
+    Ok(())
+}
+
+pub fn run(ctx: &Context) -> anyhow::Result<Value> {
+    let r = crate::results::assemble(ctx.config, ctx.earlier);
+    let mut out = String::new();
+    writeln!(
+        out,
+        "# ponder run `{}`: o1's phenomena in miniature\n",
+        ctx.config.run.name
+    )?;
+    writeln!(
+        out,
+        "Task `{}` (seed {}), policy {:.2}M parameters, everything on {} in {:.0} s of stages. Figures are ponder's; the published ones they are set against come from `REFERENCES.md`. Intervals are 95% (Wilson for greedy accuracy, bootstrap over problems otherwise).\n",
+        r["task"].as_str().unwrap_or("?"),
+        r["seed"],
+        r["policy_init"]["params"].as_f64().unwrap_or(0.0) / 1e6,
+        ctx.config.run.device,
+        r["wall_seconds"].as_f64().unwrap_or(0.0)
+    )?;
+    let mut figures = serde_json::Map::new();
+
+    // Policy initialisation.
+    let init = &r["policy_init"];
+    if !init.is_null() {
+        writeln!(out, "## 1. Policy initialisation\n")?;
+        writeln!(out, "| | ponder | published |\n|---|---|---|")?;
+        writeln!(
+            out,
+            "| training tokens | {:.2}M at {:.0} tokens/s | PyTorch reference: 1 / 2 / 4M tokens |",
+            init["train_tokens"].as_f64().unwrap_or(0.0) / 1e6,
+            init["train_tokens_per_s"].as_f64().unwrap_or(0.0)
+        )?;
+        writeln!(
+            out,
+            "| greedy pass@1 | {} {} | 22.5 / 36.5 / 48.5% (countdown-3, 0.84M GPT) |",
+            pct(&init["pass@1"]),
+            ci(&init["pass@1_ci"])
+        )?;
+        writeln!(
+            out,
+            "| pass@8 | {} {} | 52 / 79 / 86% |",
+            pct(&init["pass@8"]),
+            ci(&init["pass@8_ci"])
+        )?;
+        writeln!(
+            out,
+            "| pass@32 | {} {} | 81.5 / 97 / 98.5% |",
+            pct(&init["pass@32"]),
+            ci(&init["pass@32_ci"])
+        )?;
+        writeln!(out, "| maj@32 | {} | 18.5 / 36 / 49.5% |", pct(&init["maj@32"]))?;
+        writeln!(out, "| chance level | {} | |\n", pct(&init["eval"]["chance_level"]))?;
+    }
+
+    // Reward models.
+    let reward = &r["reward"];
+    if !reward.is_null() {
+        writeln!(out, "## 2. Reward models against exact step labels\n")?;
+        let mc = reward["mc_label_accuracy"].as_object().cloned().unwrap_or_default();
+        let mut ns: Vec<(usize, f64)> = mc
+            .iter()
+            .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_f64()?)))
+            .collect();
+        ns.sort_by_key(|x| x.0);
+        writeln!(
+            out,
+            "Monte-Carlo step labels (hard: a step is right when any of N rollouts from it reaches a right answer) against the task's exact labels:\n"
+        )?;
+        writeln!(
+            out,
+            "| N rollouts | accuracy | false positives | false negatives |\n|---|---|---|---|"
+        )?;
+        for (n, acc) in &ns {
+            let d = &reward["mc_label_details"][n.to_string()]["hard"];
+            writeln!(
+                out,
+                "| {n} | {:.1}% | {} | {} |",
+                acc * 100.0,
+                pct(&d["false_positive_rate"]),
+                pct(&d["false_negative_rate"])
+            )?;
+        }
+        writeln!(
+            out,
+            "\nMath-Shepherd measured 86% at N = 4, falling for larger N as false positives grow. "
+        )?;
+        draw(
+            &ctx.dir.path("plots/mc_label_accuracy.png"),
+            &[Chart {
+                title: "Monte-Carlo label accuracy".into(),
+                x_label: "rollouts N (log)".into(),
+                y_label: "accuracy vs exact labels".into(),
+                log_x: true,
+                series: vec![
+                    Series::new("hard labels", ns.iter().map(|&(n, a)| (n as f64, a)).collect()),
+                    Series::horizontal("Math-Shepherd at N=4", 0.86),
+                ],
+                y_range: Some((0.5, 1.0)),
+            }],
+            700,
+            450,
+        )?;
+        writeln!(out, "![MC label accuracy](plots/mc_label_accuracy.png)\n")?;
+        let prm = &reward["prm"];
+        writeln!(out, "| model | measure | ponder |\n|---|---|---|")?;
+        writeln!(
+            out,
+            "| PRM ({} labels, N = {}) | step AUROC vs exact labels | {} |",
+            reward["labels"].as_str().unwrap_or("?"),
+            reward["rollouts"],
+            num(&prm["step_auroc"], 3)
+        )?;
+        writeln!(
+            out,
+            "| PRM | first-error F1 (ProcessBench style) | {} |",
+            num(&prm["first_error_f1"], 3)
+        )?;
+        writeln!(
+            out,
+            "| PRM | expected calibration error | {} |",
+            num(&prm["calibration_ece"], 3)
+        )?;
+        writeln!(
+            out,
+            "| PRM | outcome AUROC (answer score) | {} |",
+            num(&prm["outcome_auroc"], 3)
+        )?;
+        writeln!(out, "| ORM | outcome AUROC | {} |\n", num(&reward["orm"]["auroc"], 3))?;
+        writeln!(
+            out,
+            "Best-of-N over the same samples (Lightman et al., best-of-1860 on MATH: PRM 78.2%, ORM 72.4%, majority 69.6%):\n"
+        )?;
+        writeln!(
+            out,
+            "| N | PRM (last) | PRM (min) | PRM (product) | PRM weighted vote | ORM | majority | pass@N |\n|---|---|---|---|---|---|---|---|"
+        )?;
+        let mut lines: Vec<Series> = Vec::new();
+        let names = [
+            "prm-last",
+            "prm-min",
+            "prm-product",
+            "prm-weighted",
+            "orm",
+            "majority",
+            "pass@n",
+        ];
+        for name in names {
+            lines.push(Series::new(name, Vec::new()));
+        }
+        for row in reward["best_of_n_curve"].as_array().cloned().unwrap_or_default() {
+            let n = row["n"].as_u64().unwrap_or(0);
+            let cell = |name: &str| {
+                let e = &row["accuracy"][name];
+                format!(
+                    "{} [{:.0}, {:.0}]",
+                    pct(&e["value"]),
+                    e["low"].as_f64().unwrap_or(0.0) * 100.0,
+                    e["high"].as_f64().unwrap_or(0.0) * 100.0
+                )
+            };
+            writeln!(
+                out,
+                "| {n} | {} | {} | {} | {} | {} | {} | {} |",
+                cell("prm-last"),
+                cell("prm-min"),
+                cell("prm-product"),
+                cell("prm-weighted"),
+                cell("orm"),
+                cell("majority"),
+                cell("pass@n")
+            )?;
+            for (s, name) in lines.iter_mut().zip(names) {
+                s.points
+                    .push((n as f64, row["accuracy"][name]["value"].as_f64().unwrap_or(f64::NAN)));
+            }
+        }
+        draw(
+            &ctx.dir.path("plots/prm_orm_majority.png"),
+            &[Chart {
+                title: "PRM vs ORM vs majority".into(),
+                x_label: "N samples (log)".into(),
+                y_label: "accuracy".into(),
+                log_x: true,
+                series: lines,
+                y_range: Some((0.0, 1.0)),
+            }],
+            800,
+            500,
+        )?;
+        writeln!(out, "\n![PRM vs ORM vs majority](plots/prm_orm_majority.png)\n")?;
+        figures.insert("reward".into(), json!(true));
+    }
+
+    // Search.
+    let search = &r["search"];
+    if !search.is_null() {
+        writeln!(out, "## 3. Test-time compute\n")?;
+        writeln!(
+            out,
+            "Every searcher over a ladder of budgets on {} held-out problems; the x axis counts every token the policy generated (rollouts and lookahead included). Greedy pass@1: {}; chance level: {}.\n",
+            search["problems"],
+            pct(&search["greedy_pass@1"]),
+            pct(&search["chance_level"])
+        )?;
+        search_plots(ctx, search, &mut out)?;
+        writeln!(out, "| searcher | budget → accuracy (tokens per problem) |\n|---|---|")?;
+        if let Some(curves) = search["curves"].as_object() {
+            for (name, points) in curves {
+                let cells: Vec<String> = points
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{}: {} ({:.0})",
+                            p["budget"],
+                            pct(&p["accuracy"]),
+                            p["tokens_per_problem"].as_f64().unwrap_or(0.0)
+                        )
+                    })
+                    .collect();
+                writeln!(out, "| {name} | {} |", cells.join(", "))?;
+            }
+        }
+        let m = &search["compute_optimal_vs_best_of_n"];
+        writeln!(
+            out,
+            "\nCompute-optimal (the best searcher per difficulty quintile and budget, chosen by 2-fold cross-validation) against {} at budget {}: {} at {} tokens per problem; first reached by the compute-optimal curve at {} tokens (a {}x saving; Snell et al. measured 4x).\n",
+            m["reference"]["searcher"].as_str().unwrap_or("best-of-N"),
+            m["reference"]["budget"],
+            pct(&m["reference"]["accuracy"]),
+            num(&m["reference"]["tokens_per_problem"], 0),
+            num(&m["first_match"]["tokens_per_problem"], 0),
+            num(&m["first_match"]["token_ratio"], 1)
+        )?;
+        figures.insert("search".into(), json!(true));
+    }
+
+    // RL.
+    if let Some(learn) = r["learn"].as_object() {
+        writeln!(out, "## 4. Reinforcement learning\n")?;
+        for (kind, rl) in learn {
+            writeln!(
+                out,
+                "Learner `{kind}` ({}), {} iterations.\n",
+                rl["learner"].as_str().unwrap_or(""),
+                rl["iterations"]
+            )?;
+            writeln!(out, "| | before RL | after RL |\n|---|---|---|")?;
+            writeln!(
+                out,
+                "| greedy pass@1 | {} {} | {} {} |",
+                pct(&rl["pass@1_before"]),
+                ci(&rl["pass@1_before_ci"]),
+                pct(&rl["pass@1_after"]),
+                ci(&rl["pass@1_after_ci"])
+            )?;
+            for k in [8, 32] {
+                writeln!(
+                    out,
+                    "| pass@{k} | {} | {} {} |",
+                    pct(&rl[format!("pass@{k}_before")]),
+                    pct(&rl[format!("pass@{k}_after")]),
+                    ci(&rl[format!("pass@{k}_after_ci")])
+                )?;
+            }
+            writeln!(
+                out,
+                "\nYue et al. found RL raises pass@1 while the base model overtakes it at large k: both are shown.\n"
+            )?;
+            let curve = rl["curve"].as_array().cloned().unwrap_or_default();
+            let pts: Vec<(f64, f64)> = curve
+                .iter()
+                .filter(|p| p["flops"].as_f64().unwrap_or(0.0) > 0.0)
+                .map(|p| {
+                    (
+                        p["flops"].as_f64().unwrap_or(f64::NAN),
+                        p["pass@1"].as_f64().unwrap_or(f64::NAN),
+                    )
+                })
+                .collect();
+            let start = curve.first().and_then(|p| p["pass@1"].as_f64()).unwrap_or(0.0);
+            draw(
+                &ctx.dir.path("plots/train_time_scaling.png"),
+                &[Chart {
+                    title: "Train-time scaling".into(),
+                    x_label: "RL compute, FLOPs (log)".into(),
+                    y_label: "greedy pass@1 (held-out)".into(),
+                    log_x: true,
+                    series: vec![Series::new(kind.clone(), pts), Series::horizontal("before RL", start)],
+                    y_range: Some((0.0, 1.0)),
+                }],
+                800,
+                500,
+            )?;
+            writeln!(out, "![train-time scaling](plots/train_time_scaling.png)\n")?;
+        }
+        figures.insert("learn".into(), json!(true));
+    }
+
+    if let Some(ablations) = r["ablations"].as_object() {
+        writeln!(out, "## 5. Data ablations\n")?;
+        for (name, a) in ablations {
+            writeln!(out, "### {name}\n\n{}\n", a["summary"].as_str().unwrap_or(""))?;
+            if let Some(rows) = a["rows"].as_array() {
+                writeln!(
+                    out,
+                    "| variant | tokens | greedy pass@1 | pass@8 | after RL |\n|---|---|---|---|---|"
+                )?;
+                for row in rows {
+                    writeln!(
+                        out,
+                        "| {} | {:.2}M | {} {} | {} | {} |",
+                        row["variant"].as_str().unwrap_or(""),
+                        row["train_tokens"].as_f64().unwrap_or(0.0) / 1e6,
+                        pct(&row["pass@1"]),
+                        ci(&row["pass@1_ci"]),
+                        pct(&row["pass@8"]),
+                        pct(&row["pass@1_after_rl"])
+                    )?;
+                }
+                writeln!(out)?;
+            }
+        }
+    }
+    writeln!(
+        out,
+        "---\nMachine-readable figures: `results.json` (see `docs/results.md`); provenance: `manifest.json`; every step's numbers: `metrics.jsonl`."
+    )?;
+    ponder_datagen::io::write_atomic(ctx.dir.path("report.md"), out.as_bytes())?;
+    Ok(json!({"report": "report.md", "sections": figures}))
+}

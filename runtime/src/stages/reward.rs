@@ -1,0 +1,432 @@
+//! `reward`: step labels and reward models, measured against exact truth.
+//!
+//! 1. Sample traces from the initialised policy on training problems; label their steps —
+//!    Monte-Carlo rollouts or the task's exact labels, as `[reward]` says — and their outcomes.
+//! 2. Train a process reward model (PRM) on the step labels and an outcome reward model (ORM)
+//!    on the outcomes, each from the policy's weights; save them in `reward/prm`, `reward/orm`.
+//! 3. On held-out problems: step AUROC, first-error F1 and calibration of the PRM against the
+//!    exact labels; outcome AUROC of both; accuracy of Monte-Carlo labels against exact ones
+//!    for N = 1, 2, 4, ... rollouts; best-of-N accuracy with PRM, ORM and majority selection.
+
+use std::collections::BTreeMap;
+
+use ponder_datagen::{Problem, Task, Trace};
+use ponder_policy_init::checkpoint::Checkpointer;
+use ponder_policy_init::eval::{Estimate, bootstrap_mean};
+use ponder_policy_init::metrics::MetricsLog;
+use ponder_policy_init::model::Transformer;
+use ponder_policy_init::trainer::TrainerConfig;
+use ponder_policy_init::{HostWeights, Tokenizer, TransformerPolicy};
+use ponder_reward::datasets::{ProcessExample, write_process};
+use ponder_reward::labels::{LabelSource, MonteCarloSettings, labels_from_rollouts, monte_carlo_rollouts};
+use ponder_reward::learned::LearnedReward;
+use ponder_reward::quality::{auroc, calibration, first_error_f1, label_accuracy};
+use ponder_reward::training::{RewardExample, RewardObjective, RewardWeights, reward_example, reward_trainer};
+use ponder_reward::{Aggregation, Granularity, ProcessRewardSettings, StepScores};
+use rand::SeedableRng;
+use serde_json::{Value, json};
+
+use super::Context;
+use super::common::{current_policy, distinct_problems, sample_traces, trace_token_limit};
+use crate::run_dir::clear_dir;
+
+/// A sampled trace with everything known about it.
+struct Labelled {
+    problem: Problem,
+    trace: Trace,
+    exact: Vec<bool>,
+    correct: bool,
+}
+
+fn label(task: &dyn Task, problem: &Problem, trace: Trace) -> anyhow::Result<Labelled> {
+    let exact = task.check_steps(problem, &trace.steps)?;
+    let correct = task.verify(problem, &trace)?.correct;
+    Ok(Labelled {
+        problem: problem.clone(),
+        trace,
+        exact,
+        correct,
+    })
+}
+
+fn estimate_json(e: &Estimate) -> Value {
+    json!({"value": e.value, "low": e.low, "high": e.high, "n": e.n})
+}
+
+/// Trains one reward model on examples; returns its weights and a summary.
+fn train_model(
+    ctx: &Context,
+    name: &str,
+    granularity: Granularity,
+    aggregation: Aggregation,
+    policy: &HostWeights,
+    tokenizer: &Tokenizer,
+    examples: Vec<RewardExample>,
+) -> anyhow::Result<(RewardWeights, Value)> {
+    let s = &ctx.config.pipeline.reward;
+    let start = RewardWeights::new(policy.clone(), granularity, aggregation);
+    let template = Transformer::from_host(&start.backbone, &ctx.device);
+    let checkpoints = Checkpointer::new(ctx.dir.checkpoints(name), 2);
+    let resume_step = if ctx.resume {
+        checkpoints.latest()?.map(|(s, _)| s)
+    } else {
+        None
+    };
+    if resume_step.is_none() {
+        clear_dir(checkpoints.dir())?;
+    }
+    let metrics = MetricsLog::open(&ctx.dir.metrics(), name, resume_step)?;
+    let config = TrainerConfig {
+        optim: s.optim.clone(),
+        steps: s.steps,
+        checkpoint_every: (s.steps / 2).max(1),
+        log_every: 10,
+        ..TrainerConfig::default()
+    };
+    let count = examples.len();
+    let mut objective = RewardObjective::new(
+        template.clone(),
+        examples,
+        s.batch_size,
+        ctx.seed(&format!("{name}-batches")),
+        tokenizer.pad_id,
+        granularity,
+        aggregation,
+    );
+    let mut trainer = reward_trainer(&template, &start, config).with_outputs(checkpoints, metrics);
+    trainer.resume()?;
+    let summary = trainer.run(&mut objective, ctx.progress, &|_| Ok(()))?;
+    let weights = objective.weights(&trainer.params);
+    weights.save(&ctx.dir.path(&format!("reward/{name}")), tokenizer)?;
+    Ok((
+        weights,
+        json!({"examples": count, "steps": summary.steps, "final_loss": summary.final_loss,
+               "train_tokens": summary.tokens, "train_seconds": summary.train_seconds}),
+    ))
+}
+
+pub fn run(ctx: &Context) -> anyhow::Result<Value> {
+    crate::block_on(run_async(ctx))
+}
+
+async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
+    let s = ctx.config.pipeline.reward.clone();
+    let task = ctx.task;
+    let prm_settings = ctx
+        .config
+        .reward
+        .as_any()
+        .downcast_ref::<ProcessRewardSettings>()
+        .cloned()
+        .unwrap_or_default();
+    let (weights, tokenizer) = current_policy(ctx)?;
+    let max_tokens = trace_token_limit(ctx, &tokenizer, weights.config.max_seq_len)?;
+    let policy = TransformerPolicy::new(&weights, tokenizer.clone());
+
+    // 1. Traces to learn from, labelled.
+    ctx.progress.set(0, 6, "sampling traces to label");
+    let train_problems = distinct_problems(&ctx.train_examples()?, s.problems);
+    let sampled = sample_traces(
+        &policy,
+        &train_problems,
+        s.samples_per_problem,
+        max_tokens,
+        1.0,
+        ctx.seed("reward-samples"),
+    )
+    .await?;
+    let mut items: Vec<Labelled> = Vec::new();
+    for (p, traces) in train_problems.iter().zip(sampled) {
+        for (t, _) in traces {
+            items.push(label(task, p, t)?);
+        }
+    }
+    let pairs: Vec<(Problem, Trace)> = items.iter().map(|l| (l.problem.clone(), l.trace.clone())).collect();
+    ctx.progress.set(1, 6, "Monte-Carlo step labels");
+    let (step_labels, mc_tokens): (Vec<Vec<f32>>, u64) = match prm_settings.labels {
+        LabelSource::GroundTruth => (
+            items
+                .iter()
+                .map(|l| l.exact.iter().map(|&b| f32::from(u8::from(b))).collect())
+                .collect(),
+            0,
+        ),
+        LabelSource::MonteCarlo => {
+            let mc = MonteCarloSettings {
+                rollouts: prm_settings.rollouts,
+                max_tokens,
+                seed: ctx.seed("reward-mc"),
+                ..MonteCarloSettings::default()
+            };
+            let (outcomes, tokens) = monte_carlo_rollouts(&policy, task, &pairs, &mc).await?;
+            (
+                outcomes
+                    .iter()
+                    .map(|o| labels_from_rollouts(o, prm_settings.rollouts, prm_settings.soft))
+                    .collect(),
+                tokens,
+            )
+        }
+    };
+    // The labelled data, in the shape TRL's PRM trainer reads.
+    let exported: Vec<ProcessExample> = items
+        .iter()
+        .zip(&step_labels)
+        .map(|(l, labels)| {
+            let hard: Vec<bool> = labels.iter().map(|&x| x >= 0.5).collect();
+            ProcessExample::new(&l.problem, &l.trace, &hard, Some(l.correct))
+        })
+        .collect();
+    write_process(&ctx.dir.path("reward/prm_labels.jsonl"), &exported)?;
+
+    // Synthetic traces with exact labels: expert traces and wrong attempts.
+    let mut synthetic: Vec<Labelled> = Vec::new();
+    if s.synthetic_traces > 0 {
+        let mut rng = ponder_datagen::TaskRng::seed_from_u64(ctx.seed("reward-synthetic"));
+        let examples = ctx.train_examples()?;
+        for (i, e) in examples.iter().filter(|e| e.context.is_none()).enumerate() {
+            if synthetic.len() >= s.synthetic_traces {
+                break;
+            }
+            let trace = if i % 2 == 0 {
+                Some(e.trace())
+            } else {
+                task.wrong_attempt(&e.problem, &mut rng)?
+            };
+            if let Some(t) = trace {
+                synthetic.push(label(task, &e.problem, t)?);
+            }
+        }
+    }
+    let exact = |l: &Labelled| -> Vec<f32> { l.exact.iter().map(|&b| f32::from(u8::from(b))).collect() };
+
+    // 2. The two models.
+    ctx.progress.set(2, 6, "training the PRM");
+    let prm_examples: Vec<RewardExample> = items
+        .iter()
+        .zip(&step_labels)
+        .map(|(l, labels)| (l, labels.clone()))
+        .chain(synthetic.iter().map(|l| (l, exact(l))))
+        .map(|(l, labels)| {
+            reward_example(
+                &tokenizer,
+                &l.problem,
+                &l.trace,
+                &labels,
+                f32::from(u8::from(l.correct)),
+                Granularity::Process,
+            )
+        })
+        .collect();
+    let (prm_weights, prm_training) = train_model(
+        ctx,
+        "prm",
+        Granularity::Process,
+        prm_settings.aggregation,
+        &weights,
+        &tokenizer,
+        prm_examples,
+    )?;
+    ctx.progress.set(3, 6, "training the ORM");
+    let orm_examples: Vec<RewardExample> = items
+        .iter()
+        .chain(&synthetic)
+        .map(|l| {
+            reward_example(
+                &tokenizer,
+                &l.problem,
+                &l.trace,
+                &[],
+                f32::from(u8::from(l.correct)),
+                Granularity::Outcome,
+            )
+        })
+        .collect();
+    let (orm_weights, orm_training) = train_model(
+        ctx,
+        "orm",
+        Granularity::Outcome,
+        Aggregation::Last,
+        &weights,
+        &tokenizer,
+        orm_examples,
+    )?;
+    let prm = LearnedReward::new(&prm_weights, tokenizer.clone());
+    let orm = LearnedReward::new(&orm_weights, tokenizer.clone());
+
+    // 3. Held-out measures.
+    ctx.progress.set(4, 6, "held-out evaluation");
+    let test_problems: Vec<Problem> = ctx.test_examples()?.into_iter().map(|e| e.problem).collect();
+    let held_out = sample_traces(
+        &policy,
+        &test_problems,
+        s.best_of,
+        max_tokens,
+        1.0,
+        ctx.seed("reward-heldout"),
+    )
+    .await?;
+    let mut heldout: Vec<Vec<Labelled>> = Vec::new();
+    for (p, traces) in test_problems.iter().zip(&held_out) {
+        heldout.push(
+            traces
+                .iter()
+                .map(|(t, _)| label(task, p, t.clone()))
+                .collect::<anyhow::Result<_>>()?,
+        );
+    }
+    let flat: Vec<&Labelled> = heldout.iter().flatten().collect();
+    let scored_pairs: Vec<(&Problem, &Trace)> = flat.iter().map(|l| (&l.problem, &l.trace)).collect();
+    let prm_scores: Vec<StepScores> = prm.score_pairs(&scored_pairs);
+    let orm_scores: Vec<StepScores> = orm.score_pairs(&scored_pairs);
+    let (mut step_scores, mut step_truth) = (Vec::new(), Vec::new());
+    let mut first_error = Vec::new();
+    for (l, sc) in flat.iter().zip(&prm_scores) {
+        if sc.steps.len() == l.exact.len() {
+            step_scores.extend(sc.steps.iter().copied());
+            step_truth.extend(l.exact.iter().copied());
+            first_error.push((sc.steps.clone(), l.exact.clone()));
+        }
+    }
+    let outcome_truth: Vec<bool> = flat.iter().map(|l| l.correct).collect();
+    let prm_outcome: Vec<f32> = prm_scores.iter().map(|s| s.aggregate(Aggregation::Last)).collect();
+    let orm_outcome: Vec<f32> = orm_scores.iter().map(|s| s.aggregate(Aggregation::Last)).collect();
+    let (ece, reliability) = calibration(&step_scores, &step_truth, 10);
+    let fe = first_error_f1(&first_error, 0.5);
+    let quality = json!({
+        "step_auroc": auroc(&step_scores, &step_truth),
+        "first_error_f1": fe.f1,
+        "first_error": fe,
+        "calibration_ece": ece,
+        "reliability": reliability,
+        "outcome_auroc": auroc(&prm_outcome, &outcome_truth),
+        "labelled_steps": step_truth.len(),
+        "right_steps": step_truth.iter().filter(|&&b| b).count(),
+    });
+
+    // Monte-Carlo label accuracy against exact labels, N = 1, 2, 4, ...
+    ctx.progress.set(5, 6, "Monte-Carlo label accuracy");
+    let accuracy_items: Vec<(Problem, Trace)> = flat
+        .iter()
+        .step_by((flat.len() / s.accuracy_traces.max(1)).max(1))
+        .take(s.accuracy_traces)
+        .map(|l| (l.problem.clone(), l.trace.clone()))
+        .collect();
+    let mc = MonteCarloSettings {
+        rollouts: s.accuracy_rollouts,
+        max_tokens,
+        seed: ctx.seed("reward-mc-accuracy"),
+        ..MonteCarloSettings::default()
+    };
+    let (outcomes, accuracy_tokens) = monte_carlo_rollouts(&policy, task, &accuracy_items, &mc).await?;
+    let truth: Vec<bool> = accuracy_items
+        .iter()
+        .map(|(p, t)| task.check_steps(p, &t.steps))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut mc_accuracy = serde_json::Map::new();
+    let mut mc_details = serde_json::Map::new();
+    let mut n = 1;
+    while n <= s.accuracy_rollouts {
+        let hard: Vec<bool> = outcomes
+            .iter()
+            .flat_map(|o| labels_from_rollouts(o, n, false))
+            .map(|x| x >= 0.5)
+            .collect();
+        let soft: Vec<f32> = outcomes.iter().flat_map(|o| labels_from_rollouts(o, n, true)).collect();
+        let acc = label_accuracy(&hard, &truth);
+        mc_accuracy.insert(n.to_string(), json!(acc.accuracy));
+        mc_details.insert(n.to_string(), json!({"hard": acc, "soft_auroc": auroc(&soft, &truth)}));
+        n *= 2;
+    }
+
+    // Best-of-N over the same samples: PRM (three aggregations), ORM, majority, weighted.
+    let mut best_of = serde_json::Map::new();
+    let mut per_n = Vec::new();
+    let mut k = 1;
+    while k <= s.best_of {
+        let mut rows: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        let mut offset = 0;
+        for group in &heldout {
+            let m = group.len();
+            let (prm_g, orm_g) = (&prm_scores[offset..offset + m], &orm_scores[offset..offset + m]);
+            offset += m;
+            let sub = &group[..k.min(m)];
+            let pick = |score: &dyn Fn(usize) -> f32| -> f64 {
+                let best = (0..sub.len()).max_by(|&a, &b| score(a).total_cmp(&score(b)).then(b.cmp(&a)));
+                f64::from(u8::from(best.is_some_and(|i| sub[i].correct)))
+            };
+            rows.entry("prm-last")
+                .or_default()
+                .push(pick(&|i| prm_g[i].aggregate(Aggregation::Last)));
+            rows.entry("prm-min")
+                .or_default()
+                .push(pick(&|i| prm_g[i].aggregate(Aggregation::Min)));
+            rows.entry("prm-product")
+                .or_default()
+                .push(pick(&|i| prm_g[i].aggregate(Aggregation::Product)));
+            rows.entry("orm")
+                .or_default()
+                .push(pick(&|i| orm_g[i].aggregate(Aggregation::Last)));
+            let traces: Vec<Trace> = sub.iter().map(|l| l.trace.clone()).collect();
+            let majority =
+                ponder_policy_init::evaluate::majority_vote(task, &sub[0].problem, &traces)?.unwrap_or(false);
+            rows.entry("majority").or_default().push(f64::from(u8::from(majority)));
+            // Weighted vote: the answer with the largest total PRM score.
+            let mut totals: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+            for (i, l) in sub.iter().enumerate() {
+                if let Some(key) = l.trace.answer.as_ref().and_then(|a| task.answer_key(&l.problem, a)) {
+                    let e = totals.entry(key).or_insert((0.0, i));
+                    e.0 += f64::from(prm_g[i].aggregate(Aggregation::Last));
+                }
+            }
+            let weighted = totals
+                .values()
+                .max_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)))
+                .is_some_and(|&(_, i)| sub[i].correct);
+            rows.entry("prm-weighted")
+                .or_default()
+                .push(f64::from(u8::from(weighted)));
+            rows.entry("pass@n")
+                .or_default()
+                .push(f64::from(u8::from(sub.iter().any(|l| l.correct))));
+        }
+        let mut at_k = serde_json::Map::new();
+        for (name, scores) in &rows {
+            at_k.insert(
+                name.to_string(),
+                estimate_json(&bootstrap_mean(scores, ctx.seed(&format!("bo{k}{name}")))),
+            );
+        }
+        per_n.push(json!({"n": k, "accuracy": at_k}));
+        if k == s.best_of {
+            best_of = at_k;
+        }
+        k *= 2;
+    }
+    ctx.progress.set(6, 6, "done");
+    let (rollout_computed, rollout_generated) = {
+        use ponder_policy_init::Policy;
+        policy.compute_counters()
+    };
+    Ok(json!({
+        "labels": prm_settings.labels,
+        "rollouts": prm_settings.rollouts,
+        "labelled_traces": items.len(),
+        "synthetic_traces": synthetic.len(),
+        "right_traces": items.iter().filter(|l| l.correct).count(),
+        "monte_carlo_tokens": mc_tokens + accuracy_tokens,
+        "policy_tokens_computed": rollout_computed,
+        "policy_tokens_generated": rollout_generated,
+        "mc_label_accuracy": mc_accuracy,
+        "mc_label_details": mc_details,
+        "prm": quality,
+        "orm": {"auroc": auroc(&orm_outcome, &outcome_truth)},
+        "training": {"prm": prm_training, "orm": orm_training},
+        "best_of_n": best_of,
+        "best_of_n_curve": per_n,
+        "heldout_traces": flat.len(),
+    }))
+}

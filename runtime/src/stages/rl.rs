@@ -1,0 +1,309 @@
+//! `rl`: the RL loop with search inside. Each iteration: a batch of training problems →
+//! samples from the current policy (or the `[search]` searcher's answers, for expert iteration
+//! with search) → rewards (the verifier's 1.0 / 0.1 / 0.0 at the end; the process model's step
+//! scores where the learner asks) → one update by the `[learn]` learner. A greedy pass@1 curve
+//! on held-out problems against the RL compute spent; a checkpoint every iteration (resume
+//! gives the same weights); stability monitors (reward, KL, entropy, length) in
+//! `metrics.jsonl`; pass@1 and pass@k before and after.
+
+use std::sync::Arc;
+
+use ponder_datagen::{Problem, Task, Trace};
+use ponder_learn::{Experience, Sample, TrainablePolicy};
+use ponder_policy_init::checkpoint::Checkpointer;
+use ponder_policy_init::evaluate::{EvalSettings, evaluate};
+use ponder_policy_init::metrics::MetricsLog;
+use ponder_policy_init::{Policy, Sampling, TransformerPolicy};
+use ponder_reward::learned::LearnedReward;
+use ponder_reward::training::RewardWeights;
+use ponder_reward::verifier::{VerifierReward, VerifierSettings};
+use ponder_search::lockstep::Lockstep;
+use ponder_search::{Budget, SearchEnv};
+use rand::SeedableRng;
+use rand::seq::IndexedRandom;
+use serde_json::{Value, json};
+
+use super::Context;
+use super::common::{distinct_problems, load_policy, sample_traces, shared_task, trace_token_limit};
+use crate::registry::RewardContext;
+use crate::run_dir::clear_dir;
+
+/// Greedy pass@1 (and, with samples, pass@k) of weights on problems.
+async fn evaluate_weights(
+    policy: &TransformerPolicy,
+    task: &dyn Task,
+    problems: &[Problem],
+    samples: usize,
+    max_tokens: usize,
+    seed: u64,
+) -> anyhow::Result<ponder_policy_init::evaluate::EvalReport> {
+    let ks: Vec<usize> = [1, 4, 8, 16, 32, 64].into_iter().filter(|&k| k <= samples).collect();
+    let settings = EvalSettings {
+        samples,
+        ks,
+        max_tokens,
+        seed,
+        ..EvalSettings::default()
+    };
+    Ok(evaluate(policy, task, problems, &settings).await?)
+}
+
+/// Samples for one iteration: plain samples, or the searcher's chosen traces.
+async fn collect(
+    ctx: &Context<'_>,
+    policy: &TransformerPolicy,
+    task: &Arc<dyn Task>,
+    problems: &[Problem],
+    max_tokens: usize,
+    seed: u64,
+) -> anyhow::Result<(Vec<(usize, Trace)>, u64)> {
+    let s = &ctx.config.pipeline.rl;
+    let before = policy.compute_counters();
+    let mut out = Vec::new();
+    if s.use_search {
+        let searcher = ctx.config.search.build(&())?;
+        let reward = ctx.config.reward.build(&RewardContext {
+            task: task.clone(),
+            run_dir: Some(ctx.dir.root.clone()),
+        })?;
+        let lockstep = Lockstep::new(policy, reward.as_ref(), problems.len());
+        let budget = Budget {
+            generations: s.samples_per_problem,
+            tokens_per_generation: max_tokens / 2,
+        };
+        let runs = problems.iter().enumerate().map(|(i, p)| {
+            let (lockstep, searcher, task) = (&lockstep, searcher.as_ref(), task.as_ref());
+            async move {
+                let me = lockstep.participant(i);
+                let env = SearchEnv {
+                    policy: &me,
+                    reward: &me,
+                    task,
+                    seed: seed ^ i as u64,
+                    max_step_tokens: max_tokens,
+                    max_trace_tokens: max_tokens,
+                    sampling: Sampling::default(),
+                };
+                let r = searcher.search(p, &env, &budget).await;
+                lockstep.leave().await;
+                r
+            }
+        });
+        for (i, outcome) in futures::future::join_all(runs).await.into_iter().enumerate() {
+            let outcome = outcome?;
+            if let Some(t) = outcome.trace {
+                out.push((i, t));
+            }
+        }
+    } else {
+        let sampled = sample_traces(policy, problems, s.samples_per_problem, max_tokens, 1.0, seed).await?;
+        for (i, traces) in sampled.into_iter().enumerate() {
+            out.extend(traces.into_iter().map(|(t, _)| (i, t)));
+        }
+    }
+    let after = policy.compute_counters();
+    Ok((out, (after.0 - before.0) + (after.1 - before.1)))
+}
+
+pub fn run(ctx: &Context) -> anyhow::Result<Value> {
+    crate::block_on(run_async(ctx))
+}
+
+async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
+    let s = ctx.config.pipeline.rl.clone();
+    let task = shared_task(ctx)?;
+    let (start, tokenizer) = load_policy(&ctx.dir.policy("init"))?;
+    let params = start.params() as f64;
+    let max_tokens = trace_token_limit(ctx, &tokenizer, start.config.max_seq_len)?;
+    let mut learner = ctx.config.learn.build(&ctx.seed("rl-learner"))?;
+    let mut state = TrainablePolicy::new(
+        &start,
+        tokenizer.clone(),
+        &ctx.device,
+        learner.optim(),
+        learner.needs_value_head(),
+    );
+    let checkpoints = Checkpointer::new(ctx.dir.checkpoints("rl"), 2);
+    let verifier = VerifierReward::new(task.clone(), VerifierSettings::default());
+    let needs_process = ctx.config.learn.resolved()["process_rewards"].as_bool() == Some(true);
+    let prm = if needs_process {
+        let (w, t) = RewardWeights::load(&ctx.dir.path("reward/prm"))
+            .map_err(|e| anyhow::anyhow!("process rewards need the reward stage's PRM: {e}"))?;
+        Some(LearnedReward::new(&w, t))
+    } else {
+        None
+    };
+    let mut resumed = None;
+    let mut first_iteration = 0usize;
+    let mut curve: Vec<Value> = Vec::new();
+    let (mut train_tokens, mut sample_tokens) = (0u64, 0u64);
+    if ctx.resume
+        && let Some((_, dir)) = checkpoints.latest()?
+    {
+        let text = std::fs::read_to_string(dir.join("rl_state.json"))?;
+        let saved: Value = serde_json::from_str(&text)?;
+        state
+            .trainer
+            .set_outputs(checkpoints.clone(), MetricsLog::disabled("rl"));
+        state.trainer.resume()?;
+        first_iteration = saved["iteration"].as_u64().unwrap_or(0) as usize;
+        curve = saved["curve"].as_array().cloned().unwrap_or_default();
+        train_tokens = saved["train_tokens"].as_u64().unwrap_or(0);
+        sample_tokens = saved["sample_tokens"].as_u64().unwrap_or(0);
+        resumed = Some(first_iteration);
+    } else {
+        clear_dir(checkpoints.dir())?;
+        state
+            .trainer
+            .set_outputs(checkpoints.clone(), MetricsLog::disabled("rl"));
+    }
+    let mut metrics = MetricsLog::open(&ctx.dir.metrics(), "rl", resumed.map(|i| i.saturating_sub(1)))?;
+    let train_problems = distinct_problems(&ctx.train_examples()?, 0);
+    let mut test: Vec<Problem> = ctx.test_examples()?.into_iter().map(|e| e.problem).collect();
+    if s.eval_problems > 0 {
+        test.truncate(s.eval_problems);
+    }
+    let flops = |train: u64, sample: u64| 6.0 * params * train as f64 + 2.0 * params * sample as f64;
+    if curve.is_empty() {
+        let policy = TransformerPolicy::new(&start, tokenizer.clone());
+        let r = evaluate_weights(&policy, task.as_ref(), &test, 0, max_tokens, ctx.seed("rl-curve")).await?;
+        curve.push(json!({"iteration": 0, "flops": 0.0, "pass@1": r.pass1_greedy.value}));
+    }
+    for iteration in first_iteration..s.iterations {
+        ctx.progress
+            .set(iteration, s.iterations, &format!("iteration {}", iteration + 1));
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(ctx.seed("rl-problems") ^ iteration as u64);
+        let problems: Vec<Problem> = train_problems
+            .choose_multiple(&mut rng, s.problems_per_iteration.min(train_problems.len()))
+            .cloned()
+            .collect();
+        let weights = state.weights();
+        let policy = TransformerPolicy::new(&weights, tokenizer.clone());
+        let (collected, computed) = collect(
+            ctx,
+            &policy,
+            &task,
+            &problems,
+            max_tokens,
+            ctx.seed("rl-samples") ^ (iteration as u64) << 24,
+        )
+        .await?;
+        sample_tokens += computed;
+        let step_scores = match &prm {
+            Some(prm) => {
+                let pairs: Vec<(&Problem, &Trace)> = collected.iter().map(|(i, t)| (&problems[*i], t)).collect();
+                prm.score_pairs(&pairs).into_iter().map(|s| s.steps).collect()
+            }
+            None => vec![Vec::new(); collected.len()],
+        };
+        let mut samples = Vec::with_capacity(collected.len());
+        let (mut rewards, mut right, mut length) = (0.0, 0usize, 0usize);
+        for ((i, trace), steps) in collected.into_iter().zip(step_scores) {
+            let problem = &problems[i];
+            let reward = verifier.reward(problem, &trace)?;
+            let correct = task.verify(problem, &trace)?.correct;
+            rewards += f64::from(reward);
+            right += usize::from(correct);
+            let completion = trace.render();
+            length += tokenizer.encode(&completion).len();
+            samples.push(Sample {
+                prompt: problem.prompt.clone(),
+                completion,
+                logprobs: Vec::new(),
+                reward,
+                step_rewards: steps,
+                correct,
+                group: i,
+            });
+        }
+        let n = samples.len().max(1) as f64;
+        let experience = Experience {
+            samples,
+            ..Experience::default()
+        };
+        let stats = learner.learn(&mut state, &experience, ctx.progress)?;
+        if !stats.loss.is_finite() {
+            anyhow::bail!(
+                "iteration {}: the loss is {}; the last good checkpoint (iteration {iteration}) is intact",
+                iteration + 1,
+                stats.loss
+            );
+        }
+        train_tokens += stats.tokens;
+        let mut record = json!({
+            "step": iteration + 1,
+            "reward": rewards / n,
+            "correct": right as f64 / n,
+            "response_tokens": length as f64 / n,
+            "loss": stats.loss,
+            "kl": stats.kl,
+            "entropy": stats.entropy,
+            "clip_fraction": stats.clip_fraction,
+            "optimizer_steps": stats.optimizer_steps,
+            "train_tokens": train_tokens,
+            "sample_tokens": sample_tokens,
+            "flops": flops(train_tokens, sample_tokens),
+        });
+        for (k, v) in &stats.extra {
+            record[k] = json!(v);
+        }
+        metrics.write(record)?;
+        if (iteration + 1) % s.eval_every.max(1) == 0 || iteration + 1 == s.iterations {
+            let policy = TransformerPolicy::new(&state.weights(), tokenizer.clone());
+            let r = evaluate_weights(&policy, task.as_ref(), &test, 0, max_tokens, ctx.seed("rl-curve")).await?;
+            curve.push(json!({"iteration": iteration + 1, "flops": flops(train_tokens, sample_tokens), "pass@1": r.pass1_greedy.value}));
+            metrics.write(json!({"step": iteration + 1, "eval": {"pass@1_greedy": r.pass1_greedy.value}}))?;
+        }
+        let rl_state = json!({
+            "iteration": iteration + 1,
+            "curve": curve,
+            "train_tokens": train_tokens,
+            "sample_tokens": sample_tokens,
+        });
+        state.trainer.save_checkpoint(&|dir| {
+            let path = dir.join("rl_state.json");
+            std::fs::write(&path, rl_state.to_string()).map_err(|e| ponder_policy_init::PolicyError::io(&path, e))
+        })?;
+    }
+    let weights = state.weights();
+    ponder_policy_init::hf::save_pretrained(&ctx.dir.policy("rl"), &weights, &tokenizer)?;
+    ctx.progress.set(s.iterations, s.iterations, "final evaluation");
+    let policy = TransformerPolicy::new(&weights, tokenizer.clone());
+    let all_test: Vec<Problem> = ctx.test_examples()?.into_iter().map(|e| e.problem).collect();
+    let after = evaluate_weights(
+        &policy,
+        task.as_ref(),
+        &all_test,
+        s.final_samples,
+        max_tokens,
+        ctx.seed("init-eval"),
+    )
+    .await?;
+    ctx.dir.write_json("eval/rl.json", &serde_json::to_value(&after)?)?;
+    let before = ctx
+        .earlier
+        .get("init")
+        .map(|r| r.results.clone())
+        .unwrap_or(Value::Null);
+    let mut results = json!({
+        "learner": learner.describe(),
+        "kind": ctx.config.learn.kind(),
+        "iterations": s.iterations,
+        "use_search": s.use_search,
+        "pass@1_before": before["pass@1"],
+        "pass@1_before_ci": before["pass@1_ci"],
+        "pass@1_after": after.pass1_greedy.value,
+        "pass@1_after_ci": [after.pass1_greedy.low, after.pass1_greedy.high],
+        "train_tokens": train_tokens,
+        "sample_tokens": sample_tokens,
+        "flops": flops(train_tokens, sample_tokens),
+        "curve": curve,
+        "eval": after.summary(),
+    });
+    for (k, e) in &after.pass_at {
+        results[format!("pass@{k}_after")] = json!(e.value);
+        results[format!("pass@{k}_after_ci")] = json!([e.low, e.high]);
+        results[format!("pass@{k}_before")] = before[format!("pass@{k}")].clone();
+    }
+    Ok(results)
+}

@@ -1,0 +1,438 @@
+//! `search-eval`: test-time compute. Every configured searcher over a ladder of budgets on the
+//! held-out problems, all problems of one (searcher, budget) run in lockstep so each round is
+//! one batched policy call. Accuracy against generated tokens per problem, overall and per
+//! difficulty quintile (by pass@1 estimated from many samples in the init stage's evaluation);
+//! pass@k and maj@k; the compute-optimal curve (best searcher per quintile and budget, chosen
+//! on one half of the problems and measured on the other, both ways: 2-fold cross-validation).
+
+use std::collections::HashMap;
+
+use ponder_datagen::{Problem, Task, Trace};
+use ponder_policy_init::eval::{bootstrap_mean, pass_at_k};
+use ponder_policy_init::evaluate::EvalReport;
+use ponder_policy_init::{Policy, Sampling, TransformerPolicy};
+use ponder_reward::RewardModel;
+use ponder_search::lockstep::Lockstep;
+use ponder_search::revision::RevisionSettings;
+use ponder_search::{Budget, Candidate, Cost, SearchEnv, SearchOutcome, Searcher, Selection, select};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::Context;
+use super::common::{current_policy, shared_task, trace_token_limit};
+use crate::config::EvalSearcher;
+use crate::registry::RewardContext;
+
+/// One searcher at one budget on every problem.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Point {
+    pub budget: usize,
+    pub tokens_per_problem: f64,
+    pub accuracy: f64,
+    pub low: f64,
+    pub high: f64,
+    /// Accuracy per difficulty quintile (1 easiest).
+    pub quintiles: Vec<f64>,
+    /// Tokens the policy computed per token it generated (prefix reuse keeps it near 1).
+    pub computed_per_generated: f64,
+    /// Per problem: right or not, and generated tokens.
+    #[serde(skip)]
+    pub per_problem: Vec<(bool, u64)>,
+}
+
+/// Runs one searcher on all problems at one budget, in lockstep.
+async fn run_budget(
+    searcher: &dyn Searcher,
+    policy: &dyn Policy,
+    reward: &dyn RewardModel,
+    task: &dyn Task,
+    problems: &[Problem],
+    budget: Budget,
+    limits: (usize, usize),
+    seed: u64,
+) -> anyhow::Result<Vec<SearchOutcome>> {
+    let lockstep = Lockstep::new(policy, reward, problems.len());
+    let runs = problems.iter().enumerate().map(|(i, p)| {
+        let lockstep = &lockstep;
+        async move {
+            let me = lockstep.participant(i);
+            let env = SearchEnv {
+                policy: &me,
+                reward: &me,
+                task,
+                seed: seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                max_step_tokens: limits.0,
+                max_trace_tokens: limits.1,
+                sampling: Sampling::default(),
+            };
+            let out = searcher.search(p, &env, &budget).await;
+            lockstep.leave().await;
+            out
+        }
+    });
+    let outcomes = futures::future::join_all(runs).await;
+    Ok(outcomes.into_iter().collect::<Result<Vec<_>, _>>()?)
+}
+
+fn correct(task: &dyn Task, problem: &Problem, answer: &Option<String>) -> bool {
+    answer
+        .as_ref()
+        .is_some_and(|a| task.check_answer(problem, a).unwrap_or(false))
+}
+
+/// The outcome a budget-`b` run would have had, from a larger run whose candidates come in the
+/// order they were made (best-of-N samples, revision attempts).
+fn prefix_outcome(
+    task: &dyn Task,
+    problem: &Problem,
+    candidates: &[Candidate],
+    b: usize,
+    how: Selection,
+) -> (Option<String>, u64) {
+    let sub = &candidates[..b.min(candidates.len())];
+    let tokens = sub.iter().map(|c| c.tokens).sum();
+    let answer = select(task, problem, sub, how).and_then(|i| sub[i].trace.answer.clone());
+    (answer, tokens)
+}
+
+fn point(
+    task: &dyn Task,
+    problems: &[Problem],
+    quintile_of: &[usize],
+    budget: usize,
+    results: Vec<(bool, u64)>,
+    cost: Cost,
+    seed: u64,
+) -> Point {
+    let scores: Vec<f64> = results.iter().map(|(ok, _)| f64::from(u8::from(*ok))).collect();
+    let e = bootstrap_mean(&scores, seed);
+    let mut by_q = vec![(0.0, 0usize); 5];
+    for ((ok, _), &q) in results.iter().zip(quintile_of) {
+        by_q[q].0 += f64::from(u8::from(*ok));
+        by_q[q].1 += 1;
+    }
+    let _ = (task, problems);
+    Point {
+        budget,
+        tokens_per_problem: results.iter().map(|(_, t)| *t as f64).sum::<f64>() / results.len().max(1) as f64,
+        accuracy: e.value,
+        low: e.low,
+        high: e.high,
+        quintiles: by_q.iter().map(|(s, n)| s / (*n).max(1) as f64).collect(),
+        computed_per_generated: cost.computed_per_generated(),
+        per_problem: results,
+    }
+}
+
+/// Difficulty quintiles (0 easiest) by pass@1 estimated from the init evaluation's samples;
+/// problems it did not see go to the middle.
+fn quintiles(ctx: &Context, problems: &[Problem]) -> Vec<usize> {
+    let report: Option<EvalReport> = std::fs::read_to_string(ctx.dir.path("eval/init.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    let rate: HashMap<String, f64> = report
+        .map(|r| {
+            r.outcomes
+                .iter()
+                .map(|o| (o.id.clone(), o.correct_samples as f64 / o.samples.max(1) as f64))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut order: Vec<usize> = (0..problems.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (ra, rb) = (
+            rate.get(&problems[a].id).copied().unwrap_or(0.5),
+            rate.get(&problems[b].id).copied().unwrap_or(0.5),
+        );
+        rb.total_cmp(&ra).then(a.cmp(&b))
+    });
+    let mut q = vec![0; problems.len()];
+    for (rank, &i) in order.iter().enumerate() {
+        q[i] = rank * 5 / problems.len().max(1);
+    }
+    q
+}
+
+/// Compute-optimal accuracy per budget: in each quintile, the searcher best on one half of the
+/// problems is measured on the other half, both ways.
+fn compute_optimal(curves: &[(String, Vec<Point>)], quintile_of: &[usize], budgets: &[usize]) -> Vec<Value> {
+    let n = quintile_of.len();
+    let fold = |i: usize| i % 2;
+    let mut out = Vec::new();
+    for &b in budgets {
+        let at_b: Vec<(&String, &Point)> = curves
+            .iter()
+            .filter_map(|(name, pts)| pts.iter().find(|p| p.budget == b).map(|p| (name, p)))
+            .collect();
+        if at_b.is_empty() {
+            continue;
+        }
+        let (mut right, mut tokens) = (0.0, 0.0);
+        let mut choices = Vec::new();
+        for q in 0..5 {
+            for test_fold in 0..2 {
+                let members = |f: usize| (0..n).filter(move |&i| quintile_of[i] == q && fold(i) == f);
+                let train_acc = |p: &Point| {
+                    members(1 - test_fold)
+                        .map(|i| f64::from(u8::from(p.per_problem[i].0)))
+                        .sum::<f64>()
+                };
+                let Some((name, best)) = at_b.iter().max_by(|a, b| {
+                    train_acc(a.1)
+                        .total_cmp(&train_acc(b.1))
+                        .then(b.1.tokens_per_problem.total_cmp(&a.1.tokens_per_problem))
+                }) else {
+                    continue;
+                };
+                for i in members(test_fold) {
+                    right += f64::from(u8::from(best.per_problem[i].0));
+                    tokens += best.per_problem[i].1 as f64;
+                }
+                choices.push(json!({"quintile": q + 1, "fold": test_fold, "searcher": name}));
+            }
+        }
+        out.push(json!({
+            "budget": b,
+            "accuracy": right / n.max(1) as f64,
+            "tokens_per_problem": tokens / n.max(1) as f64,
+            "choices": choices,
+        }));
+    }
+    out
+}
+
+pub fn run(ctx: &Context) -> anyhow::Result<Value> {
+    crate::block_on(run_async(ctx))
+}
+
+async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
+    let s = ctx.config.pipeline.search_eval.clone();
+    let task = shared_task(ctx)?;
+    let (weights, tokenizer) = current_policy(ctx)?;
+    let max_trace = trace_token_limit(ctx, &tokenizer, weights.config.max_seq_len)?;
+    let longest_step = ctx
+        .train_examples()?
+        .iter()
+        .flat_map(|e| {
+            Trace::parse(&e.completion)
+                .steps
+                .into_iter()
+                .map(|s| tokenizer.encode(&s).len())
+        })
+        .max()
+        .unwrap_or(32);
+    let max_step = (longest_step + 8).min(max_trace);
+    let per_generation = ctx
+        .earlier
+        .get("init")
+        .and_then(|r| r.results["eval"]["mean_trace_tokens"].as_f64())
+        .unwrap_or(max_trace as f64 / 2.0)
+        .round()
+        .max(1.0) as usize;
+    let policy = TransformerPolicy::new(&weights, tokenizer.clone()).with_prefix_cache(2_000_000);
+    let mut problems: Vec<Problem> = ctx.test_examples()?.into_iter().map(|e| e.problem).collect();
+    if s.problems > 0 {
+        problems.truncate(s.problems);
+    }
+    let quintile_of = quintiles(ctx, &problems);
+    let reward_context = RewardContext {
+        task: task.clone(),
+        run_dir: Some(ctx.dir.root.clone()),
+    };
+    let run_reward = ctx.config.reward.build(&reward_context)?;
+    let mut budgets = s.budgets.clone();
+    budgets.sort_unstable();
+    budgets.dedup();
+    let max_budget = budgets.last().copied().unwrap_or(1);
+    let mut curves: Vec<(String, Vec<Point>)> = Vec::new();
+    let mut pass_maj = json!(null);
+    let total_runs: usize = ctx.config.eval_searchers.len() * budgets.len();
+    let mut done_runs = 0;
+    for (si, entry) in ctx.config.eval_searchers.iter().enumerate() {
+        let EvalSearcher {
+            label,
+            searcher,
+            reward,
+        } = entry;
+        let own_reward = match reward {
+            Some(spec) => Some(spec.build(&reward_context)?),
+            None => None,
+        };
+        let reward_model: &dyn RewardModel = own_reward.as_deref().unwrap_or(run_reward.as_ref());
+        let built = searcher.build(&())?;
+        let seed = ctx.seed(&format!("search-eval-{label}"));
+        let limits = (max_step, max_trace);
+        // Searchers whose smaller budgets are prefixes of a larger run are run once.
+        let selection = match searcher.kind() {
+            "best-of-n" => searcher
+                .as_any()
+                .downcast_ref::<ponder_search::best_of_n::BestOfNSettings>()
+                .map(|b| b.selection),
+            "revision" => searcher
+                .as_any()
+                .downcast_ref::<RevisionSettings>()
+                .filter(|r| r.chains == 1)
+                .map(|r| r.selection),
+            _ => None,
+        };
+        let mut points = Vec::new();
+        if let Some(how) = selection {
+            ctx.progress
+                .set(done_runs, total_runs, &format!("{label} (budget {max_budget})"));
+            let before = policy.compute_counters();
+            let budget = Budget {
+                generations: max_budget,
+                tokens_per_generation: per_generation,
+            };
+            let outcomes = run_budget(
+                built.as_ref(),
+                &policy,
+                reward_model,
+                task.as_ref(),
+                &problems,
+                budget,
+                limits,
+                seed,
+            )
+            .await?;
+            let after = policy.compute_counters();
+            let cost = Cost {
+                generated_tokens: after.1 - before.1,
+                computed_prompt_tokens: (after.0 - before.0).saturating_sub(after.1 - before.1),
+                ..Cost::default()
+            };
+            for &b in &budgets {
+                let results: Vec<(bool, u64)> = problems
+                    .iter()
+                    .zip(&outcomes)
+                    .map(|(p, o)| {
+                        let (answer, tokens) = prefix_outcome(task.as_ref(), p, &o.candidates, b, how);
+                        (correct(task.as_ref(), p, &answer), tokens)
+                    })
+                    .collect();
+                points.push(point(
+                    task.as_ref(),
+                    &problems,
+                    &quintile_of,
+                    b,
+                    results,
+                    cost,
+                    seed ^ b as u64,
+                ));
+            }
+            done_runs += budgets.len();
+            if searcher.kind() == "best-of-n" && how == Selection::Majority {
+                pass_maj = pass_and_majority(task.as_ref(), &problems, &outcomes, &budgets, seed);
+            }
+        } else {
+            for &b in &budgets {
+                ctx.progress
+                    .set(done_runs, total_runs, &format!("{label} (budget {b})"));
+                let budget = Budget {
+                    generations: b,
+                    tokens_per_generation: per_generation,
+                };
+                let outcomes = run_budget(
+                    built.as_ref(),
+                    &policy,
+                    reward_model,
+                    task.as_ref(),
+                    &problems,
+                    budget,
+                    limits,
+                    seed ^ (b as u64) << 40,
+                )
+                .await?;
+                let mut cost = Cost::default();
+                for o in &outcomes {
+                    cost.add(&o.cost);
+                }
+                let results: Vec<(bool, u64)> = problems
+                    .iter()
+                    .zip(&outcomes)
+                    .map(|(p, o)| (correct(task.as_ref(), p, &o.answer), o.cost.generated_tokens))
+                    .collect();
+                points.push(point(
+                    task.as_ref(),
+                    &problems,
+                    &quintile_of,
+                    b,
+                    results,
+                    cost,
+                    seed ^ b as u64,
+                ));
+                done_runs += 1;
+            }
+        }
+        tracing::info!(searcher = %label, index = si, "search evaluation done");
+        curves.push((label.clone(), points));
+    }
+    let optimal = compute_optimal(&curves, &quintile_of, &budgets);
+    // Snell et al.'s comparison: the budget at which the compute-optimal curve first reaches
+    // best-of-N's accuracy at the largest budget, and the ratio of tokens.
+    let reference = curves
+        .iter()
+        .find(|(l, _)| l == "best-of-n-weighted")
+        .or_else(|| curves.iter().find(|(l, _)| l == "majority"))
+        .and_then(|(l, pts)| {
+            pts.iter()
+                .find(|p| p.budget == max_budget)
+                .map(|p| (l.clone(), p.accuracy, p.tokens_per_problem))
+        });
+    let match_point = reference.as_ref().and_then(|(_, acc, tokens)| {
+        optimal
+            .iter()
+            .find(|o| o["accuracy"].as_f64().unwrap_or(0.0) >= *acc)
+            .map(|o| {
+                json!({"budget": o["budget"], "tokens_per_problem": o["tokens_per_problem"],
+                            "token_ratio": tokens / o["tokens_per_problem"].as_f64().unwrap_or(1.0).max(1e-9)})
+            })
+    });
+    let greedy = ctx.earlier.get("init").and_then(|r| r.results["pass@1"].as_f64());
+    let chance = problems.iter().map(|p| task.chance_level(p)).sum::<f64>() / problems.len().max(1) as f64;
+    Ok(json!({
+        "problems": problems.len(),
+        "budgets": budgets,
+        "tokens_per_generation": per_generation,
+        "greedy_pass@1": greedy,
+        "chance_level": chance,
+        "curves": curves.iter().map(|(l, pts)| (l.clone(), serde_json::to_value(pts).unwrap_or(Value::Null))).collect::<serde_json::Map<_, _>>(),
+        "compute_optimal": optimal,
+        "compute_optimal_vs_best_of_n": {
+            "reference": reference.map(|(l, acc, tokens)| json!({"searcher": l, "budget": max_budget, "accuracy": acc, "tokens_per_problem": tokens})),
+            "first_match": match_point,
+        },
+        "pass_and_majority": pass_maj,
+    }))
+}
+
+/// pass@k (unbiased) and maj@k over the samples of a majority-vote best-of-N run.
+fn pass_and_majority(
+    task: &dyn Task,
+    problems: &[Problem],
+    outcomes: &[SearchOutcome],
+    budgets: &[usize],
+    seed: u64,
+) -> Value {
+    let mut rows = Vec::new();
+    for &k in budgets {
+        let (mut pass, mut maj) = (Vec::new(), Vec::new());
+        for (p, o) in problems.iter().zip(outcomes) {
+            let n = o.candidates.len();
+            let c = o
+                .candidates
+                .iter()
+                .filter(|c| correct(task, p, &c.trace.answer))
+                .count();
+            pass.push(pass_at_k(n, c, k));
+            let (answer, _) = prefix_outcome(task, p, &o.candidates, k, Selection::Majority);
+            maj.push(f64::from(u8::from(correct(task, p, &answer))));
+        }
+        let (pe, me) = (
+            bootstrap_mean(&pass, seed ^ k as u64),
+            bootstrap_mean(&maj, seed ^ (k as u64) << 1),
+        );
+        rows.push(json!({"k": k, "pass": pe.value, "pass_ci": [pe.low, pe.high], "maj": me.value, "maj_ci": [me.low, me.high]}));
+    }
+    json!(rows)
+}
