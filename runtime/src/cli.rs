@@ -37,6 +37,17 @@ pub enum Command {
     },
     /// List every registered kind of every component.
     List,
+    /// Serve a trained run over the OpenAI API (chat completions with a hidden chain of
+    /// thought, completions, scoring, models, metrics).
+    Serve {
+        /// The run directory, e.g. runs/default.
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+    },
     /// Run a config's pipeline.
     Run {
         config: PathBuf,
@@ -138,6 +149,15 @@ pub fn run_command(command: Command, registry: &Registry) -> Result<(), Failure>
                 .map_err(Failure::Other)
         }
         Command::Datagen(args) => datagen(args, registry),
+        Command::Serve { run, port, host } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Failure::Other(e.into()))?;
+            runtime
+                .block_on(crate::serve::serve(&run, registry, &host, port))
+                .map_err(Failure::Other)
+        }
     }
 }
 

@@ -18,7 +18,80 @@ use crate::config_error::{ConfigError, ConfigErrors, deserialize_all, line_colum
 use crate::registry::{LearnCategory, PolicyCategory, Registry, RewardCategory, SearchCategory, Spec, TaskCategory};
 
 /// The top-level sections a run config may have.
-pub const SECTIONS: [&str; 7] = ["run", "task", "policy", "reward", "search", "learn", "pipeline"];
+pub const SECTIONS: [&str; 8] = [
+    "run", "task", "policy", "reward", "search", "learn", "pipeline", "serve",
+];
+
+/// One reasoning effort of the server: a searcher and its budget.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Effort {
+    /// A `[search]` table.
+    pub search: Value,
+    /// Generations' worth of tokens.
+    pub budget: usize,
+}
+
+impl Default for Effort {
+    fn default() -> Self {
+        Effort {
+            search: serde_json::json!({"kind": "best-of-n", "selection": "majority"}),
+            budget: 1,
+        }
+    }
+}
+
+/// `[serve]`: `ponder serve --run runs/NAME`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeSection {
+    /// The model id clients name (default: `ponder-` and the run's name).
+    pub model: Option<String>,
+    /// An environment variable holding the bearer token clients must send (none: open).
+    pub api_key_env: Option<String>,
+    pub max_body_bytes: usize,
+    pub max_prompt_chars: usize,
+    /// The most tokens (hidden and visible) one completion may use.
+    pub max_completion_tokens: usize,
+    /// Requests worked on at once; more wait in a queue of `queue`, beyond which they are
+    /// refused with 429.
+    pub concurrency: usize,
+    pub queue: usize,
+    pub timeout_seconds: f64,
+    /// How long the batcher waits for more requests before running a batch.
+    pub batch_window_ms: u64,
+    pub efforts: std::collections::BTreeMap<String, Effort>,
+}
+
+impl Default for ServeSection {
+    fn default() -> Self {
+        let effort = |search: Value, budget| Effort { search, budget };
+        ServeSection {
+            model: None,
+            api_key_env: None,
+            max_body_bytes: 64 * 1024,
+            max_prompt_chars: 2000,
+            max_completion_tokens: 4096,
+            concurrency: 32,
+            queue: 512,
+            timeout_seconds: 60.0,
+            batch_window_ms: 2,
+            efforts: [
+                (
+                    "low".to_string(),
+                    effort(serde_json::json!({"kind": "best-of-n", "selection": "majority"}), 1),
+                ),
+                (
+                    "medium".to_string(),
+                    effort(serde_json::json!({"kind": "best-of-n", "selection": "weighted"}), 8),
+                ),
+                ("high".to_string(), effort(serde_json::json!({"kind": "mcts"}), 32)),
+            ]
+            .into_iter()
+            .collect(),
+        }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -334,6 +407,9 @@ pub struct RunConfig {
     /// `pipeline.search_eval.searchers`, parsed: label, searcher, and its own reward model.
     pub eval_searchers: Vec<EvalSearcher>,
     pub pipeline: PipelineSection,
+    pub serve: ServeSection,
+    /// `serve.efforts`, parsed: name, searcher, budget.
+    pub efforts: Vec<(String, Arc<dyn Spec<SearchCategory>>, usize)>,
 }
 
 /// One searcher of the search evaluation.
@@ -411,6 +487,30 @@ impl RunConfig {
             .parse(&with_default_kind("search", "best-of-n"), "search")
             .map_err(|e| errors.extend(e))
             .ok();
+        let serve: ServeSection = match deserialize_all(section("serve"), "serve") {
+            Ok(s) => s,
+            Err(e) => {
+                errors.extend(e);
+                ServeSection::default()
+            }
+        };
+        let mut efforts = Vec::new();
+        for (name, effort) in &serve.efforts {
+            if !["low", "medium", "high"].contains(&name.as_str()) {
+                errors.push(ConfigError::new(
+                    format!("serve.efforts.{name}"),
+                    "efforts are low, medium and high",
+                ));
+                continue;
+            }
+            match registry
+                .searchers
+                .parse(&effort.search, &format!("serve.efforts.{name}.search"))
+            {
+                Ok(spec) => efforts.push((name.clone(), spec, effort.budget.max(1))),
+                Err(e) => errors.extend(e),
+            }
+        }
         let learn = registry
             .learners
             .parse(&with_default_kind("learn", "grpo"), "learn")
@@ -473,6 +573,8 @@ impl RunConfig {
                 learn,
                 eval_searchers,
                 pipeline,
+                serve,
+                efforts,
             }),
             _ => Err(ConfigErrors { file: None, errors }),
         }
@@ -488,6 +590,7 @@ impl RunConfig {
             "search": self.search.resolved(),
             "learn": self.learn.resolved(),
             "pipeline": self.pipeline,
+            "serve": self.serve,
         })
     }
 

@@ -14,6 +14,7 @@ pub mod progress;
 pub mod registry;
 pub mod results;
 pub mod run_dir;
+pub mod serve;
 pub mod stages;
 
 pub use config::{Layers, RunConfig};

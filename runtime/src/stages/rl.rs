@@ -105,6 +105,36 @@ async fn collect(
     Ok((out, (after.0 - before.0) + (after.1 - before.1)))
 }
 
+/// Continues with the moments AdamW had at the end of policy initialisation: a fresh AdamW
+/// moves every weight by about the learning rate on its first steps whatever its gradient,
+/// which on a converged small model undoes more than the first updates teach.
+fn warm_start_optimizer(ctx: &Context, state: &mut TrainablePolicy) -> anyhow::Result<()> {
+    let Some((_, dir)) = Checkpointer::new(ctx.dir.checkpoints("init"), 2).latest()? else {
+        return Ok(());
+    };
+    let moments = ponder_policy_init::weights::load_safetensors(&dir.join("optimizer.safetensors"))?;
+    let trainer = &mut state.trainer;
+    for i in 0..trainer.names.len() {
+        let dims = trainer.params[i].dims();
+        let device = trainer.params[i].device();
+        for (prefix, first) in [("m.", true), ("v.", false)] {
+            let key = format!("{prefix}{}", trainer.names[i]);
+            if let Some(t) = moments.get(&key).filter(|t| t.data.len() == dims[0] * dims[1]) {
+                let tensor =
+                    burn::tensor::Tensor::from_data(burn::tensor::TensorData::new(t.data.clone(), dims), &device);
+                if first {
+                    trainer.optimizer.m[i] = tensor;
+                } else {
+                    trainer.optimizer.v[i] = tensor;
+                }
+            }
+        }
+    }
+    // Bias correction as after a long run.
+    trainer.optimizer.t = 10_000;
+    Ok(())
+}
+
 pub fn run(ctx: &Context) -> anyhow::Result<Value> {
     crate::block_on(run_async(ctx))
 }
@@ -123,6 +153,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         learner.optim(),
         learner.needs_value_head(),
     );
+    warm_start_optimizer(ctx, &mut state)?;
     let checkpoints = Checkpointer::new(ctx.dir.checkpoints("rl"), 2);
     let verifier = VerifierReward::new(task.clone(), VerifierSettings::default());
     let needs_process = ctx.config.learn.resolved()["process_rewards"].as_bool() == Some(true);

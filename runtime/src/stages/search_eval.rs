@@ -106,7 +106,7 @@ fn point(
 ) -> Point {
     let scores: Vec<f64> = results.iter().map(|(ok, _)| f64::from(u8::from(*ok))).collect();
     let e = bootstrap_mean(&scores, seed);
-    let mut by_q = vec![(0.0, 0usize); 5];
+    let mut by_q = [(0.0, 0usize); 5];
     for ((ok, _), &q) in results.iter().zip(quintile_of) {
         by_q[q].0 += f64::from(u8::from(*ok));
         by_q[q].1 += 1;
