@@ -47,6 +47,9 @@ pub enum Command {
         port: u16,
         #[arg(long, default_value = "127.0.0.1")]
         host: String,
+        /// A config key over the run's config, e.g. `serve.concurrency=8`; repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
     },
     /// Run a config's pipeline.
     Run {
@@ -149,13 +152,13 @@ pub fn run_command(command: Command, registry: &Registry) -> Result<(), Failure>
                 .map_err(Failure::Other)
         }
         Command::Datagen(args) => datagen(args, registry),
-        Command::Serve { run, port, host } => {
+        Command::Serve { run, port, host, set } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .map_err(|e| Failure::Other(e.into()))?;
             runtime
-                .block_on(crate::serve::serve(&run, registry, &host, port))
+                .block_on(crate::serve::serve(&run, registry, &set, &host, port))
                 .map_err(Failure::Other)
         }
     }

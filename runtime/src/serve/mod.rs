@@ -118,10 +118,11 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Reads the run directory and builds the server state.
-pub fn state_from_run(run_dir: &Path, registry: &Registry) -> anyhow::Result<AppState> {
+/// Reads the run directory (its `config.toml`, with the environment's `PONDER_…` variables and
+/// `overrides` as `key=value` on top) and builds the server state.
+pub fn state_from_run(run_dir: &Path, registry: &Registry, overrides: &[String]) -> anyhow::Result<AppState> {
     let config: RunConfig = Layers::from_file(&run_dir.join("config.toml"))
-        .and_then(|l| l.load(registry))
+        .and_then(|l| l.with_process_env().with_overrides(overrides).load(registry))
         .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim()))?;
     let task: Arc<dyn Task> = Arc::from(config.task.build(&())?);
     let policy_dir = ["rl", "init"]
@@ -205,29 +206,40 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// Serves until Ctrl-C or SIGTERM; prints the bound address.
-pub async fn serve(run_dir: &Path, registry: &Registry, host: &str, port: u16) -> anyhow::Result<()> {
-    let state = Arc::new(state_from_run(run_dir, registry)?);
+pub async fn serve(run_dir: &Path, registry: &Registry, overrides: &[String], host: &str, port: u16) -> anyhow::Result<()> {
+    let state = Arc::new(state_from_run(run_dir, registry, overrides)?);
     let addr: SocketAddr = format!("{host}:{port}").parse()?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     eprintln!("ponder: serving {} on http://{}", state.model, listener.local_addr()?);
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async {
-            let ctrl_c = async {
-                let _ = tokio::signal::ctrl_c().await;
-            };
-            #[cfg(unix)]
-            let term = async {
-                if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    s.recv().await;
-                }
-            };
-            #[cfg(not(unix))]
-            let term = std::future::pending::<()>();
-            tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-            eprintln!("ponder: shutting down");
-        })
-        .await?;
+    serve_on(listener, state, shutdown_signal()).await?;
+    eprintln!("ponder: shut down");
     Ok(())
+}
+
+/// Serves on a bound listener until `shutdown` completes, then finishes the requests in flight.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    eprintln!("ponder: shutting down");
 }
 
 async fn not_found() -> ApiError {

@@ -141,9 +141,11 @@ pub fn run(ctx: &Context) -> anyhow::Result<serde_json::Value> {
         "pass@1": report.pass1_greedy.value,
         "pass@1_ci": [report.pass1_greedy.low, report.pass1_greedy.high],
     });
+    // Sampled pass@k; `pass@1` stays the greedy figure, the sampled one is `pass@1_sampled`.
     for (k, e) in &report.pass_at {
-        results[format!("pass@{k}")] = json!(e.value);
-        results[format!("pass@{k}_ci")] = json!([e.low, e.high]);
+        let key = if *k == 1 { "pass@1_sampled".to_string() } else { format!("pass@{k}") };
+        results[&key] = json!(e.value);
+        results[format!("{key}_ci")] = json!([e.low, e.high]);
     }
     for (k, e) in &report.maj_at {
         results[format!("maj@{k}")] = json!(e.value);

@@ -379,7 +379,8 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                 .find(|p| p.budget == max_budget)
                 .map(|p| (l.clone(), p.accuracy, p.tokens_per_problem))
         });
-    let match_point = reference.as_ref().and_then(|(_, acc, tokens)| {
+    // Undefined when the reference solved nothing: every curve "matches" zero.
+    let match_point = reference.as_ref().filter(|(_, acc, _)| *acc > 0.0).and_then(|(_, acc, tokens)| {
         optimal
             .iter()
             .find(|o| o["accuracy"].as_f64().unwrap_or(0.0) >= *acc)
