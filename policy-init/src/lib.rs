@@ -18,7 +18,7 @@ pub mod error;
 pub mod eval;
 pub mod evaluate;
 pub mod hf;
-mod linalg;
+pub mod linalg;
 pub mod metrics;
 pub mod model;
 pub mod native_train;

@@ -51,6 +51,32 @@ pub enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
+    /// Run an ablation sweep: a grid of configs, each a pipeline of its own, then a table and
+    /// plots across the runs.
+    Sweep {
+        file: PathBuf,
+        /// Write the runs' configs and print the plan, but run nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only gather the finished runs' results into the table and plots.
+        #[arg(long)]
+        collect: bool,
+    },
+    /// Training and generation speed, side by side with the PyTorch reference when Python has
+    /// torch; writes the figures as JSON.
+    Bench {
+        /// Model presets to measure.
+        #[arg(long, value_delimiter = ',', default_value = "tiny,small")]
+        presets: Vec<String>,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 4.0)]
+        seconds: f64,
+        /// Skip the PyTorch reference.
+        #[arg(long)]
+        no_reference: bool,
+        #[arg(long, default_value = "runs/bench/bench.json")]
+        out: PathBuf,
+    },
     /// Run a config's pipeline.
     Run {
         config: PathBuf,
@@ -152,6 +178,37 @@ pub fn run_command(command: Command, registry: &Registry) -> Result<(), Failure>
                 .map_err(Failure::Other)
         }
         Command::Datagen(args) => datagen(args, registry),
+        Command::Bench {
+            presets,
+            seconds,
+            no_reference,
+            out,
+        } => {
+            let figures = crate::bench::run(&presets, seconds, !no_reference).map_err(Failure::Other)?;
+            let text = serde_json::to_string_pretty(&figures).map_err(|e| Failure::Other(e.into()))?;
+            ponder_datagen::io::write_atomic(&out, text.as_bytes()).map_err(|e| Failure::Other(e.into()))?;
+            eprintln!("ponder bench: figures in {}", out.display());
+            Ok(())
+        }
+        Command::Sweep { file, dry_run, collect } => {
+            let sweep = crate::sweep::Sweep::load(&file, registry).map_err(Failure::Other)?;
+            if dry_run {
+                sweep.write_configs().map_err(Failure::Other)?;
+                for r in sweep.base.iter().chain(&sweep.runs) {
+                    println!(
+                        "{}",
+                        sweep.dir.join("configs").join(format!("{}.toml", r.name)).display()
+                    );
+                }
+                return Ok(());
+            }
+            if collect {
+                print!("{}", sweep.collect().map_err(Failure::Other)?);
+                return Ok(());
+            }
+            let exe = std::env::current_exe().map_err(|e| Failure::Other(e.into()))?;
+            sweep.run(&exe).map_err(Failure::Other)
+        }
         Command::Serve { run, port, host, set } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

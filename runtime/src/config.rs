@@ -200,6 +200,10 @@ pub struct InitStage {
     pub samples: usize,
     /// Token limit of a generated trace; 0 sizes it from the training data.
     pub max_new_tokens: usize,
+    /// A training budget in tokens instead of `steps` (0: use `steps`): the steps are set so
+    /// that `steps * batch_size * mean sequence length` reaches it, so that datasets with
+    /// longer traces (search, retry) are compared at equal compute.
+    pub train_tokens: u64,
 }
 
 impl Default for InitStage {
@@ -213,6 +217,7 @@ impl Default for InitStage {
             curve_problems: 100,
             samples: 32,
             max_new_tokens: 0,
+            train_tokens: 0,
         }
     }
 }

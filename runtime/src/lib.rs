@@ -3,6 +3,7 @@
 //! The only crate that reads TOML: the config schema, the component [`registry`], pipelines and
 //! run directories, and the `ponder` binary.
 
+pub mod bench;
 pub mod builtin;
 pub mod cli;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod results;
 pub mod run_dir;
 pub mod serve;
 pub mod stages;
+pub mod sweep;
 
 pub use config::{Layers, RunConfig};
 

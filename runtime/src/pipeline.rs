@@ -116,6 +116,7 @@ pub fn run(config: &RunConfig, registry: &Registry, resume: bool) -> anyhow::Res
             "machine": machine(),
             "stages": records.iter().map(|(k, r)| (k.clone(), json!({"seconds": r.seconds}))).collect::<serde_json::Map<_, _>>(),
             "wall_seconds": records.values().map(|r| r.seconds).sum::<f64>(),
+            "timings": crate::results::timings(records),
         })
     };
     for name in &stages {

@@ -57,6 +57,8 @@ pub struct Chart {
     pub series: Vec<Series>,
     /// y range; `None` fits the data.
     pub y_range: Option<(f64, f64)>,
+    /// Names for the x positions 0, 1, 2, ... (a categorical axis); empty: numbers.
+    pub x_categories: Vec<String>,
 }
 
 const COLORS: [RGBColor; 10] = [
@@ -117,7 +119,9 @@ fn draw_one(
     if !x0.is_finite() {
         (x0, x1) = (1.0, 10.0);
     }
-    if chart.log_x {
+    if !chart.x_categories.is_empty() {
+        (x0, x1) = (-0.5, chart.x_categories.len() as f64 - 0.5);
+    } else if chart.log_x {
         x0 = x0.max(1e-9) / 1.3;
         x1 *= 1.3;
     } else if x1 - x0 < 1e-9 {
@@ -143,8 +147,20 @@ fn draw_one(
     macro_rules! body {
         ($ctx:expr) => {{
             let mut ctx = $ctx;
-            ctx.configure_mesh()
-                .x_desc(chart.x_label.as_str())
+            let categories = &chart.x_categories;
+            let category = |x: &f64| -> String {
+                let i = x.round();
+                if (x - i).abs() < 1e-6 && i >= 0.0 {
+                    categories.get(i as usize).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            };
+            let mut mesh = ctx.configure_mesh();
+            if !categories.is_empty() {
+                mesh.x_labels(categories.len() * 2 + 1).x_label_formatter(&category);
+            }
+            mesh.x_desc(chart.x_label.as_str())
                 .y_desc(chart.y_label.as_str())
                 .label_style(("sans-serif", 12))
                 .draw()?;
@@ -209,6 +225,7 @@ mod tests {
                 Series::horizontal("greedy", 0.25),
             ],
             y_range: Some((0.0, 1.0)),
+            x_categories: Vec::new(),
         };
         draw(&path, &[chart.clone(), chart], 500, 350).expect("draws");
         let bytes = std::fs::read(&path).expect("written");

@@ -29,7 +29,10 @@ impl Display {
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar.set_prefix(name.to_string());
-        StageBar { bar }
+        StageBar {
+            bar,
+            crash_at: crash_point(name),
+        }
     }
 
     pub fn stage_done(&self) {
@@ -45,6 +48,16 @@ impl Display {
 #[derive(Debug)]
 pub struct StageBar {
     bar: ProgressBar,
+    crash_at: Option<usize>,
+}
+
+/// Fault injection for the kill-and-resume tests: `PONDER_CRASH_AT=STAGE:POSITION` aborts the
+/// process (no unwinding, no cleanup: as a kill would) when that stage's progress reaches
+/// that position.
+fn crash_point(stage: &str) -> Option<usize> {
+    let spec = std::env::var("PONDER_CRASH_AT").ok()?;
+    let (at_stage, position) = spec.split_once(':')?;
+    (at_stage == stage).then(|| position.parse().ok()).flatten()
 }
 
 impl StageBar {
@@ -52,6 +65,7 @@ impl StageBar {
     pub fn hidden() -> StageBar {
         StageBar {
             bar: ProgressBar::hidden(),
+            crash_at: None,
         }
     }
 
@@ -59,6 +73,10 @@ impl StageBar {
         self.bar.set_length(total as u64);
         self.bar.set_position(position as u64);
         self.bar.set_message(status.to_string());
+        if self.crash_at.is_some_and(|at| position >= at) {
+            eprintln!("ponder: PONDER_CRASH_AT reached at position {position}: aborting");
+            std::process::abort();
+        }
     }
 }
 

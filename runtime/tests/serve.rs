@@ -48,7 +48,9 @@ fn start() -> (String, tokio::sync::oneshot::Sender<()>) {
             .expect("runtime");
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            addr_tx.send(listener.local_addr().expect("address")).expect("send address");
+            addr_tx
+                .send(listener.local_addr().expect("address"))
+                .expect("send address");
             serve_on(listener, state, async {
                 let _ = stopped.await;
             })
@@ -63,16 +65,17 @@ fn start() -> (String, tokio::sync::oneshot::Sender<()>) {
 /// The shared server for most tests.
 fn server() -> &'static str {
     static SERVER: OnceLock<(String, tokio::sync::oneshot::Sender<()>)> = OnceLock::new();
-    &SERVER
-        .get_or_init(start)
-        .0
+    &SERVER.get_or_init(start).0
 }
 
 /// The served model's id: `ponder-` and the run's name.
 fn model() -> &'static str {
     static MODEL: OnceLock<String> = OnceLock::new();
     MODEL.get_or_init(|| {
-        let name = run_dir().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = run_dir()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         format!("ponder-{name}")
     })
 }
@@ -123,15 +126,23 @@ fn chat_answers_without_the_chain_of_thought_and_thinks_longer_at_higher_effort(
             // Only the answer comes back: no steps, no newlines.
             assert!(!content.contains('\n'), "the chain of thought leaked: {content:?}");
             let usage = &body["usage"];
-            let reasoning = usage["completion_tokens_details"]["reasoning_tokens"].as_u64().expect("reasoning tokens");
+            let reasoning = usage["completion_tokens_details"]["reasoning_tokens"]
+                .as_u64()
+                .expect("reasoning tokens");
             let completion = usage["completion_tokens"].as_u64().expect("completion tokens");
             assert!(reasoning > 0 && completion >= reasoning, "{usage}");
-            assert_eq!(usage["total_tokens"].as_u64(), Some(completion + usage["prompt_tokens"].as_u64().unwrap_or(0)));
+            assert_eq!(
+                usage["total_tokens"].as_u64(),
+                Some(completion + usage["prompt_tokens"].as_u64().unwrap_or(0))
+            );
             total += reasoning;
         }
         hidden.push(total);
     }
-    assert!(hidden[0] < hidden[1] && hidden[1] < hidden[2], "reasoning tokens by effort: {hidden:?}");
+    assert!(
+        hidden[0] < hidden[1] && hidden[1] < hidden[2],
+        "reasoning tokens by effort: {hidden:?}"
+    );
 }
 
 #[test]
@@ -158,7 +169,12 @@ fn streaming_sends_the_answer_as_server_sent_events() {
         .send()
         .expect("request");
     assert_eq!(r.status().as_u16(), 200);
-    let kind = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let kind = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     assert!(kind.starts_with("text/event-stream"), "{kind}");
     let text = r.text().expect("body");
     let data: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
@@ -177,7 +193,10 @@ fn streaming_sends_the_answer_as_server_sent_events() {
     plain["stream"] = json!(false);
     plain.as_object_mut().map(|o| o.remove("stream_options"));
     let (_, whole) = post("/v1/chat/completions", &plain);
-    assert_eq!(Some(streamed.as_str()), whole["choices"][0]["message"]["content"].as_str());
+    assert_eq!(
+        Some(streamed.as_str()),
+        whole["choices"][0]["message"]["content"].as_str()
+    );
     assert_eq!(usage["usage"], whole["usage"]);
 }
 
@@ -198,19 +217,73 @@ fn every_bad_request_gets_an_openai_error_with_a_4xx_status() {
         ("{not json".into(), "/v1/chat/completions", 400),
         ("[]".into(), "/v1/chat/completions", 400),
         (json!({"model": model()}).to_string(), "/v1/chat/completions", 400),
-        (json!({"model": model(), "messages": 5}).to_string(), "/v1/chat/completions", 400),
-        (json!({"model": "gpt-4", "messages": [{"role": "user", "content": good}]}).to_string(), "/v1/chat/completions", 404),
-        (json!({"model": model(), "messages": [{"role": "user", "content": good}], "reasoning_effort": "max"}).to_string(), "/v1/chat/completions", 400),
-        (json!({"model": model(), "messages": [{"role": "user", "content": good}], "n": 0}).to_string(), "/v1/chat/completions", 400),
-        (json!({"model": model(), "messages": [{"role": "user", "content": good}], "temperature": 9}).to_string(), "/v1/chat/completions", 400),
-        (json!({"model": model(), "messages": [{"role": "user", "content": good}], "max_completion_tokens": 0}).to_string(), "/v1/chat/completions", 400),
-        (json!({"model": model(), "messages": [{"role": "user", "content": good}], "seed": "x"}).to_string(), "/v1/chat/completions", 400),
-        (json!({"model": model(), "messages": [{"role": "user", "content": "hello there"}]}).to_string(), "/v1/chat/completions", 400),
-        (json!({"model": model(), "messages": [{"role": "system", "content": "hi"}]}).to_string(), "/v1/chat/completions", 400),
-        (json!({"model": model(), "messages": [{"role": "user", "content": huge}]}).to_string(), "/v1/chat/completions", 413),
-        (json!({"model": model(), "prompt": 3}).to_string(), "/v1/completions", 400),
-        (json!({"model": model(), "prompt": "1", "max_tokens": 1_000_000}).to_string(), "/v1/completions", 400),
-        (json!({"model": model(), "prompt": "1", "top_p": 0}).to_string(), "/v1/completions", 400),
+        (
+            json!({"model": model(), "messages": 5}).to_string(),
+            "/v1/chat/completions",
+            400,
+        ),
+        (
+            json!({"model": "gpt-4", "messages": [{"role": "user", "content": good}]}).to_string(),
+            "/v1/chat/completions",
+            404,
+        ),
+        (
+            json!({"model": model(), "messages": [{"role": "user", "content": good}], "reasoning_effort": "max"})
+                .to_string(),
+            "/v1/chat/completions",
+            400,
+        ),
+        (
+            json!({"model": model(), "messages": [{"role": "user", "content": good}], "n": 0}).to_string(),
+            "/v1/chat/completions",
+            400,
+        ),
+        (
+            json!({"model": model(), "messages": [{"role": "user", "content": good}], "temperature": 9}).to_string(),
+            "/v1/chat/completions",
+            400,
+        ),
+        (
+            json!({"model": model(), "messages": [{"role": "user", "content": good}], "max_completion_tokens": 0})
+                .to_string(),
+            "/v1/chat/completions",
+            400,
+        ),
+        (
+            json!({"model": model(), "messages": [{"role": "user", "content": good}], "seed": "x"}).to_string(),
+            "/v1/chat/completions",
+            400,
+        ),
+        (
+            json!({"model": model(), "messages": [{"role": "user", "content": "hello there"}]}).to_string(),
+            "/v1/chat/completions",
+            400,
+        ),
+        (
+            json!({"model": model(), "messages": [{"role": "system", "content": "hi"}]}).to_string(),
+            "/v1/chat/completions",
+            400,
+        ),
+        (
+            json!({"model": model(), "messages": [{"role": "user", "content": huge}]}).to_string(),
+            "/v1/chat/completions",
+            413,
+        ),
+        (
+            json!({"model": model(), "prompt": 3}).to_string(),
+            "/v1/completions",
+            400,
+        ),
+        (
+            json!({"model": model(), "prompt": "1", "max_tokens": 1_000_000}).to_string(),
+            "/v1/completions",
+            400,
+        ),
+        (
+            json!({"model": model(), "prompt": "1", "top_p": 0}).to_string(),
+            "/v1/completions",
+            400,
+        ),
         (json!({"prompt": good, "traces": "none"}).to_string(), "/v1/score", 400),
         ("{}".into(), "/v1/nothing", 404),
     ];
@@ -219,11 +292,17 @@ fn every_bad_request_gets_an_openai_error_with_a_4xx_status() {
         let shown: String = body.chars().take(80).collect();
         assert_eq!(got, *status, "{path} {shown}: {answer}");
         let error = &answer["error"];
-        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{path} {shown}: {answer}");
+        assert!(
+            error["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{path} {shown}: {answer}"
+        );
         assert!(error["type"].is_string(), "{answer}");
     }
     // Wrong types name the field.
-    let (_, answer) = raw(&json!({"model": model(), "messages": [{"role": "user", "content": good}], "n": "two"}).to_string(), "/v1/chat/completions");
+    let (_, answer) = raw(
+        &json!({"model": model(), "messages": [{"role": "user", "content": good}], "n": "two"}).to_string(),
+        "/v1/chat/completions",
+    );
     assert_eq!(answer["error"]["param"], "n", "{answer}");
     // The server is still up.
     chat("low", 1, &good);
@@ -249,7 +328,10 @@ fn models_and_metrics_describe_the_service() {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
-    assert!(value("ponder_requests_total{endpoint=\"chat.completions\",status=\"200\"}") >= 1.0, "{text}");
+    assert!(
+        value("ponder_requests_total{endpoint=\"chat.completions\",status=\"200\"}") >= 1.0,
+        "{text}"
+    );
     assert!(value("ponder_request_seconds_count") >= 1.0, "{text}");
     assert!(value("ponder_hidden_tokens_total") > 0.0, "{text}");
     assert!(value("ponder_generated_tokens_total") > 0.0, "{text}");
@@ -266,9 +348,14 @@ fn ponders_remote_policy_can_drive_ponder_serve() {
     })
     .expect("remote policy");
     let prompt = problem(2);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let sampling = Sampling::default();
-    let requests: Vec<GenRequest> = (0..4).map(|i| GenRequest::new(prompt.clone(), Stop::StepEnd, 40, sampling, i)).collect();
+    let requests: Vec<GenRequest> = (0..4)
+        .map(|i| GenRequest::new(prompt.clone(), Stop::StepEnd, 40, sampling, i))
+        .collect();
     let generations = rt.block_on(remote.generate(&requests)).expect("remote generations");
     assert_eq!(generations.len(), 4);
     for g in &generations {
@@ -279,8 +366,12 @@ fn ponders_remote_policy_can_drive_ponder_serve() {
     let (weights, tokenizer) = ponder_policy_init::hf::load_pretrained(&policy_dir()).expect("the served weights");
     let local = TransformerPolicy::new(&weights, tokenizer);
     let continuation = generations[0].text.clone();
-    let there = rt.block_on(remote.logprobs(&prompt, &continuation)).expect("remote log-probs");
-    let here = rt.block_on(local.logprobs(&prompt, &continuation)).expect("local log-probs");
+    let there = rt
+        .block_on(remote.logprobs(&prompt, &continuation))
+        .expect("remote log-probs");
+    let here = rt
+        .block_on(local.logprobs(&prompt, &continuation))
+        .expect("local log-probs");
     assert_eq!(there.len(), here.len());
     for (a, b) in there.iter().zip(&here) {
         assert!((a - b).abs() < 1e-3, "{there:?} vs {here:?}");
@@ -289,14 +380,25 @@ fn ponders_remote_policy_can_drive_ponder_serve() {
 
 fn policy_dir() -> PathBuf {
     let rl = run_dir().join("policy/rl");
-    if rl.join("config.json").exists() { rl } else { run_dir().join("policy/init") }
+    if rl.join("config.json").exists() {
+        rl
+    } else {
+        run_dir().join("policy/init")
+    }
 }
 
 #[test]
 fn the_binary_guards_the_api_with_a_bearer_token_and_shuts_down_gracefully() {
     use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ponder"))
-        .args(["serve", "--port", "0", "--set", "serve.api_key_env=PONDER_TEST_SERVE_KEY", "--run"])
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--set",
+            "serve.api_key_env=PONDER_TEST_SERVE_KEY",
+            "--run",
+        ])
         .arg(run_dir())
         .env("PONDER_TEST_SERVE_KEY", "sesame")
         .stderr(std::process::Stdio::piped())
@@ -313,7 +415,8 @@ fn the_binary_guards_the_api_with_a_bearer_token_and_shuts_down_gracefully() {
             break line[at..].trim().to_string();
         }
     };
-    let body = json!({"model": model(), "messages": [{"role": "user", "content": problem(3)}], "reasoning_effort": "low"});
+    let body =
+        json!({"model": model(), "messages": [{"role": "user", "content": problem(3)}], "reasoning_effort": "low"});
     let c = client();
     let status = |token: Option<&str>| {
         let mut r = c.post(format!("{base}/v1/chat/completions")).json(&body);
@@ -361,7 +464,10 @@ fn a_loopback_load_test_with_malformed_requests_never_breaks_the_server() {
         .enable_all()
         .build()
         .expect("runtime");
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(300)).build().expect("client");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .expect("client");
     let started = Instant::now();
     let results: Vec<(bool, u16, f64)> = rt.block_on(async {
         let tasks: Vec<_> = (0..total)
@@ -373,7 +479,8 @@ fn a_loopback_load_test_with_malformed_requests_never_breaks_the_server() {
                     match i % 3 {
                         0 => "{\"model\": ".to_string(),
                         1 => json!({"model": model(), "messages": "nope"}).to_string(),
-                        _ => json!({"model": "other", "messages": [{"role": "user", "content": prompts[i % 8]}]}).to_string(),
+                        _ => json!({"model": "other", "messages": [{"role": "user", "content": prompts[i % 8]}]})
+                            .to_string(),
                     }
                 } else {
                     json!({"model": model(), "messages": [{"role": "user", "content": prompts[i % 8]}],
@@ -445,7 +552,11 @@ fn the_official_openai_python_client_talks_to_ponder_serve() {
         .output()
         .expect("python3 runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: Value = serde_json::from_str(stdout.trim().lines().last().unwrap_or("")).expect("a JSON report");
     let tokens: Vec<u64> = ["low", "medium", "high"]
         .iter()

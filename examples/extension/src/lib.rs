@@ -1,5 +1,7 @@
-//! A third-party extension of ponder: the `sorting` task, added with an explicit
-//! [`register`] call from this crate's own binary (`ponder-extended`).
+//! A third-party extension of ponder: the `sorting` task and the `adaptive-consistency`
+//! searcher ([`adaptive`]), added with an explicit [`register`] call from this crate's own
+//! binary (`ponder-extended`). `configs/adaptive.toml` runs the whole pipeline with the new
+//! searcher in its search evaluation; `configs/sweep.toml` compares it with the built-ins.
 //!
 //! ```text
 //! sort 7 2 9 2          <- prompt
@@ -9,6 +11,8 @@
 //! take 9 so 2 2 7 9
 //! Answer: 2 2 7 9
 //! ```
+
+pub mod adaptive;
 
 use ponder_datagen::{Problem, Task, TaskError, TaskRng, Trace, TraceStyle};
 use ponder_runtime::registry::{Kind, Registry, TaskCategory};
@@ -143,6 +147,11 @@ pub fn register(registry: &mut Registry) -> anyhow::Result<()> {
     registry.tasks.add::<SortingConfig>(
         NAME,
         "sort a list of digits, one `take` step per number",
+        env!("CARGO_PKG_NAME"),
+    )?;
+    registry.searchers.add::<adaptive::AdaptiveConsistencySettings>(
+        adaptive::NAME,
+        "self-consistency that stops sampling once the majority is decided (Beta posterior)",
         env!("CARGO_PKG_NAME"),
     )?;
     Ok(())

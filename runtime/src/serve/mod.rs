@@ -206,7 +206,13 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// Serves until Ctrl-C or SIGTERM; prints the bound address.
-pub async fn serve(run_dir: &Path, registry: &Registry, overrides: &[String], host: &str, port: u16) -> anyhow::Result<()> {
+pub async fn serve(
+    run_dir: &Path,
+    registry: &Registry,
+    overrides: &[String],
+    host: &str,
+    port: u16,
+) -> anyhow::Result<()> {
     let state = Arc::new(state_from_run(run_dir, registry, overrides)?);
     let addr: SocketAddr = format!("{host}:{port}").parse()?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -222,7 +228,9 @@ pub async fn serve_on(
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Ctrl-C or SIGTERM.

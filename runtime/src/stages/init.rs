@@ -81,9 +81,16 @@ pub fn run(ctx: &Context) -> anyhow::Result<serde_json::Value> {
         clear_dir(checkpoints.dir())?;
     }
     let metrics = MetricsLog::open(&ctx.dir.metrics(), "init", resume_step)?;
+    let steps = match s.train_tokens {
+        0 => s.steps,
+        budget => {
+            let mean = sequences.total_tokens() as f64 / sequences.items.len() as f64;
+            ((budget as f64 / (mean * s.batch_size.max(1) as f64)).ceil() as usize).max(1)
+        }
+    };
     let trainer_config = TrainerConfig {
         optim: s.optim.clone(),
-        steps: s.steps,
+        steps,
         checkpoint_every: s.checkpoint_every,
         log_every: 10,
         eval_every: s.eval_every,
@@ -123,7 +130,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<serde_json::Value> {
     })?;
     let weights = model.with_params(trainer.params.clone()).to_host();
     ponder_policy_init::hf::save_pretrained(&ctx.dir.policy("init"), &weights, &tokenizer)?;
-    ctx.progress.set(s.steps, s.steps, "evaluating");
+    ctx.progress.set(steps, steps, "evaluating");
     let report = evaluate_policy(ctx, &weights, &tokenizer, &test, s.samples, max_tokens, "init-eval")?;
     tracing::info!(
         pass1 = report.pass1_greedy.value,
@@ -132,6 +139,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<serde_json::Value> {
     );
     let mut results = json!({
         "params": weights.params(),
+        "steps": steps,
         "train_tokens": summary.tokens,
         "train_seconds": summary.train_seconds,
         "train_tokens_per_s": summary.tokens_per_second,
@@ -143,7 +151,11 @@ pub fn run(ctx: &Context) -> anyhow::Result<serde_json::Value> {
     });
     // Sampled pass@k; `pass@1` stays the greedy figure, the sampled one is `pass@1_sampled`.
     for (k, e) in &report.pass_at {
-        let key = if *k == 1 { "pass@1_sampled".to_string() } else { format!("pass@{k}") };
+        let key = if *k == 1 {
+            "pass@1_sampled".to_string()
+        } else {
+            format!("pass@{k}")
+        };
         results[&key] = json!(e.value);
         results[format!("{key}_ci")] = json!([e.low, e.high]);
     }

@@ -75,6 +75,7 @@ fn search_plots(ctx: &Context, search: &Value, out: &mut String) -> anyhow::Resu
         log_x: true,
         series: all,
         y_range: Some((0.0, 1.0)),
+        x_categories: Vec::new(),
     };
     draw(&ctx.dir.path("plots/test_time_scaling.png"), &[chart], 900, 560)?;
     let mut panels = Vec::new();
@@ -105,6 +106,7 @@ fn search_plots(ctx: &Context, search: &Value, out: &mut String) -> anyhow::Resu
             log_x: true,
             series,
             y_range: Some((0.0, 1.0)),
+            x_categories: Vec::new(),
         });
     }
     draw(
@@ -135,7 +137,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
         r["seed"],
         r["policy_init"]["params"].as_f64().unwrap_or(0.0) / 1e6,
         ctx.config.run.device,
-        r["wall_seconds"].as_f64().unwrap_or(0.0)
+        ctx.earlier.values().map(|s| s.seconds).sum::<f64>()
     )?;
     let mut figures = serde_json::Map::new();
 
@@ -148,7 +150,10 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
             out,
             "| training tokens | {:.2}M at {:.0} tokens/s | PyTorch reference: 1 / 2 / 4M tokens |",
             init["train_tokens"].as_f64().unwrap_or(0.0) / 1e6,
-            init["train_tokens_per_s"].as_f64().unwrap_or(0.0)
+            ctx.earlier
+                .get("init")
+                .and_then(|s| s.results["train_tokens_per_s"].as_f64())
+                .unwrap_or(0.0)
         )?;
         writeln!(
             out,
@@ -216,6 +221,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
                     Series::horizontal("Math-Shepherd at N=4", 0.86),
                 ],
                 y_range: Some((0.5, 1.0)),
+                x_categories: Vec::new(),
             }],
             700,
             450,
@@ -303,6 +309,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
                 log_x: true,
                 series: lines,
                 y_range: Some((0.0, 1.0)),
+                x_categories: Vec::new(),
             }],
             800,
             500,
@@ -410,6 +417,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
                     log_x: true,
                     series: vec![Series::new(kind.clone(), pts), Series::horizontal("before RL", start)],
                     y_range: Some((0.0, 1.0)),
+                    x_categories: Vec::new(),
                 }],
                 800,
                 500,

@@ -380,15 +380,18 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                 .map(|p| (l.clone(), p.accuracy, p.tokens_per_problem))
         });
     // Undefined when the reference solved nothing: every curve "matches" zero.
-    let match_point = reference.as_ref().filter(|(_, acc, _)| *acc > 0.0).and_then(|(_, acc, tokens)| {
-        optimal
-            .iter()
-            .find(|o| o["accuracy"].as_f64().unwrap_or(0.0) >= *acc)
-            .map(|o| {
-                json!({"budget": o["budget"], "tokens_per_problem": o["tokens_per_problem"],
+    let match_point = reference
+        .as_ref()
+        .filter(|(_, acc, _)| *acc > 0.0)
+        .and_then(|(_, acc, tokens)| {
+            optimal
+                .iter()
+                .find(|o| o["accuracy"].as_f64().unwrap_or(0.0) >= *acc)
+                .map(|o| {
+                    json!({"budget": o["budget"], "tokens_per_problem": o["tokens_per_problem"],
                             "token_ratio": tokens / o["tokens_per_problem"].as_f64().unwrap_or(1.0).max(1e-9)})
-            })
-    });
+                })
+        });
     let greedy = ctx.earlier.get("init").and_then(|r| r.results["pass@1"].as_f64());
     let chance = problems.iter().map(|p| task.chance_level(p)).sum::<f64>() / problems.len().max(1) as f64;
     Ok(json!({

@@ -1,0 +1,179 @@
+//! The smoke pipeline end to end through the `ponder` binary: every stage, the report, the
+//! determinism of `results.json`, skipping finished stages, and kill-and-resume.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+fn smoke_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/smoke.toml")
+}
+
+fn out_dir() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("temporary directory"))
+        .path()
+}
+
+/// `ponder run configs/smoke.toml` into a run of this name, with extra arguments and
+/// environment variables.
+fn run(name: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ponder"));
+    c.arg("run")
+        .arg(smoke_config())
+        .arg("--set")
+        .arg(format!("run.out_dir={}", out_dir().display()))
+        .arg("--set")
+        .arg(format!("run.name={name}"))
+        .args(extra)
+        .env_remove("PONDER_CRASH_AT");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("ponder runs")
+}
+
+fn ok(o: &Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "ponder failed: {err}");
+    err
+}
+
+fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("JSON")
+}
+
+/// A run's `results.json` without its timings (which vary; see `docs/results.md`).
+fn results(name: &str) -> Value {
+    ponder_runtime::results::without_timings(&read_json(&out_dir().join(name).join("results.json")))
+}
+
+/// The uninterrupted reference run, made once.
+fn reference() -> &'static Value {
+    static RESULTS: OnceLock<Value> = OnceLock::new();
+    RESULTS.get_or_init(|| {
+        ok(&run("reference", &[], &[]));
+        results("reference")
+    })
+}
+
+#[test]
+fn the_smoke_pipeline_runs_every_stage_and_writes_the_report() {
+    let r = reference();
+    let dir = out_dir().join("reference");
+    assert_eq!(r["task"], "arithmetic");
+    let init = &r["policy_init"];
+    for key in [
+        "pass@1",
+        "pass@1_ci",
+        "pass@1_sampled",
+        "pass@4",
+        "maj@4",
+        "train_tokens",
+        "params",
+    ] {
+        assert!(!init[key].is_null(), "policy_init.{key} missing: {init}");
+    }
+    assert!(init["pass@1"].as_f64().is_some_and(|p| (0.0..=1.0).contains(&p)));
+    assert!(r["reward"].is_object(), "{r}");
+    let curves = r["search"]["curves"].as_object().expect("search curves");
+    assert!(curves.len() >= 4, "{curves:?}");
+    for (label, points) in curves {
+        let points = points.as_array().expect("points");
+        assert_eq!(points.len(), 2, "{label}: one point per budget");
+        assert!(
+            points[1]["tokens_per_problem"].as_f64() > points[0]["tokens_per_problem"].as_f64(),
+            "{label}"
+        );
+    }
+    let grpo = &r["learn"]["grpo"];
+    for key in ["pass@1_before", "pass@1_after", "curve"] {
+        assert!(!grpo[key].is_null(), "learn.grpo.{key} missing: {grpo}");
+    }
+    let full = read_json(&dir.join("results.json"));
+    assert!(full["wall_seconds"].as_f64().is_some_and(|s| s > 0.0));
+    assert!(
+        full["policy_init"]["train_tokens_per_s"]
+            .as_f64()
+            .is_some_and(|s| s > 0.0)
+    );
+    assert!(r["wall_seconds"].is_null(), "timings are left out of the comparison");
+    let manifest = read_json(&dir.join("manifest.json"));
+    for key in [
+        "ponder_version",
+        "git_commit",
+        "config_hash",
+        "seed",
+        "machine",
+        "stages",
+        "timings",
+        "wall_seconds",
+    ] {
+        assert!(!manifest[key].is_null(), "manifest.{key} missing: {manifest}");
+    }
+    for stage in ["datagen", "init", "reward", "search-eval", "rl", "report"] {
+        assert!(manifest["stages"][stage]["seconds"].is_number(), "{stage}: {manifest}");
+        assert!(dir.join("stages").join(format!("{stage}.json")).exists());
+    }
+    let report = std::fs::read_to_string(dir.join("report.md")).expect("report.md");
+    for heading in ["## 1. Policy initialisation", "## 2.", "## 3.", "## 4."] {
+        assert!(report.contains(heading), "report.md lacks `{heading}`");
+    }
+    // Every image the report links exists and is a PNG.
+    let mut images = 0;
+    for link in report.split("](").skip(1) {
+        let Some(end) = link.find(')') else { continue };
+        let target = &link[..end];
+        if target.ends_with(".png") {
+            let bytes = std::fs::read(dir.join(target)).unwrap_or_else(|e| panic!("{target}: {e}"));
+            assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{target}");
+            images += 1;
+        }
+    }
+    assert!(images >= 4, "the report shows {images} plots");
+    let log = std::fs::read_to_string(dir.join("log.txt")).expect("log.txt");
+    assert!(log.contains("pipeline done"));
+}
+
+#[test]
+fn the_same_seed_gives_the_same_results_and_another_seed_does_not() {
+    ok(&run("same-seed", &[], &[]));
+    assert_eq!(&results("same-seed"), reference(), "same seed, different results.json");
+    ok(&run(
+        "other-seed",
+        &["--set", "run.seed=2", "--set", "pipeline.stages=[\"datagen\",\"init\"]"],
+        &[],
+    ));
+    assert_ne!(results("other-seed")["policy_init"], reference()["policy_init"]);
+}
+
+#[test]
+fn a_finished_run_is_skipped_and_a_changed_config_is_refused() {
+    reference();
+    let again = ok(&run("reference", &[], &[]));
+    assert!(!again.contains("done in"), "finished stages ran again: {again}");
+    assert_eq!(&results("reference"), reference());
+    let changed = run("reference", &["--set", "pipeline.init.steps=41"], &[]);
+    assert!(!changed.status.success());
+    let err = String::from_utf8_lossy(&changed.stderr);
+    assert!(err.contains("different config"), "{err}");
+}
+
+#[test]
+fn a_pipeline_killed_in_any_stage_resumes_to_the_same_results() {
+    let reference = reference();
+    // Positions: init at step 30 (its last checkpoint is step 20), the reward stage while it
+    // trains a reward model, the search evaluation part-way, RL after its first iteration.
+    for (i, point) in ["init:30", "reward:10", "search-eval:3", "rl:1"].iter().enumerate() {
+        let name = format!("killed-{i}");
+        let crashed = run(&name, &[], &[("PONDER_CRASH_AT", point)]);
+        assert!(!crashed.status.success(), "{point}: the crash was not injected");
+        let err = String::from_utf8_lossy(&crashed.stderr);
+        assert!(err.contains("PONDER_CRASH_AT reached"), "{point}: {err}");
+        ok(&run(&name, &["--resume"], &[]));
+        assert_eq!(&results(&name), reference, "{point}: resumed results differ");
+    }
+}
