@@ -145,6 +145,7 @@ fn short(value: &toml::Value) -> String {
             .or_else(|| t.get("kind"))
             .map(short)
             .unwrap_or_else(|| "table".into()),
+        toml::Value::Array(items) => items.iter().map(short).collect::<Vec<_>>().join("."),
         other => other.to_string(),
     };
     text.chars()
@@ -288,7 +289,7 @@ impl Sweep {
                 for ((k, v), column) in combo.iter().zip(&names) {
                     set_path(&mut config, k, v.clone()).map_err(|e| err(format!("grid: {e}")))?;
                     values.push((k.clone(), v.clone()));
-                    parts.push(format!("{column}={}", short(v)));
+                    parts.push(format!("{column}-{}", short(v)));
                 }
                 let run_name = if parts.is_empty() {
                     "run".to_string()

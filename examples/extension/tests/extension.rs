@@ -46,3 +46,70 @@ fn registering_twice_is_refused() {
     ponder_example_extension::register(&mut registry).expect("first time");
     assert!(ponder_example_extension::register(&mut registry).is_err());
 }
+
+fn extended(args: &[&str], dir: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ponder-extended"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("runs")
+}
+
+fn configs() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs")
+}
+
+#[test]
+fn the_extension_searcher_runs_in_the_whole_pipeline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = extended(
+        &["run", &configs().join("adaptive.toml").to_string_lossy(), "--set", "run.out_dir=runs"],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let run = dir.path().join("runs/extension-adaptive");
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("results.json")).expect("results")).expect("JSON");
+    let curves = &results["search"]["curves"];
+    let adaptive = curves["adaptive"].as_array().expect("the adaptive searcher's curve");
+    let majority = curves["majority"].as_array().expect("majority's curve");
+    assert_eq!(adaptive.len(), 3);
+    // Stopping early: at the largest budget it spends fewer tokens than majority voting.
+    let tokens = |c: &[serde_json::Value]| c[2]["tokens_per_problem"].as_f64().expect("tokens");
+    assert!(tokens(adaptive) < tokens(majority), "{} vs {}", tokens(adaptive), tokens(majority));
+    assert!(results["learn"]["bc"]["pass@1_after"].is_number(), "{results}");
+    assert!(std::fs::read_to_string(run.join("report.md")).expect("report").contains("adaptive"));
+}
+
+#[test]
+fn the_extension_sweep_compares_its_searcher_with_the_builtins() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sweep = configs().join("sweep.toml");
+    // Into the temporary directory: a copy of the sweep with its out_dir there.
+    let text = std::fs::read_to_string(&sweep).expect("sweep file");
+    let local = dir.path().join("sweep.toml");
+    std::fs::copy(configs().join("adaptive.toml"), dir.path().join("adaptive.toml")).expect("copy base");
+    std::fs::write(&local, text.replace("[sweep]\n", "[sweep]\nout_dir = \"out\"\n")).expect("write");
+    let o = extended(&["sweep", &local.to_string_lossy()], dir.path());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = dir.path().join("out/sweep");
+    let table = std::fs::read_to_string(out.join("table.md")).expect("table.md");
+    assert_eq!(table.lines().count(), 2 + 6, "{table}");
+    assert!(table.contains("adaptive") && table.contains("majority"), "{table}");
+    assert!(!table.contains("not run"), "{table}");
+    let csv = std::fs::read_to_string(out.join("table.csv")).expect("table.csv");
+    assert_eq!(csv.lines().count(), 1 + 6);
+    for plot in ["accuracy", "tokens_per_problem"] {
+        let bytes = std::fs::read(out.join("plots").join(format!("{plot}.png"))).expect("plot");
+        assert_eq!(&bytes[..4], b"\x89PNG");
+    }
+    // The shared stages ran once: the policy of every run is the base run's.
+    let base = std::fs::read(out.join("base/policy/init/model.safetensors")).expect("base policy");
+    let one = std::fs::read(out.join("budgets-8_searchers-adaptive/policy/init/model.safetensors")).expect("a run's policy");
+    assert_eq!(base, one);
+    // Resumable: a second invocation finds everything done.
+    let again = extended(&["sweep", &local.to_string_lossy()], dir.path());
+    assert!(again.status.success());
+    let log = std::fs::read_to_string(out.join("logs/budgets-8_searchers-adaptive.log")).expect("log");
+    assert_eq!(log.matches("stage search-eval done").count(), 1, "{log}");
+}
