@@ -131,6 +131,7 @@ impl TrainablePolicy {
             steps: 0,
             checkpoint_every: usize::MAX,
             log_every: usize::MAX,
+            divergence_floor: 1.0,
             ..TrainerConfig::default()
         };
         TrainablePolicy {

@@ -65,6 +65,12 @@ pub struct TokenLoss<'a> {
     pub stats: Mutex<TokenStats>,
 }
 
+/// The largest importance ratio a negative-advantage token counts with.
+pub const DUAL_CLIP: f32 = 3.0;
+
+/// The largest per-token KL estimate that still has a gradient.
+pub const KL_CLAMP: f32 = 10.0;
+
 /// `∂L/∂log π(a)` and the loss of one token, given its log-probability.
 pub fn token_gradient(
     settings: &LossSettings,
@@ -78,7 +84,11 @@ pub fn token_gradient(
             let r = (logprob - old).exp();
             let unclipped = r * advantage;
             let bounded = r.clamp(1.0 - eps, 1.0 + eps) * advantage;
-            if unclipped <= bounded {
+            if advantage < 0.0 && r > DUAL_CLIP {
+                // Dual clip (Ye et al., 2020): a token the update made far likelier while its
+                // advantage is negative would otherwise contribute an unbounded loss.
+                (0.0, -DUAL_CLIP * advantage, true)
+            } else if unclipped <= bounded {
                 (-advantage * r, -unclipped, false)
             } else {
                 (0.0, -bounded, true)
@@ -87,9 +97,16 @@ pub fn token_gradient(
         _ => (-advantage, -advantage * logprob, false),
     };
     if let (Some(reference), true) = (reference, settings.kl_coef != 0.0) {
+        // The k3 estimator, clamped at KL_CLAMP (as verl does): beyond it, e^d explodes for a
+        // token the policy has made nearly impossible, and one token would dominate the batch.
         let d = reference - logprob;
-        loss += settings.kl_coef * (d.exp() - d - 1.0);
-        g += settings.kl_coef * (1.0 - d.exp());
+        let k3 = d.exp() - d - 1.0;
+        if k3 <= KL_CLAMP {
+            loss += settings.kl_coef * k3;
+            g += settings.kl_coef * (1.0 - d.exp());
+        } else {
+            loss += settings.kl_coef * KL_CLAMP;
+        }
     }
     if !g.is_finite() {
         g = 0.0;
@@ -188,6 +205,9 @@ mod tests {
         // ratio 2 with a negative advantage: the unclipped term is the minimum.
         let (g, loss, clipped) = token_gradient(&s, 2f32.ln(), -1.0, Some(0.0), None);
         assert!(!clipped && (g - 2.0).abs() < 1e-6 && (loss - 2.0).abs() < 1e-6);
+        // ratio 5 with a negative advantage: the dual clip bounds it at 3, with no gradient.
+        let (g, loss, clipped) = token_gradient(&s, 5f32.ln(), -1.0, Some(0.0), None);
+        assert!(clipped && g == 0.0 && (loss - 3.0).abs() < 1e-6);
         // No ratio: plain weighted log-likelihood.
         let plain = LossSettings { clip: None, ..s };
         let (g, loss, _) = token_gradient(&plain, -0.5, 2.0, None, None);

@@ -135,6 +135,11 @@ fn add_bias(x: &mut [f32], bias: &[f32]) {
     }
 }
 
+/// The most new tokens one pass of [`Engine::forward`] computes at once; larger batches are
+/// split, which bounds activation memory (a batch of 64 traces for each of 200 problems is
+/// about a million tokens, and tens of gigabytes of activations in one pass).
+pub const MAX_PASS_TOKENS: usize = 16_384;
+
 impl Engine {
     pub fn new(weights: &HostWeights) -> Engine {
         let c = weights.config.clone();
@@ -219,6 +224,22 @@ impl Engine {
             "one token list and want per cache"
         );
         let total: usize = tokens.iter().map(|t| t.len()).sum();
+        if total > MAX_PASS_TOKENS && n > 1 {
+            // Consecutive slices of at most MAX_PASS_TOKENS new tokens (or one sequence): the
+            // activations of one pass stay bounded however large the batch.
+            let mut out = Vec::with_capacity(n);
+            let mut start = 0;
+            while start < n {
+                let (mut end, mut acc) = (start, 0);
+                while end < n && (end == start || acc + tokens[end].len() <= MAX_PASS_TOKENS) {
+                    acc += tokens[end].len();
+                    end += 1;
+                }
+                out.extend(self.forward(&mut caches[start..end], &tokens[start..end], &want[start..end]));
+                start = end;
+            }
+            return out;
+        }
         let groups = if total < 8 || n == 1 { 1 } else { self.threads.min(n) };
         if groups == 1 {
             // One group: let the matrix products use the threads when the work is large.

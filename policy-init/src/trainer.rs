@@ -32,8 +32,13 @@ pub struct TrainerConfig {
     pub log_every: usize,
     /// Run the objective's evaluation every this many steps (0: only at the end).
     pub eval_every: usize,
-    /// Stop when the loss exceeds this multiple of its running mean (after warmup).
+    /// Stop when the loss's magnitude exceeds this multiple of its running mean magnitude, or
+    /// of `divergence_floor` if that is larger (after warmup).
     pub divergence_factor: f64,
+    /// The smallest scale the guard compares against. Supervised losses are positive and
+    /// settle, so a small floor catches a jump; RL surrogate losses hover around zero with
+    /// large relative swings, so RL sets a floor of the loss's natural scale (1.0).
+    pub divergence_floor: f64,
     /// On the CPU, compute gradients with the hand-written training path instead of burn's
     /// autodiff where the objective has one (same gradients, several times faster).
     pub native_cpu: bool,
@@ -48,6 +53,7 @@ impl Default for TrainerConfig {
             log_every: 10,
             eval_every: 0,
             divergence_factor: 8.0,
+            divergence_floor: 1e-3,
             native_cpu: true,
         }
     }
@@ -388,17 +394,17 @@ impl Trainer {
         }
         if let Some(mean) = self.loss_mean
             && self.step > self.config.optim.warmup_steps
-            && loss > self.config.divergence_factor * mean.max(1e-3)
+            && loss.abs() > self.config.divergence_factor * mean.max(self.config.divergence_floor)
         {
             return Err(PolicyError::Diverged(format!(
-                "step {}: the loss jumped to {loss:.4}, {:.1}x its running mean {mean:.4} (the last checkpoint is intact)",
+                "step {}: the loss jumped to {loss:.4}, {:.1}x its running mean magnitude {mean:.4} (the last checkpoint is intact)",
                 self.step,
-                loss / mean
+                loss.abs() / mean.max(1e-12)
             )));
         }
         self.loss_mean = Some(match self.loss_mean {
-            Some(m) => 0.95 * m + 0.05 * loss,
-            None => loss,
+            Some(m) => 0.95 * m + 0.05 * loss.abs(),
+            None => loss.abs(),
         });
         Ok(())
     }

@@ -47,6 +47,9 @@ struct Sequence {
     finish: Option<Finish>,
 }
 
+/// Sequences decoded together at most (far beyond where batching stops paying on a CPU).
+const GENERATE_CHUNK: usize = 1024;
+
 impl TransformerPolicy {
     pub fn new(weights: &HostWeights, tokenizer: Tokenizer) -> TransformerPolicy {
         let engine = Engine::new(weights);
@@ -144,7 +147,17 @@ impl TransformerPolicy {
             .collect()
     }
 
+    /// Generates in batches of at most `GENERATE_CHUNK` sequences, so that a huge request
+    /// (thousands of samples) never holds all its KV caches at once. Each sequence samples from
+    /// its own seeded generator, so the split does not change what is drawn.
     fn generate_sync(&self, requests: &[GenRequest]) -> Vec<Generation> {
+        requests
+            .chunks(GENERATE_CHUNK)
+            .flat_map(|chunk| self.generate_batch(chunk))
+            .collect()
+    }
+
+    fn generate_batch(&self, requests: &[GenRequest]) -> Vec<Generation> {
         let max_seq = self.engine.config.max_seq_len;
         // Distinct prompts, computed once each.
         let mut distinct: Vec<Vec<u32>> = Vec::new();

@@ -54,8 +54,16 @@ impl LearnedReward {
         self
     }
 
-    /// Scores many (problem, trace) pairs in one batched pass.
+    /// Scores many (problem, trace) pairs in batched passes of at most `SCORE_CHUNK` traces
+    /// (so that the KV caches of a huge batch are never all alive at once).
     pub fn score_pairs(&self, pairs: &[(&Problem, &Trace)]) -> Vec<StepScores> {
+        pairs
+            .chunks(SCORE_CHUNK)
+            .flat_map(|chunk| self.score_chunk(chunk))
+            .collect()
+    }
+
+    fn score_chunk(&self, pairs: &[(&Problem, &Trace)]) -> Vec<StepScores> {
         let max_seq = self.engine.config.max_seq_len;
         let ends_line = |t: u32| self.tokenizer.ends_line(t);
         let mut encoded = Vec::with_capacity(pairs.len());
@@ -97,6 +105,9 @@ impl LearnedReward {
         out
     }
 }
+
+/// Traces scored per batched pass.
+const SCORE_CHUNK: usize = 1024;
 
 #[async_trait]
 impl RewardModel for LearnedReward {

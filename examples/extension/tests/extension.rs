@@ -63,7 +63,12 @@ fn configs() -> std::path::PathBuf {
 fn the_extension_searcher_runs_in_the_whole_pipeline() {
     let dir = tempfile::tempdir().expect("tempdir");
     let o = extended(
-        &["run", &configs().join("adaptive.toml").to_string_lossy(), "--set", "run.out_dir=runs"],
+        &[
+            "run",
+            &configs().join("adaptive.toml").to_string_lossy(),
+            "--set",
+            "run.out_dir=runs",
+        ],
         dir.path(),
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -76,9 +81,18 @@ fn the_extension_searcher_runs_in_the_whole_pipeline() {
     assert_eq!(adaptive.len(), 3);
     // Stopping early: at the largest budget it spends fewer tokens than majority voting.
     let tokens = |c: &[serde_json::Value]| c[2]["tokens_per_problem"].as_f64().expect("tokens");
-    assert!(tokens(adaptive) < tokens(majority), "{} vs {}", tokens(adaptive), tokens(majority));
+    assert!(
+        tokens(adaptive) < tokens(majority),
+        "{} vs {}",
+        tokens(adaptive),
+        tokens(majority)
+    );
     assert!(results["learn"]["bc"]["pass@1_after"].is_number(), "{results}");
-    assert!(std::fs::read_to_string(run.join("report.md")).expect("report").contains("adaptive"));
+    assert!(
+        std::fs::read_to_string(run.join("report.md"))
+            .expect("report")
+            .contains("adaptive")
+    );
 }
 
 #[test]
@@ -105,7 +119,8 @@ fn the_extension_sweep_compares_its_searcher_with_the_builtins() {
     }
     // The shared stages ran once: the policy of every run is the base run's.
     let base = std::fs::read(out.join("base/policy/init/model.safetensors")).expect("base policy");
-    let one = std::fs::read(out.join("budgets-8_searchers-adaptive/policy/init/model.safetensors")).expect("a run's policy");
+    let one =
+        std::fs::read(out.join("budgets-8_searchers-adaptive/policy/init/model.safetensors")).expect("a run's policy");
     assert_eq!(base, one);
     // Resumable: a second invocation finds everything done.
     let again = extended(&["sweep", &local.to_string_lossy()], dir.path());

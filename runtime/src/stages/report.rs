@@ -427,29 +427,33 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
         figures.insert("learn".into(), json!(true));
     }
 
-    if let Some(ablations) = r["ablations"].as_object() {
-        writeln!(out, "## 5. Data ablations\n")?;
-        for (name, a) in ablations {
-            writeln!(out, "### {name}\n\n{}\n", a["summary"].as_str().unwrap_or(""))?;
-            if let Some(rows) = a["rows"].as_array() {
-                writeln!(
-                    out,
-                    "| variant | tokens | greedy pass@1 | pass@8 | after RL |\n|---|---|---|---|---|"
-                )?;
-                for row in rows {
-                    writeln!(
-                        out,
-                        "| {} | {:.2}M | {} {} | {} | {} |",
-                        row["variant"].as_str().unwrap_or(""),
-                        row["train_tokens"].as_f64().unwrap_or(0.0) / 1e6,
-                        pct(&row["pass@1"]),
-                        ci(&row["pass@1_ci"]),
-                        pct(&row["pass@8"]),
-                        pct(&row["pass@1_after_rl"])
-                    )?;
-                }
-                writeln!(out)?;
+    // Data ablations need policies of their own: they are sweeps, shown here when run.
+    writeln!(out, "## 5. Data ablations\n")?;
+    let ablations = [
+        (
+            "init_style",
+            "Search-trace against optimal-trace initialisation at equal training tokens, before and after RL",
+            "Stream of Search: +25% accuracy from search-trace training (countdown)",
+        ),
+        (
+            "retry_data",
+            "Data with corrected mistakes (`retry`) against clean data, modular dependency chains, equal tokens",
+            "Physics of LMs 2.2: retry data beats clean data, more so at higher retry rates",
+        ),
+    ];
+    let sweeps = std::path::Path::new(&ctx.config.run.out_dir).join("sweeps");
+    for (name, what, published) in ablations {
+        let table = std::fs::read_to_string(sweeps.join(name).join("table.md")).ok();
+        writeln!(out, "### {what}\n\nPublished: {published}.\n")?;
+        match table {
+            Some(t) => {
+                writeln!(out, "{t}\n(from `{}`)\n", sweeps.join(name).display())?;
+                figures.insert(format!("ablation_{name}"), json!(true));
             }
+            None => writeln!(
+                out,
+                "Not run yet: `cargo xtask sweep configs/sweeps/{name}.toml` fills this table.\n"
+            )?,
         }
     }
     writeln!(

@@ -331,10 +331,16 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         "curve": curve,
         "eval": after.summary(),
     });
+    // Sampled pass@k; `pass@1_before/after` stay the greedy figures.
     for (k, e) in &after.pass_at {
-        results[format!("pass@{k}_after")] = json!(e.value);
-        results[format!("pass@{k}_after_ci")] = json!([e.low, e.high]);
-        results[format!("pass@{k}_before")] = before[format!("pass@{k}")].clone();
+        let key = if *k == 1 {
+            "pass@1_sampled".to_string()
+        } else {
+            format!("pass@{k}")
+        };
+        results[format!("{key}_after")] = json!(e.value);
+        results[format!("{key}_after_ci")] = json!([e.low, e.high]);
+        results[format!("{key}_before")] = before[&key].clone();
     }
     Ok(results)
 }
