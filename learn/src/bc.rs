@@ -13,6 +13,8 @@ use crate::{Experience, LearnError, LearnStats, Learner, TrainablePolicy, encode
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BcSettings {
+    /// Learning rate (default 1e-4: on the default countdown policy, 3e-4 and 5e-4 lowered
+    /// held-out pass@1 within 20 iterations while 1e-4 raised it).
     pub lr: f64,
     pub epochs: usize,
     /// Sequences per optimizer step.
@@ -27,7 +29,7 @@ pub struct BcSettings {
 impl Default for BcSettings {
     fn default() -> Self {
         BcSettings {
-            lr: 5e-4,
+            lr: 1e-4,
             epochs: 2,
             minibatch: 32,
             only_correct: true,

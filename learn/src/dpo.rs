@@ -21,6 +21,8 @@ use crate::{
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DpoSettings {
+    /// Learning rate (default 1e-4: on the default countdown policy, 3e-4 and 5e-4 lowered
+    /// held-out pass@1 within 20 iterations while 1e-4 raised it).
     pub lr: f64,
     pub beta: f32,
     pub epochs: usize,
@@ -33,7 +35,7 @@ pub struct DpoSettings {
 impl Default for DpoSettings {
     fn default() -> Self {
         DpoSettings {
-            lr: 2e-4,
+            lr: 1e-4,
             beta: 0.1,
             epochs: 2,
             minibatch: 32,

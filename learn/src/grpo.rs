@@ -14,6 +14,8 @@ use crate::{Experience, LearnError, LearnStats, Learner, TrainablePolicy, comple
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GrpoSettings {
+    /// Learning rate (default 1e-4: on the default countdown policy, 3e-4 and 5e-4 lowered
+    /// held-out pass@1 within 20 iterations while 1e-4 raised it).
     pub lr: f64,
     pub clip: f32,
     pub kl: f32,
@@ -27,7 +29,7 @@ pub struct GrpoSettings {
 impl Default for GrpoSettings {
     fn default() -> Self {
         GrpoSettings {
-            lr: 3e-4,
+            lr: 1e-4,
             clip: 0.2,
             kl: 0.02,
             entropy: 0.0,
