@@ -740,7 +740,6 @@ fn display_value(v: &Value) -> String {
             .or_else(|| m.get("kind"))
             .map(display_value)
             .unwrap_or_else(|| v.to_string()),
-        Value::Array(a) if a.len() == 1 => display_value(&a[0]),
         other => other.to_string(),
     }
 }

@@ -120,11 +120,11 @@ fn the_extension_sweep_compares_its_searcher_with_the_builtins() {
     // The shared stages ran once: the policy of every run is the base run's.
     let base = std::fs::read(out.join("base/policy/init/model.safetensors")).expect("base policy");
     let one =
-        std::fs::read(out.join("budgets-8_searchers-adaptive/policy/init/model.safetensors")).expect("a run's policy");
+        std::fs::read(out.join("searchers-adaptive_budgets-8/policy/init/model.safetensors")).expect("a run's policy");
     assert_eq!(base, one);
     // Resumable: a second invocation finds everything done.
     let again = extended(&["sweep", &local.to_string_lossy()], dir.path());
     assert!(again.status.success());
-    let log = std::fs::read_to_string(out.join("logs/budgets-8_searchers-adaptive.log")).expect("log");
+    let log = std::fs::read_to_string(out.join("logs/searchers-adaptive_budgets-8.log")).expect("log");
     assert_eq!(log.matches("stage search-eval done").count(), 1, "{log}");
 }
