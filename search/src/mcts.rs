@@ -407,6 +407,21 @@ impl Mcts {
         }
     }
 
+    /// The end of the most visited path from `from`.
+    fn most_visited_leaf(&self, tree: &Tree, from: usize) -> usize {
+        let mut node = from;
+        while let Some(next) = tree.nodes[node]
+            .children
+            .iter()
+            .copied()
+            .filter(|&c| tree.nodes[c].visits > 0)
+            .max_by(|&a, &b| tree.nodes[a].visits.cmp(&tree.nodes[b].visits).then(b.cmp(&a)))
+        {
+            node = next;
+        }
+        node
+    }
+
     /// The terminal node under `from` with the best mean value.
     fn best_terminal(&self, tree: &Tree, from: usize) -> Option<usize> {
         (0..tree.nodes.len())
@@ -580,6 +595,39 @@ impl Searcher for Mcts {
                     scores: None,
                     score: n.q(),
                     tokens: 0,
+                });
+            }
+        }
+        if chosen.is_none() {
+            // No finished trace (a budget too small to reach one): finish the most visited
+            // path with one rollout, so that the search still answers. Its tokens count.
+            let leaf = self.most_visited_leaf(&tree, chosen_root_child.unwrap_or(0));
+            let steps = tree.nodes[leaf].steps.clone();
+            let prompt = format!(
+                "{}{}",
+                problem.prompt,
+                Trace::new(steps.clone(), "").render_prefix(steps.len())
+            );
+            let request = GenRequest::new(
+                prompt,
+                Stop::TraceEnd,
+                env.max_trace_tokens,
+                env.sampling,
+                env.request_seed(u64::MAX, 0),
+            );
+            if let Some(g) = env.generate(&[request], &mut cost).await?.pop() {
+                let rest = Trace::parse(&g.text);
+                let mut all = steps;
+                all.extend(rest.steps);
+                chosen = Some(candidates.len());
+                candidates.push(Candidate {
+                    trace: Trace {
+                        steps: all,
+                        answer: rest.answer,
+                    },
+                    scores: None,
+                    score: None,
+                    tokens: g.tokens() as u64,
                 });
             }
         }

@@ -245,3 +245,22 @@ async fn lockstep_batches_give_the_same_outcomes() {
         assert_eq!(a.cost, b.cost);
     }
 }
+
+#[tokio::test]
+async fn mcts_answers_even_when_the_budget_ends_before_any_trace_does() {
+    let (task, problems) = problems(20);
+    let reward = OracleProcessReward::new(task.clone(), Aggregation::Last);
+    let mcts = Mcts {
+        settings: MctsSettings::default(),
+    };
+    for (i, p) in problems.iter().enumerate() {
+        let e = env(&RandomMoves, &reward, task.as_ref(), i as u64);
+        let budget = Budget {
+            generations: 1,
+            tokens_per_generation: 3,
+        };
+        let out = mcts.search(p, &e, &budget).await.expect("searches");
+        assert!(out.trace.is_some(), "problem {i}: no trace at budget 1");
+        assert!(out.cost.generated_tokens > 0);
+    }
+}
