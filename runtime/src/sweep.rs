@@ -59,7 +59,8 @@ struct Header {
     threads: usize,
     #[serde(default)]
     reuse: Vec<String>,
-    /// The grid key on the plots' x axis (default: the first grid key, or the variants).
+    /// The key on the plots' x axis (default: `variant` when there are variants, else the
+    /// first grid key).
     x: Option<String>,
 }
 
@@ -206,6 +207,15 @@ impl Sweep {
                 return Err(err(format!("sweep.reuse: unknown stage `{s}`")));
             }
         }
+        // Shared stages must be the first stages of the pipeline, in order: a later stage
+        // needs what the earlier ones wrote.
+        if !file.sweep.reuse.iter().zip(STAGES).all(|(r, s)| r == s) {
+            return Err(err(format!(
+                "sweep.reuse: give the first stages in order ({}), not {:?}",
+                STAGES[..STAGES.len() - 1].join(", "),
+                file.sweep.reuse
+            )));
+        }
         // The grid, as (key, values).
         let mut grid: Vec<(String, Vec<toml::Value>)> = Vec::new();
         for (key, values) in &file.grid {
@@ -306,6 +316,12 @@ impl Sweep {
         }
         let mut seen = std::collections::HashSet::new();
         for r in &runs {
+            if ["base", "configs", "logs", "plots"].contains(&r.name.as_str()) {
+                return Err(err(format!(
+                    "a run may not be named `{}`: the sweep uses that directory",
+                    r.name
+                )));
+            }
             if !seen.insert(r.name.clone()) {
                 return Err(err(format!(
                     "two runs would both be named `{}`: make the values or labels distinct",
@@ -518,10 +534,23 @@ impl Sweep {
     pub fn collect(&self) -> anyhow::Result<String> {
         let mut rows = Vec::new();
         for r in &self.runs {
-            let results: Option<Value> = std::fs::read_to_string(self.dir.join(&r.name).join("results.json"))
+            let dir = self.dir.join(&r.name);
+            // Finished: every configured stage has its record (results.json is rewritten
+            // after each stage, so a run that failed part-way has one too).
+            let stages: Vec<String> = r
+                .config
+                .get("pipeline")
+                .and_then(|p| p.get("stages"))
+                .and_then(|s| s.as_array())
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+                .unwrap_or_else(|| STAGES.iter().map(|s| s.to_string()).collect());
+            let finished = stages
+                .iter()
+                .all(|s| dir.join("stages").join(format!("{s}.json")).exists());
+            let results: Option<Value> = std::fs::read_to_string(dir.join("results.json"))
                 .ok()
                 .and_then(|t| serde_json::from_str(&t).ok());
-            let mut row = json!({"run": r.name, "finished": results.is_some()});
+            let mut row = json!({"run": r.name, "finished": finished});
             for (k, v) in &r.values {
                 row[k] = serde_json::to_value(v).unwrap_or(Value::Null);
             }

@@ -441,7 +441,19 @@ fn the_binary_guards_the_api_with_a_bearer_token_and_shuts_down_gracefully() {
                 .map(|r| r.status().as_u16())
         })
     };
-    std::thread::sleep(Duration::from_millis(300));
+    // Wait until the request is being worked on, then send SIGTERM.
+    let in_flight_now = || {
+        c.get(format!("{base}/metrics"))
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.starts_with("ponder_in_flight_requests") && l.ends_with(" 1"))
+    };
+    let waited = Instant::now();
+    while !in_flight_now() && waited.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -525,8 +537,28 @@ fn a_loopback_load_test_with_malformed_requests_never_breaks_the_server() {
         at(0.5) * 1e3,
         at(0.99) * 1e3
     );
+    // Concurrent requests were batched: fewer model batches than requests in them.
+    let text = client_blocking_metrics();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(
+        value("ponder_batched_requests_total") > 2.0 * value("ponder_batches_total"),
+        "no batching: {text}"
+    );
     // Still serving.
     chat("low", 1, &prompts[0]);
+}
+
+fn client_blocking_metrics() -> String {
+    client()
+        .get(format!("{}/metrics", server()))
+        .send()
+        .and_then(|r| r.text())
+        .expect("metrics")
 }
 
 #[test]

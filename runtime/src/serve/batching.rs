@@ -70,6 +70,14 @@ fn worker(
     window: Duration,
     counters: Arc<BatchCounters>,
 ) {
+    // One runtime for the worker's futures: remote reward models need tokio for their HTTP.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ponder serve: the model worker cannot start a runtime: {e}");
+            return;
+        }
+    };
     while let Ok(first) = receiver.recv() {
         let mut jobs = vec![first];
         let deadline = std::time::Instant::now() + window;
@@ -79,55 +87,70 @@ fn worker(
                 Err(_) => break,
             }
         }
-        let mut requests = Vec::new();
-        let mut generate_replies = Vec::new();
-        let mut scoring: Vec<(Problem, Vec<Trace>, oneshot::Sender<Result<Vec<StepScores>, String>>)> = Vec::new();
-        for job in jobs {
-            match job {
-                Job::Generate(r, reply) => {
-                    generate_replies.push((requests.len(), r.len(), reply));
-                    requests.extend(r);
-                }
-                Job::Score(p, t, reply) => scoring.push((p, t, reply)),
-                Job::Logprobs(context, continuation, reply) => {
-                    let lp = policy
-                        .score(&[(context.as_str(), continuation.as_str())])
-                        .pop()
-                        .unwrap_or_default();
-                    let _ = reply.send(lp);
-                }
+        // A panic in one batch answers that batch's callers with an error (their reply
+        // channels drop) and leaves the worker serving the next.
+        let run = std::panic::AssertUnwindSafe(|| run_batch(&runtime, &policy, &reward, jobs, &counters));
+        if std::panic::catch_unwind(run).is_err() {
+            eprintln!("ponder serve: a batch failed inside the model; its requests got errors");
+        }
+    }
+}
+
+fn run_batch(
+    runtime: &tokio::runtime::Runtime,
+    policy: &TransformerPolicy,
+    reward: &Arc<dyn RewardModel>,
+    jobs: Vec<Job>,
+    counters: &BatchCounters,
+) {
+    let mut requests = Vec::new();
+    let mut generate_replies = Vec::new();
+    let mut scoring: Vec<(Problem, Vec<Trace>, oneshot::Sender<Result<Vec<StepScores>, String>>)> = Vec::new();
+    for job in jobs {
+        match job {
+            Job::Generate(r, reply) => {
+                generate_replies.push((requests.len(), r.len(), reply));
+                requests.extend(r);
+            }
+            Job::Score(p, t, reply) => scoring.push((p, t, reply)),
+            Job::Logprobs(context, continuation, reply) => {
+                let lp = policy
+                    .score(&[(context.as_str(), continuation.as_str())])
+                    .pop()
+                    .unwrap_or_default();
+                let _ = reply.send(lp);
             }
         }
-        if !requests.is_empty() {
-            counters.batches.fetch_add(1, Ordering::Relaxed);
-            counters
-                .batched_requests
-                .fetch_add(requests.len() as u64, Ordering::Relaxed);
-            let generated = futures::executor::block_on(policy.generate(&requests)).map_err(|e| e.to_string());
-            if let Ok(g) = &generated {
-                let tokens: usize = g.iter().map(|x| x.tokens()).sum();
-                counters.generated_tokens.fetch_add(tokens as u64, Ordering::Relaxed);
-            }
-            for (start, len, reply) in generate_replies {
-                let part = generated
-                    .as_ref()
-                    .map(|g| g[start..start + len].to_vec())
-                    .map_err(|e| e.clone());
-                let _ = reply.send(part);
-            }
+    }
+    if !requests.is_empty() {
+        counters.batches.fetch_add(1, Ordering::Relaxed);
+        counters
+            .batched_requests
+            .fetch_add(requests.len() as u64, Ordering::Relaxed);
+        let generated = runtime.block_on(policy.generate(&requests)).map_err(|e| e.to_string());
+        if let Ok(g) = &generated {
+            let tokens: usize = g.iter().map(|x| x.tokens()).sum();
+            counters.generated_tokens.fetch_add(tokens as u64, Ordering::Relaxed);
         }
-        if !scoring.is_empty() {
-            let items: Vec<(&Problem, &[Trace])> = scoring.iter().map(|(p, t, _)| (p, t.as_slice())).collect();
-            let traces: usize = items.iter().map(|(_, t)| t.len()).sum();
-            counters.reward_traces.fetch_add(traces as u64, Ordering::Relaxed);
-            let scored = futures::executor::block_on(reward.score_many(&items)).map_err(|e| e.to_string());
-            for (i, (_, _, reply)) in scoring.into_iter().enumerate() {
-                let part = match &scored {
-                    Ok(s) => Ok(s[i].clone()),
-                    Err(e) => Err(e.clone()),
-                };
-                let _ = reply.send(part);
-            }
+        for (start, len, reply) in generate_replies {
+            let part = generated
+                .as_ref()
+                .map(|g| g[start..start + len].to_vec())
+                .map_err(|e| e.clone());
+            let _ = reply.send(part);
+        }
+    }
+    if !scoring.is_empty() {
+        let items: Vec<(&Problem, &[Trace])> = scoring.iter().map(|(p, t, _)| (p, t.as_slice())).collect();
+        let traces: usize = items.iter().map(|(_, t)| t.len()).sum();
+        counters.reward_traces.fetch_add(traces as u64, Ordering::Relaxed);
+        let scored = runtime.block_on(reward.score_many(&items)).map_err(|e| e.to_string());
+        for (i, (_, _, reply)) in scoring.into_iter().enumerate() {
+            let part = match &scored {
+                Ok(s) => Ok(s[i].clone()),
+                Err(e) => Err(e.clone()),
+            };
+            let _ = reply.send(part);
         }
     }
 }

@@ -20,7 +20,6 @@ pub mod metrics;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -137,7 +136,7 @@ pub fn state_from_run(run_dir: &Path, registry: &Registry, overrides: &[String])
     }) {
         Ok(r) => Arc::from(r),
         Err(e) => {
-            tracing::warn!("no trained reward model ({e}); answers are scored by the task's verifier");
+            eprintln!("ponder serve: no usable reward model ({e}); searches score answers with the task's verifier");
             Arc::new(ponder_reward::verifier::VerifierReward::new(
                 task.clone(),
                 Default::default(),
@@ -201,6 +200,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(models))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -214,8 +214,9 @@ pub async fn serve(
     port: u16,
 ) -> anyhow::Result<()> {
     let state = Arc::new(state_from_run(run_dir, registry, overrides)?);
-    let addr: SocketAddr = format!("{host}:{port}").parse()?;
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = tokio::net::TcpListener::bind((host, port))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {host}:{port}: {e}"))?;
     eprintln!("ponder: serving {} on http://{}", state.model, listener.local_addr()?);
     serve_on(listener, state, shutdown_signal()).await?;
     eprintln!("ponder: shut down");
@@ -250,6 +251,15 @@ async fn shutdown_signal() {
     eprintln!("ponder: shutting down");
 }
 
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -270,15 +280,22 @@ where
     let response = match authorise(state, headers) {
         Err(e) => e.into_response(),
         Ok(()) => {
-            let queued = state.waiting.fetch_add(1, Ordering::SeqCst);
-            state.metrics.queued.fetch_add(1, Ordering::Relaxed);
-            let permit = if queued as usize >= state.settings.queue {
-                None
-            } else {
-                state.slots.acquire().await.ok()
+            // A free slot at once; else a place in the queue, if there is one.
+            let permit = match state.slots.try_acquire() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    let queued = state.waiting.fetch_add(1, Ordering::SeqCst);
+                    state.metrics.queued.fetch_add(1, Ordering::Relaxed);
+                    let p = if queued as usize >= state.settings.queue {
+                        None
+                    } else {
+                        state.slots.acquire().await.ok()
+                    };
+                    state.waiting.fetch_sub(1, Ordering::SeqCst);
+                    state.metrics.queued.fetch_sub(1, Ordering::Relaxed);
+                    p
+                }
             };
-            state.waiting.fetch_sub(1, Ordering::SeqCst);
-            state.metrics.queued.fetch_sub(1, Ordering::Relaxed);
             match permit {
                 None => ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
@@ -289,7 +306,8 @@ where
                 .into_response(),
                 Some(_permit) => {
                     state.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-                    let limit = Duration::from_secs_f64(state.settings.timeout_seconds.max(0.001));
+                    let limit =
+                        Duration::try_from_secs_f64(state.settings.timeout_seconds.max(0.001)).unwrap_or(Duration::MAX);
                     let r = match tokio::time::timeout(limit, work).await {
                         Ok(Ok(v)) => v.into_response(),
                         Ok(Err(e)) => e.into_response(),
@@ -824,7 +842,6 @@ fn pieces_and_offsets(tokenizer: &Tokenizer, ids: &[u32]) -> (Vec<String>, Vec<u
 
 #[derive(Debug, Deserialize)]
 struct ScoreRequest {
-    model: Option<String>,
     prompt: String,
     traces: Vec<Trace>,
 }
@@ -836,10 +853,9 @@ async fn score(
 ) -> Response {
     let s = state.clone();
     guarded(&state, "score", &headers, async move {
+        // `model` is accepted and ignored: the remote reward kind sends whatever its config
+        // names, and this server has one reward model.
         let r: ScoreRequest = parse(body)?;
-        if let Some(m) = &r.model {
-            check_model(&s, m)?;
-        }
         if r.traces.len() > 256 {
             return Err(ApiError::bad_request("at most 256 traces", Some("traces")));
         }
