@@ -6,7 +6,7 @@ use ponder_policy_init::optim::OptimConfig;
 use ponder_policy_init::trainer::Progress;
 use serde::{Deserialize, Serialize};
 
-use crate::objective::{TermsObjective, minibatches, per_token};
+use crate::objective::minibatches;
 use crate::token_loss::{LossSettings, TokenTerms};
 use crate::{Experience, LearnError, LearnStats, Learner, TrainablePolicy, encode_sample};
 
@@ -50,11 +50,7 @@ impl Learner for BehaviourCloning {
     }
 
     fn optim(&self) -> OptimConfig {
-        OptimConfig {
-            lr: self.settings.lr,
-            warmup_steps: 5,
-            ..OptimConfig::default()
-        }
+        crate::fine_tuning_optim(self.settings.lr, None)
     }
 
     fn learn(
@@ -102,28 +98,8 @@ impl Learner for BehaviourCloning {
             entropy_coef: 0.0,
             value_coef: 0.0,
         };
-        let sequences = terms.len();
-        let tokens_before = policy.trainer.tokens;
-        let mut objective = TermsObjective::new(
-            policy.template.clone(),
-            terms,
-            batches,
-            policy.trainer.step,
-            settings,
-            policy.value_head,
-        );
-        let summary = policy.train(&mut objective, steps, progress)?;
-        let stats = objective.stats.lock().map(|s| *s).unwrap_or_default();
-        let (kl, entropy, clipped) = per_token(&stats);
-        Ok(LearnStats {
-            loss: summary.final_loss,
-            kl,
-            entropy,
-            clip_fraction: clipped,
-            optimizer_steps: steps,
-            tokens: policy.trainer.tokens - tokens_before,
-            sequences,
-            extra: vec![("demonstrations".into(), sequences as f64)],
-        })
+        let (mut out, _) = policy.train_terms(terms, batches, settings, steps, progress)?;
+        out.extra = vec![("demonstrations".into(), out.sequences as f64)];
+        Ok(out)
     }
 }

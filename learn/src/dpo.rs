@@ -85,12 +85,7 @@ impl Learner for Dpo {
     }
 
     fn optim(&self) -> OptimConfig {
-        OptimConfig {
-            lr: self.settings.lr,
-            warmup_steps: 5,
-            weight_decay: 0.0,
-            ..OptimConfig::default()
-        }
+        crate::fine_tuning_optim(self.settings.lr, Some(0.0))
     }
 
     fn learn(

@@ -7,7 +7,7 @@ use ponder_policy_init::optim::OptimConfig;
 use ponder_policy_init::trainer::Progress;
 use serde::{Deserialize, Serialize};
 
-use crate::objective::{TermsObjective, minibatches, per_token};
+use crate::objective::minibatches;
 use crate::token_loss::{LossSettings, TokenTerms};
 use crate::{Experience, LearnError, LearnStats, Learner, TrainablePolicy, completion_logprobs, encode_sample};
 
@@ -77,12 +77,7 @@ impl Learner for Grpo {
     }
 
     fn optim(&self) -> OptimConfig {
-        OptimConfig {
-            lr: self.settings.lr,
-            warmup_steps: 5,
-            weight_decay: 0.0,
-            ..OptimConfig::default()
-        }
+        crate::fine_tuning_optim(self.settings.lr, Some(0.0))
     }
 
     fn learn(
@@ -145,28 +140,7 @@ impl Learner for Grpo {
             entropy_coef: s.entropy,
             value_coef: 0.0,
         };
-        let sequences = terms.len();
-        let tokens_before = policy.trainer.tokens;
-        let mut objective = TermsObjective::new(
-            policy.template.clone(),
-            terms,
-            batches,
-            policy.trainer.step,
-            settings,
-            policy.value_head,
-        );
-        let summary = policy.train(&mut objective, steps, progress)?;
-        let stats = objective.stats.lock().map(|s| *s).unwrap_or_default();
-        let (kl, entropy, clipped) = per_token(&stats);
-        Ok(LearnStats {
-            loss: summary.final_loss,
-            kl,
-            entropy,
-            clip_fraction: clipped,
-            optimizer_steps: steps,
-            tokens: policy.trainer.tokens - tokens_before,
-            sequences,
-            extra: Vec::new(),
-        })
+        let (out, _) = policy.train_terms(terms, batches, settings, steps, progress)?;
+        Ok(out)
     }
 }

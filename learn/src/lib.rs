@@ -100,6 +100,18 @@ impl std::fmt::Debug for TrainablePolicy {
     }
 }
 
+/// The optimizer every learner fine-tunes with: a short warmup, its own learning rate and
+/// weight decay, the rest as in policy initialisation.
+pub fn fine_tuning_optim(lr: f64, weight_decay: Option<f64>) -> OptimConfig {
+    let base = OptimConfig::default();
+    OptimConfig {
+        lr,
+        warmup_steps: 5,
+        weight_decay: weight_decay.unwrap_or(base.weight_decay),
+        ..base
+    }
+}
+
 impl TrainablePolicy {
     /// A trainable copy of `weights` (also the reference), with a constant learning rate after
     /// warmup, and a fresh value head when asked.
@@ -174,6 +186,42 @@ impl TrainablePolicy {
     }
 
     /// Runs `steps` more optimizer steps on `objective`.
+    /// Trains `steps` minibatches of per-token terms and reports the learner's statistics
+    /// (with no extra figures) beside the raw token statistics.
+    pub fn train_terms(
+        &mut self,
+        terms: Vec<crate::token_loss::TokenTerms>,
+        batches: Vec<Vec<usize>>,
+        settings: crate::token_loss::LossSettings,
+        steps: usize,
+        progress: &dyn Progress,
+    ) -> Result<(LearnStats, crate::token_loss::TokenStats), LearnError> {
+        let sequences = terms.len();
+        let tokens_before = self.trainer.tokens;
+        let mut objective = crate::objective::TermsObjective::new(
+            self.template.clone(),
+            terms,
+            batches,
+            self.trainer.step,
+            settings,
+            self.value_head,
+        );
+        let summary = self.train(&mut objective, steps, progress)?;
+        let stats = objective.stats.lock().map(|s| *s).unwrap_or_default();
+        let (kl, entropy, clip_fraction) = crate::objective::per_token(&stats);
+        let out = LearnStats {
+            loss: summary.final_loss,
+            kl,
+            entropy,
+            clip_fraction,
+            optimizer_steps: steps,
+            tokens: self.trainer.tokens - tokens_before,
+            sequences,
+            extra: Vec::new(),
+        };
+        Ok((out, stats))
+    }
+
     pub fn train(
         &mut self,
         objective: &mut dyn Objective,

@@ -9,7 +9,7 @@ use ponder_policy_init::optim::OptimConfig;
 use ponder_policy_init::trainer::Progress;
 use serde::{Deserialize, Serialize};
 
-use crate::objective::{TermsObjective, minibatches, per_token};
+use crate::objective::minibatches;
 use crate::token_loss::{LossSettings, TokenTerms};
 use crate::{Experience, LearnError, LearnStats, Learner, TrainablePolicy, completion_logprobs, encode_sample};
 
@@ -88,12 +88,7 @@ impl Learner for Ppo {
     }
 
     fn optim(&self) -> OptimConfig {
-        OptimConfig {
-            lr: self.settings.lr,
-            warmup_steps: 5,
-            weight_decay: 0.0,
-            ..OptimConfig::default()
-        }
+        crate::fine_tuning_optim(self.settings.lr, Some(0.0))
     }
 
     fn learn(
@@ -188,29 +183,9 @@ impl Learner for Ppo {
             entropy_coef: s.entropy,
             value_coef: s.value_coef,
         };
-        let sequences = terms.len();
-        let tokens_before = policy.trainer.tokens;
-        let mut objective = TermsObjective::new(
-            policy.template.clone(),
-            terms,
-            batches,
-            policy.trainer.step,
-            settings,
-            true,
-        );
-        let summary = policy.train(&mut objective, steps, progress)?;
-        let stats = objective.stats.lock().map(|s| *s).unwrap_or_default();
-        let (kl, entropy, clipped) = per_token(&stats);
-        Ok(LearnStats {
-            loss: summary.final_loss,
-            kl,
-            entropy,
-            clip_fraction: clipped,
-            optimizer_steps: steps,
-            tokens: policy.trainer.tokens - tokens_before,
-            sequences,
-            extra: vec![("value_mse".into(), stats.value_error / stats.tokens.max(1.0))],
-        })
+        let (mut out, stats) = policy.train_terms(terms, batches, settings, steps, progress)?;
+        out.extra = vec![("value_mse".into(), stats.value_error / stats.tokens.max(1.0))];
+        Ok(out)
     }
 }
 
