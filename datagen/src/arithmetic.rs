@@ -1,13 +1,19 @@
 //! Multi-digit arithmetic with a scratchpad: the fast smoke-test task.
 //!
 //! ```text
-//! add 4821+937          mul 482*7                  <- prompts
-//! 1+7+0=8 so 8          2*7+0=14 so 4              <- one step per digit, least significant
-//! 2+3+0=5 so 58         8*7+1=57 so 74                first: the digits, the carry in, the
-//! 8+9+0=17 so 758       4*7+5=33 so 374               sum, and the result so far
-//! 4+0+1=5 so 5758       carry 3 so 3374            <- a final carry gets its own step
-//! Answer: 5758          Answer: 3374
+//! add 4821+0937         mul 482*7                  <- prompts (addends zero-padded)
+//! 1+7+0=08              2*7+0=14                   <- one step per digit, least significant
+//! 2+3+0=05              8*7+1=57                      first: the digits, the carry in and
+//! 8+9+0=17              4*7+5=33                      the two-digit sum (tens: next carry)
+//! 4+0+1=05              Answer: 3374
+//! Answer: 5758
 //! ```
+//!
+//! Every step has the same width and the addends the same length, so the digits a step needs
+//! and the step a digit of the answer comes from sit at fixed distances: a small transformer
+//! with rotary positions learns the procedure in a couple of CPU minutes (a growing "result so
+//! far" made those distances vary and it did not). The answer is the last sum's tens digit
+//! (when not zero) followed by the units digits, most significant first.
 //!
 //! The procedure is deterministic, so a step is right exactly when it is the expected step at
 //! its position; `back` retracts a wrong step (retry style). The difficulty level is the number
@@ -61,7 +67,8 @@ impl Instance {
         if self.mul {
             format!("mul {}*{}\n", self.a, self.b)
         } else {
-            format!("add {}+{}\n", self.a, self.b)
+            let width = self.a.to_string().len().max(self.b.to_string().len());
+            format!("add {:0width$}+{:0width$}\n", self.a, self.b)
         }
     }
 
@@ -97,31 +104,26 @@ impl Instance {
         if self.mul { self.a * self.b } else { self.a + self.b }
     }
 
-    /// The expected steps, in order.
+    /// The expected steps, in order: one per digit of the longer operand (of the first for
+    /// multiplication), each `x+y+c=ss` or `x*m+c=ss` with a two-digit sum.
     fn steps(&self) -> Vec<String> {
         let digits = |n: u64| -> Vec<u64> { n.to_string().bytes().rev().map(|d| u64::from(d - b'0')).collect() };
         let (da, db) = (digits(self.a), digits(self.b));
         let mut steps = Vec::new();
         let mut carry = 0;
-        let mut so_far = String::new();
         let len = if self.mul { da.len() } else { da.len().max(db.len()) };
         for i in 0..len {
             let x = da.get(i).copied().unwrap_or(0);
             let (text, value) = if self.mul {
                 let v = x * self.b + carry;
-                (format!("{x}*{}+{carry}={v}", self.b), v)
+                (format!("{x}*{}+{carry}", self.b), v)
             } else {
                 let y = db.get(i).copied().unwrap_or(0);
                 let v = x + y + carry;
-                (format!("{x}+{y}+{carry}={v}"), v)
+                (format!("{x}+{y}+{carry}"), v)
             };
-            so_far.insert(0, char::from(b'0' + (value % 10) as u8));
             carry = value / 10;
-            steps.push(format!("{text} so {so_far}"));
-        }
-        if carry > 0 {
-            so_far.insert_str(0, &carry.to_string());
-            steps.push(format!("carry {carry} so {so_far}"));
+            steps.push(format!("{text}={value:02}"));
         }
         steps
     }
@@ -282,6 +284,7 @@ impl Task for Arithmetic {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
 
     fn problem(prompt: &str) -> Problem {
         Problem::new(NAME, prompt.into(), String::new(), 3, serde_json::Value::Null)
@@ -290,24 +293,46 @@ mod tests {
     #[test]
     fn scratchpads_match_the_documented_format() {
         let p = problem("add 4821+937\n");
-        let steps = Instance::parse(&p).expect("parses").steps();
-        assert_eq!(
-            steps,
-            vec!["1+7+0=8 so 8", "2+3+0=5 so 58", "8+9+0=17 so 758", "4+0+1=5 so 5758"]
-        );
+        let instance = Instance::parse(&p).expect("parses");
+        assert_eq!(instance.prompt(), "add 4821+0937\n");
+        assert_eq!(instance.steps(), vec!["1+7+0=08", "2+3+0=05", "8+9+0=17", "4+0+1=05"]);
+        let p = problem("add 99+1\n");
+        let instance = Instance::parse(&p).expect("parses");
+        assert_eq!(instance.steps(), vec!["9+1+0=10", "9+0+1=10"]);
+        assert_eq!(instance.result(), 100);
         let p = problem("mul 482*7\n");
         let steps = Instance::parse(&p).expect("parses").steps();
-        assert_eq!(
-            steps,
-            vec!["2*7+0=14 so 4", "8*7+1=57 so 74", "4*7+5=33 so 374", "carry 3 so 3374"]
-        );
+        assert_eq!(steps, vec!["2*7+0=14", "8*7+1=57", "4*7+5=33"]);
+    }
+
+    #[test]
+    fn every_step_of_a_problem_has_the_same_width() {
+        let task = Arithmetic::new(ArithmeticConfig {
+            operation: Operation::Mixed,
+            digits: 5,
+        })
+        .expect("valid");
+        let mut rng = TaskRng::seed_from_u64(3);
+        for _ in 0..200 {
+            let p = task.sample(&mut rng, None).expect("samples");
+            let trace = task.expert_trace(&p, TraceStyle::Optimal, &mut rng).expect("trace");
+            assert!(trace.steps.iter().all(|s| s.len() == 8), "{:?}", trace.steps);
+            assert!(task.verify(&p, &trace).expect("verifies").correct);
+            let operands = p.prompt.trim_end()[4..]
+                .split(['+', '*'])
+                .map(str::len)
+                .collect::<Vec<_>>();
+            if p.prompt.starts_with("add") {
+                assert_eq!(operands[0], operands[1], "{}", p.prompt);
+            }
+        }
     }
 
     #[test]
     fn back_retracts_only_wrong_steps() {
         let task = Arithmetic::new(ArithmeticConfig::default()).expect("valid");
         let p = problem("add 12+9\n");
-        let steps: Vec<String> = ["2+9+0=12 so 2", "back", "2+9+0=11 so 1", "back", "1+0+1=2 so 21"]
+        let steps: Vec<String> = ["2+9+0=12", "back", "2+9+0=11", "back", "1+0+1=02"]
             .iter()
             .map(|s| s.to_string())
             .collect();

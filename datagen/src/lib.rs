@@ -7,7 +7,7 @@
 //! |---|---|---|---|
 //! | [`countdown`] | `a op b=c left ...`, `back to ...` | target still reachable | how many numbers |
 //! | [`chains`] | `v=x op y=A op B=R`, goals `v=x op y?`, `back` | step content is true | operations needed |
-//! | [`arithmetic`] | `d+d+c=s so ...`, `back` | the expected scratchpad step | digits |
+//! | [`arithmetic`] | `d+d+c=ss`, `back` | the expected scratchpad step | digits |
 //!
 //! Every function that reads model output accepts any text without panicking.
 

@@ -222,7 +222,7 @@ fn the_token_loss_gradient_matches_autodiff() {
             .iter()
             .enumerate()
             .map(|(i, p)| {
-                let (tokens, first) = ponder_learn::encode_sample(&tokenizer, &p.prompt, "1+2+0=3 so 3\nAnswer: 3\n");
+                let (tokens, first) = ponder_learn::encode_sample(&tokenizer, &p.prompt, "1+2+0=03\nAnswer: 3\n");
                 let len = tokens.len() - first;
                 TokenTerms {
                     advantages: (0..len).map(|k| ((k + i) as f32 * 0.37).sin()).collect(),

@@ -67,21 +67,15 @@ impl Sequences {
     }
 }
 
-/// The batches of one epoch: shuffled, grouped by length (within windows of 16 batches) so
-/// padding stays small, batch order shuffled again. A pure function of seed and epoch.
-pub fn epoch_batches(lengths: &[usize], batch_size: usize, seed: u64, epoch: usize) -> Vec<Vec<usize>> {
+/// The batches of one epoch: the examples shuffled and cut into batches. A pure function of
+/// seed and epoch. (Grouping batches by length to save padding was tried and dropped: the CPU
+/// path pads nothing, and length-sorted batches are correlated batches, which slowed learning
+/// badly: 4-digit addition at 600 steps reached 4% greedy instead of 81%.)
+pub fn epoch_batches(count: usize, batch_size: usize, seed: u64, epoch: usize) -> Vec<Vec<usize>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    let mut order: Vec<usize> = (0..count).collect();
     order.shuffle(&mut rng);
-    let window = batch_size * 16;
-    let mut batches: Vec<Vec<usize>> = Vec::new();
-    for chunk in order.chunks(window.max(1)) {
-        let mut chunk = chunk.to_vec();
-        chunk.sort_by_key(|&i| lengths[i]);
-        batches.extend(chunk.chunks(batch_size.max(1)).map(|b| b.to_vec()));
-    }
-    batches.shuffle(&mut rng);
-    batches
+    order.chunks(batch_size.max(1)).map(|b| b.to_vec()).collect()
 }
 
 /// The mean next-token cross-entropy over the trace tokens of `(tokens, first_trained)`
@@ -147,11 +141,11 @@ impl SftObjective {
                 "no training sequences fit the model's context".into(),
             ));
         }
-        let lengths: Vec<usize> = self.sequences.items.iter().map(|(t, _)| t.len()).collect();
-        let per_epoch = lengths.len().div_ceil(self.batch_size.max(1));
+        let count = self.sequences.items.len();
+        let per_epoch = count.div_ceil(self.batch_size.max(1));
         let (epoch, index) = (step / per_epoch, step % per_epoch);
         if self.epoch.as_ref().map(|(e, _)| *e) != Some(epoch) {
-            self.epoch = Some((epoch, epoch_batches(&lengths, self.batch_size, self.seed, epoch)));
+            self.epoch = Some((epoch, epoch_batches(count, self.batch_size, self.seed, epoch)));
         }
         let batches = self
             .epoch

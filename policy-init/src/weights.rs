@@ -124,28 +124,26 @@ pub fn normal(rng: &mut ChaCha8Rng) -> f32 {
 }
 
 impl HostWeights {
-    /// Fresh weights: normal(0, 0.02) matrices, residual projections scaled by 1/sqrt(2L),
-    /// unit norms, zero biases. Deterministic given the seed, on every backend.
+    /// Fresh weights as Hugging Face initialises a Llama: normal(0, 0.02) matrices (residual
+    /// projections included: GPT-2's 1/sqrt(2L) scaling slowed learning at this size, 4-digit
+    /// addition at 600 steps went from 96% to 81% greedy with it), unit norms, zero biases.
+    /// Deterministic given the seed, on every backend.
     pub fn init(config: &ModelConfig, seed: u64) -> Result<HostWeights, PolicyError> {
         config.validate()?;
         let layout = Layout::new(config);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let residual_std = 0.02 / (2.0 * config.n_layers as f32).sqrt();
-        let residual: Vec<usize> = layout.layers.iter().flat_map(|l| [l.o, l.down]).collect();
         let tensors = layout
             .names
             .iter()
             .zip(&layout.shapes)
-            .enumerate()
-            .map(|(slot, (name, shape))| {
+            .map(|(name, shape)| {
                 let n: usize = shape.iter().product();
                 let data = if name.ends_with("norm.weight") {
                     vec![1.0; n]
                 } else if name.ends_with(".bias") {
                     vec![0.0; n]
                 } else {
-                    let std = if residual.contains(&slot) { residual_std } else { 0.02 };
-                    (0..n).map(|_| normal(&mut rng) * std).collect()
+                    (0..n).map(|_| normal(&mut rng) * 0.02).collect()
                 };
                 HostTensor {
                     shape: shape.clone(),

@@ -209,3 +209,73 @@ fn the_cpu_training_path_matches_burn_autodiff() {
         }
     }
 }
+
+/// Multiplies the loss of one step by `factor` (NaN for a NaN loss), as a diverging run would.
+struct BlowUpAt<'a> {
+    inner: &'a mut SftObjective,
+    at: usize,
+    factor: f64,
+}
+
+impl Objective for BlowUpAt<'_> {
+    fn loss(&mut self, params: &[Tensor<2>], step: usize) -> Result<(Tensor<1>, StepInfo), PolicyError> {
+        let (loss, info) = self.inner.loss(params, step)?;
+        Ok(if step == self.at {
+            (loss.mul_scalar(self.factor as f32), info)
+        } else {
+            (loss, info)
+        })
+    }
+
+    fn host_step(
+        &mut self,
+        params: &[Tensor<2>],
+        step: usize,
+    ) -> Option<Result<(f64, Vec<Tensor<2>>, StepInfo), PolicyError>> {
+        let result = self.inner.host_step(params, step)?;
+        Some(result.map(|(loss, grads, info)| {
+            if step == self.at {
+                (loss * self.factor, grads, info)
+            } else {
+                (loss, grads, info)
+            }
+        }))
+    }
+}
+
+#[test]
+fn an_exploding_or_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    let tokenizer = Tokenizer::chars();
+    let weights = HostWeights::init(&micro(), 3).expect("init");
+    let model = Transformer::from_host(&weights, &Device::flex());
+    for (name, factor, message) in [("explodes", 1e4, "jumped"), ("nan", f64::NAN, "NaN")] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ckpt = Checkpointer::new(dir.path().join(name), 2);
+        let log = MetricsLog::open(&dir.path().join("metrics.jsonl"), name, None).expect("log");
+        let mut trainer = model.trainer(config(30)).with_outputs(ckpt, log);
+        let mut obj = objective(&model, &tokenizer);
+        let err = trainer
+            .run(
+                &mut BlowUpAt {
+                    inner: &mut obj,
+                    at: 23,
+                    factor,
+                },
+                &Silent,
+                &|_| Ok(()),
+            )
+            .expect_err("the run stops");
+        let text = err.to_string();
+        assert!(text.contains("step 23") && text.contains(message), "{text}");
+        assert!(text.contains("last checkpoint is intact"), "{text}");
+        // The checkpoint of step 20 is there and loads; the bad step was never applied.
+        let latest = Checkpointer::new(dir.path().join(name), 2).latest().expect("reads");
+        assert_eq!(latest.map(|(s, _)| s), Some(20));
+        let mut resumed = model.trainer(config(30)).with_outputs(
+            Checkpointer::new(dir.path().join(name), 2),
+            MetricsLog::open(&dir.path().join("metrics.jsonl"), name, Some(20)).expect("log"),
+        );
+        assert_eq!(resumed.resume().expect("resumes"), Some(20));
+        assert!(host(&resumed.params).iter().flatten().all(|x| x.is_finite()));
+    }
+}
