@@ -38,8 +38,8 @@ pub struct TrainerConfig {
     /// The smallest scale the guard compares against. Supervised losses are positive and
     /// settle, so a floor of 0.1 catches a real jump (diverging cross-entropy heads for
     /// ln(vocab), several nats) without stopping a run whose loss of 0.003 meets a batch at
-    /// 0.03; RL surrogate losses hover around zero with
-    /// large relative swings, so RL sets a floor of the loss's natural scale (1.0).
+    /// 0.03. RL surrogate losses hover around zero with large relative swings, so RL sets a
+    /// floor of the loss's natural scale (1.0).
     pub divergence_floor: f64,
     /// On the CPU, compute gradients with the hand-written training path instead of burn's
     /// autodiff where the objective has one (same gradients, several times faster).
