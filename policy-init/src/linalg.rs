@@ -23,6 +23,93 @@ pub fn fast_exp(x: f32) -> f32 {
     p * f32::from_bits(((k as i32 + 127) as u32) << 23)
 }
 
+/// Independent partial results for reductions: a strict left-to-right float sum or max cannot
+/// be vectorised, sixteen running lanes can (and inlined into a `pulp`-dispatched kernel they
+/// use its AVX-512 or AVX2 registers).
+const LANES: usize = 16;
+
+/// `Σ x`, in [`LANES`] partial sums.
+#[inline(always)]
+pub fn lane_sum(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for k in 0..LANES {
+            acc[k] += c[k];
+        }
+    }
+    chunks.remainder().iter().fold(acc.iter().sum::<f32>(), |s, v| s + v)
+}
+
+/// `Σ a·b` over `a`'s length, in [`LANES`] partial sums.
+#[inline(always)]
+pub fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
+    let b = &b[..a.len()];
+    let mut acc = [0.0f32; LANES];
+    let (mut ca, mut cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for k in 0..LANES {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `Σ a·b·c` over `a`'s length, in [`LANES`] partial sums.
+#[inline(always)]
+pub fn lane_dot3(a: &[f32], b: &[f32], c: &[f32]) -> f32 {
+    let (b, c) = (&b[..a.len()], &c[..a.len()]);
+    let mut acc = [0.0f32; LANES];
+    let (mut ca, mut cb, mut cc) = (a.chunks_exact(LANES), b.chunks_exact(LANES), c.chunks_exact(LANES));
+    for ((x, y), z) in (&mut ca).zip(&mut cb).zip(&mut cc) {
+        for k in 0..LANES {
+            acc[k] += x[k] * y[k] * z[k];
+        }
+    }
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .zip(cc.remainder())
+        .map(|((x, y), z)| x * y * z)
+        .sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `Σ e^(x - shift)` with [`fast_exp`], in [`LANES`] partial sums.
+#[inline(always)]
+pub fn lane_sum_exp(x: &[f32], shift: f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for k in 0..LANES {
+            acc[k] += fast_exp(c[k] - shift);
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .fold(acc.iter().sum::<f32>(), |s, &v| s + fast_exp(v - shift))
+}
+
+/// `max x` (negative infinity for an empty slice), in [`LANES`] partial maxima.
+#[inline(always)]
+pub fn lane_max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for k in 0..LANES {
+            acc[k] = acc[k].max(c[k]);
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .chain(&acc)
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+}
+
 /// `out[n, m] (+)= x[n, k] · w[m, k]ᵀ`, choosing the kernel by the number of rows.
 pub fn linear(x: &[f32], n: usize, k: usize, w: &[f32], m: usize, out: &mut [f32], accumulate: bool, threads: usize) {
     if n < SMALL_ROWS {
@@ -300,6 +387,29 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn lane_reductions_match_plain_loops_at_every_length() {
+        for len in [0usize, 1, 5, 15, 16, 17, 33, 128, 131] {
+            let a: Vec<f32> = (0..len).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.25).collect();
+            let b: Vec<f32> = (0..len).map(|i| ((i * 3 % 5) as f32) * 0.5 - 1.0).collect();
+            let sum: f32 = a.iter().sum();
+            let dot: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            let max = a.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert!((lane_sum(&a) - sum).abs() < 1e-4, "sum at {len}");
+            assert!((lane_dot(&a, &b) - dot).abs() < 1e-4, "dot at {len}");
+            assert_eq!(lane_max(&a), max, "max at {len}");
+            let dot3: f32 = a.iter().zip(&b).map(|(x, y)| x * y * y).sum();
+            assert!((lane_dot3(&a, &b, &b) - dot3).abs() < 1e-4, "dot3 at {len}");
+            let exps: f32 = a.iter().map(|x| (x - 1.0).exp()).sum();
+            assert!(
+                (lane_sum_exp(&a, 1.0) - exps).abs() < 1e-4 * exps.max(1.0),
+                "exp sum at {len}"
+            );
+        }
+        // `lane_dot` reads only as much of its second argument as the first has.
+        assert_eq!(lane_dot(&[2.0], &[3.0, 100.0]), 6.0);
     }
 
     #[test]

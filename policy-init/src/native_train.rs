@@ -16,7 +16,10 @@ use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
 use crate::config::ModelConfig;
-use crate::linalg::{dot, fast_exp, matmul, matmul_lhs_transposed, matmul_transposed};
+use crate::linalg::{
+    dot, fast_exp, lane_dot, lane_dot3, lane_max, lane_sum, lane_sum_exp, matmul, matmul_lhs_transposed,
+    matmul_transposed,
+};
 use crate::model::rope_tables;
 use crate::weights::{HostWeights, Layout};
 
@@ -111,7 +114,7 @@ struct LayerActs {
 
 fn rms_forward(x: &[f32], d: usize, gamma: &[f32], eps: f32, out: &mut [f32], r: &mut [f32]) {
     for ((row, o), r) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)).zip(r.iter_mut()) {
-        let ms = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let ms = lane_dot(row, row) / d as f32;
         *r = 1.0 / (ms + eps).sqrt();
         for ((o, &v), &g) in o.iter_mut().zip(row).zip(gamma) {
             *o = v * *r * g;
@@ -127,9 +130,8 @@ fn rms_backward(dy: &[f32], x: &[f32], r: &[f32], gamma: &[f32], d: usize, dx: &
         .zip(r)
         .zip(dx.chunks_exact_mut(d))
     {
-        let mut t = 0.0f32;
+        let t = lane_dot3(dy, gamma, x);
         for j in 0..d {
-            t += dy[j] * gamma[j] * x[j];
             dgamma[j] += dy[j] * x[j] * r;
         }
         let c = r * r * r * t / d as f32;
@@ -342,22 +344,19 @@ impl NativeModel<'_> {
                     let mut p = vec![0.0f32; t * t];
                     matmul_transposed(&qh, t, dh, &kh, t, &mut p, false, 1);
                     for i in 0..t {
-                        let row = &mut p[i * t..(i + 1) * t];
-                        let mut max = f32::NEG_INFINITY;
-                        for v in row[..=i].iter_mut() {
+                        let (live, masked) = p[i * t..(i + 1) * t].split_at_mut(i + 1);
+                        for v in live.iter_mut() {
                             *v *= scale;
-                            max = max.max(*v);
                         }
-                        let mut sum = 0.0;
-                        for v in row[..=i].iter_mut() {
+                        let max = lane_max(live);
+                        for v in live.iter_mut() {
                             *v = fast_exp(*v - max);
-                            sum += *v;
                         }
-                        let inv = 1.0 / sum;
-                        for v in row[..=i].iter_mut() {
+                        let inv = 1.0 / lane_sum(live);
+                        for v in live.iter_mut() {
                             *v *= inv;
                         }
-                        row[i + 1..].fill(0.0);
+                        masked.fill(0.0);
                     }
                     let mut oh = vec![0.0f32; t * dh];
                     matmul(&p, t, t, &vh, dh, &mut oh, false, 1);
@@ -526,7 +525,7 @@ impl NativeModel<'_> {
                     matmul_transposed(&doh, t, dh, &vh, t, &mut ds, false, 1);
                     for i in 0..t {
                         let (prow, drow) = (&p[i * t..(i + 1) * t], &mut ds[i * t..(i + 1) * t]);
-                        let weighted: f32 = prow[..=i].iter().zip(&drow[..=i]).map(|(a, b)| a * b).sum();
+                        let weighted = lane_dot(&prow[..=i], &drow[..=i]);
                         for j in 0..=i {
                             drow[j] = prow[j] * (drow[j] - weighted) * scale;
                         }
@@ -623,13 +622,12 @@ impl SequenceLoss for CrossEntropy<'_> {
             }
             let row = &logits[p * v..(p + 1) * v];
             let target = tokens[p + 1] as usize;
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let sum: f32 = row.iter().map(|&l| (l - max).exp()).sum();
-            let log_z = max + sum.ln();
+            let max = lane_max(row);
+            let log_z = max + lane_sum_exp(row, max).ln();
             total += f64::from(log_z - row[target]) * f64::from(norm);
             let drow = &mut dlogits[p * v..(p + 1) * v];
-            for (j, dl) in drow.iter_mut().enumerate() {
-                *dl = (row[j] - log_z).exp() * norm;
+            for (dl, &l) in drow.iter_mut().zip(row) {
+                *dl = fast_exp(l - log_z) * norm;
             }
             drow[target] -= norm;
         }

@@ -71,6 +71,9 @@ pub enum Command {
         /// Seconds per measurement.
         #[arg(long, default_value_t = 4.0)]
         seconds: f64,
+        /// Alternating rounds of ponder and PyTorch; each figure is the best of its rounds.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// Skip the PyTorch reference.
         #[arg(long)]
         no_reference: bool,
@@ -181,10 +184,11 @@ pub fn run_command(command: Command, registry: &Registry) -> Result<(), Failure>
         Command::Bench {
             presets,
             seconds,
+            rounds,
             no_reference,
             out,
         } => {
-            let figures = crate::bench::run(&presets, seconds, !no_reference).map_err(Failure::Other)?;
+            let figures = crate::bench::run(&presets, seconds, rounds, !no_reference).map_err(Failure::Other)?;
             let text = serde_json::to_string_pretty(&figures).map_err(|e| Failure::Other(e.into()))?;
             ponder_datagen::io::write_atomic(&out, text.as_bytes()).map_err(|e| Failure::Other(e.into()))?;
             eprintln!("ponder bench: figures in {}", out.display());

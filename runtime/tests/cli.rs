@@ -165,3 +165,39 @@ fn bad_datagen_arguments_are_clear_errors() {
     assert!(stderr(&o).contains("task.numbers: must be 2 to 5"), "{}", stderr(&o));
     assert!(!dir.path().join("x.jsonl").exists());
 }
+
+#[test]
+fn bench_writes_best_of_rounds_figures() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("bench.json");
+    let out_arg = out.to_string_lossy().to_string();
+    let o = ponder(
+        &[
+            "bench",
+            "--presets",
+            "tiny",
+            "--seconds",
+            "0.05",
+            "--rounds",
+            "2",
+            "--no-reference",
+            "--out",
+            &out_arg,
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("tiny, round 2 of 2"), "{}", stderr(&o));
+    let figures: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).expect("written")).expect("json");
+    assert_eq!(figures["rounds"], 2);
+    let tiny = &figures["presets"]["tiny"];
+    for key in ["train", "generate_b1", "generate_b32"] {
+        assert!(
+            tiny[key]["ponder_tokens_per_s"].as_f64().expect("a rate") > 0.0,
+            "{key}"
+        );
+        assert!(tiny[key]["ratio"].is_null(), "no reference, no ratio: {key}");
+    }
+    assert!(tiny["kv_cache"]["speedup"].as_f64().expect("speed-up") > 1.0);
+}
