@@ -185,7 +185,6 @@ impl TrainablePolicy {
         })
     }
 
-    /// Runs `steps` more optimizer steps on `objective`.
     /// Trains `steps` minibatches of per-token terms and reports the learner's statistics
     /// (with no extra figures) beside the raw token statistics.
     pub fn train_terms(
@@ -222,6 +221,7 @@ impl TrainablePolicy {
         Ok((out, stats))
     }
 
+    /// Runs `steps` more optimizer steps on `objective`.
     pub fn train(
         &mut self,
         objective: &mut dyn Objective,

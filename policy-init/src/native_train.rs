@@ -525,7 +525,7 @@ impl NativeModel<'_> {
                     matmul_transposed(&doh, t, dh, &vh, t, &mut ds, false, 1);
                     for i in 0..t {
                         let (prow, drow) = (&p[i * t..(i + 1) * t], &mut ds[i * t..(i + 1) * t]);
-                        let weighted = lane_dot(&prow[..=i], &drow[..=i]);
+                        let weighted = dot(simd, &prow[..=i], &drow[..=i]);
                         for j in 0..=i {
                             drow[j] = prow[j] * (drow[j] - weighted) * scale;
                         }

@@ -186,6 +186,7 @@ fn torch_available() -> bool {
 
 /// Runs the benchmark; prints a table and returns every figure.
 pub fn run(presets: &[String], seconds: f64, rounds: usize, reference: bool) -> anyhow::Result<Value> {
+    let rounds = rounds.max(1);
     let tokenizer = Tokenizer::chars();
     let peak = peak_matmul_flops();
     let threads = rayon::current_num_threads();
@@ -211,8 +212,8 @@ pub fn run(presets: &[String], seconds: f64, rounds: usize, reference: bool) -> 
         let (mut train, mut gen1, mut gen32) = (0.0f64, 0.0f64, 0.0f64);
         let mut torch: Option<Value> = None;
         let mut torch_failed = !with_torch;
-        for round in 1..=rounds.max(1) {
-            eprintln!("ponder bench: {preset}, round {round} of {}", rounds.max(1));
+        for round in 1..=rounds {
+            eprintln!("ponder bench: {preset}, round {round} of {}", rounds);
             train = train.max(train_tokens_per_s(&weights, &tokenizer, seconds)?);
             gen1 = gen1.max(generate_tokens_per_s(&policy, 1, seconds)?);
             gen32 = gen32.max(generate_tokens_per_s(&policy, 32, seconds)?);
@@ -275,9 +276,7 @@ pub fn run(presets: &[String], seconds: f64, rounds: usize, reference: bool) -> 
         results.insert(preset.clone(), Value::Object(figures));
     }
     println!("{table}");
-    Ok(
-        json!({"threads": threads, "rounds": rounds.max(1), "peak_matmul_flops": peak, "presets": results, "table": table}),
-    )
+    Ok(json!({"threads": threads, "rounds": rounds, "peak_matmul_flops": peak, "presets": results, "table": table}))
 }
 
 /// The larger of each numeric figure of two reference runs (tokens per second: larger is

@@ -52,6 +52,11 @@ impl RunDir {
         self.root.join("stages").join(format!("{stage}.json"))
     }
 
+    /// Whether a stage has its record (without reading it).
+    pub fn has_record(&self, stage: &str) -> bool {
+        self.stage_file(stage).exists()
+    }
+
     /// The record of a finished stage, if it finished.
     pub fn finished(&self, stage: &str) -> anyhow::Result<Option<StageRecord>> {
         let path = self.stage_file(stage);

@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 use crate::config::{Layers, STAGES};
 use crate::plots::{Chart, Series};
 use crate::registry::Registry;
+use crate::run_dir::RunDir;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -492,11 +493,8 @@ impl Sweep {
         }
         let from = self.dir.join("base");
         let to = self.dir.join(&run.name);
-        if self
-            .reuse
-            .iter()
-            .all(|s| to.join("stages").join(format!("{s}.json")).exists())
-        {
+        let to_run = RunDir::new(&to);
+        if self.reuse.iter().all(|s| to_run.has_record(s)) {
             return Ok(());
         }
         copy_tree(&from, &to, &from)
@@ -544,9 +542,8 @@ impl Sweep {
                 .and_then(|s| s.as_array())
                 .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
                 .unwrap_or_else(|| STAGES.iter().map(|s| s.to_string()).collect());
-            let finished = stages
-                .iter()
-                .all(|s| dir.join("stages").join(format!("{s}.json")).exists());
+            let run_dir = RunDir::new(&dir);
+            let finished = stages.iter().all(|s| run_dir.has_record(s));
             let results: Option<Value> = std::fs::read_to_string(dir.join("results.json"))
                 .ok()
                 .and_then(|t| serde_json::from_str(&t).ok());

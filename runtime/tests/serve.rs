@@ -317,17 +317,8 @@ fn models_and_metrics_describe_the_service() {
         .expect("models");
     assert_eq!(models["data"][0]["id"], model());
     chat("medium", 2, &problem(1));
-    let text = client()
-        .get(format!("{}/metrics", server()))
-        .send()
-        .and_then(|r| r.text())
-        .expect("metrics");
-    let value = |name: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    let text = metrics_text();
+    let value = |name: &str| metric_sum(&text, name);
     assert!(
         value("ponder_requests_total{endpoint=\"chat.completions\",status=\"200\"}") >= 1.0,
         "{text}"
@@ -443,12 +434,12 @@ fn the_binary_guards_the_api_with_a_bearer_token_and_shuts_down_gracefully() {
     };
     // Wait until the request is being worked on, then send SIGTERM.
     let in_flight_now = || {
-        c.get(format!("{base}/metrics"))
+        let text = c
+            .get(format!("{base}/metrics"))
             .send()
             .and_then(|r| r.text())
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l.starts_with("ponder_in_flight_requests") && l.ends_with(" 1"))
+            .unwrap_or_default();
+        metric_sum(&text, "ponder_in_flight_requests") >= 1.0
     };
     let waited = Instant::now();
     while !in_flight_now() && waited.elapsed() < Duration::from_secs(20) {
@@ -538,13 +529,8 @@ fn a_loopback_load_test_with_malformed_requests_never_breaks_the_server() {
         at(0.99) * 1e3
     );
     // Concurrent requests were batched: fewer model batches than requests in them.
-    let text = client_blocking_metrics();
-    let value = |name: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    let text = metrics_text();
+    let value = |name: &str| metric_sum(&text, name);
     assert!(
         value("ponder_batched_requests_total") > 2.0 * value("ponder_batches_total"),
         "no batching: {text}"
@@ -553,12 +539,20 @@ fn a_loopback_load_test_with_malformed_requests_never_breaks_the_server() {
     chat("low", 1, &prompts[0]);
 }
 
-fn client_blocking_metrics() -> String {
+fn metrics_text() -> String {
     client()
         .get(format!("{}/metrics", server()))
         .send()
         .and_then(|r| r.text())
         .expect("metrics")
+}
+
+/// The sum of the samples of every series whose line starts with `name` (Prometheus text).
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 #[test]

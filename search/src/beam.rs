@@ -9,7 +9,9 @@ use ponder_policy_init::{Finish, GenRequest, Stop};
 use ponder_reward::Aggregation;
 use serde::{Deserialize, Serialize};
 
-use crate::{Budget, Candidate, Cost, SearchEnv, SearchError, SearchOutcome, Searcher, Selection, outcome};
+use crate::{
+    Budget, Candidate, Cost, SearchEnv, SearchError, SearchOutcome, Searcher, Selection, continuation_prompt, outcome,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -104,13 +106,8 @@ impl Searcher for BeamSearch {
                 .iter()
                 .enumerate()
                 .map(|(i, b)| {
-                    let prompt = format!(
-                        "{}{}",
-                        problem.prompt,
-                        Trace::new(b.steps.clone(), "").render_prefix(b.steps.len())
-                    );
                     GenRequest::new(
-                        prompt,
+                        continuation_prompt(problem, &b.steps),
                         Stop::StepEnd,
                         env.max_step_tokens,
                         env.sampling,

@@ -207,6 +207,15 @@ pub enum Selection {
     Weighted,
 }
 
+/// The prompt that continues a partial trace: the problem, then the steps so far.
+pub fn continuation_prompt(problem: &Problem, steps: &[String]) -> String {
+    format!(
+        "{}{}",
+        problem.prompt,
+        Trace::new(steps.to_vec(), "").render_prefix(steps.len())
+    )
+}
+
 /// The chosen candidate index under a selection rule; `None` if no candidate has an answer the
 /// task can read.
 pub fn select(task: &dyn Task, problem: &Problem, candidates: &[Candidate], how: Selection) -> Option<usize> {

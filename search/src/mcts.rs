@@ -19,7 +19,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::{Budget, Candidate, Cost, SearchEnv, SearchError, SearchOutcome, Searcher};
+use crate::{Budget, Candidate, Cost, SearchEnv, SearchError, SearchOutcome, Searcher, continuation_prompt};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -205,6 +205,28 @@ fn gumbel(rng: &mut ChaCha8Rng) -> f32 {
     (-(-u.ln()).ln()) as f32
 }
 
+/// A rollout from a node's steps to the end of a trace.
+fn rollout_request(problem: &Problem, steps: &[String], env: &SearchEnv<'_>, seed: u64) -> GenRequest {
+    GenRequest::new(
+        continuation_prompt(problem, steps),
+        Stop::TraceEnd,
+        env.max_trace_tokens,
+        env.sampling,
+        seed,
+    )
+}
+
+/// A node's steps followed by what a rollout from it generated.
+fn rolled_out(steps: &[String], generated: &str) -> Trace {
+    let rest = Trace::parse(generated);
+    let mut all = steps.to_vec();
+    all.extend(rest.steps);
+    Trace {
+        steps: all,
+        answer: rest.answer,
+    }
+}
+
 impl Mcts {
     /// Expands `leaves` (one policy call) and evaluates their new children (one reward call,
     /// after one rollout call in rollout mode); backs the values up.
@@ -231,12 +253,7 @@ impl Mcts {
         }
         let mut requests = Vec::new();
         for (li, &leaf) in to_expand.iter().enumerate() {
-            let steps = &tree.nodes[leaf].steps;
-            let prompt = format!(
-                "{}{}",
-                problem.prompt,
-                Trace::new(steps.clone(), "").render_prefix(steps.len())
-            );
+            let prompt = continuation_prompt(problem, &tree.nodes[leaf].steps);
             for j in 0..k {
                 let seed = env.request_seed(round, (li * k + j) as u64);
                 requests.push(GenRequest::new(
@@ -329,17 +346,10 @@ impl Mcts {
             .iter()
             .enumerate()
             .map(|(i, &c)| {
-                let steps = &tree.nodes[c].steps;
-                let prompt = format!(
-                    "{}{}",
-                    problem.prompt,
-                    Trace::new(steps.clone(), "").render_prefix(steps.len())
-                );
-                GenRequest::new(
-                    prompt,
-                    Stop::TraceEnd,
-                    env.max_trace_tokens,
-                    env.sampling,
+                rollout_request(
+                    problem,
+                    &tree.nodes[c].steps,
+                    env,
                     env.request_seed(round ^ 0x5555, i as u64),
                 )
             })
@@ -347,16 +357,7 @@ impl Mcts {
         let rollouts = env.generate(&rollout_requests, cost).await?;
         let mut rollout_of: HashMap<usize, Trace> = HashMap::new();
         for (&c, g) in rollout.iter().zip(&rollouts) {
-            let rest = Trace::parse(&g.text);
-            let mut steps = tree.nodes[c].steps.clone();
-            steps.extend(rest.steps);
-            rollout_of.insert(
-                c,
-                Trace {
-                    steps,
-                    answer: rest.answer,
-                },
-            );
+            rollout_of.insert(c, rolled_out(&tree.nodes[c].steps, &g.text));
         }
         for &c in &new_children {
             let node = &tree.nodes[c];
@@ -602,29 +603,12 @@ impl Searcher for Mcts {
             // No finished trace (a budget too small to reach one): finish the most visited
             // path with one rollout, so that the search still answers. Its tokens count.
             let leaf = self.most_visited_leaf(&tree, chosen_root_child.unwrap_or(0));
-            let steps = tree.nodes[leaf].steps.clone();
-            let prompt = format!(
-                "{}{}",
-                problem.prompt,
-                Trace::new(steps.clone(), "").render_prefix(steps.len())
-            );
-            let request = GenRequest::new(
-                prompt,
-                Stop::TraceEnd,
-                env.max_trace_tokens,
-                env.sampling,
-                env.request_seed(u64::MAX, 0),
-            );
+            let steps = &tree.nodes[leaf].steps;
+            let request = rollout_request(problem, steps, env, env.request_seed(u64::MAX, 0));
             if let Some(g) = env.generate(&[request], &mut cost).await?.pop() {
-                let rest = Trace::parse(&g.text);
-                let mut all = steps;
-                all.extend(rest.steps);
                 chosen = Some(candidates.len());
                 candidates.push(Candidate {
-                    trace: Trace {
-                        steps: all,
-                        answer: rest.answer,
-                    },
+                    trace: rolled_out(steps, &g.text),
                     scores: None,
                     score: None,
                     tokens: g.tokens() as u64,
