@@ -25,6 +25,8 @@ pub struct PpoSettings {
     pub value_coef: f32,
     pub gamma: f32,
     pub lambda: f32,
+    /// Passes over each iteration's batch (default 1: on the default countdown policy, two
+    /// passes took greedy pass@1 from 36.5% to 27.0% in 20 iterations, one pass to 35.0%).
     pub epochs: usize,
     pub minibatch: usize,
     /// Add the process model's step scores as rewards at step ends.
@@ -43,7 +45,7 @@ impl Default for PpoSettings {
             value_coef: 0.5,
             gamma: 1.0,
             lambda: 0.95,
-            epochs: 2,
+            epochs: 1,
             minibatch: 64,
             process_rewards: false,
             process_coef: 1.0,

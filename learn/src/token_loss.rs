@@ -165,8 +165,10 @@ impl SequenceLoss for TokenLoss<'_> {
             stats.entropy += f64::from(entropy);
             stats.clipped += f64::from(u8::from(clipped));
             if let Some(r) = t.ref_logprobs.get(k) {
+                // The monitor sees what the loss sees: k3 clamped per token, else one token the
+                // update made nearly impossible swings the batch mean by orders of magnitude.
                 let d = r - logprob;
-                stats.kl += f64::from(d.exp() - d - 1.0);
+                stats.kl += f64::from((d.exp() - d - 1.0).min(KL_CLAMP));
             }
             if let (Some(values), Some(dv), Some(&target)) = (outputs.values, dvalues.as_deref_mut(), t.returns.get(k))
             {
@@ -216,5 +218,46 @@ mod tests {
         let kl = LossSettings { kl_coef: 0.1, ..plain };
         let (g, loss, _) = token_gradient(&kl, -1.0, 0.0, None, Some(-1.0));
         assert!(g.abs() < 1e-6 && loss.abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_kl_monitor_clamps_each_token_like_the_loss() {
+        // Two completion tokens over a vocabulary of 2: the policy gives token 1 a probability
+        // of about e^-20 where the reference gives it about 1 (k3 ≈ e^20), and token 0 exactly
+        // the reference's probability (k3 = 0).
+        let logits = [0.0f32, 0.0, 20.0, 0.0];
+        let log_half = -(2f32.ln());
+        let terms = TokenTerms {
+            tokens: vec![0, 0, 1],
+            first: 1,
+            advantages: vec![0.0, 0.0],
+            ref_logprobs: vec![log_half, 0.0],
+            weight: 0.5,
+            ..TokenTerms::default()
+        };
+        let refs = [&terms];
+        let loss = TokenLoss {
+            terms: &refs,
+            settings: LossSettings {
+                clip: None,
+                kl_coef: 0.1,
+                entropy_coef: 0.0,
+                value_coef: 0.0,
+            },
+            stats: Mutex::new(TokenStats::default()),
+        };
+        let mut dlogits = vec![0.0f32; logits.len()];
+        loss.loss(
+            0,
+            SeqOutputs {
+                logits: Some(&logits),
+                values: None,
+                dlogits: Some(&mut dlogits),
+                dvalues: None,
+            },
+        );
+        let stats = loss.stats.lock().map(|s| *s).unwrap_or_default();
+        assert_eq!(stats.tokens, 2.0);
+        assert!((stats.kl - f64::from(KL_CLAMP)).abs() < 1e-3, "{}", stats.kl);
     }
 }
