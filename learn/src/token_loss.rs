@@ -71,6 +71,14 @@ pub const DUAL_CLIP: f32 = 3.0;
 /// The largest per-token KL estimate that still has a gradient.
 pub const KL_CLAMP: f32 = 10.0;
 
+/// The k3 estimate of one token's KL to the reference, `e^d − d − 1` with `d = ref − lp`,
+/// clamped at [`KL_CLAMP`] (as verl does): beyond it e^d explodes for a token the policy has
+/// made nearly impossible, and one token would dominate the batch's loss and its monitor.
+pub fn k3(reference: f32, logprob: f32) -> f32 {
+    let d = reference - logprob;
+    (d.exp() - d - 1.0).min(KL_CLAMP)
+}
+
 /// `∂L/∂log π(a)` and the loss of one token, given its log-probability.
 pub fn token_gradient(
     settings: &LossSettings,
@@ -97,15 +105,10 @@ pub fn token_gradient(
         _ => (-advantage, -advantage * logprob, false),
     };
     if let (Some(reference), true) = (reference, settings.kl_coef != 0.0) {
-        // The k3 estimator, clamped at KL_CLAMP (as verl does): beyond it, e^d explodes for a
-        // token the policy has made nearly impossible, and one token would dominate the batch.
-        let d = reference - logprob;
-        let k3 = d.exp() - d - 1.0;
-        if k3 <= KL_CLAMP {
-            loss += settings.kl_coef * k3;
-            g += settings.kl_coef * (1.0 - d.exp());
-        } else {
-            loss += settings.kl_coef * KL_CLAMP;
+        let kl = k3(reference, logprob);
+        loss += settings.kl_coef * kl;
+        if kl < KL_CLAMP {
+            g += settings.kl_coef * (1.0 - (reference - logprob).exp());
         }
     }
     if !g.is_finite() {
@@ -164,11 +167,8 @@ impl SequenceLoss for TokenLoss<'_> {
             stats.tokens += 1.0;
             stats.entropy += f64::from(entropy);
             stats.clipped += f64::from(u8::from(clipped));
-            if let Some(r) = t.ref_logprobs.get(k) {
-                // The monitor sees what the loss sees: k3 clamped per token, else one token the
-                // update made nearly impossible swings the batch mean by orders of magnitude.
-                let d = r - logprob;
-                stats.kl += f64::from((d.exp() - d - 1.0).min(KL_CLAMP));
+            if let Some(&r) = t.ref_logprobs.get(k) {
+                stats.kl += f64::from(k3(r, logprob));
             }
             if let (Some(values), Some(dv), Some(&target)) = (outputs.values, dvalues.as_deref_mut(), t.returns.get(k))
             {
