@@ -242,9 +242,8 @@ impl Engine {
         }
         let groups = if total < 8 || n == 1 { 1 } else { self.threads.min(n) };
         if groups == 1 {
-            // One group: let the matrix products use the threads when the work is large.
-            let threads = if total >= 128 { self.threads } else { 1 };
-            return self.forward_group(caches, tokens, want, threads);
+            // One group: the matrix products use the threads (`linear` decides when they pay).
+            return self.forward_group(caches, tokens, want, self.threads);
         }
         // Contiguous groups of roughly equal token counts.
         let target = total.div_ceil(groups);

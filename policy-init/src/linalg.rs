@@ -6,6 +6,7 @@
 #![allow(unsafe_code)]
 
 use pulp::{Simd, WithSimd};
+use rayon::prelude::*;
 
 /// Below this many rows the dot-product kernel beats gemm (measured on the tiny preset).
 pub const SMALL_ROWS: usize = 48;
@@ -110,12 +111,62 @@ pub fn lane_max(x: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, |m, &v| m.max(v))
 }
 
-/// `out[n, m] (+)= x[n, k] · w[m, k]ᵀ`, choosing the kernel by the number of rows.
+/// Few rows against weights larger than this (in floats) are split across threads. Measured
+/// at batch 1: `tiny`'s largest weight (2^17 floats) decodes slower split (the threads' hand-off
+/// costs more than half its product), `small`'s (2^17.6 to 2^18.6) faster.
+pub const SPLIT_WEIGHTS: usize = 1 << 17;
+
+/// From this many rows on, gemm gets the threads.
+pub const GEMM_THREAD_ROWS: usize = 128;
+
+/// `out[n, m] (+)= x[n, k] · w[m, k]ᵀ`, choosing the kernel by the number of rows: below
+/// [`SMALL_ROWS`] (decoding) the dot-product kernel, with the weight rows split across
+/// `threads` when the weights are large; otherwise gemm, threaded from [`GEMM_THREAD_ROWS`].
+/// Each output is computed the same way whatever the threads.
 pub fn linear(x: &[f32], n: usize, k: usize, w: &[f32], m: usize, out: &mut [f32], accumulate: bool, threads: usize) {
-    if n < SMALL_ROWS {
-        linear_few_rows(x, n, k, w, m, out, accumulate);
-    } else {
+    if n >= SMALL_ROWS {
+        let threads = if n >= GEMM_THREAD_ROWS { threads } else { 1 };
         matmul_transposed(x, n, k, w, m, out, accumulate, threads);
+    } else if threads > 1 && m * k > SPLIT_WEIGHTS && m >= threads {
+        linear_few_rows_split(x, n, k, w, m, out, accumulate, threads);
+    } else {
+        linear_few_rows(x, n, k, w, m, out, accumulate);
+    }
+}
+
+/// [`linear_few_rows`] with the weight rows (the output columns) split into one part per
+/// thread. Decoding one sequence is a few rows against every weight, and reading the weights
+/// is the work, so two cores read them twice as fast.
+#[allow(clippy::too_many_arguments)]
+fn linear_few_rows_split(
+    x: &[f32],
+    n: usize,
+    k: usize,
+    w: &[f32],
+    m: usize,
+    out: &mut [f32],
+    accumulate: bool,
+    threads: usize,
+) {
+    let per = m.div_ceil(threads);
+    let parts: Vec<Vec<f32>> = w[..m * k]
+        .par_chunks(per * k)
+        .map(|part_w| {
+            let cols = part_w.len() / k;
+            let mut part = vec![0.0f32; n * cols];
+            linear_few_rows(x, n, k, part_w, cols, &mut part, false);
+            part
+        })
+        .collect();
+    for (index, part) in parts.iter().enumerate() {
+        let first = index * per;
+        let cols = per.min(m - first);
+        for (row, values) in part.chunks_exact(cols).enumerate() {
+            let dst = &mut out[row * m + first..row * m + first + cols];
+            for (o, &v) in dst.iter_mut().zip(values) {
+                *o = if accumulate { *o + v } else { v };
+            }
+        }
     }
 }
 
@@ -449,6 +500,16 @@ mod tests {
             linear_few_rows(&x, rows, k, &w, m, &mut few, true);
             for (a, b) in few.iter().zip(&expected) {
                 assert!((a - (b + 0.5)).abs() < 1e-5);
+            }
+        }
+        // Split across threads, each output is bit-for-bit the single-thread one.
+        for rows in [1, 3] {
+            let mut single = vec![0.25; rows * m];
+            linear_few_rows(&x, rows, k, &w, m, &mut single, true);
+            for threads in [2, 3] {
+                let mut split = vec![0.25; rows * m];
+                linear_few_rows_split(&x, rows, k, &w, m, &mut split, true, threads);
+                assert_eq!(split, single, "{rows} rows, {threads} threads");
             }
         }
     }
