@@ -105,6 +105,10 @@ pub struct RunSection {
     pub out_dir: String,
     /// Worker threads for the CPU backend; 0 uses every core.
     pub threads: usize,
+    /// Train with burn's autodiff even where ponder's hand-written CPU training path applies:
+    /// the same gradients to float rounding, several times slower. For checking the fast path
+    /// and for measuring what it saves.
+    pub autodiff: bool,
 }
 
 impl Default for RunSection {
@@ -115,6 +119,7 @@ impl Default for RunSection {
             device: "cpu".into(),
             out_dir: "runs".into(),
             threads: 0,
+            autodiff: false,
         }
     }
 }

@@ -151,6 +151,29 @@ fn the_same_seed_gives_the_same_results_and_another_seed_does_not() {
 }
 
 #[test]
+fn autodiff_training_reaches_the_native_paths_loss() {
+    ok(&run(
+        "autodiff",
+        &[
+            "--set",
+            "run.autodiff=true",
+            "--set",
+            "pipeline.stages=[\"datagen\",\"init\"]",
+        ],
+        &[],
+    ));
+    let loss = |r: &Value| r["policy_init"]["final_loss"].as_f64().expect("final loss");
+    let (autodiff, native) = (loss(&results("autodiff")), loss(reference()));
+    // Same gradients up to float rounding: close, but not bit-equal (which would mean the
+    // setting changed nothing).
+    assert!(
+        (autodiff - native).abs() < 1e-2 * native.abs(),
+        "autodiff {autodiff} vs native {native}"
+    );
+    assert_ne!(autodiff, native, "run.autodiff made no difference");
+}
+
+#[test]
 fn a_finished_run_is_skipped_and_a_changed_config_is_refused() {
     reference();
     let again = ok(&run("reference", &[], &[]));

@@ -153,6 +153,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         learner.optim(),
         learner.needs_value_head(),
     );
+    state.trainer.config.native_cpu = !ctx.config.run.autodiff;
     warm_start_optimizer(ctx, &mut state)?;
     let checkpoints = Checkpointer::new(ctx.dir.checkpoints("rl"), 2);
     let verifier = VerifierReward::new(task.clone(), VerifierSettings::default());
