@@ -127,7 +127,7 @@ pub fn linear(x: &[f32], n: usize, k: usize, w: &[f32], m: usize, out: &mut [f32
     if n >= SMALL_ROWS {
         let threads = if n >= GEMM_THREAD_ROWS { threads } else { 1 };
         matmul_transposed(x, n, k, w, m, out, accumulate, threads);
-    } else if threads > 1 && m * k > SPLIT_WEIGHTS && m >= threads {
+    } else if threads > 1 && m * k > SPLIT_WEIGHTS {
         linear_few_rows_split(x, n, k, w, m, out, accumulate, threads);
     } else {
         linear_few_rows(x, n, k, w, m, out, accumulate);
@@ -137,7 +137,6 @@ pub fn linear(x: &[f32], n: usize, k: usize, w: &[f32], m: usize, out: &mut [f32
 /// [`linear_few_rows`] with the weight rows (the output columns) split into one part per
 /// thread. Decoding one sequence is a few rows against every weight, and reading the weights
 /// is the work, so two cores read them twice as fast.
-#[allow(clippy::too_many_arguments)]
 fn linear_few_rows_split(
     x: &[f32],
     n: usize,
