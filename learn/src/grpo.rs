@@ -14,8 +14,9 @@ use crate::{Experience, LearnError, LearnStats, Learner, TrainablePolicy, comple
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GrpoSettings {
-    /// Learning rate (default 1e-4: on the default countdown policy, 3e-4 and 5e-4 lowered
-    /// held-out pass@1 within 20 iterations while 1e-4 raised it).
+    /// Learning rate. Default 1e-4: on the default countdown policy, sampled held-out pass@1
+    /// went 28.2% -> 32.1% in 20 iterations (3e-5: 30.5%; 3e-4 in 40 iterations: 31.4%).
+    /// Greedy pass@1 is no guide: rounding alone moves it 5 points (41.5% at 2 threads, 36.5% at 1).
     pub lr: f64,
     pub clip: f32,
     pub kl: f32,
