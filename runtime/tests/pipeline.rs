@@ -122,6 +122,12 @@ fn the_smoke_pipeline_runs_every_stage_and_writes_the_report() {
     for heading in ["## 1. Policy initialisation", "## 2.", "## 3.", "## 4."] {
         assert!(report.contains(heading), "report.md lacks `{heading}`");
     }
+    // RL's before/after table gives sampled pass@1 with an interval on both sides.
+    let sampled = report
+        .lines()
+        .find(|l| l.starts_with("| sampled pass@1 |"))
+        .unwrap_or_else(|| panic!("no sampled pass@1 row in the RL table:\n{report}"));
+    assert_eq!(sampled.matches('[').count(), 2, "{sampled}");
     // Every image the report links exists and is a PNG.
     let mut images = 0;
     for link in report.split("](").skip(1) {

@@ -342,6 +342,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         results[format!("{key}_after")] = json!(e.value);
         results[format!("{key}_after_ci")] = json!([e.low, e.high]);
         results[format!("{key}_before")] = before[&key].clone();
+        results[format!("{key}_before_ci")] = before[format!("{key}_ci")].clone();
     }
     Ok(results)
 }
