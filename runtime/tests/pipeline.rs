@@ -81,6 +81,8 @@ fn the_smoke_pipeline_runs_every_stage_and_writes_the_report() {
     assert!(r["reward"].is_object(), "{r}");
     let curves = r["search"]["curves"].as_object().expect("search curves");
     assert!(curves.len() >= 4, "{curves:?}");
+    let within =
+        |p: &Value| p["low"].as_f64() <= p["accuracy"].as_f64() && p["accuracy"].as_f64() <= p["high"].as_f64();
     for (label, points) in curves {
         let points = points.as_array().expect("points");
         assert_eq!(points.len(), 2, "{label}: one point per budget");
@@ -88,7 +90,17 @@ fn the_smoke_pipeline_runs_every_stage_and_writes_the_report() {
             points[1]["tokens_per_problem"].as_f64() > points[0]["tokens_per_problem"].as_f64(),
             "{label}"
         );
+        assert!(points.iter().all(within), "{label}: {points:?}");
     }
+    // The compute-optimal curve has intervals, and the comparison with best-of-N says whether
+    // best-of-N's own gain over its budgets is significant.
+    let optimal = r["search"]["compute_optimal"].as_array().expect("compute_optimal");
+    assert_eq!(optimal.len(), 2);
+    assert!(optimal.iter().all(within), "{optimal:?}");
+    let gain = &r["search"]["compute_optimal_vs_best_of_n"]["reference"]["gain_over_budget"];
+    assert!(gain["significant"].is_boolean(), "{gain}");
+    let gain_ci = gain["ci"].as_array().expect("gain interval");
+    assert!(gain_ci[0].as_f64() <= gain["difference"].as_f64() && gain["difference"].as_f64() <= gain_ci[1].as_f64());
     let grpo = &r["learn"]["grpo"];
     for key in ["pass@1_before", "pass@1_after", "curve"] {
         assert!(!grpo[key].is_null(), "learn.grpo.{key} missing: {grpo}");
@@ -128,6 +140,17 @@ fn the_smoke_pipeline_runs_every_stage_and_writes_the_report() {
         .find(|l| l.starts_with("| sampled pass@1 |"))
         .unwrap_or_else(|| panic!("no sampled pass@1 row in the RL table:\n{report}"));
     assert_eq!(sampled.matches('[').count(), 2, "{sampled}");
+    // The test-time table gives every point an interval, the compute-optimal curve included,
+    // and the saving is qualified by the significance of best-of-N's own gain.
+    let optimal_row = report
+        .lines()
+        .find(|l| l.starts_with("| compute-optimal (2-fold CV) |"))
+        .unwrap_or_else(|| panic!("no compute-optimal row in the test-time table:\n{report}"));
+    assert_eq!(optimal_row.matches('[').count(), 2, "{optimal_row}");
+    assert!(
+        report.contains("does not rise significantly from budget") || report.contains("itself gains"),
+        "{report}"
+    );
     // Every image the report links exists and is a PNG.
     let mut images = 0;
     for link in report.split("](").skip(1) {

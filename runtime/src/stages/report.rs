@@ -19,6 +19,27 @@ fn ci(v: &Value) -> String {
     }
 }
 
+/// An accuracy with its interval in whole points, for dense tables: `34.4% [23, 45]`.
+fn pct_with_range(value: &Value, low: &Value, high: &Value) -> String {
+    format!(
+        "{} [{:.0}, {:.0}]",
+        pct(value),
+        low.as_f64().unwrap_or(0.0) * 100.0,
+        high.as_f64().unwrap_or(0.0) * 100.0
+    )
+}
+
+/// A difference of two accuracies in points, signed, with its interval.
+fn points_with_ci(value: &Value, range: &Value) -> String {
+    let p = |v: Option<f64>| v.map_or("—".into(), |x| format!("{:+.1}", x * 100.0));
+    format!(
+        "{} points [{}, {}]",
+        p(value.as_f64()),
+        p(range.get(0).and_then(|x| x.as_f64())),
+        p(range.get(1).and_then(|x| x.as_f64()))
+    )
+}
+
 fn num(v: &Value, digits: usize) -> String {
     v.as_f64().map_or("—".into(), |x| format!("{x:.digits$}"))
 }
@@ -29,41 +50,20 @@ fn search_plots(ctx: &Context, search: &Value, out: &mut String) -> anyhow::Resu
         return Ok(());
     };
     let greedy = search["greedy_pass@1"].as_f64();
-    let mut all = Vec::new();
-    for (name, points) in curves {
+    // A curve's points, with their intervals: (tokens per problem, accuracy), (low, high).
+    let series = |name: &str, points: &Value| {
         let pts = points.as_array().cloned().unwrap_or_default();
-        let xy: Vec<(f64, f64)> = pts
+        let field = |p: &Value, key: &str| p[key].as_f64().unwrap_or(f64::NAN);
+        let xy = pts
             .iter()
-            .map(|p| {
-                (
-                    p["tokens_per_problem"].as_f64().unwrap_or(f64::NAN),
-                    p["accuracy"].as_f64().unwrap_or(f64::NAN),
-                )
-            })
+            .map(|p| (field(p, "tokens_per_problem"), field(p, "accuracy")))
             .collect();
-        let intervals: Vec<(f64, f64)> = pts
-            .iter()
-            .map(|p| {
-                (
-                    p["low"].as_f64().unwrap_or(f64::NAN),
-                    p["high"].as_f64().unwrap_or(f64::NAN),
-                )
-            })
-            .collect();
-        all.push(Series::new(name.clone(), xy).with_intervals(intervals));
-    }
-    if let Some(co) = search["compute_optimal"].as_array() {
-        all.push(Series::new(
-            "compute-optimal",
-            co.iter()
-                .map(|p| {
-                    (
-                        p["tokens_per_problem"].as_f64().unwrap_or(f64::NAN),
-                        p["accuracy"].as_f64().unwrap_or(f64::NAN),
-                    )
-                })
-                .collect(),
-        ));
+        let intervals = pts.iter().map(|p| (field(p, "low"), field(p, "high"))).collect();
+        Series::new(name, xy).with_intervals(intervals)
+    };
+    let mut all: Vec<Series> = curves.iter().map(|(name, points)| series(name, points)).collect();
+    if search["compute_optimal"].is_array() {
+        all.push(series("compute-optimal", &search["compute_optimal"]));
     }
     if let Some(g) = greedy {
         all.push(Series::horizontal("greedy pass@1", g));
@@ -277,12 +277,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
             let n = row["n"].as_u64().unwrap_or(0);
             let cell = |name: &str| {
                 let e = &row["accuracy"][name];
-                format!(
-                    "{} [{:.0}, {:.0}]",
-                    pct(&e["value"]),
-                    e["low"].as_f64().unwrap_or(0.0) * 100.0,
-                    e["high"].as_f64().unwrap_or(0.0) * 100.0
-                )
+                pct_with_range(&e["value"], &e["low"], &e["high"])
             };
             writeln!(
                 out,
@@ -330,37 +325,82 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
             pct(&search["chance_level"])
         )?;
         search_plots(ctx, search, &mut out)?;
-        writeln!(out, "| searcher | budget → accuracy (tokens per problem) |\n|---|---|")?;
-        if let Some(curves) = search["curves"].as_object() {
-            for (name, points) in curves {
-                let cells: Vec<String> = points
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|p| {
-                        format!(
-                            "{}: {} ({:.0})",
-                            p["budget"],
-                            pct(&p["accuracy"]),
-                            p["tokens_per_problem"].as_f64().unwrap_or(0.0)
-                        )
-                    })
-                    .collect();
-                writeln!(out, "| {name} | {} |", cells.join(", "))?;
-            }
-        }
-        let m = &search["compute_optimal_vs_best_of_n"];
         writeln!(
             out,
-            "\nCompute-optimal (the best searcher per difficulty quintile and budget, chosen by 2-fold cross-validation) against {} at budget {}: {} at {} tokens per problem; first reached by the compute-optimal curve at {} tokens (a {}x saving; Snell et al. measured 4x).\n",
-            m["reference"]["searcher"].as_str().unwrap_or("best-of-N"),
-            m["reference"]["budget"],
-            pct(&m["reference"]["accuracy"]),
-            num(&m["reference"]["tokens_per_problem"], 0),
-            num(&m["first_match"]["tokens_per_problem"], 0),
-            num(&m["first_match"]["token_ratio"], 1)
+            "| searcher | budget: accuracy [95% interval] (tokens per problem) |\n|---|---|"
         )?;
+        let row = |points: &Value| -> String {
+            points
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{}: {} ({:.0})",
+                        p["budget"],
+                        pct_with_range(&p["accuracy"], &p["low"], &p["high"]),
+                        p["tokens_per_problem"].as_f64().unwrap_or(0.0)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if let Some(curves) = search["curves"].as_object() {
+            for (name, points) in curves {
+                writeln!(out, "| {name} | {} |", row(points))?;
+            }
+        }
+        writeln!(
+            out,
+            "| compute-optimal (2-fold CV) | {} |",
+            row(&search["compute_optimal"])
+        )?;
+        let m = &search["compute_optimal_vs_best_of_n"];
+        let reference = &m["reference"];
+        if reference.is_object() {
+            write!(
+                out,
+                "\nCompute-optimal (the best searcher per difficulty quintile and budget, chosen on one half of the problems and measured on the other, both ways) against {} at budget {}: {} at {} tokens per problem. ",
+                reference["searcher"].as_str().unwrap_or("best-of-N"),
+                reference["budget"],
+                pct_with_range(&reference["accuracy"], &reference["low"], &reference["high"]),
+                num(&reference["tokens_per_problem"], 0)
+            )?;
+            let first = &m["first_match"];
+            if first.is_object() {
+                write!(
+                    out,
+                    "The compute-optimal curve first reaches it at budget {} ({} tokens per problem, {}x fewer; Snell et al. measured 4x), paired difference {}. ",
+                    first["budget"],
+                    num(&first["tokens_per_problem"], 0),
+                    num(&first["token_ratio"], 1),
+                    points_with_ci(&first["difference"], &first["difference_ci"])
+                )?;
+            } else {
+                write!(out, "The compute-optimal curve does not reach it at any budget. ")?;
+            }
+            let gain = &reference["gain_over_budget"];
+            if gain["significant"].as_bool() == Some(true) {
+                writeln!(
+                    out,
+                    "{} itself gains {} from budget {} to {} (paired bootstrap over problems).\n",
+                    reference["searcher"].as_str().unwrap_or("best-of-N"),
+                    points_with_ci(&gain["difference"], &gain["ci"]),
+                    gain["from_budget"],
+                    reference["budget"]
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "But {} itself does not rise significantly from budget {} to {} ({}, paired bootstrap over problems): there is no measured gain to reach sooner, so the saving is not an effect at this sample size.\n",
+                    reference["searcher"].as_str().unwrap_or("best-of-N"),
+                    gain["from_budget"],
+                    reference["budget"],
+                    points_with_ci(&gain["difference"], &gain["ci"])
+                )?;
+            }
+        }
         figures.insert("search".into(), json!(true));
     }
 

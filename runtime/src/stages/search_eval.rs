@@ -4,17 +4,22 @@
 //! difficulty quintile (by pass@1 estimated from many samples in the init stage's evaluation);
 //! pass@k and maj@k; the compute-optimal curve (best searcher per quintile and budget, chosen
 //! on one half of the problems and measured on the other, both ways: 2-fold cross-validation).
+//! The best-of-N searchers (majority, reward, weighted vote) all select from one set of samples,
+//! so their differences are the selection rules' alone.
 
 use std::collections::HashMap;
 
 use ponder_datagen::{Problem, Task, Trace};
-use ponder_policy_init::eval::{bootstrap_mean, pass_at_k};
+use ponder_policy_init::eval::{bootstrap_difference, bootstrap_mean, pass_at_k};
 use ponder_policy_init::evaluate::EvalReport;
 use ponder_policy_init::{Policy, Sampling, TransformerPolicy};
 use ponder_reward::RewardModel;
+use ponder_search::best_of_n::{BestOfN, BestOfNSettings, score_candidates};
 use ponder_search::lockstep::Lockstep;
 use ponder_search::revision::RevisionSettings;
-use ponder_search::{Budget, Candidate, Cost, SearchEnv, SearchOutcome, Searcher, Selection, select};
+use ponder_search::{
+    Budget, Candidate, Cost, SearchEnv, SearchError, SearchOutcome, Searcher, Selection, outcome, select,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -72,6 +77,48 @@ async fn run_budget(
     });
     let outcomes = futures::future::join_all(runs).await;
     Ok(outcomes.into_iter().collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Best-of-N over samples drawn once for every selection rule (keyed by problem id): it only
+/// scores (with its own reward model) and selects, so the rules are compared on the same samples
+/// and the policy samples them once.
+struct SharedSamples<'s> {
+    samples: &'s HashMap<String, Vec<(Trace, u64)>>,
+    settings: BestOfNSettings,
+}
+
+#[async_trait::async_trait]
+impl Searcher for SharedSamples<'_> {
+    fn describe(&self) -> String {
+        format!(
+            "best-of-n over shared samples ({:?} selection)",
+            self.settings.selection
+        )
+        .to_lowercase()
+    }
+
+    async fn search(
+        &self,
+        problem: &Problem,
+        env: &SearchEnv<'_>,
+        _budget: &Budget,
+    ) -> Result<SearchOutcome, SearchError> {
+        let traces = self.samples.get(&problem.id).cloned().unwrap_or_default();
+        let mut cost = Cost::default();
+        let (selection, aggregation) = (self.settings.selection, self.settings.aggregation);
+        let candidates = score_candidates(problem, env, traces, selection, aggregation, &mut cost).await?;
+        Ok(outcome(env.task, problem, candidates, selection, cost))
+    }
+}
+
+/// The policy's own cost between two readings of its compute counters (prompt tokens
+/// computed, tokens generated).
+fn counted_cost(before: (u64, u64), after: (u64, u64)) -> Cost {
+    Cost {
+        generated_tokens: after.1 - before.1,
+        computed_prompt_tokens: (after.0 - before.0).saturating_sub(after.1 - before.1),
+        ..Cost::default()
+    }
 }
 
 fn correct(task: &dyn Task, problem: &Problem, answer: &Option<String>) -> bool {
@@ -153,9 +200,36 @@ fn quintiles(ctx: &Context, problems: &[Problem]) -> Vec<usize> {
     q
 }
 
+/// The compute-optimal curve at one budget.
+struct OptimalPoint {
+    budget: usize,
+    /// Per problem: right (1) or not (0) under the searcher chosen for its quintile and fold.
+    scores: Vec<f64>,
+    tokens_per_problem: f64,
+    choices: Vec<Value>,
+}
+
+impl OptimalPoint {
+    fn accuracy(&self) -> f64 {
+        self.scores.iter().sum::<f64>() / self.scores.len().max(1) as f64
+    }
+
+    fn to_json(&self, seed: u64) -> Value {
+        let e = bootstrap_mean(&self.scores, seed ^ self.budget as u64);
+        json!({
+            "budget": self.budget,
+            "accuracy": e.value,
+            "low": e.low,
+            "high": e.high,
+            "tokens_per_problem": self.tokens_per_problem,
+            "choices": self.choices,
+        })
+    }
+}
+
 /// Compute-optimal accuracy per budget: in each quintile, the searcher best on one half of the
 /// problems is measured on the other half, both ways.
-fn compute_optimal(curves: &[(String, Vec<Point>)], quintile_of: &[usize], budgets: &[usize]) -> Vec<Value> {
+fn compute_optimal(curves: &[(String, Vec<Point>)], quintile_of: &[usize], budgets: &[usize]) -> Vec<OptimalPoint> {
     let n = quintile_of.len();
     let fold = |i: usize| i % 2;
     let mut out = Vec::new();
@@ -167,7 +241,8 @@ fn compute_optimal(curves: &[(String, Vec<Point>)], quintile_of: &[usize], budge
         if at_b.is_empty() {
             continue;
         }
-        let (mut right, mut tokens) = (0.0, 0.0);
+        let mut scores = vec![0.0; n];
+        let mut tokens = 0.0;
         let mut choices = Vec::new();
         for q in 0..5 {
             for test_fold in 0..2 {
@@ -185,20 +260,72 @@ fn compute_optimal(curves: &[(String, Vec<Point>)], quintile_of: &[usize], budge
                     continue;
                 };
                 for i in members(test_fold) {
-                    right += f64::from(u8::from(best.per_problem[i].0));
+                    scores[i] = f64::from(u8::from(best.per_problem[i].0));
                     tokens += best.per_problem[i].1 as f64;
                 }
                 choices.push(json!({"quintile": q + 1, "fold": test_fold, "searcher": name}));
             }
         }
-        out.push(json!({
-            "budget": b,
-            "accuracy": right / n.max(1) as f64,
-            "tokens_per_problem": tokens / n.max(1) as f64,
-            "choices": choices,
-        }));
+        out.push(OptimalPoint {
+            budget: b,
+            scores,
+            tokens_per_problem: tokens / n.max(1) as f64,
+            choices,
+        });
     }
     out
+}
+
+/// Snell et al.'s comparison: the budget at which the compute-optimal curve first reaches the
+/// reference searcher's (best-of-N weighted, else majority) accuracy at the largest budget, the
+/// ratio of tokens, and paired intervals that say whether the comparison means anything: the
+/// reference's own gain from its smallest budget to its largest (nothing to save when there is
+/// none), and the compute-optimal curve's difference from the reference at the match.
+fn compute_optimal_vs_reference(curves: &[(String, Vec<Point>)], optimal: &[OptimalPoint], seed: u64) -> Value {
+    let scores = |p: &Point| -> Vec<f64> { p.per_problem.iter().map(|(ok, _)| f64::from(u8::from(*ok))).collect() };
+    let Some((label, points)) = curves
+        .iter()
+        .find(|(l, _)| l == "best-of-n-weighted")
+        .or_else(|| curves.iter().find(|(l, _)| l == "majority"))
+    else {
+        return json!({"reference": null, "first_match": null});
+    };
+    let (Some(top), Some(bottom)) = (
+        points.iter().max_by_key(|p| p.budget),
+        points.iter().min_by_key(|p| p.budget),
+    ) else {
+        return json!({"reference": null, "first_match": null});
+    };
+    let gain = bootstrap_difference(&scores(top), &scores(bottom), seed);
+    let reference = json!({
+        "searcher": label,
+        "budget": top.budget,
+        "accuracy": top.accuracy,
+        "low": top.low,
+        "high": top.high,
+        "tokens_per_problem": top.tokens_per_problem,
+        "gain_over_budget": {
+            "from_budget": bottom.budget,
+            "difference": gain.value,
+            "ci": [gain.low, gain.high],
+            "significant": gain.low > 0.0,
+        },
+    });
+    // Undefined when the reference solved nothing: every curve "matches" zero.
+    let first_match = (top.accuracy > 0.0)
+        .then(|| optimal.iter().find(|o| o.accuracy() >= top.accuracy))
+        .flatten()
+        .map(|o| {
+            let d = bootstrap_difference(&o.scores, &scores(top), seed ^ 1);
+            json!({
+                "budget": o.budget,
+                "tokens_per_problem": o.tokens_per_problem,
+                "token_ratio": top.tokens_per_problem / o.tokens_per_problem.max(1e-9),
+                "difference": d.value,
+                "difference_ci": [d.low, d.high],
+            })
+        });
+    json!({"reference": reference, "first_match": first_match})
 }
 
 pub fn run(ctx: &Context) -> anyhow::Result<Value> {
@@ -246,6 +373,10 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
     let max_budget = budgets.last().copied().unwrap_or(1);
     let mut curves: Vec<(String, Vec<Point>)> = Vec::new();
     let mut pass_maj = json!(null);
+    // Every best-of-N searcher selects from the same samples (drawn by the first of them, with a
+    // seed of their own) and the policy's cost of drawing them.
+    let best_of_n_seed = ctx.seed("search-eval-best-of-n");
+    let mut shared_samples: Option<(HashMap<String, Vec<(Trace, u64)>>, Cost)> = None;
     let total_runs: usize = ctx.config.eval_searchers.len() * budgets.len();
     let mut done_runs = 0;
     for (si, entry) in ctx.config.eval_searchers.iter().enumerate() {
@@ -264,10 +395,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         let limits = (max_step, max_trace);
         // Searchers whose smaller budgets are prefixes of a larger run are run once.
         let selection = match searcher.kind() {
-            "best-of-n" => searcher
-                .as_any()
-                .downcast_ref::<ponder_search::best_of_n::BestOfNSettings>()
-                .map(|b| b.selection),
+            "best-of-n" => searcher.as_any().downcast_ref::<BestOfNSettings>().map(|b| b.selection),
             "revision" => searcher
                 .as_any()
                 .downcast_ref::<RevisionSettings>()
@@ -284,22 +412,73 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                 generations: max_budget,
                 tokens_per_generation: per_generation,
             };
-            let outcomes = run_budget(
-                built.as_ref(),
-                &policy,
-                reward_model,
-                task.as_ref(),
-                &problems,
-                budget,
-                limits,
-                seed,
-            )
-            .await?;
-            let after = policy.compute_counters();
-            let cost = Cost {
-                generated_tokens: after.1 - before.1,
-                computed_prompt_tokens: (after.0 - before.0).saturating_sub(after.1 - before.1),
-                ..Cost::default()
+            let best_of_n = searcher.as_any().downcast_ref::<BestOfNSettings>();
+            if let Some(settings) = best_of_n
+                && shared_samples.is_none()
+            {
+                let sampler = BestOfN {
+                    settings: BestOfNSettings {
+                        selection: Selection::Majority,
+                        ..settings.clone()
+                    },
+                };
+                let outcomes = run_budget(
+                    &sampler,
+                    &policy,
+                    reward_model,
+                    task.as_ref(),
+                    &problems,
+                    budget,
+                    limits,
+                    best_of_n_seed,
+                )
+                .await?;
+                let samples = problems
+                    .iter()
+                    .zip(outcomes)
+                    .map(|(p, o)| {
+                        (
+                            p.id.clone(),
+                            o.candidates.into_iter().map(|c| (c.trace, c.tokens)).collect(),
+                        )
+                    })
+                    .collect();
+                let after = policy.compute_counters();
+                shared_samples = Some((samples, counted_cost(before, after)));
+            }
+            let (outcomes, cost) = match (best_of_n, &shared_samples) {
+                (Some(settings), Some((samples, cost))) => {
+                    let rescore = SharedSamples {
+                        samples,
+                        settings: settings.clone(),
+                    };
+                    let outcomes = run_budget(
+                        &rescore,
+                        &policy,
+                        reward_model,
+                        task.as_ref(),
+                        &problems,
+                        budget,
+                        limits,
+                        best_of_n_seed,
+                    )
+                    .await?;
+                    (outcomes, *cost)
+                }
+                _ => {
+                    let outcomes = run_budget(
+                        built.as_ref(),
+                        &policy,
+                        reward_model,
+                        task.as_ref(),
+                        &problems,
+                        budget,
+                        limits,
+                        seed,
+                    )
+                    .await?;
+                    (outcomes, counted_cost(before, policy.compute_counters()))
+                }
             };
             for &b in &budgets {
                 let results: Vec<(bool, u64)> = problems
@@ -368,30 +547,8 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         curves.push((label.clone(), points));
     }
     let optimal = compute_optimal(&curves, &quintile_of, &budgets);
-    // Snell et al.'s comparison: the budget at which the compute-optimal curve first reaches
-    // best-of-N's accuracy at the largest budget, and the ratio of tokens.
-    let reference = curves
-        .iter()
-        .find(|(l, _)| l == "best-of-n-weighted")
-        .or_else(|| curves.iter().find(|(l, _)| l == "majority"))
-        .and_then(|(l, pts)| {
-            pts.iter()
-                .find(|p| p.budget == max_budget)
-                .map(|p| (l.clone(), p.accuracy, p.tokens_per_problem))
-        });
-    // Undefined when the reference solved nothing: every curve "matches" zero.
-    let match_point = reference
-        .as_ref()
-        .filter(|(_, acc, _)| *acc > 0.0)
-        .and_then(|(_, acc, tokens)| {
-            optimal
-                .iter()
-                .find(|o| o["accuracy"].as_f64().unwrap_or(0.0) >= *acc)
-                .map(|o| {
-                    json!({"budget": o["budget"], "tokens_per_problem": o["tokens_per_problem"],
-                            "token_ratio": tokens / o["tokens_per_problem"].as_f64().unwrap_or(1.0).max(1e-9)})
-                })
-        });
+    let optimal_seed = ctx.seed("search-eval-compute-optimal");
+    let versus = compute_optimal_vs_reference(&curves, &optimal, optimal_seed);
     let greedy = ctx.earlier.get("init").and_then(|r| r.results["pass@1"].as_f64());
     let chance = problems.iter().map(|p| task.chance_level(p)).sum::<f64>() / problems.len().max(1) as f64;
     Ok(json!({
@@ -401,11 +558,8 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         "greedy_pass@1": greedy,
         "chance_level": chance,
         "curves": curves.iter().map(|(l, pts)| (l.clone(), serde_json::to_value(pts).unwrap_or(Value::Null))).collect::<serde_json::Map<_, _>>(),
-        "compute_optimal": optimal,
-        "compute_optimal_vs_best_of_n": {
-            "reference": reference.map(|(l, acc, tokens)| json!({"searcher": l, "budget": max_budget, "accuracy": acc, "tokens_per_problem": tokens})),
-            "first_match": match_point,
-        },
+        "compute_optimal": optimal.iter().map(|o| o.to_json(optimal_seed)).collect::<Vec<_>>(),
+        "compute_optimal_vs_best_of_n": versus,
         "pass_and_majority": pass_maj,
     }))
 }
@@ -439,4 +593,96 @@ fn pass_and_majority(
         rows.push(json!({"k": k, "pass": pe.value, "pass_ci": [pe.low, pe.high], "maj": me.value, "maj_ci": [me.low, me.high]}));
     }
     json!(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A curve point with the given per-problem outcomes, 50 tokens per generation.
+    fn point_with(budget: usize, outcomes: Vec<bool>) -> Point {
+        let accuracy = outcomes.iter().filter(|&&ok| ok).count() as f64 / outcomes.len() as f64;
+        Point {
+            budget,
+            tokens_per_problem: 50.0 * budget as f64,
+            accuracy,
+            low: accuracy,
+            high: accuracy,
+            quintiles: vec![accuracy; 5],
+            computed_per_generated: 1.0,
+            per_problem: outcomes.into_iter().map(|ok| (ok, 50 * budget as u64)).collect(),
+        }
+    }
+
+    /// `n` problems, every `right_every`-th one solved.
+    fn outcomes(n: usize, right_every: usize) -> Vec<bool> {
+        (0..n).map(|i| i % right_every == 0).collect()
+    }
+
+    #[test]
+    fn a_flat_reference_makes_the_saving_not_significant() {
+        let n = 100;
+        // Best-of-N weighted stays at 50% from budget 1 to 64; majority is as good at budget 1.
+        let curves = vec![
+            (
+                "best-of-n-weighted".to_string(),
+                vec![point_with(1, outcomes(n, 2)), point_with(64, outcomes(n, 2))],
+            ),
+            (
+                "majority".to_string(),
+                vec![point_with(1, outcomes(n, 2)), point_with(64, outcomes(n, 2))],
+            ),
+        ];
+        let quintile_of: Vec<usize> = (0..n).map(|i| i % 5).collect();
+        let optimal = compute_optimal(&curves, &quintile_of, &[1, 64]);
+        let v = compute_optimal_vs_reference(&curves, &optimal, 7);
+        let gain = &v["reference"]["gain_over_budget"];
+        assert_eq!(gain["significant"], false, "{v}");
+        assert_eq!(gain["difference"].as_f64(), Some(0.0));
+        assert_eq!(v["first_match"]["budget"], 1, "{v}");
+        assert!(v["first_match"]["token_ratio"].as_f64().is_some_and(|r| r > 60.0));
+    }
+
+    #[test]
+    fn a_rising_reference_is_significant_and_the_match_comes_where_the_accuracy_is() {
+        let n = 100;
+        // Best-of-N weighted rises from 25% to 100%; majority reaches 100% already at budget 16.
+        let curves = vec![
+            (
+                "best-of-n-weighted".to_string(),
+                vec![
+                    point_with(1, outcomes(n, 4)),
+                    point_with(16, outcomes(n, 2)),
+                    point_with(64, outcomes(n, 1)),
+                ],
+            ),
+            (
+                "majority".to_string(),
+                vec![
+                    point_with(1, outcomes(n, 4)),
+                    point_with(16, outcomes(n, 1)),
+                    point_with(64, outcomes(n, 1)),
+                ],
+            ),
+        ];
+        let quintile_of: Vec<usize> = (0..n).map(|i| i % 5).collect();
+        let optimal = compute_optimal(&curves, &quintile_of, &[1, 16, 64]);
+        assert_eq!(
+            optimal[1].accuracy(),
+            1.0,
+            "majority is chosen at budget 16 in every fold"
+        );
+        let v = compute_optimal_vs_reference(&curves, &optimal, 7);
+        let gain = &v["reference"]["gain_over_budget"];
+        assert_eq!(gain["significant"], true, "{v}");
+        assert!((gain["difference"].as_f64().unwrap_or(0.0) - 0.75).abs() < 1e-9);
+        let ci = gain["ci"].as_array().expect("interval");
+        assert!(ci[0].as_f64() <= gain["difference"].as_f64() && gain["difference"].as_f64() <= ci[1].as_f64());
+        assert_eq!(v["first_match"]["budget"], 16, "{v}");
+        assert!((v["first_match"]["token_ratio"].as_f64().unwrap_or(0.0) - 4.0).abs() < 1e-9);
+        let json = optimal[1].to_json(7);
+        assert!(
+            json["low"].as_f64() <= json["accuracy"].as_f64() && json["accuracy"].as_f64() <= json["high"].as_f64()
+        );
+    }
 }
