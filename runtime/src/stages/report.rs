@@ -393,7 +393,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
             } else {
                 writeln!(
                     out,
-                    "But {} itself does not rise significantly from budget {} to {} ({}, paired bootstrap over problems): there is no measured gain to reach sooner, so the saving is not an effect at this sample size.\n",
+                    "{} itself does not rise significantly from budget {} to {} ({}, paired bootstrap over problems), so at this sample size there is no measured gain for the compute-optimal curve to reach sooner.\n",
                     reference["searcher"].as_str().unwrap_or("best-of-N"),
                     gain["from_budget"],
                     reference["budget"],
