@@ -72,6 +72,7 @@ fn the_smoke_pipeline_runs_every_stage_and_writes_the_report() {
         "pass@1_sampled",
         "pass@4",
         "maj@4",
+        "maj@4_ci",
         "train_tokens",
         "params",
     ] {

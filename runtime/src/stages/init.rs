@@ -162,6 +162,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<serde_json::Value> {
     }
     for (k, e) in &report.maj_at {
         results[format!("maj@{k}")] = json!(e.value);
+        results[format!("maj@{k}_ci")] = json!([e.low, e.high]);
     }
     ctx.dir.write_json("eval/init.json", &serde_json::to_value(&report)?)?;
     Ok(results)

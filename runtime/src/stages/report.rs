@@ -173,7 +173,12 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
             pct(&init["pass@32"]),
             ci(&init["pass@32_ci"])
         )?;
-        writeln!(out, "| maj@32 | {} | 18.5 / 36 / 49.5% |", pct(&init["maj@32"]))?;
+        writeln!(
+            out,
+            "| maj@32 | {} {} | 18.5 / 36 / 49.5% |",
+            pct(&init["maj@32"]),
+            ci(&init["maj@32_ci"])
+        )?;
         writeln!(out, "| chance level | {} | |\n", pct(&init["eval"]["chance_level"]))?;
     }
 
@@ -193,14 +198,18 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
         )?;
         writeln!(
             out,
-            "| N rollouts | accuracy | false positives | false negatives |\n|---|---|---|---|"
+            "| N rollouts | accuracy [95% Wilson interval] | false positives | false negatives |\n|---|---|---|---|"
         )?;
         for (n, acc) in &ns {
             let d = &reward["mc_label_details"][n.to_string()]["hard"];
+            let steps = d["n"].as_u64().unwrap_or(0) as usize;
+            let e = ponder_policy_init::eval::wilson(acc * steps as f64, steps);
             writeln!(
                 out,
-                "| {n} | {:.1}% | {} | {} |",
+                "| {n} | {:.1}% [{:.1}, {:.1}] | {} | {} |",
                 acc * 100.0,
+                e.low * 100.0,
+                e.high * 100.0,
                 pct(&d["false_positive_rate"]),
                 pct(&d["false_negative_rate"])
             )?;
