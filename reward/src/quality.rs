@@ -34,6 +34,36 @@ pub fn auroc(scores: &[f32], labels: &[bool]) -> Option<f64> {
     Some((rank_sum - p * (p + 1.0) / 2.0) / (p * negatives as f64))
 }
 
+/// A 95% interval for [`auroc`] by the bootstrap over groups: each group (a problem's steps or
+/// samples, which are not independent of each other) is resampled whole, 1000 times. `None`
+/// when there are no groups or a resample never has both classes.
+pub fn auroc_interval(groups: &[(Vec<f32>, Vec<bool>)], seed: u64) -> Option<(f64, f64)> {
+    use rand::{Rng, SeedableRng};
+    if groups.is_empty() {
+        return None;
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut values = Vec::with_capacity(1000);
+    let (mut scores, mut labels) = (Vec::new(), Vec::new());
+    for _ in 0..1000 {
+        scores.clear();
+        labels.clear();
+        for _ in 0..groups.len() {
+            let (s, l) = &groups[rng.random_range(0..groups.len())];
+            scores.extend_from_slice(s);
+            labels.extend_from_slice(l);
+        }
+        if let Some(a) = auroc(&scores, &labels) {
+            values.push(a);
+        }
+    }
+    if values.len() < 1000 {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    Some((values[25], values[974]))
+}
+
 /// ProcessBench-style first-error localisation: per trace, the index of the first wrong step
 /// (or none). The prediction is the first step scored below `threshold`. F1 is the harmonic
 /// mean of the accuracy on traces with an error and on traces without one.
@@ -170,5 +200,35 @@ mod tests {
         assert!((ece - (0.05 * 0.25 + (0.95 - 2.0 / 3.0) * 0.75)).abs() < 1e-6);
         let a = label_accuracy(&[true, true, false, false], &[true, false, false, true]);
         assert!((a.accuracy - 0.5).abs() < 1e-12 && (a.false_positive_rate - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_auroc_interval_brackets_the_estimate_and_narrows_with_more_groups() {
+        // Scores that separate the classes imperfectly: a right step scores i/n + 0.3, a wrong
+        // one i/n, in groups of four steps.
+        let groups = |n: usize| -> Vec<(Vec<f32>, Vec<bool>)> {
+            (0..n)
+                .map(|g| {
+                    let x = (g % 10) as f32 / 10.0;
+                    (vec![x + 0.3, x, x + 0.35, x + 0.05], vec![true, false, true, false])
+                })
+                .collect()
+        };
+        let flat = |gs: &[(Vec<f32>, Vec<bool>)]| -> (Vec<f32>, Vec<bool>) {
+            (
+                gs.iter().flat_map(|g| g.0.clone()).collect(),
+                gs.iter().flat_map(|g| g.1.clone()).collect(),
+            )
+        };
+        let (small, large) = (groups(20), groups(400));
+        let (s, l) = flat(&small);
+        let estimate = auroc(&s, &l).expect("both classes");
+        let (lo, hi) = auroc_interval(&small, 1).expect("interval");
+        assert!(lo <= estimate && estimate <= hi && lo < hi, "{lo} {estimate} {hi}");
+        let (lo2, hi2) = auroc_interval(&large, 1).expect("interval");
+        assert!(hi2 - lo2 < hi - lo, "[{lo2}, {hi2}] is not narrower than [{lo}, {hi}]");
+        // One class only: no interval.
+        assert_eq!(auroc_interval(&[(vec![0.1, 0.2], vec![true, true])], 1), None);
+        assert_eq!(auroc_interval(&[], 1), None);
     }
 }

@@ -40,6 +40,17 @@ fn points_with_ci(value: &Value, range: &Value) -> String {
     )
 }
 
+/// An AUROC with its 95% interval (bootstrap over problems) when there is one.
+fn auroc_with_ci(value: &Value, range: &Value) -> String {
+    match (
+        range.get(0).and_then(|x| x.as_f64()),
+        range.get(1).and_then(|x| x.as_f64()),
+    ) {
+        (Some(a), Some(b)) => format!("{} [{a:.3}, {b:.3}]", num(value, 3)),
+        _ => num(value, 3),
+    }
+}
+
 fn num(v: &Value, digits: usize) -> String {
     v.as_f64().map_or("—".into(), |x| format!("{x:.digits$}"))
 }
@@ -243,7 +254,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
             "| PRM ({} labels, N = {}) | step AUROC vs exact labels | {} |",
             reward["labels"].as_str().unwrap_or("?"),
             reward["rollouts"],
-            num(&prm["step_auroc"], 3)
+            auroc_with_ci(&prm["step_auroc"], &prm["step_auroc_ci"])
         )?;
         writeln!(
             out,
@@ -258,9 +269,13 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
         writeln!(
             out,
             "| PRM | outcome AUROC (answer score) | {} |",
-            num(&prm["outcome_auroc"], 3)
+            auroc_with_ci(&prm["outcome_auroc"], &prm["outcome_auroc_ci"])
         )?;
-        writeln!(out, "| ORM | outcome AUROC | {} |\n", num(&reward["orm"]["auroc"], 3))?;
+        writeln!(
+            out,
+            "| ORM | outcome AUROC | {} |\n",
+            auroc_with_ci(&reward["orm"]["auroc"], &reward["orm"]["auroc_ci"])
+        )?;
         writeln!(
             out,
             "Best-of-N over the same samples (Lightman et al., best-of-1860 on MATH: PRM 78.2%, ORM 72.4%, majority 69.6%):\n"

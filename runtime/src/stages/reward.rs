@@ -20,7 +20,7 @@ use ponder_policy_init::{HostWeights, Tokenizer, TransformerPolicy};
 use ponder_reward::datasets::{ProcessExample, write_process};
 use ponder_reward::labels::{LabelSource, MonteCarloSettings, labels_from_rollouts, monte_carlo_rollouts};
 use ponder_reward::learned::LearnedReward;
-use ponder_reward::quality::{auroc, calibration, first_error_f1, label_accuracy};
+use ponder_reward::quality::{auroc, auroc_interval, calibration, first_error_f1, label_accuracy};
 use ponder_reward::training::{RewardExample, RewardObjective, RewardWeights, reward_example, reward_trainer};
 use ponder_reward::{Aggregation, Granularity, ProcessRewardSettings, StepScores};
 use rand::SeedableRng;
@@ -292,15 +292,41 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
     let outcome_truth: Vec<bool> = flat.iter().map(|l| l.correct).collect();
     let prm_outcome: Vec<f32> = prm_scores.iter().map(|s| s.aggregate(Aggregation::Last)).collect();
     let orm_outcome: Vec<f32> = orm_scores.iter().map(|s| s.aggregate(Aggregation::Last)).collect();
+    // The same figures per problem, for intervals: a problem's samples and their steps are
+    // resampled together.
+    let (mut step_groups, mut prm_outcome_groups, mut orm_outcome_groups) = (Vec::new(), Vec::new(), Vec::new());
+    let mut start = 0;
+    for traces in &heldout {
+        let range = start..start + traces.len();
+        start = range.end;
+        let (mut scores, mut truth) = (Vec::new(), Vec::new());
+        for (l, sc) in flat[range.clone()].iter().zip(&prm_scores[range.clone()]) {
+            if sc.steps.len() == l.exact.len() {
+                scores.extend(sc.steps.iter().copied());
+                truth.extend(l.exact.iter().copied());
+            }
+        }
+        step_groups.push((scores, truth));
+        prm_outcome_groups.push((
+            prm_outcome[range.clone()].to_vec(),
+            outcome_truth[range.clone()].to_vec(),
+        ));
+        orm_outcome_groups.push((orm_outcome[range.clone()].to_vec(), outcome_truth[range].to_vec()));
+    }
+    let interval = |groups: &[(Vec<f32>, Vec<bool>)], purpose: &str| {
+        auroc_interval(groups, ctx.seed(purpose)).map(|(low, high)| json!([low, high]))
+    };
     let (ece, reliability) = calibration(&step_scores, &step_truth, 10);
     let fe = first_error_f1(&first_error, 0.5);
     let quality = json!({
         "step_auroc": auroc(&step_scores, &step_truth),
+        "step_auroc_ci": interval(&step_groups, "reward-step-auroc"),
         "first_error_f1": fe.f1,
         "first_error": fe,
         "calibration_ece": ece,
         "reliability": reliability,
         "outcome_auroc": auroc(&prm_outcome, &outcome_truth),
+        "outcome_auroc_ci": interval(&prm_outcome_groups, "reward-prm-outcome-auroc"),
         "labelled_steps": step_truth.len(),
         "right_steps": step_truth.iter().filter(|&&b| b).count(),
     });
@@ -424,7 +450,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         "mc_label_accuracy": mc_accuracy,
         "mc_label_details": mc_details,
         "prm": quality,
-        "orm": {"auroc": auroc(&orm_outcome, &outcome_truth)},
+        "orm": {"auroc": auroc(&orm_outcome, &outcome_truth), "auroc_ci": interval(&orm_outcome_groups, "reward-orm-outcome-auroc")},
         "training": {"prm": prm_training, "orm": orm_training},
         "best_of_n": best_of,
         "best_of_n_curve": per_n,
