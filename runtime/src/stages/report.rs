@@ -166,30 +166,23 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
                 .and_then(|s| s.results["train_tokens_per_s"].as_f64())
                 .unwrap_or(0.0)
         )?;
-        writeln!(
-            out,
-            "| greedy pass@1 | {} {} | 22.5 / 36.5 / 48.5% (countdown-3, 0.84M GPT) |",
-            pct(&init["pass@1"]),
-            ci(&init["pass@1_ci"])
-        )?;
-        writeln!(
-            out,
-            "| pass@8 | {} {} | 52 / 79 / 86% |",
-            pct(&init["pass@8"]),
-            ci(&init["pass@8_ci"])
-        )?;
-        writeln!(
-            out,
-            "| pass@32 | {} {} | 81.5 / 97 / 98.5% |",
-            pct(&init["pass@32"]),
-            ci(&init["pass@32_ci"])
-        )?;
-        writeln!(
-            out,
-            "| maj@32 | {} {} | 18.5 / 36 / 49.5% |",
-            pct(&init["maj@32"]),
-            ci(&init["maj@32_ci"])
-        )?;
+        for (label, key, published) in [
+            (
+                "greedy pass@1",
+                "pass@1",
+                "22.5 / 36.5 / 48.5% (countdown-3, 0.84M GPT)",
+            ),
+            ("pass@8", "pass@8", "52 / 79 / 86%"),
+            ("pass@32", "pass@32", "81.5 / 97 / 98.5%"),
+            ("maj@32", "maj@32", "18.5 / 36 / 49.5%"),
+        ] {
+            writeln!(
+                out,
+                "| {label} | {} {} | {published} |",
+                pct(&init[key]),
+                ci(&init[format!("{key}_ci")])
+            )?;
+        }
         writeln!(out, "| chance level | {} | |\n", pct(&init["eval"]["chance_level"]))?;
     }
 

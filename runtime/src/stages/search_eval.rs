@@ -45,6 +45,17 @@ pub struct Point {
     pub per_problem: Vec<(bool, u64)>,
 }
 
+impl Point {
+    /// Per problem: 1 if right, else 0.
+    fn scores(&self) -> Vec<f64> {
+        scores_of(&self.per_problem)
+    }
+}
+
+fn scores_of(per_problem: &[(bool, u64)]) -> Vec<f64> {
+    per_problem.iter().map(|(ok, _)| f64::from(u8::from(*ok))).collect()
+}
+
 /// Runs one searcher on all problems at one budget, in lockstep.
 async fn run_budget(
     searcher: &dyn Searcher,
@@ -151,8 +162,7 @@ fn point(
     cost: Cost,
     seed: u64,
 ) -> Point {
-    let scores: Vec<f64> = results.iter().map(|(ok, _)| f64::from(u8::from(*ok))).collect();
-    let e = bootstrap_mean(&scores, seed);
+    let e = bootstrap_mean(&scores_of(&results), seed);
     let mut by_q = [(0.0, 0usize); 5];
     for ((ok, _), &q) in results.iter().zip(quintile_of) {
         by_q[q].0 += f64::from(u8::from(*ok));
@@ -282,7 +292,6 @@ fn compute_optimal(curves: &[(String, Vec<Point>)], quintile_of: &[usize], budge
 /// reference's own gain from its smallest budget to its largest (nothing to save when there is
 /// none), and the compute-optimal curve's difference from the reference at the match.
 fn compute_optimal_vs_reference(curves: &[(String, Vec<Point>)], optimal: &[OptimalPoint], seed: u64) -> Value {
-    let scores = |p: &Point| -> Vec<f64> { p.per_problem.iter().map(|(ok, _)| f64::from(u8::from(*ok))).collect() };
     let Some((label, points)) = curves
         .iter()
         .find(|(l, _)| l == "best-of-n-weighted")
@@ -296,7 +305,7 @@ fn compute_optimal_vs_reference(curves: &[(String, Vec<Point>)], optimal: &[Opti
     ) else {
         return json!({"reference": null, "first_match": null});
     };
-    let gain = bootstrap_difference(&scores(top), &scores(bottom), seed);
+    let gain = bootstrap_difference(&top.scores(), &bottom.scores(), seed);
     let reference = json!({
         "searcher": label,
         "budget": top.budget,
@@ -316,7 +325,7 @@ fn compute_optimal_vs_reference(curves: &[(String, Vec<Point>)], optimal: &[Opti
         .then(|| optimal.iter().find(|o| o.accuracy() >= top.accuracy))
         .flatten()
         .map(|o| {
-            let d = bootstrap_difference(&o.scores, &scores(top), seed ^ 1);
+            let d = bootstrap_difference(&o.scores, &top.scores(), seed ^ 1);
             json!({
                 "budget": o.budget,
                 "tokens_per_problem": o.tokens_per_problem,
@@ -413,13 +422,11 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                 tokens_per_generation: per_generation,
             };
             let best_of_n = searcher.as_any().downcast_ref::<BestOfNSettings>();
-            if let Some(settings) = best_of_n
-                && shared_samples.is_none()
-            {
+            if best_of_n.is_some() && shared_samples.is_none() {
                 let sampler = BestOfN {
                     settings: BestOfNSettings {
                         selection: Selection::Majority,
-                        ..settings.clone()
+                        ..BestOfNSettings::default()
                     },
                 };
                 let outcomes = run_budget(
@@ -446,39 +453,34 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                 let after = policy.compute_counters();
                 shared_samples = Some((samples, counted_cost(before, after)));
             }
-            let (outcomes, cost) = match (best_of_n, &shared_samples) {
-                (Some(settings), Some((samples, cost))) => {
-                    let rescore = SharedSamples {
+            // A best-of-N searcher scores and selects from the shared samples, at their cost.
+            let rescore = best_of_n
+                .zip(shared_samples.as_ref())
+                .map(|(settings, (samples, cost))| {
+                    let searcher = SharedSamples {
                         samples,
                         settings: settings.clone(),
                     };
-                    let outcomes = run_budget(
-                        &rescore,
-                        &policy,
-                        reward_model,
-                        task.as_ref(),
-                        &problems,
-                        budget,
-                        limits,
-                        best_of_n_seed,
-                    )
-                    .await?;
-                    (outcomes, *cost)
-                }
-                _ => {
-                    let outcomes = run_budget(
-                        built.as_ref(),
-                        &policy,
-                        reward_model,
-                        task.as_ref(),
-                        &problems,
-                        budget,
-                        limits,
-                        seed,
-                    )
-                    .await?;
-                    (outcomes, counted_cost(before, policy.compute_counters()))
-                }
+                    (searcher, *cost)
+                });
+            let (runner, run_seed): (&dyn Searcher, u64) = match &rescore {
+                Some((searcher, _)) => (searcher, best_of_n_seed),
+                None => (built.as_ref(), seed),
+            };
+            let outcomes = run_budget(
+                runner,
+                &policy,
+                reward_model,
+                task.as_ref(),
+                &problems,
+                budget,
+                limits,
+                run_seed,
+            )
+            .await?;
+            let cost = match &rescore {
+                Some((_, cost)) => *cost,
+                None => counted_cost(before, policy.compute_counters()),
             };
             for &b in &budgets {
                 let results: Vec<(bool, u64)> = problems
