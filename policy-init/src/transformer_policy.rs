@@ -10,6 +10,7 @@ use ponder_datagen::ANSWER_PREFIX;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::config::ModelConfig;
 use crate::engine::{Engine, KvCache, Want};
 use crate::error::PolicyError;
 use crate::policy::{Finish, GenRequest, Generation, Policy, Stop};
@@ -18,8 +19,15 @@ use crate::sampling::{logprob, sample};
 use crate::tokenizer::Tokenizer;
 use crate::weights::HostWeights;
 
-/// How many cached tokens the prefix cache keeps by default.
-pub const DEFAULT_PREFIX_CACHE_TOKENS: usize = 200_000;
+/// Memory the prefix cache may hold by default: 1 GiB of keys and values, whatever the model
+/// (262,144 tokens of the tiny preset, about 43,000 of a 24-layer model with 128-wide keys).
+pub const DEFAULT_PREFIX_CACHE_BYTES: usize = 1 << 30;
+
+/// How many tokens of keys and values fit in [`DEFAULT_PREFIX_CACHE_BYTES`] for a model.
+pub fn default_prefix_cache_tokens(config: &ModelConfig) -> usize {
+    let per_token = 2 * config.n_layers * config.kv_dim() * std::mem::size_of::<f32>();
+    DEFAULT_PREFIX_CACHE_BYTES / per_token.max(1)
+}
 
 pub struct TransformerPolicy {
     engine: Engine,
@@ -63,7 +71,7 @@ impl TransformerPolicy {
             ),
             engine,
             tokenizer,
-            prefix_cache: Mutex::new(PrefixCache::new(DEFAULT_PREFIX_CACHE_TOKENS, kv_dim)),
+            prefix_cache: Mutex::new(PrefixCache::new(default_prefix_cache_tokens(&weights.config), kv_dim)),
             computed: AtomicU64::new(0),
             generated: AtomicU64::new(0),
         }

@@ -9,6 +9,7 @@ use ponder_datagen::{Problem, Trace};
 use ponder_policy_init::Tokenizer;
 use ponder_policy_init::engine::{Engine, KvCache, Want};
 use ponder_policy_init::prefix_cache::PrefixCache;
+use ponder_policy_init::transformer_policy::default_prefix_cache_tokens;
 
 use crate::training::{RewardWeights, encode_trace};
 use crate::{Aggregation, Granularity, RewardError, RewardModel, StepScores};
@@ -44,7 +45,13 @@ impl LearnedReward {
             tokenizer,
             granularity: weights.granularity,
             aggregation: weights.aggregation,
-            cache: Mutex::new(PrefixCache::new(100_000, kv)),
+            // The policy's budget: a beam round scores the candidates of every problem at once,
+            // and a cache of 100,000 tokens evicted the prefixes the next round needed (beam
+            // search at 64 problems x 64 beams spent twice the CPU time recomputing them).
+            cache: Mutex::new(PrefixCache::new(
+                default_prefix_cache_tokens(&weights.backbone.config),
+                kv,
+            )),
             calls: AtomicU64::new(0),
         }
     }

@@ -101,3 +101,32 @@ pub fn clear_dir(path: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stage_record_reads_back_with_the_same_floats() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let run = RunDir::new(dir.path());
+        std::fs::create_dir_all(dir.path().join("stages")).expect("stages");
+        // 0.9096061216121203 came back one ulp off (…204) before exact float parsing, so a
+        // resumed pipeline's results.json differed from an uninterrupted run's.
+        let mut values = vec![0.9096061216121203_f64, 0.1 + 0.2, 1.0 / 3.0, 6.02214076e23, 5e-324];
+        let mut x = 0.5_f64;
+        for _ in 0..2000 {
+            x = (x * 3.999_999 * (1.0 - x)).clamp(1e-9, 1.0 - 1e-9);
+            values.push(x);
+        }
+        let record = StageRecord {
+            stage: "init".into(),
+            results: serde_json::json!({ "values": values }),
+            seconds: 12.345_678_901_234_567,
+        };
+        run.record(&record).expect("write");
+        let back = run.finished("init").expect("read").expect("recorded");
+        assert_eq!(back.results, record.results);
+        assert_eq!(back.seconds.to_bits(), record.seconds.to_bits());
+    }
+}

@@ -831,6 +831,22 @@ mod tests {
     }
 
     #[test]
+    fn every_shipped_sweep_loads_with_valid_run_configs() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/sweeps");
+        let registry = Registry::builtin();
+        let mut loaded = Vec::new();
+        for entry in std::fs::read_dir(&dir).expect("configs/sweeps") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let sweep = Sweep::load(&path, &registry).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                assert!(!sweep.runs.is_empty(), "{}: no runs", path.display());
+                loaded.push(sweep.runs.len());
+            }
+        }
+        assert!(loaded.len() >= 5, "the shipped sweeps: {loaded:?}");
+    }
+
+    #[test]
     fn reuse_is_refused_when_a_swept_key_feeds_a_shared_stage() {
         assert!(stage_inputs("reward").iter().any(|k| overlaps("reward.kind", k)));
         assert!(!stage_inputs("reward").iter().any(|k| overlaps("learn.kind", k)));

@@ -4,7 +4,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ponder_datagen::{Problem, Task, Trace};
-use ponder_policy_init::{GenRequest, HostWeights, Policy, Sampling, Stop, Tokenizer};
+use ponder_policy_init::settings::TransformerSettings;
+use ponder_policy_init::{GenRequest, HostWeights, Policy, Sampling, Stop, Tokenizer, TransformerPolicy};
 
 use super::Context;
 
@@ -16,6 +17,22 @@ pub fn load_policy(dir: &Path) -> anyhow::Result<(HostWeights, Tokenizer)> {
         dir.display()
     );
     Ok(ponder_policy_init::hf::load_pretrained(dir)?)
+}
+
+/// The CPU policy for a stage's sampling and search, with `[policy] prefix_cache_tokens` where
+/// the config sets it (else the engine's default memory budget).
+pub fn stage_policy(ctx: &Context, weights: &HostWeights, tokenizer: &Tokenizer) -> TransformerPolicy {
+    let policy = TransformerPolicy::new(weights, tokenizer.clone());
+    let tokens = ctx
+        .config
+        .policy
+        .as_any()
+        .downcast_ref::<TransformerSettings>()
+        .and_then(|s| s.prefix_cache_tokens);
+    match tokens {
+        Some(tokens) => policy.with_prefix_cache(tokens),
+        None => policy,
+    }
 }
 
 /// The policy the latest training stage left: after RL if it ran, else the initialised one.

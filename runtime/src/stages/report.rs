@@ -133,6 +133,25 @@ fn search_plots(ctx: &Context, search: &Value, out: &mut String) -> anyhow::Resu
     Ok(())
 }
 
+/// A sweep's table (`runs/sweeps/NAME/table.md`) where it has been run, else how to run it;
+/// whether it was there.
+fn sweep_table(ctx: &Context, name: &str, out: &mut String) -> anyhow::Result<bool> {
+    let dir = std::path::Path::new(&ctx.config.run.out_dir).join("sweeps").join(name);
+    match std::fs::read_to_string(dir.join("table.md")) {
+        Ok(t) => {
+            writeln!(out, "{t}\n(from `{}`)\n", dir.display())?;
+            Ok(true)
+        }
+        Err(_) => {
+            writeln!(
+                out,
+                "Not run yet: `cargo xtask sweep configs/sweeps/{name}.toml` fills this table.\n"
+            )?;
+            Ok(false)
+        }
+    }
+}
+
 pub fn run(ctx: &Context) -> anyhow::Result<Value> {
     let r = crate::results::assemble(ctx.config, ctx.earlier);
     let mut out = String::new();
@@ -418,6 +437,11 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
                 )?;
             }
         }
+        writeln!(
+            out,
+            "### What guides the search\n\nThe same searchers guided by the learned reward models, by the task's exact step labels (`oracle-process`: the PRM's upper bound) and by countdown's answer check as a test-time verifier (it reads only the numbers and the target, as a unit test would; no gold answer). Where the oracle-guided curves rise and the PRM-guided ones do not, the reward model is what limits search.\n"
+        )?;
+        sweep_table(ctx, "searcher_budget", &mut out)?;
         figures.insert("search".into(), json!(true));
     }
 
@@ -504,19 +528,10 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
             "Physics of LMs 2.2: retry data beats clean data, more so at higher retry rates",
         ),
     ];
-    let sweeps = std::path::Path::new(&ctx.config.run.out_dir).join("sweeps");
     for (name, what, published) in ablations {
-        let table = std::fs::read_to_string(sweeps.join(name).join("table.md")).ok();
         writeln!(out, "### {what}\n\nPublished: {published}.\n")?;
-        match table {
-            Some(t) => {
-                writeln!(out, "{t}\n(from `{}`)\n", sweeps.join(name).display())?;
-                figures.insert(format!("ablation_{name}"), json!(true));
-            }
-            None => writeln!(
-                out,
-                "Not run yet: `cargo xtask sweep configs/sweeps/{name}.toml` fills this table.\n"
-            )?,
+        if sweep_table(ctx, name, &mut out)? {
+            figures.insert(format!("ablation_{name}"), json!(true));
         }
     }
     writeln!(

@@ -16,7 +16,7 @@ use ponder_policy_init::eval::{Estimate, bootstrap_mean};
 use ponder_policy_init::metrics::MetricsLog;
 use ponder_policy_init::model::Transformer;
 use ponder_policy_init::trainer::TrainerConfig;
-use ponder_policy_init::{HostWeights, Tokenizer, TransformerPolicy};
+use ponder_policy_init::{HostWeights, Tokenizer};
 use ponder_reward::datasets::{ProcessExample, write_process};
 use ponder_reward::labels::{LabelSource, MonteCarloSettings, labels_from_rollouts, monte_carlo_rollouts};
 use ponder_reward::learned::LearnedReward;
@@ -27,7 +27,7 @@ use rand::SeedableRng;
 use serde_json::{Value, json};
 
 use super::Context;
-use super::common::{current_policy, distinct_problems, sample_traces, trace_token_limit};
+use super::common::{current_policy, distinct_problems, sample_traces, stage_policy, trace_token_limit};
 use crate::run_dir::clear_dir;
 
 /// A sampled trace with everything known about it.
@@ -122,7 +122,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         .unwrap_or_default();
     let (weights, tokenizer) = current_policy(ctx)?;
     let max_tokens = trace_token_limit(ctx, &tokenizer, weights.config.max_seq_len)?;
-    let policy = TransformerPolicy::new(&weights, tokenizer.clone());
+    let policy = stage_policy(ctx, &weights, &tokenizer);
 
     // 1. Traces to learn from, labelled.
     ctx.progress.set(0, 6, "sampling traces to label");

@@ -24,7 +24,7 @@ use rand::seq::IndexedRandom;
 use serde_json::{Value, json};
 
 use super::Context;
-use super::common::{distinct_problems, load_policy, sample_traces, shared_task, trace_token_limit};
+use super::common::{distinct_problems, load_policy, sample_traces, shared_task, stage_policy, trace_token_limit};
 use crate::registry::RewardContext;
 use crate::run_dir::clear_dir;
 
@@ -210,7 +210,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
             .cloned()
             .collect();
         let weights = state.weights();
-        let policy = TransformerPolicy::new(&weights, tokenizer.clone());
+        let policy = stage_policy(ctx, &weights, &tokenizer);
         let (collected, computed) = collect(
             ctx,
             &policy,

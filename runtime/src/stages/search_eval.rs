@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use ponder_datagen::{Problem, Task, Trace};
 use ponder_policy_init::eval::{bootstrap_difference, bootstrap_mean, pass_at_k};
 use ponder_policy_init::evaluate::EvalReport;
-use ponder_policy_init::{Policy, Sampling, TransformerPolicy};
+use ponder_policy_init::{Policy, Sampling};
 use ponder_reward::RewardModel;
 use ponder_search::best_of_n::{BestOfN, BestOfNSettings, score_candidates};
 use ponder_search::lockstep::Lockstep;
@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::Context;
-use super::common::{current_policy, shared_task, trace_token_limit};
+use super::common::{current_policy, shared_task, stage_policy, trace_token_limit};
 use crate::config::EvalSearcher;
 use crate::registry::RewardContext;
 
@@ -365,7 +365,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         .unwrap_or(max_trace as f64 / 2.0)
         .round()
         .max(1.0) as usize;
-    let policy = TransformerPolicy::new(&weights, tokenizer.clone()).with_prefix_cache(2_000_000);
+    let policy = stage_policy(ctx, &weights, &tokenizer);
     let mut problems: Vec<Problem> = ctx.test_examples()?.into_iter().map(|e| e.problem).collect();
     if s.problems > 0 {
         problems.truncate(s.problems);
