@@ -439,7 +439,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
         }
         writeln!(
             out,
-            "### What guides the search\n\nThe same searchers guided by the learned reward models, by the task's exact step labels (`oracle-process`: the PRM's upper bound) and by countdown's answer check as a test-time verifier (it reads only the numbers and the target, as a unit test would; no gold answer). Where the oracle-guided curves rise and the PRM-guided ones do not, the reward model is what limits search.\n"
+            "### What guides the search\n\nFrom the `searcher_budget` sweep (on the policy and reward models of `configs/default.toml`): the same searchers guided by the learned reward models, by the task's exact step labels (`oracle-process`: the PRM's upper bound) and by the task's answer check as a test-time verifier (countdown's reads only the numbers and the target, as a unit test would; no gold answer). Where the oracle-guided curves rise and the PRM-guided ones do not, the reward model is what limits search.\n"
         )?;
         sweep_table(ctx, "searcher_budget", &mut out)?;
         figures.insert("search".into(), json!(true));
