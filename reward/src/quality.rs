@@ -34,34 +34,62 @@ pub fn auroc(scores: &[f32], labels: &[bool]) -> Option<f64> {
     Some((rank_sum - p * (p + 1.0) / 2.0) / (p * negatives as f64))
 }
 
-/// A 95% interval for [`auroc`] by the bootstrap over groups: each group (a problem's steps or
-/// samples, which are not independent of each other) is resampled whole, 1000 times. `None`
-/// when there are no groups or a resample never has both classes.
-pub fn auroc_interval(groups: &[(Vec<f32>, Vec<bool>)], seed: u64) -> Option<(f64, f64)> {
+/// A 95% interval for a statistic by the bootstrap over groups: each group (a problem's steps
+/// or samples, which are not independent of each other) is resampled whole, 1000 times, and
+/// `statistic` is computed on the resampled groups. `None` when there are no groups or the
+/// statistic is undefined on some resample.
+pub fn bootstrap_over_groups<G>(
+    groups: &[G],
+    seed: u64,
+    statistic: impl Fn(&[&G]) -> Option<f64>,
+) -> Option<(f64, f64)> {
     use rand::{Rng, SeedableRng};
     if groups.is_empty() {
         return None;
     }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut values = Vec::with_capacity(1000);
-    let (mut scores, mut labels) = (Vec::new(), Vec::new());
+    let mut picked: Vec<&G> = Vec::with_capacity(groups.len());
     for _ in 0..1000 {
-        scores.clear();
-        labels.clear();
-        for _ in 0..groups.len() {
-            let (s, l) = &groups[rng.random_range(0..groups.len())];
-            scores.extend_from_slice(s);
-            labels.extend_from_slice(l);
-        }
-        if let Some(a) = auroc(&scores, &labels) {
-            values.push(a);
-        }
-    }
-    if values.len() < 1000 {
-        return None;
+        picked.clear();
+        picked.extend((0..groups.len()).map(|_| &groups[rng.random_range(0..groups.len())]));
+        values.push(statistic(&picked)?);
     }
     values.sort_by(f64::total_cmp);
     Some((values[25], values[974]))
+}
+
+/// The scores and labels of several groups, concatenated.
+fn concatenated(groups: &[&(Vec<f32>, Vec<bool>)]) -> (Vec<f32>, Vec<bool>) {
+    let scores = groups.iter().flat_map(|g| g.0.iter().copied()).collect();
+    let labels = groups.iter().flat_map(|g| g.1.iter().copied()).collect();
+    (scores, labels)
+}
+
+/// A 95% interval for [`auroc`], bootstrap over groups ([`bootstrap_over_groups`]); `None`
+/// when a resample never has both classes.
+pub fn auroc_interval(groups: &[(Vec<f32>, Vec<bool>)], seed: u64) -> Option<(f64, f64)> {
+    bootstrap_over_groups(groups, seed, |picked| {
+        let (scores, labels) = concatenated(picked);
+        auroc(&scores, &labels)
+    })
+}
+
+/// A 95% interval for the expected calibration error ([`calibration`]), bootstrap over groups.
+pub fn calibration_interval(groups: &[(Vec<f32>, Vec<bool>)], bins: usize, seed: u64) -> Option<(f64, f64)> {
+    bootstrap_over_groups(groups, seed, |picked| {
+        let (scores, labels) = concatenated(picked);
+        Some(calibration(&scores, &labels, bins).0)
+    })
+}
+
+/// A 95% interval for [`first_error_f1`]'s F1, bootstrap over groups of traces (a problem's
+/// samples).
+pub fn first_error_f1_interval(groups: &[Vec<(Vec<f32>, Vec<bool>)>], threshold: f32, seed: u64) -> Option<(f64, f64)> {
+    bootstrap_over_groups(groups, seed, |picked| {
+        let traces: Vec<(Vec<f32>, Vec<bool>)> = picked.iter().flat_map(|g| g.iter().cloned()).collect();
+        Some(first_error_f1(&traces, threshold).f1)
+    })
 }
 
 /// ProcessBench-style first-error localisation: per trace, the index of the first wrong step
@@ -200,6 +228,39 @@ mod tests {
         assert!((ece - (0.05 * 0.25 + (0.95 - 2.0 / 3.0) * 0.75)).abs() < 1e-6);
         let a = label_accuracy(&[true, true, false, false], &[true, false, false, true]);
         assert!((a.accuracy - 0.5).abs() < 1e-12 && (a.false_positive_rate - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_f1_and_calibration_intervals_bracket_their_estimates() {
+        // 30 problems of three traces; the third trace's error is found in half the problems.
+        let groups: Vec<Vec<(Vec<f32>, Vec<bool>)>> = (0..30)
+            .map(|g| {
+                let third = if g % 2 == 0 { vec![0.3, 0.9] } else { vec![0.9, 0.3] };
+                vec![
+                    (vec![0.9, 0.2], vec![true, false]),
+                    (vec![0.9, 0.8], vec![true, true]),
+                    (third, vec![true, false]),
+                ]
+            })
+            .collect();
+        let traces: Vec<(Vec<f32>, Vec<bool>)> = groups.iter().flatten().cloned().collect();
+        let f1 = first_error_f1(&traces, 0.5).f1;
+        let (lo, hi) = first_error_f1_interval(&groups, 0.5, 3).expect("interval");
+        assert!(lo <= f1 && f1 <= hi && lo < hi, "{lo} {f1} {hi}");
+        let steps: Vec<(Vec<f32>, Vec<bool>)> = groups
+            .iter()
+            .map(|g| {
+                (
+                    g.iter().flat_map(|t| t.0.clone()).collect(),
+                    g.iter().flat_map(|t| t.1.clone()).collect(),
+                )
+            })
+            .collect();
+        let (scores, labels) = concatenated(&steps.iter().collect::<Vec<_>>());
+        let ece = calibration(&scores, &labels, 10).0;
+        let (lo, hi) = calibration_interval(&steps, 10, 3).expect("interval");
+        assert!(lo <= ece && ece <= hi && lo < hi, "{lo} {ece} {hi}");
+        assert_eq!(first_error_f1_interval(&[], 0.5, 3), None);
     }
 
     #[test]

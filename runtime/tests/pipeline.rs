@@ -80,6 +80,14 @@ fn the_smoke_pipeline_runs_every_stage_and_writes_the_report() {
     }
     assert!(init["pass@1"].as_f64().is_some_and(|p| (0.0..=1.0).contains(&p)));
     assert!(r["reward"].is_object(), "{r}");
+    let prm = &r["reward"]["prm"];
+    for key in ["first_error_f1", "calibration_ece"] {
+        let ci = prm[format!("{key}_ci")].as_array().expect("an interval");
+        assert!(
+            ci[0].as_f64() <= prm[key].as_f64() && prm[key].as_f64() <= ci[1].as_f64(),
+            "reward.prm.{key}: {prm}"
+        );
+    }
     let curves = r["search"]["curves"].as_object().expect("search curves");
     assert!(curves.len() >= 4, "{curves:?}");
     let within =

@@ -41,7 +41,7 @@ fn points_with_ci(value: &Value, range: &Value) -> String {
 }
 
 /// An AUROC with its 95% interval (bootstrap over problems) when there is one.
-fn auroc_with_ci(value: &Value, range: &Value) -> String {
+fn three_digits_with_ci(value: &Value, range: &Value) -> String {
     match (
         range.get(0).and_then(|x| x.as_f64()),
         range.get(1).and_then(|x| x.as_f64()),
@@ -266,27 +266,27 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
             "| PRM ({} labels, N = {}) | step AUROC vs exact labels | {} |",
             reward["labels"].as_str().unwrap_or("?"),
             reward["rollouts"],
-            auroc_with_ci(&prm["step_auroc"], &prm["step_auroc_ci"])
+            three_digits_with_ci(&prm["step_auroc"], &prm["step_auroc_ci"])
         )?;
         writeln!(
             out,
             "| PRM | first-error F1 (ProcessBench style) | {} |",
-            num(&prm["first_error_f1"], 3)
+            three_digits_with_ci(&prm["first_error_f1"], &prm["first_error_f1_ci"])
         )?;
         writeln!(
             out,
             "| PRM | expected calibration error | {} |",
-            num(&prm["calibration_ece"], 3)
+            three_digits_with_ci(&prm["calibration_ece"], &prm["calibration_ece_ci"])
         )?;
         writeln!(
             out,
             "| PRM | outcome AUROC (answer score) | {} |",
-            auroc_with_ci(&prm["outcome_auroc"], &prm["outcome_auroc_ci"])
+            three_digits_with_ci(&prm["outcome_auroc"], &prm["outcome_auroc_ci"])
         )?;
         writeln!(
             out,
             "| ORM | outcome AUROC | {} |\n",
-            auroc_with_ci(&reward["orm"]["auroc"], &reward["orm"]["auroc_ci"])
+            three_digits_with_ci(&reward["orm"]["auroc"], &reward["orm"]["auroc_ci"])
         )?;
         writeln!(
             out,

@@ -20,7 +20,9 @@ use ponder_policy_init::{HostWeights, Tokenizer};
 use ponder_reward::datasets::{ProcessExample, write_process};
 use ponder_reward::labels::{LabelSource, MonteCarloSettings, labels_from_rollouts, monte_carlo_rollouts};
 use ponder_reward::learned::LearnedReward;
-use ponder_reward::quality::{auroc, auroc_interval, calibration, first_error_f1, label_accuracy};
+use ponder_reward::quality::{
+    auroc, auroc_interval, calibration, calibration_interval, first_error_f1, first_error_f1_interval, label_accuracy,
+};
 use ponder_reward::training::{RewardExample, RewardObjective, RewardWeights, reward_example, reward_trainer};
 use ponder_reward::{Aggregation, Granularity, ProcessRewardSettings, StepScores};
 use rand::SeedableRng;
@@ -295,18 +297,21 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
     // The same figures per problem, for intervals: a problem's samples and their steps are
     // resampled together.
     let (mut step_groups, mut prm_outcome_groups, mut orm_outcome_groups) = (Vec::new(), Vec::new(), Vec::new());
+    let mut first_error_groups = Vec::new();
     let mut start = 0;
     for traces in &heldout {
         let range = start..start + traces.len();
         start = range.end;
-        let (mut scores, mut truth) = (Vec::new(), Vec::new());
+        let (mut scores, mut truth, mut first) = (Vec::new(), Vec::new(), Vec::new());
         for (l, sc) in flat[range.clone()].iter().zip(&prm_scores[range.clone()]) {
             if sc.steps.len() == l.exact.len() {
                 scores.extend(sc.steps.iter().copied());
                 truth.extend(l.exact.iter().copied());
+                first.push((sc.steps.clone(), l.exact.clone()));
             }
         }
         step_groups.push((scores, truth));
+        first_error_groups.push(first);
         prm_outcome_groups.push((
             prm_outcome[range.clone()].to_vec(),
             outcome_truth[range.clone()].to_vec(),
@@ -322,8 +327,12 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         "step_auroc": auroc(&step_scores, &step_truth),
         "step_auroc_ci": interval(&step_groups, "reward-step-auroc"),
         "first_error_f1": fe.f1,
+        "first_error_f1_ci": first_error_f1_interval(&first_error_groups, 0.5, ctx.seed("reward-first-error"))
+            .map(|(low, high)| json!([low, high])),
         "first_error": fe,
         "calibration_ece": ece,
+        "calibration_ece_ci": calibration_interval(&step_groups, 10, ctx.seed("reward-ece"))
+            .map(|(low, high)| json!([low, high])),
         "reliability": reliability,
         "outcome_auroc": auroc(&prm_outcome, &outcome_truth),
         "outcome_auroc_ci": interval(&prm_outcome_groups, "reward-prm-outcome-auroc"),
