@@ -282,20 +282,11 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
     let scored_pairs: Vec<(&Problem, &Trace)> = flat.iter().map(|l| (&l.problem, &l.trace)).collect();
     let prm_scores: Vec<StepScores> = prm.score_pairs(&scored_pairs);
     let orm_scores: Vec<StepScores> = orm.score_pairs(&scored_pairs);
-    let (mut step_scores, mut step_truth) = (Vec::new(), Vec::new());
-    let mut first_error = Vec::new();
-    for (l, sc) in flat.iter().zip(&prm_scores) {
-        if sc.steps.len() == l.exact.len() {
-            step_scores.extend(sc.steps.iter().copied());
-            step_truth.extend(l.exact.iter().copied());
-            first_error.push((sc.steps.clone(), l.exact.clone()));
-        }
-    }
     let outcome_truth: Vec<bool> = flat.iter().map(|l| l.correct).collect();
     let prm_outcome: Vec<f32> = prm_scores.iter().map(|s| s.aggregate(Aggregation::Last)).collect();
     let orm_outcome: Vec<f32> = orm_scores.iter().map(|s| s.aggregate(Aggregation::Last)).collect();
-    // The same figures per problem, for intervals: a problem's samples and their steps are
-    // resampled together.
+    // Per problem (the intervals resample a problem's samples and their steps together): step
+    // scores with exact labels, the traces for first-error F1, outcome scores.
     let (mut step_groups, mut prm_outcome_groups, mut orm_outcome_groups) = (Vec::new(), Vec::new(), Vec::new());
     let mut first_error_groups = Vec::new();
     let mut start = 0;
@@ -318,6 +309,9 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         ));
         orm_outcome_groups.push((orm_outcome[range.clone()].to_vec(), outcome_truth[range].to_vec()));
     }
+    let step_scores: Vec<f32> = step_groups.iter().flat_map(|g| g.0.iter().copied()).collect();
+    let step_truth: Vec<bool> = step_groups.iter().flat_map(|g| g.1.iter().copied()).collect();
+    let first_error: Vec<(Vec<f32>, Vec<bool>)> = first_error_groups.concat();
     let interval = |groups: &[(Vec<f32>, Vec<bool>)], purpose: &str| {
         auroc_interval(groups, ctx.seed(purpose)).map(|(low, high)| json!([low, high]))
     };
