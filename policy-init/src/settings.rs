@@ -28,6 +28,16 @@ pub struct TransformerSettings {
 }
 
 impl TransformerSettings {
+    /// The CPU policy for these weights, with `prefix_cache_tokens` applied where it is set
+    /// (else the engine's default memory budget).
+    pub fn policy(&self, weights: &crate::HostWeights, tokenizer: crate::Tokenizer) -> crate::TransformerPolicy {
+        let policy = crate::TransformerPolicy::new(weights, tokenizer);
+        match self.prefix_cache_tokens {
+            Some(tokens) => policy.with_prefix_cache(tokens),
+            None => policy,
+        }
+    }
+
     pub fn preset_name(&self) -> &str {
         if self.preset.is_empty() { "tiny" } else { &self.preset }
     }

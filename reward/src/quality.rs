@@ -87,8 +87,7 @@ pub fn calibration_interval(groups: &[(Vec<f32>, Vec<bool>)], bins: usize, seed:
 /// samples).
 pub fn first_error_f1_interval(groups: &[Vec<(Vec<f32>, Vec<bool>)>], threshold: f32, seed: u64) -> Option<(f64, f64)> {
     bootstrap_over_groups(groups, seed, |picked| {
-        let traces: Vec<(Vec<f32>, Vec<bool>)> = picked.iter().flat_map(|g| g.iter().cloned()).collect();
-        Some(first_error_f1(&traces, threshold).f1)
+        Some(first_error_f1(picked.iter().flat_map(|g| g.iter()), threshold).f1)
     })
 }
 
@@ -104,7 +103,7 @@ pub struct FirstErrorF1 {
     pub correct: usize,
 }
 
-pub fn first_error_f1(traces: &[(Vec<f32>, Vec<bool>)], threshold: f32) -> FirstErrorF1 {
+pub fn first_error_f1<'t>(traces: impl IntoIterator<Item = &'t (Vec<f32>, Vec<bool>)>, threshold: f32) -> FirstErrorF1 {
     let (mut err_total, mut err_right, mut ok_total, mut ok_right) = (0, 0, 0, 0);
     for (scores, labels) in traces {
         let truth = labels.iter().position(|&l| !l);

@@ -7,7 +7,7 @@ use ponder_datagen::countdown::{Countdown, CountdownConfig};
 
 use ponder_policy_init::remote::{RemoteConfig, RemotePolicy};
 use ponder_policy_init::settings::TransformerSettings;
-use ponder_policy_init::{HostWeights, Policy, Tokenizer, TransformerPolicy};
+use ponder_policy_init::{HostWeights, Policy, Tokenizer};
 
 use ponder_reward::learned::LearnedReward;
 use ponder_reward::oracle::OracleProcessReward;
@@ -231,11 +231,7 @@ impl Kind<PolicyCategory> for TransformerSettings {
                 (HostWeights::init(&config, context.seed)?, tokenizer)
             }
         };
-        let mut policy = TransformerPolicy::new(&weights, tokenizer);
-        if let Some(tokens) = self.prefix_cache_tokens {
-            policy = policy.with_prefix_cache(tokens);
-        }
-        Ok(Box::new(policy))
+        Ok(Box::new(self.policy(&weights, tokenizer)))
     }
 }
 

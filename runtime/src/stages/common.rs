@@ -19,19 +19,11 @@ pub fn load_policy(dir: &Path) -> anyhow::Result<(HostWeights, Tokenizer)> {
     Ok(ponder_policy_init::hf::load_pretrained(dir)?)
 }
 
-/// The CPU policy for a stage's sampling and search, with `[policy] prefix_cache_tokens` where
-/// the config sets it (else the engine's default memory budget).
+/// The CPU policy for a stage's sampling and search, as `[policy]` configures it.
 pub fn stage_policy(ctx: &Context, weights: &HostWeights, tokenizer: &Tokenizer) -> TransformerPolicy {
-    let policy = TransformerPolicy::new(weights, tokenizer.clone());
-    let tokens = ctx
-        .config
-        .policy
-        .as_any()
-        .downcast_ref::<TransformerSettings>()
-        .and_then(|s| s.prefix_cache_tokens);
-    match tokens {
-        Some(tokens) => policy.with_prefix_cache(tokens),
-        None => policy,
+    match ctx.config.policy.as_any().downcast_ref::<TransformerSettings>() {
+        Some(settings) => settings.policy(weights, tokenizer.clone()),
+        None => TransformerPolicy::new(weights, tokenizer.clone()),
     }
 }
 

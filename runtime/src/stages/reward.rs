@@ -311,12 +311,11 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
     }
     let step_scores: Vec<f32> = step_groups.iter().flat_map(|g| g.0.iter().copied()).collect();
     let step_truth: Vec<bool> = step_groups.iter().flat_map(|g| g.1.iter().copied()).collect();
-    let first_error: Vec<(Vec<f32>, Vec<bool>)> = first_error_groups.concat();
     let interval = |groups: &[(Vec<f32>, Vec<bool>)], purpose: &str| {
         auroc_interval(groups, ctx.seed(purpose)).map(|(low, high)| json!([low, high]))
     };
     let (ece, reliability) = calibration(&step_scores, &step_truth, 10);
-    let fe = first_error_f1(&first_error, 0.5);
+    let fe = first_error_f1(first_error_groups.iter().flatten(), 0.5);
     let quality = json!({
         "step_auroc": auroc(&step_scores, &step_truth),
         "step_auroc_ci": interval(&step_groups, "reward-step-auroc"),
