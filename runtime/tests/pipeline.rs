@@ -88,6 +88,19 @@ fn the_smoke_pipeline_runs_every_stage_and_writes_the_report() {
             "reward.prm.{key}: {prm}"
         );
     }
+    // The no-training baseline, the policy's own likelihood, against the same labels (null where
+    // the smoke policy's traces are all wrong: an AUROC needs both classes).
+    let likelihood = r["reward"]["likelihood"].as_object().expect("reward.likelihood");
+    for key in ["step_auroc", "outcome_auroc"] {
+        assert!(likelihood.contains_key(key) && likelihood.contains_key(&format!("{key}_ci")));
+        if let Some(value) = likelihood[key].as_f64() {
+            let ci = likelihood[&format!("{key}_ci")].as_array().expect("an interval");
+            assert!(
+                (0.0..=1.0).contains(&value) && ci[0].as_f64() <= Some(value) && Some(value) <= ci[1].as_f64(),
+                "reward.likelihood.{key}: {likelihood:?}"
+            );
+        }
+    }
     let curves = r["search"]["curves"].as_object().expect("search curves");
     assert!(curves.len() >= 4, "{curves:?}");
     let within =
@@ -114,6 +127,15 @@ fn the_smoke_pipeline_runs_every_stage_and_writes_the_report() {
     for key in ["pass@1_before", "pass@1_after", "curve"] {
         assert!(!grpo[key].is_null(), "learn.grpo.{key} missing: {grpo}");
     }
+    let curve = grpo["curve"].as_array().expect("learn.grpo.curve");
+    let inside = |p: &Value| match (p["low"].as_f64(), p["pass@1"].as_f64(), p["high"].as_f64()) {
+        (Some(low), Some(value), Some(high)) => low <= value && value <= high && low < high,
+        _ => false,
+    };
+    assert!(
+        curve.len() >= 2 && curve.iter().all(inside),
+        "every train-time point has pass@1 inside its interval: {curve:?}"
+    );
     let full = read_json(&dir.join("results.json"));
     assert!(full["wall_seconds"].as_f64().is_some_and(|s| s > 0.0));
     assert!(

@@ -285,9 +285,27 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
         )?;
         writeln!(
             out,
-            "| ORM | outcome AUROC | {} |\n",
+            "| ORM | outcome AUROC | {} |",
             three_digits_with_ci(&reward["orm"]["auroc"], &reward["orm"]["auroc_ci"])
         )?;
+        let likelihood = &reward["likelihood"];
+        if !likelihood.is_null() {
+            writeln!(
+                out,
+                "| policy likelihood (no training: the baseline) | step AUROC | {} |",
+                three_digits_with_ci(&likelihood["step_auroc"], &likelihood["step_auroc_ci"])
+            )?;
+            writeln!(
+                out,
+                "| policy likelihood | outcome AUROC | {} |",
+                three_digits_with_ci(&likelihood["outcome_auroc"], &likelihood["outcome_auroc_ci"])
+            )?;
+            writeln!(
+                out,
+                "\nThe baseline scores a step by the policy's own likelihood of the trace up to it: a trained model that ranks no better has learned nothing the generator did not already know."
+            )?;
+        }
+        writeln!(out)?;
         writeln!(
             out,
             "Best-of-N over the same samples (Lightman et al., best-of-1860 on MATH: PRM 78.2%, ORM 72.4%, majority 69.6%):\n"
@@ -484,16 +502,24 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
                 ctx.config.pipeline.init.samples, ctx.config.pipeline.rl.final_samples
             )?;
             let curve = rl["curve"].as_array().cloned().unwrap_or_default();
-            let pts: Vec<(f64, f64)> = curve
+            let trained: Vec<&Value> = curve
                 .iter()
                 .filter(|p| p["flops"].as_f64().unwrap_or(0.0) > 0.0)
-                .map(|p| {
-                    (
-                        p["flops"].as_f64().unwrap_or(f64::NAN),
-                        p["pass@1"].as_f64().unwrap_or(f64::NAN),
-                    )
-                })
                 .collect();
+            let number = |p: &Value, key: &str| p[key].as_f64().unwrap_or(f64::NAN);
+            let pts: Vec<(f64, f64)> = trained
+                .iter()
+                .map(|p| (number(p, "flops"), number(p, "pass@1")))
+                .collect();
+            // Runs recorded before the curve carried intervals draw points alone.
+            let intervals: Vec<(f64, f64)> = trained
+                .iter()
+                .filter_map(|p| Some((p["low"].as_f64()?, p["high"].as_f64()?)))
+                .collect();
+            let mut series = Series::new(kind.clone(), pts);
+            if intervals.len() == trained.len() {
+                series = series.with_intervals(intervals);
+            }
             let start = curve.first().and_then(|p| p["pass@1"].as_f64()).unwrap_or(0.0);
             draw(
                 &ctx.dir.path("plots/train_time_scaling.png"),
@@ -502,7 +528,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
                     x_label: "RL compute, FLOPs (log)".into(),
                     y_label: "greedy pass@1 (held-out)".into(),
                     log_x: true,
-                    series: vec![Series::new(kind.clone(), pts), Series::horizontal("before RL", start)],
+                    series: vec![series, Series::horizontal("before RL", start)],
                     y_range: Some((0.0, 1.0)),
                     x_categories: Vec::new(),
                 }],

@@ -16,7 +16,7 @@ use ponder_policy_init::eval::{Estimate, bootstrap_mean};
 use ponder_policy_init::metrics::MetricsLog;
 use ponder_policy_init::model::Transformer;
 use ponder_policy_init::trainer::TrainerConfig;
-use ponder_policy_init::{HostWeights, Tokenizer};
+use ponder_policy_init::{HostWeights, Tokenizer, TransformerPolicy};
 use ponder_reward::datasets::{ProcessExample, write_process};
 use ponder_reward::labels::{LabelSource, MonteCarloSettings, labels_from_rollouts, monte_carlo_rollouts};
 use ponder_reward::learned::LearnedReward;
@@ -106,6 +106,47 @@ fn train_model(
         json!({"examples": count, "steps": summary.steps, "final_loss": summary.final_loss,
                "train_tokens": summary.tokens, "train_seconds": summary.train_seconds}),
     ))
+}
+
+/// The generator's own likelihood as a reward, the baseline that needs no training (Cobbe et
+/// al. rank samples by it): each step is scored by the policy's negative log-likelihood of the
+/// trace up to that step's end, the answer line by that of the whole trace, as `1 / (1 + nll)`:
+/// 1 at certainty, falling as the prefix grows less likely, in the same order as the
+/// probability but without underflowing for long or unlikely traces.
+fn likelihood_scores(policy: &TransformerPolicy, pairs: &[(&Problem, &Trace)]) -> Vec<StepScores> {
+    let mut requests: Vec<(&str, String)> = Vec::new();
+    for (problem, trace) in pairs {
+        for n in 1..=trace.steps.len() {
+            requests.push((problem.prompt.as_str(), trace.render_prefix(n)));
+        }
+        if trace.answer.is_some() {
+            requests.push((problem.prompt.as_str(), trace.render()));
+        }
+    }
+    let mut likelihoods: Vec<f32> = Vec::with_capacity(requests.len());
+    for chunk in requests.chunks(256) {
+        let batch: Vec<(&str, &str)> = chunk.iter().map(|(c, t)| (*c, t.as_str())).collect();
+        let logprobs = policy.score(&batch);
+        likelihoods.extend(logprobs.iter().map(|l| {
+            let nll = -l.iter().map(|&x| f64::from(x)).sum::<f64>();
+            (1.0 / (1.0 + nll.max(0.0))) as f32
+        }));
+    }
+    let mut next = likelihoods.into_iter();
+    pairs
+        .iter()
+        .map(|(_, trace)| StepScores {
+            steps: next.by_ref().take(trace.steps.len()).collect(),
+            answer: trace.answer.as_ref().and_then(|_| next.next()),
+        })
+        .collect()
+}
+
+/// Per-problem (scores, truth) groups as one flat pair.
+fn flat_groups(groups: &[(Vec<f32>, Vec<bool>)]) -> (Vec<f32>, Vec<bool>) {
+    let scores = groups.iter().flat_map(|g| g.0.iter().copied()).collect();
+    let truth = groups.iter().flat_map(|g| g.1.iter().copied()).collect();
+    (scores, truth)
 }
 
 pub fn run(ctx: &Context) -> anyhow::Result<Value> {
@@ -282,12 +323,15 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
     let scored_pairs: Vec<(&Problem, &Trace)> = flat.iter().map(|l| (&l.problem, &l.trace)).collect();
     let prm_scores: Vec<StepScores> = prm.score_pairs(&scored_pairs);
     let orm_scores: Vec<StepScores> = orm.score_pairs(&scored_pairs);
+    let likelihood = likelihood_scores(&policy, &scored_pairs);
+    let likelihood_outcome: Vec<f32> = likelihood.iter().map(|s| s.aggregate(Aggregation::Last)).collect();
     let outcome_truth: Vec<bool> = flat.iter().map(|l| l.correct).collect();
     let prm_outcome: Vec<f32> = prm_scores.iter().map(|s| s.aggregate(Aggregation::Last)).collect();
     let orm_outcome: Vec<f32> = orm_scores.iter().map(|s| s.aggregate(Aggregation::Last)).collect();
     // Per problem (the intervals resample a problem's samples and their steps together): step
     // scores with exact labels, the traces for first-error F1, outcome scores.
     let (mut step_groups, mut prm_outcome_groups, mut orm_outcome_groups) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut likelihood_step_groups, mut likelihood_outcome_groups) = (Vec::new(), Vec::new());
     let mut first_error_groups = Vec::new();
     let mut start = 0;
     for traces in &heldout {
@@ -303,14 +347,23 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         }
         step_groups.push((scores, truth));
         first_error_groups.push(first);
+        let (mut scores, mut truth) = (Vec::new(), Vec::new());
+        for (l, sc) in flat[range.clone()].iter().zip(&likelihood[range.clone()]) {
+            scores.extend(sc.steps.iter().copied());
+            truth.extend(l.exact.iter().copied());
+        }
+        likelihood_step_groups.push((scores, truth));
+        likelihood_outcome_groups.push((
+            likelihood_outcome[range.clone()].to_vec(),
+            outcome_truth[range.clone()].to_vec(),
+        ));
         prm_outcome_groups.push((
             prm_outcome[range.clone()].to_vec(),
             outcome_truth[range.clone()].to_vec(),
         ));
         orm_outcome_groups.push((orm_outcome[range.clone()].to_vec(), outcome_truth[range].to_vec()));
     }
-    let step_scores: Vec<f32> = step_groups.iter().flat_map(|g| g.0.iter().copied()).collect();
-    let step_truth: Vec<bool> = step_groups.iter().flat_map(|g| g.1.iter().copied()).collect();
+    let (step_scores, step_truth) = flat_groups(&step_groups);
     let interval = |groups: &[(Vec<f32>, Vec<bool>)], purpose: &str| {
         auroc_interval(groups, ctx.seed(purpose)).map(|(low, high)| json!([low, high]))
     };
@@ -331,6 +384,14 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         "outcome_auroc_ci": interval(&prm_outcome_groups, "reward-prm-outcome-auroc"),
         "labelled_steps": step_truth.len(),
         "right_steps": step_truth.iter().filter(|&&b| b).count(),
+    });
+
+    let (likelihood_steps, likelihood_truth) = flat_groups(&likelihood_step_groups);
+    let likelihood_quality = json!({
+        "step_auroc": auroc(&likelihood_steps, &likelihood_truth),
+        "step_auroc_ci": interval(&likelihood_step_groups, "reward-likelihood-step-auroc"),
+        "outcome_auroc": auroc(&likelihood_outcome, &outcome_truth),
+        "outcome_auroc_ci": interval(&likelihood_outcome_groups, "reward-likelihood-outcome-auroc"),
     });
 
     // Monte-Carlo label accuracy against exact labels, N = 1, 2, 4, ...
@@ -453,9 +514,61 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         "mc_label_details": mc_details,
         "prm": quality,
         "orm": {"auroc": auroc(&orm_outcome, &outcome_truth), "auroc_ci": interval(&orm_outcome_groups, "reward-orm-outcome-auroc")},
+        "likelihood": likelihood_quality,
         "training": {"prm": prm_training, "orm": orm_training},
         "best_of_n": best_of,
         "best_of_n_curve": per_n,
         "heldout_traces": flat.len(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ponder_policy_init::ModelConfig;
+
+    fn random_policy() -> TransformerPolicy {
+        let config = ModelConfig::preset("tiny", 100).expect("preset");
+        let weights = HostWeights::init(&config, 3).expect("init");
+        TransformerPolicy::new(&weights, Tokenizer::chars())
+    }
+
+    #[test]
+    fn the_likelihood_baseline_scores_every_prefix_of_every_trace() {
+        let policy = random_policy();
+        let problem = Problem::new(
+            "countdown",
+            "countdown 2 3 9 target 33\n".into(),
+            "9*3+2".into(),
+            3,
+            Value::Null,
+        );
+        let finished = Trace::new(vec!["9*3=27 left 2 27".into(), "27+2=29 left 29".into()], "9*3+2");
+        let unfinished = Trace {
+            steps: vec!["3+2=5 left 5 9".into()],
+            answer: None,
+        };
+        let pairs = [(&problem, &finished), (&problem, &unfinished), (&problem, &finished)];
+        let scores = likelihood_scores(&policy, &pairs);
+        assert_eq!(scores.len(), 3);
+        assert_eq!(scores[0].steps.len(), 2);
+        assert!(scores[0].answer.is_some());
+        assert_eq!((scores[1].steps.len(), scores[1].answer), (1, None));
+        assert_eq!(
+            scores[0], scores[2],
+            "the same trace scores the same wherever it sits in the batch"
+        );
+        // Each score is the likelihood of a longer prefix of the same text: it can only fall.
+        let chain: Vec<f32> = scores[0].all().collect();
+        assert!(chain.iter().all(|&p| p > 0.0 && p <= 1.0), "{chain:?}");
+        assert!(chain.windows(2).all(|w| w[1] <= w[0]), "{chain:?}");
+        // The answer's score comes from the policy's log-likelihood of the whole trace.
+        let nll: f64 = -policy.score(&[(problem.prompt.as_str(), finished.render().as_str())])[0]
+            .iter()
+            .map(|&x| f64::from(x))
+            .sum::<f64>();
+        assert!(nll > 1.0, "a random policy finds the trace unlikely: {nll}");
+        let answer = f64::from(scores[0].answer.unwrap_or(0.0));
+        assert!((answer - 1.0 / (1.0 + nll)).abs() < 1e-6, "{answer} vs nll {nll}");
+    }
 }

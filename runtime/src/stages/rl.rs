@@ -48,6 +48,12 @@ async fn evaluate_weights(
     Ok(evaluate(policy, task, problems, &settings).await?)
 }
 
+/// One point of the train-time curve: greedy pass@1 on the held-out problems, with its
+/// interval, after `flops` of RL compute.
+fn curve_point(iteration: usize, flops: f64, pass1: &ponder_policy_init::eval::Estimate) -> Value {
+    json!({"iteration": iteration, "flops": flops, "pass@1": pass1.value, "low": pass1.low, "high": pass1.high})
+}
+
 /// Samples for one iteration: plain samples, or the searcher's chosen traces.
 async fn collect(
     ctx: &Context<'_>,
@@ -199,7 +205,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
     if curve.is_empty() {
         let policy = TransformerPolicy::new(&start, tokenizer.clone());
         let r = evaluate_weights(&policy, task.as_ref(), &test, 0, max_tokens, ctx.seed("rl-curve")).await?;
-        curve.push(json!({"iteration": 0, "flops": 0.0, "pass@1": r.pass1_greedy.value}));
+        curve.push(curve_point(0, 0.0, &r.pass1_greedy));
     }
     for iteration in first_iteration..s.iterations {
         ctx.progress
@@ -283,7 +289,11 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         if (iteration + 1) % s.eval_every.max(1) == 0 || iteration + 1 == s.iterations {
             let policy = TransformerPolicy::new(&state.weights(), tokenizer.clone());
             let r = evaluate_weights(&policy, task.as_ref(), &test, 0, max_tokens, ctx.seed("rl-curve")).await?;
-            curve.push(json!({"iteration": iteration + 1, "flops": flops(train_tokens, sample_tokens), "pass@1": r.pass1_greedy.value}));
+            curve.push(curve_point(
+                iteration + 1,
+                flops(train_tokens, sample_tokens),
+                &r.pass1_greedy,
+            ));
             metrics.write(json!({"step": iteration + 1, "eval": {"pass@1_greedy": r.pass1_greedy.value}}))?;
         }
         let rl_state = json!({
