@@ -261,45 +261,34 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
         writeln!(out, "![MC label accuracy](plots/mc_label_accuracy.png)\n")?;
         let prm = &reward["prm"];
         writeln!(out, "| model | measure | ponder |\n|---|---|---|")?;
-        writeln!(
-            out,
-            "| PRM ({} labels, N = {}) | step AUROC vs exact labels | {} |",
+        let prm_name = format!(
+            "PRM ({} labels, N = {})",
             reward["labels"].as_str().unwrap_or("?"),
-            reward["rollouts"],
-            three_digits_with_ci(&prm["step_auroc"], &prm["step_auroc_ci"])
-        )?;
-        writeln!(
-            out,
-            "| PRM | first-error F1 (ProcessBench style) | {} |",
-            three_digits_with_ci(&prm["first_error_f1"], &prm["first_error_f1_ci"])
-        )?;
-        writeln!(
-            out,
-            "| PRM | expected calibration error | {} |",
-            three_digits_with_ci(&prm["calibration_ece"], &prm["calibration_ece_ci"])
-        )?;
-        writeln!(
-            out,
-            "| PRM | outcome AUROC (answer score) | {} |",
-            three_digits_with_ci(&prm["outcome_auroc"], &prm["outcome_auroc_ci"])
-        )?;
-        writeln!(
-            out,
-            "| ORM | outcome AUROC | {} |",
-            three_digits_with_ci(&reward["orm"]["auroc"], &reward["orm"]["auroc_ci"])
-        )?;
-        let likelihood = &reward["likelihood"];
+            reward["rollouts"]
+        );
+        let (orm, likelihood) = (&reward["orm"], &reward["likelihood"]);
+        // (model, measure, record, key): the value at `key`, its interval at `key_ci`.
+        let mut rows = vec![
+            (prm_name.as_str(), "step AUROC vs exact labels", prm, "step_auroc"),
+            ("PRM", "first-error F1 (ProcessBench style)", prm, "first_error_f1"),
+            ("PRM", "expected calibration error", prm, "calibration_ece"),
+            ("PRM", "outcome AUROC (answer score)", prm, "outcome_auroc"),
+            ("ORM", "outcome AUROC", orm, "auroc"),
+        ];
         if !likelihood.is_null() {
-            writeln!(
-                out,
-                "| policy likelihood (no training: the baseline) | step AUROC | {} |",
-                three_digits_with_ci(&likelihood["step_auroc"], &likelihood["step_auroc_ci"])
-            )?;
-            writeln!(
-                out,
-                "| policy likelihood | outcome AUROC | {} |",
-                three_digits_with_ci(&likelihood["outcome_auroc"], &likelihood["outcome_auroc_ci"])
-            )?;
+            rows.push((
+                "policy likelihood (no training: the baseline)",
+                "step AUROC",
+                likelihood,
+                "step_auroc",
+            ));
+            rows.push(("policy likelihood", "outcome AUROC", likelihood, "outcome_auroc"));
+        }
+        for (model, measure, record, key) in rows {
+            let value = three_digits_with_ci(&record[key], &record[format!("{key}_ci")]);
+            writeln!(out, "| {model} | {measure} | {value} |")?;
+        }
+        if !likelihood.is_null() {
             writeln!(
                 out,
                 "\nThe baseline scores a step by the policy's own likelihood of the trace up to it: a trained model that ranks no better has learned nothing the generator did not already know."

@@ -330,39 +330,54 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
     let orm_outcome: Vec<f32> = orm_scores.iter().map(|s| s.aggregate(Aggregation::Last)).collect();
     // Per problem (the intervals resample a problem's samples and their steps together): step
     // scores with exact labels, the traces for first-error F1, outcome scores.
-    let (mut step_groups, mut prm_outcome_groups, mut orm_outcome_groups) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut likelihood_step_groups, mut likelihood_outcome_groups) = (Vec::new(), Vec::new());
-    let mut first_error_groups = Vec::new();
+    let mut ranges = Vec::with_capacity(heldout.len());
     let mut start = 0;
     for traces in &heldout {
-        let range = start..start + traces.len();
-        start = range.end;
-        let (mut scores, mut truth, mut first) = (Vec::new(), Vec::new(), Vec::new());
-        for (l, sc) in flat[range.clone()].iter().zip(&prm_scores[range.clone()]) {
-            if sc.steps.len() == l.exact.len() {
-                scores.extend(sc.steps.iter().copied());
-                truth.extend(l.exact.iter().copied());
-                first.push((sc.steps.clone(), l.exact.clone()));
-            }
-        }
-        step_groups.push((scores, truth));
-        first_error_groups.push(first);
-        let (mut scores, mut truth) = (Vec::new(), Vec::new());
-        for (l, sc) in flat[range.clone()].iter().zip(&likelihood[range.clone()]) {
-            scores.extend(sc.steps.iter().copied());
-            truth.extend(l.exact.iter().copied());
-        }
-        likelihood_step_groups.push((scores, truth));
-        likelihood_outcome_groups.push((
-            likelihood_outcome[range.clone()].to_vec(),
-            outcome_truth[range.clone()].to_vec(),
-        ));
-        prm_outcome_groups.push((
-            prm_outcome[range.clone()].to_vec(),
-            outcome_truth[range.clone()].to_vec(),
-        ));
-        orm_outcome_groups.push((orm_outcome[range.clone()].to_vec(), outcome_truth[range].to_vec()));
+        ranges.push(start..start + traces.len());
+        start += traces.len();
     }
+    // A model's step scores against the exact labels, per problem (traces whose scores do not
+    // line up with their steps are left out).
+    let step_groups_of = |scores: &[StepScores]| -> Vec<(Vec<f32>, Vec<bool>)> {
+        ranges
+            .iter()
+            .map(|range| {
+                let lined_up = flat[range.clone()]
+                    .iter()
+                    .zip(&scores[range.clone()])
+                    .filter(|(l, sc)| sc.steps.len() == l.exact.len());
+                lined_up.fold((Vec::new(), Vec::new()), |(mut s, mut t), (l, sc)| {
+                    s.extend(&sc.steps);
+                    t.extend(&l.exact);
+                    (s, t)
+                })
+            })
+            .collect()
+    };
+    let outcome_groups_of = |scores: &[f32]| -> Vec<(Vec<f32>, Vec<bool>)> {
+        ranges
+            .iter()
+            .map(|range| (scores[range.clone()].to_vec(), outcome_truth[range.clone()].to_vec()))
+            .collect()
+    };
+    let step_groups = step_groups_of(&prm_scores);
+    let likelihood_step_groups = step_groups_of(&likelihood);
+    let (prm_outcome_groups, orm_outcome_groups, likelihood_outcome_groups) = (
+        outcome_groups_of(&prm_outcome),
+        outcome_groups_of(&orm_outcome),
+        outcome_groups_of(&likelihood_outcome),
+    );
+    let first_error_groups: Vec<Vec<(Vec<f32>, Vec<bool>)>> = ranges
+        .iter()
+        .map(|range| {
+            flat[range.clone()]
+                .iter()
+                .zip(&prm_scores[range.clone()])
+                .filter(|(l, sc)| sc.steps.len() == l.exact.len())
+                .map(|(l, sc)| (sc.steps.clone(), l.exact.clone()))
+                .collect()
+        })
+        .collect();
     let (step_scores, step_truth) = flat_groups(&step_groups);
     let interval = |groups: &[(Vec<f32>, Vec<bool>)], purpose: &str| {
         auroc_interval(groups, ctx.seed(purpose)).map(|(low, high)| json!([low, high]))
