@@ -213,9 +213,13 @@ impl Transformer {
     /// Logits `[batch * len, vocab]` for every position of a right-padded batch of inputs
     /// (`[batch * len]` ids), causal attention, positions from 0.
     pub fn forward(&self, inputs: &[i32], batch: usize, len: usize) -> Tensor<2> {
-        let x = self.forward_hidden(inputs, batch, len);
+        self.logits(self.forward_hidden(inputs, batch, len))
+    }
+
+    /// Next-token logits `[rows, vocab]` from final hidden states `[rows, d_model]`.
+    pub fn logits(&self, hidden: Tensor<2>) -> Tensor<2> {
         let head = self.layout.lm_head.unwrap_or(self.layout.embed);
-        self.linear(x, head, None)
+        self.linear(hidden, head, None)
     }
 
     /// The final normalised hidden states `[batch * len, d_model]` (what a head reads).

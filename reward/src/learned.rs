@@ -1,5 +1,7 @@
 //! A trained outcome or process reward model at inference: the CPU engine with a scoring head,
 //! and the same prefix reuse as the policy (candidates of one search node share their prefix).
+//! With the likelihood feature the head also carries the language-model rows, so one pass
+//! gives each position's score and the trace's log-likelihood so far.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +13,7 @@ use ponder_policy_init::engine::{Engine, KvCache, Want};
 use ponder_policy_init::prefix_cache::PrefixCache;
 use ponder_policy_init::transformer_policy::default_prefix_cache_tokens;
 
-use crate::training::{RewardWeights, encode_trace};
+use crate::training::{RewardWeights, encode_trace, prefix_loglik};
 use crate::{Aggregation, Granularity, RewardError, RewardModel, StepScores};
 
 pub struct LearnedReward {
@@ -19,6 +21,7 @@ pub struct LearnedReward {
     tokenizer: Tokenizer,
     granularity: Granularity,
     aggregation: Aggregation,
+    likelihood_weight: f32,
     cache: Mutex<PrefixCache>,
     calls: AtomicU64,
     label: String,
@@ -30,7 +33,17 @@ fn sigmoid(x: f32) -> f32 {
 
 impl LearnedReward {
     pub fn new(weights: &RewardWeights, tokenizer: Tokenizer) -> LearnedReward {
-        let engine = Engine::new(&weights.backbone).with_scoring_head(weights.head.clone(), vec![weights.bias], 1);
+        // With the likelihood feature the scoring head's rows are the reward head and then the
+        // language-model head: one pass gives the score and the next-token logits.
+        let (head, bias, rows) = if weights.likelihood_weight != 0.0 {
+            let vocab = weights.backbone.config.vocab_size;
+            let mut bias = vec![0.0; vocab + 1];
+            bias[0] = weights.bias;
+            ([weights.head.as_slice(), weights.lm_head()].concat(), bias, vocab + 1)
+        } else {
+            (weights.head.clone(), vec![weights.bias], 1)
+        };
+        let engine = Engine::new(&weights.backbone).with_scoring_head(head, bias, rows);
         let kv = engine.config.kv_dim();
         LearnedReward {
             label: format!(
@@ -45,6 +58,7 @@ impl LearnedReward {
             tokenizer,
             granularity: weights.granularity,
             aggregation: weights.aggregation,
+            likelihood_weight: weights.likelihood_weight,
             // The policy's budget: a beam round scores the candidates of every problem at once,
             // and a cache of 100,000 tokens evicted the prefixes the next round needed (beam
             // search at 64 problems x 64 beams spent twice the CPU time recomputing them).
@@ -92,8 +106,19 @@ impl LearnedReward {
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.engine.forward(&mut caches, &rests, &want);
         let mut out = Vec::with_capacity(pairs.len());
+        let rows = self.engine.head_rows();
         for (e, cache) in encoded.into_iter().zip(caches) {
-            let at = |p: usize| cache.scores.get(p).copied().map(sigmoid);
+            let loglik = if rows > 1 {
+                prefix_loglik(|t| &cache.scores[t * rows + 1..(t + 1) * rows], &e.tokens, e.prompt_end)
+            } else {
+                Vec::new()
+            };
+            let at = |p: usize| {
+                let z = cache.scores.get(p * rows).copied()?;
+                Some(sigmoid(
+                    z + self.likelihood_weight * loglik.get(p).copied().unwrap_or(0.0),
+                ))
+            };
             let scores = match self.granularity {
                 Granularity::Process => StepScores {
                     steps: e.step_ends.iter().filter_map(|&p| at(p)).collect(),

@@ -174,6 +174,10 @@ pub struct ProcessRewardSettings {
     /// Train on soft labels (the share of rollouts that succeed) instead of hard ones.
     pub soft: bool,
     pub aggregation: Aggregation,
+    /// Add the backbone's own log-likelihood of the trace so far, times a learned weight, to
+    /// the head's logit (the reward stage's PRM and ORM alike): training starts from the
+    /// generator's ranking of steps instead of from chance. Off: a plain token classifier.
+    pub likelihood: bool,
     /// A trained model folder to use instead of training one.
     pub from: Option<String>,
 }
@@ -185,6 +189,7 @@ impl Default for ProcessRewardSettings {
             rollouts: 8,
             soft: false,
             aggregation: Aggregation::Last,
+            likelihood: true,
             from: None,
         }
     }

@@ -6,7 +6,13 @@
 //! Saved as a Hugging Face-shaped folder: `config.json` (`LlamaForTokenClassification` for a
 //! PRM, `LlamaForSequenceClassification` for an ORM, one label), `model.safetensors` (the
 //! backbone's `model.*` tensors and `score.weight`, `score.bias`), `tokenizer.json`, and
-//! `reward.json` (granularity and aggregation).
+//! `reward.json` (granularity, aggregation and the likelihood feature's weight).
+//!
+//! The likelihood feature (on unless the weight is 0): the logit at a position adds a learned
+//! multiple of the backbone's own log-likelihood of the trace up to it, read through its
+//! language-model head (kept in the folder for it). Started from a zero head and weight 1, a
+//! model ranks steps as the policy does before any training. `transformers` loading the folder
+//! as a token classifier reads the head alone: the feature is ponder's.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -30,6 +36,8 @@ use crate::{Aggregation, Granularity, RewardError};
 #[derive(Clone, Debug, PartialEq)]
 pub struct EncodedTrace {
     pub tokens: Vec<u32>,
+    /// Index of the last token of the prompt (the trace's tokens follow it).
+    pub prompt_end: usize,
     /// Index of the last token of each step.
     pub step_ends: Vec<usize>,
     /// Index of the last token of the answer line, for a finished trace.
@@ -41,6 +49,7 @@ pub struct EncodedTrace {
 pub fn encode_trace(tokenizer: &Tokenizer, problem: &Problem, trace: &Trace) -> EncodedTrace {
     let mut tokens: Vec<u32> = tokenizer.bos_id.into_iter().collect();
     tokens.extend(tokenizer.encode(&problem.prompt));
+    let prompt_end = tokens.len().saturating_sub(1);
     let mut step_ends = Vec::with_capacity(trace.steps.len());
     for step in &trace.steps {
         tokens.extend(tokenizer.encode(&format!("{step}\n")));
@@ -52,6 +61,7 @@ pub fn encode_trace(tokenizer: &Tokenizer, problem: &Problem, trace: &Trace) -> 
     });
     EncodedTrace {
         tokens,
+        prompt_end,
         step_ends,
         answer_end,
     }
@@ -61,6 +71,8 @@ pub fn encode_trace(tokenizer: &Tokenizer, problem: &Problem, trace: &Trace) -> 
 #[derive(Clone, Debug, PartialEq)]
 pub struct RewardExample {
     pub tokens: Vec<u32>,
+    /// Index of the last prompt token: the likelihood feature sums the trace's tokens after it.
+    pub prompt_end: usize,
     pub positions: Vec<usize>,
     pub targets: Vec<f32>,
 }
@@ -91,9 +103,31 @@ pub fn reward_example(
     };
     RewardExample {
         tokens: e.tokens,
+        prompt_end: e.prompt_end,
         positions,
         targets,
     }
+}
+
+/// `log(sum(exp(row)))`, computed stably.
+fn log_sum_exp(row: &[f32]) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    max + row.iter().map(|&x| (x - max).exp()).sum::<f32>().ln()
+}
+
+/// The log-likelihood of the trace so far at every position: `out[p]` sums the log-probability
+/// the language model gives each token after the prompt up to and including token `p` (0 up
+/// to the prompt's end). `logits(t)` is the row of next-token logits read at position `t`.
+pub fn prefix_loglik<'a>(logits: impl Fn(usize) -> &'a [f32], tokens: &[u32], prompt_end: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; tokens.len()];
+    let mut sum = 0.0f32;
+    for t in prompt_end..tokens.len().saturating_sub(1) {
+        let row = logits(t);
+        let next = row.get(tokens[t + 1] as usize).copied().unwrap_or(f32::NEG_INFINITY);
+        sum += next - log_sum_exp(row);
+        out[t + 1] = sum;
+    }
+    out
 }
 
 /// A reward model's weights on the host.
@@ -103,6 +137,10 @@ pub struct RewardWeights {
     /// `[d_model]`.
     pub head: Vec<f32>,
     pub bias: f32,
+    /// Weight of the likelihood feature: the score's logit adds this multiple of the
+    /// backbone's own log-likelihood of the trace so far ([`prefix_loglik`], read through its
+    /// language-model head). 0 turns the feature off (a plain token or sequence classifier).
+    pub likelihood_weight: f32,
     pub granularity: Granularity,
     pub aggregation: Aggregation,
 }
@@ -111,13 +149,23 @@ pub struct RewardWeights {
 struct RewardMeta {
     granularity: Granularity,
     aggregation: Aggregation,
+    #[serde(default)]
+    likelihood_weight: f32,
 }
 
 impl RewardWeights {
-    /// A fresh head on a backbone (its language-model head, if any, is dropped: a reward model
-    /// reads hidden states, not next-token logits).
-    pub fn new(mut backbone: HostWeights, granularity: Granularity, aggregation: Aggregation) -> RewardWeights {
-        if let Some(slot) = backbone.layout().lm_head {
+    /// A fresh head on a backbone. With `likelihood`, the backbone keeps its language-model
+    /// head and the score starts as the backbone's own log-likelihood of the trace so far (weight
+    /// 1, a zero head): training starts from the generator's ranking rather than from chance.
+    /// Without it the language-model head, if any, is dropped: the model reads hidden states
+    /// only.
+    pub fn new(
+        mut backbone: HostWeights,
+        granularity: Granularity,
+        aggregation: Aggregation,
+        likelihood: bool,
+    ) -> RewardWeights {
+        if !likelihood && let Some(slot) = backbone.layout().lm_head {
             backbone.tensors.remove(slot);
             backbone.config.tie_embeddings = true;
         }
@@ -126,9 +174,17 @@ impl RewardWeights {
             backbone,
             head: vec![0.0; d],
             bias: 0.0,
+            likelihood_weight: if likelihood { 1.0 } else { 0.0 },
             granularity,
             aggregation,
         }
+    }
+
+    /// The language-model head `[vocab, d_model]` the likelihood feature reads (the embedding
+    /// when tied).
+    pub fn lm_head(&self) -> &[f32] {
+        let layout = self.backbone.layout();
+        &self.backbone.tensors[layout.lm_head.unwrap_or(layout.embed)].data
     }
 
     pub fn save(&self, dir: &Path, tokenizer: &Tokenizer) -> Result<(), RewardError> {
@@ -153,6 +209,7 @@ impl RewardWeights {
         let meta = RewardMeta {
             granularity: self.granularity,
             aggregation: self.aggregation,
+            likelihood_weight: self.likelihood_weight,
         };
         write("reward.json", serde_json::to_string_pretty(&meta).unwrap_or_default())?;
         let head = HostTensor {
@@ -186,9 +243,12 @@ impl RewardWeights {
         let bias = named
             .remove("score.bias")
             .map_or(0.0, |b| b.data.first().copied().unwrap_or(0.0));
-        // A reward model carries no language-model head: its backbone reads as tied.
-        config.tie_embeddings = true;
-        named.remove("lm_head.weight");
+        // Without the likelihood feature a reward model carries no language-model head: its
+        // backbone reads as tied.
+        if meta.likelihood_weight == 0.0 {
+            config.tie_embeddings = true;
+            named.remove("lm_head.weight");
+        }
         let backbone = HostWeights::from_named(&config, named)?;
         if head.data.len() != backbone.config.d_model {
             return Err(RewardError::Format(format!(
@@ -202,6 +262,7 @@ impl RewardWeights {
                 backbone,
                 head: head.data,
                 bias,
+                likelihood_weight: meta.likelihood_weight,
                 granularity: meta.granularity,
                 aggregation: meta.aggregation,
             },
@@ -268,10 +329,12 @@ impl RewardObjective {
                 .try_into_vec_as::<f32>()
                 .unwrap_or_default()
         };
+        let scalar = |t: Option<&Tensor<2>>| t.and_then(|t| read(t).first().copied()).unwrap_or(0.0);
         RewardWeights {
             backbone,
             head: read(&params[n]),
-            bias: read(&params[n + 1]).first().copied().unwrap_or(0.0),
+            bias: scalar(params.get(n + 1)),
+            likelihood_weight: scalar(params.get(n + 2)),
             granularity: self.granularity,
             aggregation: self.aggregation,
         }
@@ -294,7 +357,8 @@ impl RewardObjective {
     }
 }
 
-/// The trainer for a reward model: backbone parameters plus `score.weight` and `score.bias`.
+/// The trainer for a reward model: backbone parameters plus `score.weight`, `score.bias` and,
+/// with the likelihood feature, `score.likelihood_weight`.
 pub fn reward_trainer(template: &Transformer, start: &RewardWeights, config: TrainerConfig) -> Trainer {
     let device = template.device();
     let d = template.config.d_model;
@@ -307,6 +371,15 @@ pub fn reward_trainer(template: &Transformer, start: &RewardWeights, config: Tra
     decay.extend([false, false]);
     params.push(Tensor::from_data(TensorData::new(start.head.clone(), [1, d]), &device));
     params.push(Tensor::from_data(TensorData::new(vec![start.bias], [1, 1]), &device));
+    if start.likelihood_weight != 0.0 {
+        names.push("score.likelihood_weight".to_string());
+        shapes.push(vec![1]);
+        decay.push(false);
+        params.push(Tensor::from_data(
+            TensorData::new(vec![start.likelihood_weight], [1, 1]),
+            &device,
+        ));
+    }
     Trainer::new(config, names, shapes, decay, params)
 }
 
@@ -318,15 +391,22 @@ impl Objective for RewardObjective {
         let picked = self.batch_indices(step);
         let len = picked.iter().map(|&i| self.examples[i].tokens.len()).max().unwrap_or(1);
         let batch = picked.len();
+        let vocab = self.template.config.vocab_size;
+        let likelihood = params.get(self.template.params.len() + 2);
         let mut inputs = vec![self.pad as i32; batch * len];
         let mut mask = vec![0.0f32; batch * len];
         let mut targets = vec![0.0f32; batch * len];
+        // One-hot rows picking, at each position from the prompt's end on, the next token.
+        let mut next = vec![0.0f32; if likelihood.is_some() { batch * len * vocab } else { 0 }];
         let mut tokens = 0;
         for (b, &i) in picked.iter().enumerate() {
             let e = &self.examples[i];
             tokens += e.tokens.len();
             for (t, &tok) in e.tokens.iter().enumerate() {
                 inputs[b * len + t] = tok as i32;
+                if likelihood.is_some() && t > e.prompt_end {
+                    next[((b * len) + t - 1) * vocab + (tok as usize).min(vocab - 1)] = 1.0;
+                }
             }
             for (&p, &y) in e.positions.iter().zip(&e.targets) {
                 mask[b * len + p] = 1.0;
@@ -337,7 +417,18 @@ impl Objective for RewardObjective {
         let model = self.template.with_params(params[..n].to_vec());
         let device = model.device();
         let hidden = model.forward_hidden(&inputs, batch, len);
-        let z = hidden.matmul(params[n].clone().transpose()) + params[n + 1].clone();
+        let mut z = hidden.clone().matmul(params[n].clone().transpose()) + params[n + 1].clone();
+        if let Some(weight) = likelihood {
+            // Log-probability of each next token, summed up to each position by an upper
+            // triangular matrix: `loglik[b, p] = sum over t < p of next_logp[b, t]`.
+            let logp = burn::tensor::activation::log_softmax(model.logits(hidden), 1);
+            let pick = Tensor::<2>::from_data(TensorData::new(next, [batch * len, vocab]), &device);
+            let next_logp = (logp * pick).sum_dim(1).reshape([batch, len]);
+            let upper: Vec<f32> = (0..len * len).map(|i| f32::from(u8::from(i / len < i % len))).collect();
+            let upper = Tensor::<2>::from_data(TensorData::new(upper, [len, len]), &device);
+            let loglik = next_logp.matmul(upper).reshape([batch * len, 1]);
+            z = z + loglik.matmul(weight.clone());
+        }
         let y = Tensor::<2>::from_data(TensorData::new(targets, [batch * len, 1]), &device);
         let m = Tensor::<2>::from_data(TensorData::new(mask.clone(), [batch * len, 1]), &device);
         let count = mask.iter().filter(|&&v| v > 0.0).count().max(1);
@@ -369,11 +460,14 @@ impl Objective for RewardObjective {
         let examples: Vec<&RewardExample> = picked.iter().map(|&i| &self.examples[i]).collect();
         let sequences: Vec<&[u32]> = examples.iter().map(|e| e.tokens.as_slice()).collect();
         let count = examples.iter().map(|e| e.positions.len()).sum::<usize>().max(1);
+        let likelihood = weights.likelihood_weight != 0.0;
         let loss = BinaryCrossEntropy {
             examples: &examples,
             count,
+            likelihood_weight: weights.likelihood_weight,
+            likelihood_grad: std::sync::Mutex::new(0.0),
         };
-        let model = NativeModel::new(&weights.backbone, Some(&head), false);
+        let model = NativeModel::new(&weights.backbone, Some(&head), likelihood);
         let (value, grads) = model.loss_and_gradients(&sequences, &loss, rayon::current_num_threads());
         let device = params[0].device();
         let mut tensors: Vec<Tensor<2>> = grads
@@ -392,6 +486,10 @@ impl Objective for RewardObjective {
             TensorData::new(vec![head_grad.bias], [1, 1]),
             &device,
         ));
+        if likelihood {
+            let g = loss.likelihood_grad.lock().map(|g| *g).unwrap_or(0.0) as f32;
+            tensors.push(Tensor::from_data(TensorData::new(vec![g], [1, 1]), &device));
+        }
         let tokens = sequences.iter().map(|s| s.len()).sum();
         Some(Ok((
             value,
@@ -412,10 +510,16 @@ impl Objective for RewardObjective {
     }
 }
 
-/// Binary cross-entropy with logits on the labelled positions, for the CPU training path.
+/// Binary cross-entropy with logits on the labelled positions, for the CPU training path; with
+/// the likelihood feature the logit at `p` adds `likelihood_weight` times the trace's
+/// log-likelihood up to `p`, whose gradient flows into the language-model logits.
 struct BinaryCrossEntropy<'a> {
     examples: &'a [&'a RewardExample],
     count: usize,
+    likelihood_weight: f32,
+    /// The gradient of the batch loss with respect to `likelihood_weight` (sequences run in
+    /// parallel).
+    likelihood_grad: std::sync::Mutex<f64>,
 }
 
 impl SequenceLoss for BinaryCrossEntropy<'_> {
@@ -424,14 +528,50 @@ impl SequenceLoss for BinaryCrossEntropy<'_> {
             return 0.0;
         };
         let e = self.examples[seq];
+        let len = e.tokens.len();
+        let likelihood = outputs.logits.filter(|_| self.likelihood_weight != 0.0);
+        let vocab = likelihood.map_or(0, |l| l.len() / len.max(1));
+        let loglik = match likelihood {
+            Some(logits) => prefix_loglik(|t| &logits[t * vocab..(t + 1) * vocab], &e.tokens, e.prompt_end),
+            None => vec![0.0; len],
+        };
         let norm = 1.0 / self.count as f32;
         let mut total = 0.0f64;
+        // d loss / d loglik[p], per position.
+        let mut dloglik = vec![0.0f32; len];
+        let mut weight_grad = 0.0f64;
         for (&p, &y) in e.positions.iter().zip(&e.targets) {
-            let z = values[p];
+            let z = values[p] + self.likelihood_weight * loglik[p];
             let l = z.max(0.0) - z * y + (-z.abs()).exp().ln_1p();
             total += f64::from(l * norm);
             let sig = 1.0 / (1.0 + (-z).exp());
-            dvalues[p] += (sig - y) * norm;
+            let g = (sig - y) * norm;
+            dvalues[p] += g;
+            dloglik[p] += g * self.likelihood_weight;
+            weight_grad += f64::from(g * loglik[p]);
+        }
+        if let (Some(logits), Some(dlogits)) = (likelihood, outputs.dlogits) {
+            // loglik[p] holds log p(token t + 1 | row t) for every t from the prompt's end to
+            // p - 1: row t's logits get the sum of dloglik over p > t, times (one-hot - softmax).
+            let mut later = 0.0f32;
+            for t in (e.prompt_end..len.saturating_sub(1)).rev() {
+                later += dloglik[t + 1];
+                if later == 0.0 {
+                    continue;
+                }
+                let row = &logits[t * vocab..(t + 1) * vocab];
+                let lse = log_sum_exp(row);
+                let drow = &mut dlogits[t * vocab..(t + 1) * vocab];
+                for (d, &x) in drow.iter_mut().zip(row) {
+                    *d -= later * (x - lse).exp();
+                }
+                if let Some(d) = drow.get_mut(e.tokens[t + 1] as usize) {
+                    *d += later;
+                }
+            }
+            if let Ok(mut g) = self.likelihood_grad.lock() {
+                *g += weight_grad;
+            }
         }
         total
     }

@@ -11,7 +11,7 @@ use ponder_policy_init::{HostWeights, ModelConfig, Tokenizer};
 use ponder_reward::learned::LearnedReward;
 use ponder_reward::quality::auroc;
 use ponder_reward::training::{
-    RewardExample, RewardObjective, RewardWeights, encode_trace, reward_example, reward_trainer,
+    RewardExample, RewardObjective, RewardWeights, encode_trace, prefix_loglik, reward_example, reward_trainer,
 };
 use ponder_reward::{Aggregation, Granularity};
 use rand::SeedableRng;
@@ -61,21 +61,41 @@ fn examples(items: &[(Problem, Trace, Vec<f32>, f32)], tokenizer: &Tokenizer) ->
         .collect()
 }
 
-fn start(seed: u64) -> RewardWeights {
+/// A micro reward model; with `likelihood`, on an untied backbone (its own language-model head)
+/// with the likelihood feature at weight 0.7.
+fn start(seed: u64, likelihood: bool) -> RewardWeights {
+    let config = ModelConfig {
+        tie_embeddings: !likelihood,
+        ..micro()
+    };
     let mut w = RewardWeights::new(
-        HostWeights::init(&micro(), seed).expect("init"),
+        HostWeights::init(&config, seed).expect("init"),
         Granularity::Process,
         Aggregation::Last,
+        likelihood,
     );
     w.head = (0..w.head.len()).map(|i| ((i as f32) * 0.7).sin() * 0.3).collect();
     w.bias = 0.1;
+    if likelihood {
+        w.likelihood_weight = 0.7;
+    }
     w
 }
 
 #[test]
 fn cpu_training_path_matches_autodiff_and_scoring_matches_the_forward() {
+    check_training_and_scoring(false);
+}
+
+#[test]
+fn with_the_likelihood_feature_too() {
+    check_training_and_scoring(true);
+}
+
+fn check_training_and_scoring(likelihood: bool) {
     let tokenizer = Tokenizer::chars();
-    let weights = start(1);
+    let weights = start(1, likelihood);
+    assert_eq!(weights.backbone.layout().lm_head.is_some(), likelihood);
     let template = Transformer::from_host(&weights.backbone, &Device::flex());
     let items = labelled(6, 2);
     let mut objective = RewardObjective::new(
@@ -93,6 +113,7 @@ fn cpu_training_path_matches_autodiff_and_scoring_matches_the_forward() {
         .iter()
         .map(|p| p.clone().autodiff().require_grad())
         .collect();
+    assert_eq!(trainable.len(), template.params.len() + 2 + usize::from(likelihood));
     let (loss, _) = objective.loss(&trainable, 0).expect("loss");
     let burn_loss: f32 = loss.clone().into_scalar();
     let grads = loss.backward();
@@ -111,17 +132,24 @@ fn cpu_training_path_matches_autodiff_and_scoring_matches_the_forward() {
         let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
         assert!(diff <= 1e-4 * scale, "parameter {i}: {diff}");
     }
-    // Scoring: sigmoid of the head over the burn forward's hidden states at step ends.
+    // Scoring: sigmoid of the head over the burn forward's hidden states at step ends, plus
+    // the weighted log-likelihood of the trace so far from the burn forward's logits.
     let reward = LearnedReward::new(&weights, tokenizer.clone());
     let (p, t, _, _) = &items[0];
     let scored = reward.score_pairs(&[(p, t)]).remove(0);
     let e = encode_trace(&tokenizer, p, t);
     let ids: Vec<i32> = e.tokens.iter().map(|&x| x as i32).collect();
-    let hidden: Vec<f32> = template
-        .forward_hidden(&ids, 1, ids.len())
+    let hidden_states = template.forward_hidden(&ids, 1, ids.len());
+    let logits: Vec<f32> = template
+        .logits(hidden_states.clone())
         .into_data()
         .try_into_vec_as()
-        .expect("hidden");
+        .expect("logits");
+    let hidden: Vec<f32> = hidden_states.into_data().try_into_vec_as().expect("hidden");
+    let vocab = micro().vocab_size;
+    let loglik = prefix_loglik(|t| &logits[t * vocab..(t + 1) * vocab], &e.tokens, e.prompt_end);
+    assert_eq!(loglik[e.prompt_end], 0.0);
+    assert!(loglik[e.tokens.len() - 1] < loglik[e.prompt_end + 1], "{loglik:?}");
     let d = micro().d_model;
     for (k, &pos) in e.step_ends.iter().enumerate() {
         let z: f32 = hidden[pos * d..(pos + 1) * d]
@@ -129,7 +157,8 @@ fn cpu_training_path_matches_autodiff_and_scoring_matches_the_forward() {
             .zip(&weights.head)
             .map(|(h, w)| h * w)
             .sum::<f32>()
-            + weights.bias;
+            + weights.bias
+            + weights.likelihood_weight * loglik[pos];
         let expected = 1.0 / (1.0 + (-z).exp());
         assert!(
             (scored.steps[k] - expected).abs() < 1e-4,
@@ -141,8 +170,17 @@ fn cpu_training_path_matches_autodiff_and_scoring_matches_the_forward() {
 
 #[test]
 fn a_process_model_learns_to_separate_right_and_wrong_steps() {
+    learns_to_separate(false);
+}
+
+#[test]
+fn a_process_model_with_the_likelihood_feature_learns_too() {
+    learns_to_separate(true);
+}
+
+fn learns_to_separate(likelihood: bool) {
     let tokenizer = Tokenizer::chars();
-    let weights = start(5);
+    let weights = start(5, likelihood);
     let template = Transformer::from_host(&weights.backbone, &Device::flex());
     let train = labelled(600, 10);
     let mut objective = RewardObjective::new(
@@ -167,6 +205,12 @@ fn a_process_model_learns_to_separate_right_and_wrong_steps() {
     trained.save(dir.path(), &tokenizer).expect("saves");
     let (loaded, loaded_tokenizer) = RewardWeights::load(dir.path()).expect("loads");
     assert_eq!(loaded, trained);
+    if likelihood {
+        assert_ne!(
+            trained.likelihood_weight, weights.likelihood_weight,
+            "the weight trains"
+        );
+    }
     let reward = LearnedReward::new(&loaded, loaded_tokenizer);
     let test = labelled(150, 99);
     let (mut scores, mut labels) = (Vec::new(), Vec::new());

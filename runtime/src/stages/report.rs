@@ -261,10 +261,14 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
         writeln!(out, "![MC label accuracy](plots/mc_label_accuracy.png)\n")?;
         let prm = &reward["prm"];
         writeln!(out, "| model | measure | ponder |\n|---|---|---|")?;
+        let feature = reward["training"]["prm"]["likelihood_weight"]
+            .as_f64()
+            .filter(|w| *w != 0.0);
         let prm_name = format!(
-            "PRM ({} labels, N = {})",
+            "PRM ({} labels, N = {}{})",
             reward["labels"].as_str().unwrap_or("?"),
-            reward["rollouts"]
+            reward["rollouts"],
+            feature.map_or(String::new(), |w| format!("; likelihood feature, weight {w:.2}"))
         );
         let (orm, likelihood) = (&reward["orm"], &reward["likelihood"]);
         // (model, measure, record, key): the value at `key`, its interval at `key_ci`.
@@ -291,7 +295,12 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
         if !likelihood.is_null() {
             writeln!(
                 out,
-                "\nThe baseline scores a step by the policy's own likelihood of the trace up to it: a trained model that ranks no better has learned nothing the generator did not already know."
+                "\nThe baseline scores a step by the policy's own likelihood of the trace up to it: a trained model that ranks no better has learned nothing the generator did not already know.{}",
+                if feature.is_some() {
+                    " Here the PRM and ORM start from that ranking (their logit adds a learned multiple of their backbone's log-likelihood of the trace so far) and train from there."
+                } else {
+                    ""
+                }
             )?;
         }
         writeln!(out)?;

@@ -16,7 +16,7 @@ use ponder_policy_init::eval::{Estimate, bootstrap_mean};
 use ponder_policy_init::metrics::MetricsLog;
 use ponder_policy_init::model::Transformer;
 use ponder_policy_init::trainer::TrainerConfig;
-use ponder_policy_init::{HostWeights, Tokenizer, TransformerPolicy};
+use ponder_policy_init::{Tokenizer, TransformerPolicy};
 use ponder_reward::datasets::{ProcessExample, write_process};
 use ponder_reward::labels::{LabelSource, MonteCarloSettings, labels_from_rollouts, monte_carlo_rollouts};
 use ponder_reward::learned::LearnedReward;
@@ -55,18 +55,16 @@ fn estimate_json(e: &Estimate) -> Value {
     json!({"value": e.value, "low": e.low, "high": e.high, "n": e.n})
 }
 
-/// Trains one reward model on examples; returns its weights and a summary.
+/// Trains one reward model from `start` on examples; returns its weights and a summary.
 fn train_model(
     ctx: &Context,
     name: &str,
-    granularity: Granularity,
-    aggregation: Aggregation,
-    policy: &HostWeights,
+    start: RewardWeights,
     tokenizer: &Tokenizer,
     examples: Vec<RewardExample>,
 ) -> anyhow::Result<(RewardWeights, Value)> {
     let s = &ctx.config.pipeline.reward;
-    let start = RewardWeights::new(policy.clone(), granularity, aggregation);
+    let (granularity, aggregation) = (start.granularity, start.aggregation);
     let template = Transformer::from_host(&start.backbone, &ctx.device);
     let checkpoints = Checkpointer::new(ctx.dir.checkpoints(name), 2);
     let resume_step = if ctx.resume {
@@ -101,11 +99,10 @@ fn train_model(
     let summary = trainer.run(&mut objective, ctx.progress, &|_| Ok(()))?;
     let weights = objective.weights(&trainer.params);
     weights.save(&ctx.dir.path(&format!("reward/{name}")), tokenizer)?;
-    Ok((
-        weights,
-        json!({"examples": count, "steps": summary.steps, "final_loss": summary.final_loss,
-               "train_tokens": summary.tokens, "train_seconds": summary.train_seconds}),
-    ))
+    let summary = json!({"examples": count, "steps": summary.steps, "final_loss": summary.final_loss,
+                         "likelihood_weight": weights.likelihood_weight,
+                         "train_tokens": summary.tokens, "train_seconds": summary.train_seconds});
+    Ok((weights, summary))
 }
 
 /// The generator's own likelihood as a reward, the baseline that needs no training (Cobbe et
@@ -262,12 +259,13 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
             )
         })
         .collect();
+    let start = |granularity, aggregation| {
+        RewardWeights::new(weights.clone(), granularity, aggregation, prm_settings.likelihood)
+    };
     let (prm_weights, prm_training) = train_model(
         ctx,
         "prm",
-        Granularity::Process,
-        prm_settings.aggregation,
-        &weights,
+        start(Granularity::Process, prm_settings.aggregation),
         &tokenizer,
         prm_examples,
     )?;
@@ -289,9 +287,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
     let (orm_weights, orm_training) = train_model(
         ctx,
         "orm",
-        Granularity::Outcome,
-        Aggregation::Last,
-        &weights,
+        start(Granularity::Outcome, Aggregation::Last),
         &tokenizer,
         orm_examples,
     )?;
@@ -540,7 +536,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ponder_policy_init::ModelConfig;
+    use ponder_policy_init::{HostWeights, ModelConfig};
 
     fn random_policy() -> TransformerPolicy {
         let config = ModelConfig::preset("tiny", 100).expect("preset");
