@@ -10,9 +10,10 @@
 //!
 //! The likelihood feature (on unless the weight is 0): the logit at a position adds a learned
 //! multiple of the backbone's own log-likelihood of the trace up to it, read through its
-//! language-model head (kept in the folder for it). Started from a zero head and weight 1, a
-//! model ranks steps as the policy does before any training. `transformers` loading the folder
-//! as a token classifier reads the head alone: the feature is ponder's.
+//! language-model head (kept in the folder for it; the embedding when tied). Started from a
+//! zero head and weight 1, a model ranks steps as the policy does before any training.
+//! `transformers` loading the folder as a token classifier reads the head alone: the feature
+//! is ponder's.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -318,7 +319,8 @@ impl RewardObjective {
         self
     }
 
-    /// Host weights from the trainer's parameter list (backbone, then head and bias).
+    /// Host weights from the trainer's parameter list (backbone, then head and bias, then the
+    /// likelihood feature's weight when it is on).
     pub fn weights(&self, params: &[Tensor<2>]) -> RewardWeights {
         let n = self.template.params.len();
         let backbone = self.template.with_params(params[..n].to_vec()).to_host();
@@ -460,12 +462,14 @@ impl Objective for RewardObjective {
         let examples: Vec<&RewardExample> = picked.iter().map(|&i| &self.examples[i]).collect();
         let sequences: Vec<&[u32]> = examples.iter().map(|e| e.tokens.as_slice()).collect();
         let count = examples.iter().map(|e| e.positions.len()).sum::<usize>().max(1);
-        let likelihood = weights.likelihood_weight != 0.0;
+        // The feature is on when its weight is a parameter (even if it has trained to 0).
+        let likelihood = params.len() > self.template.params.len() + 2;
         let loss = BinaryCrossEntropy {
             examples: &examples,
             count,
+            likelihood,
             likelihood_weight: weights.likelihood_weight,
-            likelihood_grad: std::sync::Mutex::new(0.0),
+            likelihood_grads: std::sync::Mutex::new(vec![0.0; examples.len()]),
         };
         let model = NativeModel::new(&weights.backbone, Some(&head), likelihood);
         let (value, grads) = model.loss_and_gradients(&sequences, &loss, rayon::current_num_threads());
@@ -487,7 +491,12 @@ impl Objective for RewardObjective {
             &device,
         ));
         if likelihood {
-            let g = loss.likelihood_grad.lock().map(|g| *g).unwrap_or(0.0) as f32;
+            // Summed in sequence order, so a step's result does not depend on thread timing.
+            let g = loss
+                .likelihood_grads
+                .lock()
+                .map(|g| g.iter().sum::<f64>())
+                .unwrap_or(0.0) as f32;
             tensors.push(Tensor::from_data(TensorData::new(vec![g], [1, 1]), &device));
         }
         let tokens = sequences.iter().map(|s| s.len()).sum();
@@ -516,10 +525,12 @@ impl Objective for RewardObjective {
 struct BinaryCrossEntropy<'a> {
     examples: &'a [&'a RewardExample],
     count: usize,
+    /// The likelihood feature is on (its weight is a trained parameter, possibly 0).
+    likelihood: bool,
     likelihood_weight: f32,
-    /// The gradient of the batch loss with respect to `likelihood_weight` (sequences run in
-    /// parallel).
-    likelihood_grad: std::sync::Mutex<f64>,
+    /// Each sequence's share of the gradient of the batch loss with respect to
+    /// `likelihood_weight` (sequences run in parallel; the shares are summed in order).
+    likelihood_grads: std::sync::Mutex<Vec<f64>>,
 }
 
 impl SequenceLoss for BinaryCrossEntropy<'_> {
@@ -529,7 +540,7 @@ impl SequenceLoss for BinaryCrossEntropy<'_> {
         };
         let e = self.examples[seq];
         let len = e.tokens.len();
-        let likelihood = outputs.logits.filter(|_| self.likelihood_weight != 0.0);
+        let likelihood = outputs.logits.filter(|_| self.likelihood);
         let vocab = likelihood.map_or(0, |l| l.len() / len.max(1));
         let loglik = match likelihood {
             Some(logits) => prefix_loglik(|t| &logits[t * vocab..(t + 1) * vocab], &e.tokens, e.prompt_end),
@@ -569,9 +580,12 @@ impl SequenceLoss for BinaryCrossEntropy<'_> {
                     *d += later;
                 }
             }
-            if let Ok(mut g) = self.likelihood_grad.lock() {
-                *g += weight_grad;
-            }
+        }
+        if likelihood.is_some()
+            && let Ok(mut grads) = self.likelihood_grads.lock()
+            && let Some(g) = grads.get_mut(seq)
+        {
+            *g = weight_grad;
         }
         total
     }

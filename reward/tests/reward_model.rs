@@ -61,11 +61,11 @@ fn examples(items: &[(Problem, Trace, Vec<f32>, f32)], tokenizer: &Tokenizer) ->
         .collect()
 }
 
-/// A micro reward model; with `likelihood`, on an untied backbone (its own language-model head)
-/// with the likelihood feature at weight 0.7.
-fn start(seed: u64, likelihood: bool) -> RewardWeights {
+/// A micro reward model; with `likelihood`, the likelihood feature at weight 0.7, read through
+/// the backbone's own language-model head or, `tied`, through its embedding.
+fn start(seed: u64, likelihood: bool, tied: bool) -> RewardWeights {
     let config = ModelConfig {
-        tie_embeddings: !likelihood,
+        tie_embeddings: tied,
         ..micro()
     };
     let mut w = RewardWeights::new(
@@ -84,18 +84,25 @@ fn start(seed: u64, likelihood: bool) -> RewardWeights {
 
 #[test]
 fn cpu_training_path_matches_autodiff_and_scoring_matches_the_forward() {
-    check_training_and_scoring(false);
+    check_training_and_scoring(false, true);
 }
 
 #[test]
 fn with_the_likelihood_feature_too() {
-    check_training_and_scoring(true);
+    check_training_and_scoring(true, false);
 }
 
-fn check_training_and_scoring(likelihood: bool) {
+/// The default policy ties its embedding and output: the embedding's gradient then comes from
+/// the input lookup and from the likelihood feature's language-model logits.
+#[test]
+fn with_the_likelihood_feature_on_a_tied_backbone_too() {
+    check_training_and_scoring(true, true);
+}
+
+fn check_training_and_scoring(likelihood: bool, tied: bool) {
     let tokenizer = Tokenizer::chars();
-    let weights = start(1, likelihood);
-    assert_eq!(weights.backbone.layout().lm_head.is_some(), likelihood);
+    let weights = start(1, likelihood, tied);
+    assert_eq!(weights.backbone.layout().lm_head.is_some(), likelihood && !tied);
     let template = Transformer::from_host(&weights.backbone, &Device::flex());
     let items = labelled(6, 2);
     let mut objective = RewardObjective::new(
@@ -183,7 +190,7 @@ const LIKELIHOOD_START: f32 = 0.05;
 fn learns_to_separate(likelihood_weight: f32) {
     let likelihood = likelihood_weight != 0.0;
     let tokenizer = Tokenizer::chars();
-    let mut weights = start(5, likelihood);
+    let mut weights = start(5, likelihood, !likelihood);
     if likelihood {
         weights.likelihood_weight = likelihood_weight;
     }

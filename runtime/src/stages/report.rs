@@ -261,15 +261,27 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
         writeln!(out, "![MC label accuracy](plots/mc_label_accuracy.png)\n")?;
         let prm = &reward["prm"];
         writeln!(out, "| model | measure | ponder |\n|---|---|---|")?;
-        let feature = reward["training"]["prm"]["likelihood_weight"]
-            .as_f64()
-            .filter(|w| *w != 0.0);
+        // The trained weight of a model's likelihood feature, when it has one.
+        let feature = |model: &str| {
+            reward["training"][model]["likelihood_weight"]
+                .as_f64()
+                .filter(|w| *w != 0.0)
+                .map_or(String::new(), |w| format!("likelihood feature, weight {w:.2}"))
+        };
+        let prm_feature = feature("prm");
         let prm_name = format!(
-            "PRM ({} labels, N = {}{})",
+            "PRM ({} labels, N = {}{}{})",
             reward["labels"].as_str().unwrap_or("?"),
             reward["rollouts"],
-            feature.map_or(String::new(), |w| format!("; likelihood feature, weight {w:.2}"))
+            if prm_feature.is_empty() { "" } else { "; " },
+            prm_feature
         );
+        let orm_feature = feature("orm");
+        let orm_name = if orm_feature.is_empty() {
+            "ORM".to_string()
+        } else {
+            format!("ORM ({orm_feature})")
+        };
         let (orm, likelihood) = (&reward["orm"], &reward["likelihood"]);
         // (model, measure, record, key): the value at `key`, its interval at `key_ci`.
         let mut rows = vec![
@@ -277,7 +289,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
             ("PRM", "first-error F1 (ProcessBench style)", prm, "first_error_f1"),
             ("PRM", "expected calibration error", prm, "calibration_ece"),
             ("PRM", "outcome AUROC (answer score)", prm, "outcome_auroc"),
-            ("ORM", "outcome AUROC", orm, "auroc"),
+            (orm_name.as_str(), "outcome AUROC", orm, "auroc"),
         ];
         if !likelihood.is_null() {
             rows.push((
@@ -296,7 +308,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
             writeln!(
                 out,
                 "\nThe baseline scores a step by the policy's own likelihood of the trace up to it: a trained model that ranks no better has learned nothing the generator did not already know.{}",
-                if feature.is_some() {
+                if !prm_feature.is_empty() {
                     " Here the PRM and ORM start from that ranking (their logit adds a learned multiple of their backbone's log-likelihood of the trace so far) and train from there."
                 } else {
                     ""
