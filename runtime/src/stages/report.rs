@@ -266,22 +266,16 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
             reward["training"][model]["likelihood_weight"]
                 .as_f64()
                 .filter(|w| *w != 0.0)
-                .map_or(String::new(), |w| format!("likelihood feature, weight {w:.2}"))
+                .map(|w| format!("likelihood feature, weight {w:.2}"))
         };
         let prm_feature = feature("prm");
         let prm_name = format!(
-            "PRM ({} labels, N = {}{}{})",
+            "PRM ({} labels, N = {}{})",
             reward["labels"].as_str().unwrap_or("?"),
             reward["rollouts"],
-            if prm_feature.is_empty() { "" } else { "; " },
-            prm_feature
+            prm_feature.as_ref().map_or(String::new(), |f| format!("; {f}"))
         );
-        let orm_feature = feature("orm");
-        let orm_name = if orm_feature.is_empty() {
-            "ORM".to_string()
-        } else {
-            format!("ORM ({orm_feature})")
-        };
+        let orm_name = feature("orm").map_or("ORM".to_string(), |f| format!("ORM ({f})"));
         let (orm, likelihood) = (&reward["orm"], &reward["likelihood"]);
         // (model, measure, record, key): the value at `key`, its interval at `key_ci`.
         let mut rows = vec![
@@ -308,7 +302,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
             writeln!(
                 out,
                 "\nThe baseline scores a step by the policy's own likelihood of the trace up to it: a trained model that ranks no better has learned nothing the generator did not already know.{}",
-                if !prm_feature.is_empty() {
+                if prm_feature.is_some() {
                     " Here the PRM and ORM start from that ranking (their logit adds a learned multiple of their backbone's log-likelihood of the trace so far) and train from there."
                 } else {
                     ""
