@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use config::{Config, Environment, File, FileFormat, ValueKind};
+use ponder_policy_init::Sampling;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -279,6 +280,9 @@ pub struct SearchEvalStage {
     pub problems: usize,
     /// Budgets, in generations' worth of tokens.
     pub budgets: Vec<usize>,
+    /// How the searchers sample from the policy (`temperature`, `top_k`, `top_p`), the best-of-N
+    /// samples included.
+    pub sampling: Sampling,
     /// Searchers: each a `[search]` table plus an optional `label` and an optional `reward`
     /// table that replaces the run's `[reward]` for it.
     pub searchers: Vec<serde_json::Value>,
@@ -290,6 +294,7 @@ impl Default for SearchEvalStage {
         SearchEvalStage {
             problems: 0,
             budgets: vec![1, 2, 4, 8, 16, 32, 64],
+            sampling: Sampling::default(),
             searchers: vec![
                 entry(serde_json::json!({"label": "majority", "kind": "best-of-n", "selection": "majority"})),
                 entry(
@@ -387,6 +392,19 @@ impl PipelineSection {
         for p in self.init.optim.validate() {
             let (field, msg) = p.split_once(": ").unwrap_or(("", &p));
             errors.push(ConfigError::new(format!("pipeline.init.optim.{field}"), msg));
+        }
+        let sampling = &self.search_eval.sampling;
+        if !(sampling.temperature > 0.0 && sampling.temperature <= 2.0) {
+            errors.push(ConfigError::new(
+                "pipeline.search_eval.sampling.temperature",
+                "must be above 0 (searchers need samples; the report already has greedy decoding) and at most 2",
+            ));
+        }
+        if !(sampling.top_p > 0.0 && sampling.top_p <= 1.0) {
+            errors.push(ConfigError::new(
+                "pipeline.search_eval.sampling.top_p",
+                "must be above 0 and at most 1",
+            ));
         }
         if self.init.batch_size == 0 {
             errors.push(ConfigError::new("pipeline.init.batch_size", "must be at least 1"));

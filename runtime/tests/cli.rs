@@ -75,6 +75,23 @@ fn check_reports_every_mistake_with_its_key_path() {
         "lists the known kinds: {err}"
     );
     assert!(err.contains("pipeline.data.colour") && err.contains(":10:1:"), "{err}");
+    // Values that parse but make no sense are caught too.
+    std::fs::write(
+        &config,
+        "[pipeline.search_eval.sampling]\ntemperature = 0.0\ntop_p = 1.5\n",
+    )
+    .expect("write");
+    let o = ponder(&["check", config.to_str().expect("utf8")], dir.path());
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("pipeline.search_eval.sampling.temperature: must be above 0"),
+        "{err}"
+    );
+    assert!(
+        err.contains("pipeline.search_eval.sampling.top_p: must be above 0 and at most 1"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -1,13 +1,15 @@
 //! Monte-Carlo tree search over steps. A node is a partial trace; expanding it samples k next
 //! steps from the policy (their log-probabilities become priors); a new child is evaluated by
-//! the reward model on its partial trace, or by a rollout to the end scored by the reward
-//! model; values are backed up along the whole path; finished traces are terminal.
+//! a rollout to the end scored by the reward model (the rolled-out trace is a candidate answer
+//! too), or by the reward model on its partial trace; values are backed up along the whole path;
+//! finished traces are terminal.
 //!
 //! Selection is PUCT (`Q + c·P·√N/(1+n)`), or at the root Gumbel sampling with sequential
 //! halving (Danihelka et al., "Policy improvement by planning with Gumbel"), which keeps
 //! accuracy from falling as the budget grows (ReSCALE). Simulations run in waves: the leaves of
 //! one wave (kept apart by virtual loss) are expanded in one policy call and evaluated in one
-//! reward call. The answer is the most visited path, or the best terminal value.
+//! reward call, and no wave expands more steps than the budget left pays for. The answer is the
+//! finished trace with the best value (by default), or the end of the most visited path.
 
 use std::collections::HashMap;
 
@@ -26,7 +28,11 @@ use crate::{Budget, Candidate, Cost, SearchEnv, SearchError, SearchOutcome, Sear
 pub enum Evaluation {
     /// The reward model's score of the new node's partial trace (a PRM).
     Reward,
-    /// A rollout to the end from the new node, scored by the reward model (ORM or verifier).
+    /// A rollout to the end from the new node, scored by the reward model (PRM, ORM or
+    /// verifier); the rolled-out trace is an answer candidate too. The default: on the default
+    /// countdown run (200 held-out problems, PRM, answer by value) it gave 32.5 / 37.0 / 46.5 /
+    /// 50.0% at budgets 1 / 4 / 16 / 64, against 38.5 / 30.5 / 39.0 / 46.5% for the PRM's score
+    /// of the partial trace.
     Rollout,
 }
 
@@ -43,7 +49,10 @@ pub enum RootSelection {
 pub enum AnswerBy {
     /// Follow the most visited child from the root.
     Visits,
-    /// The terminal trace with the best mean value.
+    /// The finished trace (terminal node or rollout) with the best value. The default: at tens
+    /// of simulations visit counts barely separate siblings; on the default countdown run (200
+    /// held-out problems, PRM evaluation of partial traces) visits gave 29.5 / 45.5 / 42.0 /
+    /// 46.5% at budgets 1 / 4 / 16 / 64 and value 38.0 / 41.5 / 44.0 / 46.0%.
     Value,
 }
 
@@ -74,10 +83,10 @@ impl Default for MctsSettings {
         MctsSettings {
             expand: 4,
             c_puct: 1.5,
-            evaluation: Evaluation::Reward,
+            evaluation: Evaluation::Rollout,
             root: RootSelection::Gumbel,
             gumbel_considered: 16,
-            answer: AnswerBy::Visits,
+            answer: AnswerBy::Value,
             wave: 4,
             max_depth: 24,
             aggregation: Aggregation::Last,
@@ -121,6 +130,17 @@ impl Node {
 
 struct Tree {
     nodes: Vec<Node>,
+    /// Finished traces of rollouts (rollout evaluation): the node rolled out from, the trace and
+    /// its value. They are answers too, as the tree's terminal nodes are.
+    rollouts: Vec<(usize, Trace, f32)>,
+}
+
+/// A finished trace the search can answer with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Finished {
+    Terminal(usize),
+    /// An index into `Tree::rollouts`.
+    Rollout(usize),
 }
 
 impl Tree {
@@ -371,20 +391,23 @@ impl Mcts {
             });
         }
         let scores = env.score(problem, &traces, cost).await?;
-        for (&c, sc) in new_children.iter().zip(&scores) {
+        for ((&c, sc), trace) in new_children.iter().zip(&scores).zip(traces) {
             let v = sc.aggregate(s.aggregation);
             tree.backup(c, v, 1);
+            if tree.nodes[c].terminal.is_none() && trace.answer.is_some() {
+                tree.rollouts.push((c, trace, v));
+            }
         }
         Ok(())
     }
 
-    fn answer(&self, tree: &Tree, from: usize) -> Option<usize> {
+    fn answer(&self, tree: &Tree, from: usize) -> Option<Finished> {
         match self.settings.answer {
             AnswerBy::Visits => {
                 let mut node = from;
                 loop {
                     if tree.nodes[node].terminal.is_some() {
-                        return Some(node);
+                        return Some(Finished::Terminal(node));
                     }
                     let best = tree.nodes[node]
                         .children
@@ -400,11 +423,11 @@ impl Mcts {
                         });
                     match best {
                         Some(b) => node = b,
-                        None => return self.best_terminal(tree, from),
+                        None => return self.best_finished(tree, from),
                     }
                 }
             }
-            AnswerBy::Value => self.best_terminal(tree, from),
+            AnswerBy::Value => self.best_finished(tree, from),
         }
     }
 
@@ -423,17 +446,22 @@ impl Mcts {
         node
     }
 
-    /// The terminal node under `from` with the best mean value.
-    fn best_terminal(&self, tree: &Tree, from: usize) -> Option<usize> {
-        (0..tree.nodes.len())
+    /// The finished trace under `from` (a terminal node, or a rollout from a node) with the best
+    /// value; the earliest found on ties.
+    fn best_finished(&self, tree: &Tree, from: usize) -> Option<Finished> {
+        let terminals = (0..tree.nodes.len())
             .filter(|&i| tree.nodes[i].terminal.is_some() && tree.path(i).contains(&from))
-            .max_by(|&a, &b| {
-                tree.nodes[a]
-                    .q()
-                    .unwrap_or(0.0)
-                    .total_cmp(&tree.nodes[b].q().unwrap_or(0.0))
-                    .then(b.cmp(&a))
-            })
+            .map(|i| (Finished::Terminal(i), tree.nodes[i].q().unwrap_or(0.0)));
+        let rollouts = (tree.rollouts.iter().enumerate())
+            .filter(|(_, (node, _, _))| tree.path(*node).contains(&from))
+            .map(|(j, (_, _, v))| (Finished::Rollout(j), *v));
+        let mut best: Option<(Finished, f32)> = None;
+        for (f, v) in terminals.chain(rollouts) {
+            if best.is_none_or(|(_, b)| v > b) {
+                best = Some((f, v));
+            }
+        }
+        best.map(|(f, _)| f)
     }
 
     /// Runs waves of simulations from `root_child` (or the root) until `stop_tokens`.
@@ -456,8 +484,19 @@ impl Mcts {
             s.expand.max(1) * factor.min(8)
         };
         while cost.generated_tokens < stop_tokens {
+            // A wave expands no more steps than the budget left pays for, at the mean cost of a
+            // policy request so far (a full wave at budget 1 would spend twice the budget).
+            let affordable = match cost.policy_requests {
+                0 => usize::MAX,
+                n => {
+                    let per_request = (cost.generated_tokens as f64 / n as f64).max(1.0);
+                    ((stop_tokens - cost.generated_tokens) as f64 / per_request).ceil() as usize
+                }
+            };
+            let k = s.expand.max(1).min(affordable.max(1));
+            let wave = s.wave.max(1).min(affordable.div_ceil(k).max(1));
             let mut leaves = Vec::new();
-            for _ in 0..s.wave.max(1) {
+            for _ in 0..wave {
                 match tree.select(from, s.c_puct, s.max_depth, &widen) {
                     Some(leaf) if !leaves.contains(&leaf) => leaves.push(leaf),
                     Some(_) => {}
@@ -470,7 +509,7 @@ impl Mcts {
             }
             let before = cost.generated_tokens;
             *round += 1;
-            self.expand_and_evaluate(tree, &leaves, problem, env, *round, cost, s.expand.max(1))
+            self.expand_and_evaluate(tree, &leaves, problem, env, *round, cost, k)
                 .await?;
             let only_terminals = leaves.iter().all(|&l| tree.nodes[l].terminal.is_some());
             if cost.generated_tokens == before && only_terminals {
@@ -516,6 +555,7 @@ impl Searcher for Mcts {
                 dead: false,
                 saturated: false,
             }],
+            rollouts: Vec::new(),
         };
         let total = budget.tokens();
         let mut round = 0u64;
@@ -581,23 +621,24 @@ impl Searcher for Mcts {
                 candidates.first().map(|&(c, _)| c)
             }
         };
-        let answer_node = self
+        let answer = self
             .answer(&tree, chosen_root_child.unwrap_or(0))
-            .or_else(|| self.best_terminal(&tree, 0));
+            .or_else(|| self.best_finished(&tree, 0));
         let mut candidates: Vec<Candidate> = Vec::new();
         let mut chosen = None;
-        for (i, n) in tree.nodes.iter().enumerate() {
-            if let Some(t) = &n.terminal {
-                if Some(i) == answer_node {
-                    chosen = Some(candidates.len());
-                }
-                candidates.push(Candidate {
-                    trace: t.clone(),
-                    scores: None,
-                    score: n.q(),
-                    tokens: 0,
-                });
+        let terminals = (tree.nodes.iter().enumerate())
+            .filter_map(|(i, n)| Some((Finished::Terminal(i), n.terminal.as_ref()?, n.q())));
+        let rollouts = (tree.rollouts.iter().enumerate()).map(|(j, (_, t, v))| (Finished::Rollout(j), t, Some(*v)));
+        for (finished, trace, score) in terminals.chain(rollouts) {
+            if Some(finished) == answer {
+                chosen = Some(candidates.len());
             }
+            candidates.push(Candidate {
+                trace: trace.clone(),
+                scores: None,
+                score,
+                tokens: 0,
+            });
         }
         if chosen.is_none() {
             // No finished trace (a budget too small to reach one): finish the most visited

@@ -56,6 +56,22 @@ fn num(v: &Value, digits: usize) -> String {
 }
 
 /// The test-time scaling plots: all problems, and one panel per difficulty quintile.
+/// " Searchers sample at temperature T (top-k, top-p when set)." from `search.sampling`; empty for
+/// older results without it.
+fn sampling_note(sampling: &Value) -> String {
+    let Some(t) = sampling["temperature"].as_f64() else {
+        return String::new();
+    };
+    let mut how = format!("temperature {}", num(&json!(t), 2));
+    if let Some(k) = sampling["top_k"].as_u64().filter(|&k| k > 0) {
+        how.push_str(&format!(", top-k {k}"));
+    }
+    if let Some(p) = sampling["top_p"].as_f64().filter(|&p| p < 1.0) {
+        how.push_str(&format!(", top-p {}", num(&json!(p), 2)));
+    }
+    format!(" Searchers sample at {how}.")
+}
+
 fn search_plots(ctx: &Context, search: &Value, out: &mut String) -> anyhow::Result<()> {
     let Some(curves) = search["curves"].as_object() else {
         return Ok(());
@@ -377,10 +393,11 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
         writeln!(out, "## 3. Test-time compute\n")?;
         writeln!(
             out,
-            "Every searcher over a ladder of budgets on {} held-out problems; the x axis counts every token the policy generated (rollouts and lookahead included). Greedy pass@1: {}; chance level: {}.\n",
+            "Every searcher over a ladder of budgets on {} held-out problems; the x axis counts every token the policy generated (rollouts and lookahead included). Greedy pass@1: {}; chance level: {}.{}\n",
             search["problems"],
             pct(&search["greedy_pass@1"]),
-            pct(&search["chance_level"])
+            pct(&search["chance_level"]),
+            sampling_note(&search["sampling"])
         )?;
         search_plots(ctx, search, &mut out)?;
         writeln!(

@@ -56,6 +56,14 @@ fn scores_of(per_problem: &[(bool, u64)]) -> Vec<f64> {
     per_problem.iter().map(|(ok, _)| f64::from(u8::from(*ok))).collect()
 }
 
+/// How every searcher generates: token limits per step and per trace, and the sampling.
+#[derive(Clone, Copy, Debug)]
+struct Generation {
+    max_step_tokens: usize,
+    max_trace_tokens: usize,
+    sampling: Sampling,
+}
+
 /// Runs one searcher on all problems at one budget, in lockstep.
 async fn run_budget(
     searcher: &dyn Searcher,
@@ -64,7 +72,7 @@ async fn run_budget(
     task: &dyn Task,
     problems: &[Problem],
     budget: Budget,
-    limits: (usize, usize),
+    generation: Generation,
     seed: u64,
 ) -> anyhow::Result<Vec<SearchOutcome>> {
     let lockstep = Lockstep::new(policy, reward, problems.len());
@@ -77,9 +85,9 @@ async fn run_budget(
                 reward: &me,
                 task,
                 seed: seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
-                max_step_tokens: limits.0,
-                max_trace_tokens: limits.1,
-                sampling: Sampling::default(),
+                max_step_tokens: generation.max_step_tokens,
+                max_trace_tokens: generation.max_trace_tokens,
+                sampling: generation.sampling,
             };
             let out = searcher.search(p, &env, &budget).await;
             lockstep.leave().await;
@@ -365,6 +373,11 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         .unwrap_or(max_trace as f64 / 2.0)
         .round()
         .max(1.0) as usize;
+    let generation = Generation {
+        max_step_tokens: max_step,
+        max_trace_tokens: max_trace,
+        sampling: s.sampling,
+    };
     let policy = stage_policy(ctx, &weights, &tokenizer);
     let mut problems: Vec<Problem> = ctx.test_examples()?.into_iter().map(|e| e.problem).collect();
     if s.problems > 0 {
@@ -401,7 +414,6 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         let reward_model: &dyn RewardModel = own_reward.as_deref().unwrap_or(run_reward.as_ref());
         let built = searcher.build(&())?;
         let seed = ctx.seed(&format!("search-eval-{label}"));
-        let limits = (max_step, max_trace);
         // Searchers whose smaller budgets are prefixes of a larger run are run once.
         let selection = match searcher.kind() {
             "best-of-n" => searcher.as_any().downcast_ref::<BestOfNSettings>().map(|b| b.selection),
@@ -436,7 +448,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                     task.as_ref(),
                     &problems,
                     budget,
-                    limits,
+                    generation,
                     best_of_n_seed,
                 )
                 .await?;
@@ -474,7 +486,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                 task.as_ref(),
                 &problems,
                 budget,
-                limits,
+                generation,
                 run_seed,
             )
             .await?;
@@ -520,7 +532,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                     task.as_ref(),
                     &problems,
                     budget,
-                    limits,
+                    generation,
                     seed ^ (b as u64) << 40,
                 )
                 .await?;
@@ -557,6 +569,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         "problems": problems.len(),
         "budgets": budgets,
         "tokens_per_generation": per_generation,
+        "sampling": s.sampling,
         "greedy_pass@1": greedy,
         "chance_level": chance,
         "curves": curves.iter().map(|(l, pts)| (l.clone(), serde_json::to_value(pts).unwrap_or(Value::Null))).collect::<serde_json::Map<_, _>>(),
