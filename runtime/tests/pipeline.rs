@@ -20,9 +20,14 @@ fn out_dir() -> &'static Path {
 /// `ponder run configs/smoke.toml` into a run of this name, with extra arguments and
 /// environment variables.
 fn run(name: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    run_config(&smoke_config(), name, extra, env)
+}
+
+/// `ponder run CONFIG` into a run of this name.
+fn run_config(config: &Path, name: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ponder"));
     c.arg("run")
-        .arg(smoke_config())
+        .arg(config)
         .arg("--set")
         .arg(format!("run.out_dir={}", out_dir().display()))
         .arg("--set")
@@ -103,6 +108,11 @@ fn the_smoke_pipeline_runs_every_stage_and_writes_the_report() {
     }
     let curves = r["search"]["curves"].as_object().expect("search curves");
     assert!(curves.len() >= 4, "{curves:?}");
+    assert_eq!(
+        r["search"]["sampling"]["temperature"].as_f64(),
+        Some(1.0),
+        "the searchers' sampling is recorded"
+    );
     let within =
         |p: &Value| p["low"].as_f64() <= p["accuracy"].as_f64() && p["accuracy"].as_f64() <= p["high"].as_f64();
     for (label, points) in curves {
@@ -208,6 +218,40 @@ fn the_same_seed_gives_the_same_results_and_another_seed_does_not() {
         &[],
     ));
     assert_ne!(results("other-seed")["policy_init"], reference()["policy_init"]);
+}
+
+/// The smoke config with its `[reward]` table replaced, written into the output folder.
+fn smoke_with_reward(name: &str, reward: &str) -> PathBuf {
+    let smoke = std::fs::read_to_string(smoke_config()).expect("smoke config");
+    let (head, rest) = smoke.split_once("[reward]\n").expect("a [reward] table");
+    let tail = &rest[rest.find("\n[").expect("a table after [reward]")..];
+    let path = out_dir().join(format!("{name}.toml"));
+    std::fs::write(&path, format!("{head}[reward]\n{reward}\n{tail}")).expect("write config");
+    path
+}
+
+#[test]
+fn ppo_takes_its_step_rewards_from_the_configured_process_model() {
+    // The exact step labels need no reward stage; a verifier has no step scores to give.
+    let stages = "pipeline.stages=[\"datagen\",\"init\",\"rl\"]";
+    let ppo = "learn={kind=\"ppo\",process_rewards=true}";
+    let oracle = smoke_with_reward("ppo-oracle", "kind = \"oracle-process\"");
+    ok(&run_config(
+        &oracle,
+        "ppo-oracle",
+        &["--set", stages, "--set", ppo],
+        &[],
+    ));
+    let learned = &results("ppo-oracle")["learn"]["ppo"];
+    assert!(learned["pass@1_after"].is_number(), "{learned}");
+    let verifier = smoke_with_reward("ppo-verifier", "kind = \"verifier\"");
+    let o = run_config(&verifier, "ppo-verifier", &["--set", stages, "--set", ppo], &[]);
+    assert!(!o.status.success(), "PPO with process rewards ran on a verifier");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("learn.process_rewards needs a process reward model"),
+        "{err}"
+    );
 }
 
 #[test]

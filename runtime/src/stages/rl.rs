@@ -14,8 +14,7 @@ use ponder_policy_init::checkpoint::Checkpointer;
 use ponder_policy_init::evaluate::{EvalSettings, evaluate};
 use ponder_policy_init::metrics::MetricsLog;
 use ponder_policy_init::{Policy, Sampling, TransformerPolicy};
-use ponder_reward::learned::LearnedReward;
-use ponder_reward::training::RewardWeights;
+use ponder_reward::Granularity;
 use ponder_reward::verifier::{VerifierReward, VerifierSettings};
 use ponder_search::lockstep::Lockstep;
 use ponder_search::{Budget, SearchEnv};
@@ -164,10 +163,20 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
     let checkpoints = Checkpointer::new(ctx.dir.checkpoints("rl"), 2);
     let verifier = VerifierReward::new(task.clone(), VerifierSettings::default());
     let needs_process = ctx.config.learn.resolved()["process_rewards"].as_bool() == Some(true);
-    let prm = if needs_process {
-        let (w, t) = RewardWeights::load(&ctx.dir.path("reward/prm"))
-            .map_err(|e| anyhow::anyhow!("process rewards need the reward stage's PRM: {e}"))?;
-        Some(LearnedReward::new(&w, t))
+    // Per-step rewards come from the run's `[reward]` model: the reward stage's PRM by default,
+    // the exact step labels with `oracle-process`, or a remote process model.
+    let process_model = if needs_process {
+        let model = ctx.config.reward.build(&RewardContext {
+            task: task.clone(),
+            run_dir: Some(ctx.dir.root.clone()),
+        })?;
+        if model.granularity() != Granularity::Process {
+            anyhow::bail!(
+                "learn.process_rewards needs a process reward model in [reward] (prm, oracle-process, or a remote one); {} scores outcomes only",
+                model.describe()
+            );
+        }
+        Some(model)
     } else {
         None
     };
@@ -227,10 +236,17 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         )
         .await?;
         sample_tokens += computed;
-        let step_scores = match &prm {
-            Some(prm) => {
-                let pairs: Vec<(&Problem, &Trace)> = collected.iter().map(|(i, t)| (&problems[*i], t)).collect();
-                prm.score_pairs(&pairs).into_iter().map(|s| s.steps).collect()
+        let step_scores = match &process_model {
+            Some(model) => {
+                let items: Vec<(&Problem, &[Trace])> = collected
+                    .iter()
+                    .map(|(i, t)| (&problems[*i], std::slice::from_ref(t)))
+                    .collect();
+                let scored = model.score_many(&items).await?;
+                scored
+                    .into_iter()
+                    .map(|mut s| s.pop().map(|s| s.steps).unwrap_or_default())
+                    .collect()
             }
             None => vec![Vec::new(); collected.len()],
         };
