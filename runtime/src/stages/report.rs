@@ -55,7 +55,6 @@ fn num(v: &Value, digits: usize) -> String {
     v.as_f64().map_or("—".into(), |x| format!("{x:.digits$}"))
 }
 
-/// The test-time scaling plots: all problems, and one panel per difficulty quintile.
 /// " Searchers sample at temperature T (top-k, top-p when set)." from `search.sampling`; empty for
 /// older results without it.
 fn sampling_note(sampling: &Value) -> String {
@@ -72,6 +71,7 @@ fn sampling_note(sampling: &Value) -> String {
     format!(" Searchers sample at {how}.")
 }
 
+/// The test-time scaling plots: all problems, and one panel per difficulty quintile.
 fn search_plots(ctx: &Context, search: &Value, out: &mut String) -> anyhow::Result<()> {
     let Some(curves) = search["curves"].as_object() else {
         return Ok(());
