@@ -30,9 +30,10 @@ pub enum Evaluation {
     Reward,
     /// A rollout to the end from the new node, scored by the reward model (PRM, ORM or
     /// verifier); the rolled-out trace is an answer candidate too. The default: on the default
-    /// countdown run (200 held-out problems, PRM, answer by value) it gave 32.5 / 37.0 / 46.5 /
-    /// 50.0% at budgets 1 / 4 / 16 / 64, against 38.5 / 30.5 / 39.0 / 46.5% for the PRM's score
-    /// of the partial trace.
+    /// countdown run (200 held-out problems, budgets 1 / 4 / 16 / 64) it gave 34.0 / 35.0 / 39.5
+    /// / 50.0% and PRM evaluation 33.0 / 40.5 / 48.5 / 48.5% — within noise of each other
+    /// (a first version of the budget cap, other seeds: 32.5 / 37.0 / 46.5 / 50.0 and 38.5 /
+    /// 30.5 / 39.0 / 46.5), with rollouts ahead at the largest budget.
     Rollout,
 }
 
@@ -50,9 +51,8 @@ pub enum AnswerBy {
     /// Follow the most visited child from the root.
     Visits,
     /// The finished trace (terminal node or rollout) with the best value. The default: at tens
-    /// of simulations visit counts barely separate siblings; on the default countdown run (200
-    /// held-out problems, PRM evaluation of partial traces) visits gave 29.5 / 45.5 / 42.0 /
-    /// 46.5% at budgets 1 / 4 / 16 / 64 and value 38.0 / 41.5 / 44.0 / 46.0%.
+    /// of simulations visit counts barely separate siblings (with rollout evaluation the most
+    /// visited path rarely ends in a terminal node, and visits falls back to this).
     Value,
 }
 
@@ -133,6 +133,9 @@ struct Tree {
     /// Finished traces of rollouts (rollout evaluation): the node rolled out from, the trace and
     /// its value. They are answers too, as the tree's terminal nodes are.
     rollouts: Vec<(usize, Trace, f32)>,
+    /// Steps sampled so far (one per expansion request); with the tokens generated, the cost of
+    /// one more expanded step, its rollout included.
+    steps_sampled: u64,
 }
 
 /// A finished trace the search can answer with.
@@ -286,6 +289,7 @@ impl Mcts {
             }
         }
         let generations = env.generate(&requests, cost).await?;
+        tree.steps_sampled += requests.len() as u64;
         let mut new_children: Vec<usize> = Vec::new();
         for (li, &leaf) in to_expand.iter().enumerate() {
             // Siblings from earlier expansions (progressive widening) count as seen.
@@ -347,8 +351,11 @@ impl Mcts {
                 tree.nodes[c].prior = (tree.nodes[c].logprob - max).exp() / z.max(f32::MIN_POSITIVE);
             }
             tree.nodes[leaf].expanded = true;
-            tree.nodes[leaf].dead = children.is_empty();
-            tree.nodes[leaf].saturated = !added_any;
+            // A node is given up on (dead, or saturated: no new steps) only after a full
+            // expansion; a budget-trimmed one of fewer samples leaves it open.
+            let full = k >= s.expand.max(1);
+            tree.nodes[leaf].dead = children.is_empty() && full;
+            tree.nodes[leaf].saturated = !added_any && full;
             tree.nodes[leaf].children = children;
         }
         // Evaluation traces: the child's own trace (reward mode or terminal), or a rollout.
@@ -447,7 +454,7 @@ impl Mcts {
     }
 
     /// The finished trace under `from` (a terminal node, or a rollout from a node) with the best
-    /// value; the earliest found on ties.
+    /// value; on ties, terminal nodes (in creation order) before rollouts (in creation order).
     fn best_finished(&self, tree: &Tree, from: usize) -> Option<Finished> {
         let terminals = (0..tree.nodes.len())
             .filter(|&i| tree.nodes[i].terminal.is_some() && tree.path(i).contains(&from))
@@ -457,7 +464,7 @@ impl Mcts {
             .map(|(j, (_, _, v))| (Finished::Rollout(j), *v));
         let mut best: Option<(Finished, f32)> = None;
         for (f, v) in terminals.chain(rollouts) {
-            if best.is_none_or(|(_, b)| v > b) {
+            if best.is_none_or(|(_, b)| v.total_cmp(&b).is_gt()) {
                 best = Some((f, v));
             }
         }
@@ -484,21 +491,34 @@ impl Mcts {
             s.expand.max(1) * factor.min(8)
         };
         while cost.generated_tokens < stop_tokens {
-            // A wave expands no more steps than the budget left pays for, at the mean cost of a
-            // policy request so far (a full wave at budget 1 would spend twice the budget).
-            let affordable = match cost.policy_requests {
+            // A wave expands no more steps than the budget left pays for (at least one), at the
+            // cost of an expanded step so far, its rollout included: a full wave of 4 leaves × 4
+            // steps at budget 1 spent twice the budget. (The root's first expansion, before any
+            // cost is known, is not trimmed.)
+            let affordable = match tree.steps_sampled {
                 0 => usize::MAX,
                 n => {
-                    let per_request = (cost.generated_tokens as f64 / n as f64).max(1.0);
-                    ((stop_tokens - cost.generated_tokens) as f64 / per_request).ceil() as usize
+                    let per_step = (cost.generated_tokens as f64 / n as f64).max(1.0);
+                    ((stop_tokens - cost.generated_tokens) as f64 / per_step).floor() as usize
                 }
             };
             let k = s.expand.max(1).min(affordable.max(1));
-            let wave = s.wave.max(1).min(affordable.div_ceil(k).max(1));
+            let expandable = s.wave.max(1).min((affordable / k).max(1));
+            // Up to `wave` selections; terminal revisits cost nothing and do not count against
+            // the leaves the budget allows.
             let mut leaves = Vec::new();
-            for _ in 0..wave {
+            let mut to_expand = 0;
+            for _ in 0..s.wave.max(1) {
                 match tree.select(from, s.c_puct, s.max_depth, &widen) {
-                    Some(leaf) if !leaves.contains(&leaf) => leaves.push(leaf),
+                    Some(leaf) if !leaves.contains(&leaf) => {
+                        if tree.nodes[leaf].terminal.is_none() {
+                            to_expand += 1;
+                        }
+                        leaves.push(leaf);
+                        if to_expand >= expandable {
+                            break;
+                        }
+                    }
                     Some(_) => {}
                     None => break,
                 }
@@ -511,9 +531,9 @@ impl Mcts {
             *round += 1;
             self.expand_and_evaluate(tree, &leaves, problem, env, *round, cost, k)
                 .await?;
-            let only_terminals = leaves.iter().all(|&l| tree.nodes[l].terminal.is_some());
-            if cost.generated_tokens == before && only_terminals {
-                // Every leaf was terminal: more simulations would only repeat them.
+            if cost.generated_tokens == before {
+                // Nothing new: every leaf was a terminal (revisited) or a node with nothing left
+                // to sample; further waves would select the same.
                 break;
             }
         }
@@ -556,6 +576,7 @@ impl Searcher for Mcts {
                 saturated: false,
             }],
             rollouts: Vec::new(),
+            steps_sampled: 0,
         };
         let total = budget.tokens();
         let mut round = 0u64;

@@ -254,8 +254,9 @@ async fn mcts_answers_with_the_best_scored_finished_trace_it_saw() {
                 .reduce(f32::max);
             assert_eq!(chosen_score, Some(best), "{evaluation:?}, problem {i}");
         }
+        // Not vacuous: most searches finish traces to choose among.
         assert!(
-            scored >= 25,
+            scored >= 20,
             "{evaluation:?}: only {scored} of 30 searches finished a trace"
         );
     }
@@ -300,8 +301,12 @@ async fn lockstep_batches_give_the_same_outcomes() {
 async fn mcts_answers_even_when_the_budget_ends_before_any_trace_does() {
     let (task, problems) = problems(20);
     let reward = OracleProcessReward::new(task.clone(), Aggregation::Last);
+    // Scoring partial traces (rollouts would finish traces by themselves).
     let mcts = Mcts {
-        settings: MctsSettings::default(),
+        settings: MctsSettings {
+            evaluation: Evaluation::Reward,
+            ..MctsSettings::default()
+        },
     };
     for (i, p) in problems.iter().enumerate() {
         let e = env(&RandomMoves, &reward, task.as_ref(), i as u64);

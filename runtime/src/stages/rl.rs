@@ -8,14 +8,16 @@
 
 use std::sync::Arc;
 
+use anyhow::Context as _;
+
 use ponder_datagen::{Problem, Task, Trace};
 use ponder_learn::{Experience, Sample, TrainablePolicy};
 use ponder_policy_init::checkpoint::Checkpointer;
 use ponder_policy_init::evaluate::{EvalSettings, evaluate};
 use ponder_policy_init::metrics::MetricsLog;
 use ponder_policy_init::{Policy, Sampling, TransformerPolicy};
-use ponder_reward::Granularity;
 use ponder_reward::verifier::{VerifierReward, VerifierSettings};
+use ponder_reward::{Granularity, RewardModel};
 use ponder_search::lockstep::Lockstep;
 use ponder_search::{Budget, SearchEnv};
 use rand::SeedableRng;
@@ -26,6 +28,43 @@ use super::Context;
 use super::common::{distinct_problems, load_policy, sample_traces, shared_task, stage_policy, trace_token_limit};
 use crate::registry::RewardContext;
 use crate::run_dir::clear_dir;
+
+/// Step scores of every collected trace, in order: one `score_many` call with the traces grouped
+/// by problem (one request per problem for a remote model).
+async fn process_scores(
+    model: &dyn RewardModel,
+    problems: &[Problem],
+    collected: &[(usize, Trace)],
+) -> anyhow::Result<Vec<Vec<f32>>> {
+    let mut groups: Vec<(usize, Vec<Trace>)> = Vec::new();
+    for (i, trace) in collected {
+        match groups.last_mut() {
+            Some((last, traces)) if last == i => traces.push(trace.clone()),
+            _ => groups.push((*i, vec![trace.clone()])),
+        }
+    }
+    let items: Vec<(&Problem, &[Trace])> = groups.iter().map(|(i, t)| (&problems[*i], t.as_slice())).collect();
+    let scored = model.score_many(&items).await?;
+    let mut out = Vec::with_capacity(collected.len());
+    for ((_, traces), scores) in groups.iter().zip(&scored) {
+        anyhow::ensure!(
+            scores.len() == traces.len(),
+            "the process reward model ({}) returned {} scores for {} traces",
+            model.describe(),
+            scores.len(),
+            traces.len()
+        );
+        out.extend(scores.iter().map(|s| s.steps.clone()));
+    }
+    anyhow::ensure!(
+        out.len() == collected.len(),
+        "the process reward model ({}) scored {} of {} traces",
+        model.describe(),
+        out.len(),
+        collected.len()
+    );
+    Ok(out)
+}
 
 /// Greedy pass@1 (and, with samples, pass@k) of weights on problems.
 async fn evaluate_weights(
@@ -166,10 +205,14 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
     // Per-step rewards come from the run's `[reward]` model: the reward stage's PRM by default,
     // the exact step labels with `oracle-process`, or a remote process model.
     let process_model = if needs_process {
-        let model = ctx.config.reward.build(&RewardContext {
-            task: task.clone(),
-            run_dir: Some(ctx.dir.root.clone()),
-        })?;
+        let model = ctx
+            .config
+            .reward
+            .build(&RewardContext {
+                task: task.clone(),
+                run_dir: Some(ctx.dir.root.clone()),
+            })
+            .context("learn.process_rewards scores steps with the [reward] model")?;
         if model.granularity() != Granularity::Process {
             anyhow::bail!(
                 "learn.process_rewards needs a process reward model in [reward] (prm, oracle-process, or a remote one); {} scores outcomes only",
@@ -237,17 +280,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         .await?;
         sample_tokens += computed;
         let step_scores = match &process_model {
-            Some(model) => {
-                let items: Vec<(&Problem, &[Trace])> = collected
-                    .iter()
-                    .map(|(i, t)| (&problems[*i], std::slice::from_ref(t)))
-                    .collect();
-                let scored = model.score_many(&items).await?;
-                scored
-                    .into_iter()
-                    .map(|mut s| s.pop().map(|s| s.steps).unwrap_or_default())
-                    .collect()
-            }
+            Some(model) => process_scores(model.as_ref(), &problems, &collected).await?,
             None => vec![Vec::new(); collected.len()],
         };
         let mut samples = Vec::with_capacity(collected.len());
