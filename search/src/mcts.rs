@@ -147,6 +147,16 @@ enum Finished {
 }
 
 impl Tree {
+    /// Every finished trace: terminal nodes, then rollouts (each in creation order), with the
+    /// node it hangs under and its value.
+    fn finished(&self) -> impl Iterator<Item = (Finished, usize, &Trace, Option<f32>)> {
+        let terminals = (self.nodes.iter().enumerate())
+            .filter_map(|(i, n)| Some((Finished::Terminal(i), i, n.terminal.as_ref()?, n.q())));
+        let rollouts =
+            (self.rollouts.iter().enumerate()).map(|(j, (node, t, v))| (Finished::Rollout(j), *node, t, Some(*v)));
+        terminals.chain(rollouts)
+    }
+
     fn path(&self, mut node: usize) -> Vec<usize> {
         let mut path = vec![node];
         while let Some(p) = self.nodes[node].parent {
@@ -456,15 +466,10 @@ impl Mcts {
     /// The finished trace under `from` (a terminal node, or a rollout from a node) with the best
     /// value; on ties, terminal nodes (in creation order) before rollouts (in creation order).
     fn best_finished(&self, tree: &Tree, from: usize) -> Option<Finished> {
-        let terminals = (0..tree.nodes.len())
-            .filter(|&i| tree.nodes[i].terminal.is_some() && tree.path(i).contains(&from))
-            .map(|i| (Finished::Terminal(i), tree.nodes[i].q().unwrap_or(0.0)));
-        let rollouts = (tree.rollouts.iter().enumerate())
-            .filter(|(_, (node, _, _))| tree.path(*node).contains(&from))
-            .map(|(j, (_, _, v))| (Finished::Rollout(j), *v));
         let mut best: Option<(Finished, f32)> = None;
-        for (f, v) in terminals.chain(rollouts) {
-            if best.is_none_or(|(_, b)| v.total_cmp(&b).is_gt()) {
+        for (f, node, _, v) in tree.finished() {
+            let v = v.unwrap_or(0.0);
+            if tree.path(node).contains(&from) && best.is_none_or(|(_, b)| v.total_cmp(&b).is_gt()) {
                 best = Some((f, v));
             }
         }
@@ -647,10 +652,7 @@ impl Searcher for Mcts {
             .or_else(|| self.best_finished(&tree, 0));
         let mut candidates: Vec<Candidate> = Vec::new();
         let mut chosen = None;
-        let terminals = (tree.nodes.iter().enumerate())
-            .filter_map(|(i, n)| Some((Finished::Terminal(i), n.terminal.as_ref()?, n.q())));
-        let rollouts = (tree.rollouts.iter().enumerate()).map(|(j, (_, t, v))| (Finished::Rollout(j), t, Some(*v)));
-        for (finished, trace, score) in terminals.chain(rollouts) {
+        for (finished, _, trace, score) in tree.finished() {
             if Some(finished) == answer {
                 chosen = Some(candidates.len());
             }

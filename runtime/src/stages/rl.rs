@@ -45,25 +45,14 @@ async fn process_scores(
     }
     let items: Vec<(&Problem, &[Trace])> = groups.iter().map(|(i, t)| (&problems[*i], t.as_slice())).collect();
     let scored = model.score_many(&items).await?;
-    let mut out = Vec::with_capacity(collected.len());
-    for ((_, traces), scores) in groups.iter().zip(&scored) {
-        anyhow::ensure!(
-            scores.len() == traces.len(),
-            "the process reward model ({}) returned {} scores for {} traces",
-            model.describe(),
-            scores.len(),
-            traces.len()
-        );
-        out.extend(scores.iter().map(|s| s.steps.clone()));
-    }
+    let one_per_trace =
+        scored.len() == groups.len() && scored.iter().zip(&groups).all(|(s, (_, t))| s.len() == t.len());
     anyhow::ensure!(
-        out.len() == collected.len(),
-        "the process reward model ({}) scored {} of {} traces",
-        model.describe(),
-        out.len(),
-        collected.len()
+        one_per_trace,
+        "the process reward model ({}) did not return one score per trace",
+        model.describe()
     );
-    Ok(out)
+    Ok(scored.into_iter().flatten().map(|s| s.steps).collect())
 }
 
 /// Greedy pass@1 (and, with samples, pass@k) of weights on problems.
@@ -92,11 +81,13 @@ fn curve_point(iteration: usize, flops: f64, pass1: &ponder_policy_init::eval::E
     json!({"iteration": iteration, "flops": flops, "pass@1": pass1.value, "low": pass1.low, "high": pass1.high})
 }
 
-/// Samples for one iteration: plain samples, or the searcher's chosen traces.
+/// Samples for one iteration: plain samples, or the searcher's chosen traces (guided by
+/// `reward`, the run's `[reward]` model, built once for the stage).
 async fn collect(
     ctx: &Context<'_>,
     policy: &TransformerPolicy,
     task: &Arc<dyn Task>,
+    reward: Option<&dyn RewardModel>,
     problems: &[Problem],
     max_tokens: usize,
     seed: u64,
@@ -106,11 +97,8 @@ async fn collect(
     let mut out = Vec::new();
     if s.use_search {
         let searcher = ctx.config.search.build(&())?;
-        let reward = ctx.config.reward.build(&RewardContext {
-            task: task.clone(),
-            run_dir: Some(ctx.dir.root.clone()),
-        })?;
-        let lockstep = Lockstep::new(policy, reward.as_ref(), problems.len());
+        let reward = reward.context("search inside RL needs the [reward] model")?;
+        let lockstep = Lockstep::new(policy, reward, problems.len());
         let budget = Budget {
             generations: s.samples_per_problem,
             tokens_per_generation: max_tokens / 2,
@@ -202,9 +190,9 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
     let checkpoints = Checkpointer::new(ctx.dir.checkpoints("rl"), 2);
     let verifier = VerifierReward::new(task.clone(), VerifierSettings::default());
     let needs_process = ctx.config.learn.resolved()["process_rewards"].as_bool() == Some(true);
-    // Per-step rewards come from the run's `[reward]` model: the reward stage's PRM by default,
-    // the exact step labels with `oracle-process`, or a remote process model.
-    let process_model = if needs_process {
+    // The run's `[reward]` model guides search inside RL and gives per-step rewards: the reward
+    // stage's PRM by default, the exact step labels with `oracle-process`, or a remote model.
+    let reward_model = if needs_process || ctx.config.pipeline.rl.use_search {
         let model = ctx
             .config
             .reward
@@ -212,8 +200,8 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                 task: task.clone(),
                 run_dir: Some(ctx.dir.root.clone()),
             })
-            .context("learn.process_rewards scores steps with the [reward] model")?;
-        if model.granularity() != Granularity::Process {
+            .context("the RL stage's [reward] model (for learn.process_rewards or pipeline.rl.use_search)")?;
+        if needs_process && model.granularity() != Granularity::Process {
             anyhow::bail!(
                 "learn.process_rewards needs a process reward model in [reward] (prm, oracle-process, or a remote one); {} scores outcomes only",
                 model.describe()
@@ -273,14 +261,15 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
             ctx,
             &policy,
             &task,
+            reward_model.as_deref(),
             &problems,
             max_tokens,
             ctx.seed("rl-samples") ^ (iteration as u64) << 24,
         )
         .await?;
         sample_tokens += computed;
-        let step_scores = match &process_model {
-            Some(model) => process_scores(model.as_ref(), &problems, &collected).await?,
+        let step_scores = match reward_model.as_deref().filter(|_| needs_process) {
+            Some(model) => process_scores(model, &problems, &collected).await?,
             None => vec![Vec::new(); collected.len()],
         };
         let mut samples = Vec::with_capacity(collected.len());
