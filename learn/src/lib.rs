@@ -114,13 +114,13 @@ pub fn fine_tuning_optim(lr: f64, weight_decay: Option<f64>) -> OptimConfig {
 
 impl TrainablePolicy {
     /// A trainable copy of `weights` (also the reference), with a constant learning rate after
-    /// warmup, and a fresh value head when asked.
+    /// warmup, and a fresh value head learning at `value_head_lr` when one is given.
     pub fn new(
         weights: &HostWeights,
         tokenizer: Tokenizer,
         device: &Device,
         optim: OptimConfig,
-        value_head: bool,
+        value_head_lr: Option<f64>,
     ) -> TrainablePolicy {
         let template = Transformer::from_host(weights, device);
         let d = weights.config.d_model;
@@ -128,6 +128,7 @@ impl TrainablePolicy {
         let mut shapes = template.layout.shapes.clone();
         let mut decay: Vec<bool> = (0..names.len()).map(|i| template.layout.decays(i)).collect();
         let mut params = template.params.clone();
+        let value_head = value_head_lr.is_some();
         if value_head {
             names.extend(["value_head.weight".to_string(), "value_head.bias".to_string()]);
             shapes.extend([vec![1, d], vec![1]]);
@@ -146,8 +147,14 @@ impl TrainablePolicy {
             divergence_floor: 1.0,
             ..TrainerConfig::default()
         };
+        let lr = config.optim.lr;
+        let mut trainer = Trainer::new(config, names, shapes, decay, params);
+        if let Some(head_lr) = value_head_lr {
+            let n = trainer.lr_scale.len();
+            trainer.lr_scale[n - 2..].fill(head_lr / lr);
+        }
         TrainablePolicy {
-            trainer: Trainer::new(config, names, shapes, decay, params),
+            trainer,
             template,
             tokenizer,
             reference: weights.clone(),
@@ -237,9 +244,9 @@ impl TrainablePolicy {
 pub trait Learner: Send {
     fn describe(&self) -> String;
 
-    /// Whether the policy needs a value head (PPO's critic).
-    fn needs_value_head(&self) -> bool {
-        false
+    /// The learning rate of the value head (PPO's critic) when the learner needs one.
+    fn value_head_lr(&self) -> Option<f64> {
+        None
     }
 
     /// The optimizer settings this learner trains with.

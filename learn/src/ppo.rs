@@ -23,7 +23,15 @@ pub struct PpoSettings {
     pub kl: f32,
     pub entropy: f32,
     pub value_coef: f32,
+    /// Learning rate of the critic's head (the backbone, shared with the policy, learns at
+    /// `lr`). Default 3e-3: at `lr` the fresh head barely fitted in 20 iterations (value error
+    /// 0.11 -> 0.07; at 3e-3, 0.045 by iteration 13).
+    pub value_lr: f64,
     pub gamma: f32,
+    /// GAE's λ. Default 1 (the return minus the critic's value, as VC-PPO's critic uses): with
+    /// the outcome at the last of about 46 tokens, λ = 0.95 hands the first steps 0.95^45 ≈ 10%
+    /// of the credit. Default countdown policy, 20 iterations, sampled pass@1 from 28.2%:
+    /// λ 0.95 28.0%, λ 1 29.8%, λ 1 with `value_lr` 3e-3 31.9% (1e-2 31.9%; λ 0.95 with it 28.7%).
     pub lambda: f32,
     /// Passes over each iteration's batch (default 1: on the default countdown policy, two
     /// passes took greedy pass@1 from 36.5% to 27.0% in 20 iterations, one pass to 35.0%).
@@ -43,8 +51,9 @@ impl Default for PpoSettings {
             kl: 0.02,
             entropy: 0.0,
             value_coef: 0.5,
+            value_lr: 3e-3,
             gamma: 1.0,
-            lambda: 0.95,
+            lambda: 1.0,
             epochs: 1,
             minibatch: 64,
             process_rewards: false,
@@ -85,8 +94,8 @@ impl Learner for Ppo {
         }
     }
 
-    fn needs_value_head(&self) -> bool {
-        true
+    fn value_head_lr(&self) -> Option<f64> {
+        Some(self.settings.value_lr)
     }
 
     fn optim(&self) -> OptimConfig {

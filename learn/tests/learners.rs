@@ -172,7 +172,7 @@ fn every_learner_moves_probability_towards_rewarded_samples() {
             tokenizer.clone(),
             &Device::flex(),
             learner.optim(),
-            learner.needs_value_head(),
+            learner.value_head_lr(),
         );
         let stats = learner.learn(&mut state, &batch, &Silent).expect("learns");
         assert!(stats.loss.is_finite() && stats.optimizer_steps > 0, "{name}: {stats:?}");
@@ -210,13 +210,14 @@ fn the_token_loss_gradient_matches_autodiff() {
             t.data.iter_mut().for_each(|x| *x *= 10.0);
         }
     }
-    for value_head in [false, true] {
+    for value_head_lr in [None, Some(1e-3)] {
+        let value_head = value_head_lr.is_some();
         let state = TrainablePolicy::new(
             &weights,
             tokenizer.clone(),
             &Device::flex(),
             Default::default(),
-            value_head,
+            value_head_lr,
         );
         let terms: Vec<TokenTerms> = problems(4, 8)
             .iter()

@@ -107,8 +107,16 @@ impl AdamW {
     }
 
     /// Applies one update to `params` (non-autodiff tensors) given their gradients.
-    /// `decay[i]` says whether parameter i gets weight decay.
-    pub fn step(&mut self, params: &mut [Tensor<2>], grads: &[Tensor<2>], decay: &[bool], lr: f64) -> UpdateStats {
+    /// `decay[i]` says whether parameter i gets weight decay; `lr_scale[i]` multiplies the
+    /// learning rate for parameter i (1 where the slice is shorter).
+    pub fn step(
+        &mut self,
+        params: &mut [Tensor<2>],
+        grads: &[Tensor<2>],
+        decay: &[bool],
+        lr_scale: &[f64],
+        lr: f64,
+    ) -> UpdateStats {
         let c = &self.config;
         let norm = Self::global_norm(grads);
         let clip = if c.grad_clip > 0.0 && norm > c.grad_clip {
@@ -126,6 +134,7 @@ impl AdamW {
             let v = self.v[i].clone().mul_scalar(b2 as f32) + g.square().mul_scalar((1.0 - b2) as f32);
             let denom = v.clone().div_scalar(bias2 as f32).sqrt().add_scalar(c.eps as f32);
             let update = m.clone().div_scalar(bias1 as f32) / denom;
+            let lr = lr * lr_scale.get(i).copied().unwrap_or(1.0);
             let mut p = params[i].clone();
             if decay[i] && c.weight_decay > 0.0 {
                 p = p.mul_scalar((1.0 - lr * c.weight_decay) as f32);
@@ -174,13 +183,17 @@ mod tests {
         };
         let mut params = vec![p, q];
         let mut opt = AdamW::new(config, &params);
-        let stats = opt.step(&mut params, &[g1, g2], &[true, false], 0.1);
+        // q learns at twice the rate.
+        let stats = opt.step(&mut params, &[g1, g2], &[true, false], &[1.0, 2.0], 0.1);
         assert!((stats.grad_norm - 13.0).abs() < 1e-5);
         // After one step Adam's normalised update is sign(g): p - lr*wd*p - lr*sign(g).
         let p: Vec<f32> = params[0].clone().into_data().try_into_vec_as().expect("data");
         assert!((p[0] - (1.0 * (1.0 - 0.05) - 0.1)).abs() < 1e-5, "{p:?}");
         assert!((p[1] - (-2.0 * (1.0 - 0.05) - 0.1)).abs() < 1e-5, "{p:?}");
         let q: Vec<f32> = params[1].clone().into_data().try_into_vec_as().expect("data");
-        assert!((q[0] - (0.5 - 0.1)).abs() < 1e-5, "no decay on q: {q:?}");
+        assert!(
+            (q[0] - (0.5 - 0.2)).abs() < 1e-5,
+            "no decay on q, twice the rate: {q:?}"
+        );
     }
 }

@@ -123,6 +123,9 @@ pub struct Trainer {
     /// Shapes as saved (a `[1, n]` tensor saved as `[n]` when listed so).
     pub saved_shapes: Vec<Vec<usize>>,
     pub decay: Vec<bool>,
+    /// Per-parameter learning-rate multipliers (1 for all by default; PPO's critic head
+    /// learns faster than the backbone).
+    pub lr_scale: Vec<f64>,
     /// Current parameters, on the non-autodiff device.
     pub params: Vec<Tensor<2>>,
     pub optimizer: AdamW,
@@ -174,6 +177,7 @@ impl Trainer {
             names,
             saved_shapes,
             decay,
+            lr_scale: vec![1.0; params.len()],
             params,
             optimizer,
             step: 0,
@@ -333,7 +337,9 @@ impl Trainer {
                     (loss_value, grads, info)
                 }
             };
-            let stats = self.optimizer.step(&mut self.params, &grads, &self.decay, lr);
+            let stats = self
+                .optimizer
+                .step(&mut self.params, &grads, &self.decay, &self.lr_scale, lr);
             if !stats.grad_norm.is_finite() {
                 return Err(PolicyError::Diverged(format!(
                     "step {}: the gradient norm is {} (the last checkpoint is intact)",

@@ -183,7 +183,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         tokenizer.clone(),
         &ctx.device,
         learner.optim(),
-        learner.needs_value_head(),
+        learner.value_head_lr(),
     );
     state.trainer.config.native_cpu = !ctx.config.run.autodiff;
     warm_start_optimizer(ctx, &mut state)?;
