@@ -315,7 +315,7 @@ pub fn register(registry: &mut Registry) {
         ),
         registry.searchers.add::<MctsSettings>(
             "mcts",
-            "Monte-Carlo tree search: Gumbel or PUCT root, rollout or PRM evaluation, full backup",
+            "Monte-Carlo tree search: PUCT or Gumbel root, rollout or PRM evaluation, full backup",
             ORIGIN,
         ),
         registry.searchers.add::<RevisionSettings>(

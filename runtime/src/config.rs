@@ -305,6 +305,7 @@ impl Default for SearchEvalStage {
                 entry(serde_json::json!({"label": "beam-prm", "kind": "beam", "width": 4})),
                 entry(serde_json::json!({"label": "dvts-prm", "kind": "dvts", "width": 4})),
                 entry(serde_json::json!({"label": "mcts", "kind": "mcts"})),
+                entry(serde_json::json!({"label": "mcts-gumbel", "kind": "mcts", "root": "gumbel"})),
                 entry(serde_json::json!({"label": "revision", "kind": "revision"})),
             ],
         }

@@ -197,7 +197,7 @@ async fn mcts_accuracy_does_not_fall_with_budget() {
             },
         };
         let mut last = 0.0;
-        for generations in [2, 8, 32] {
+        for generations in [1, 2, 8, 32] {
             let (acc, tokens) = accuracy(&mcts, generations, 50).await;
             // Within the budget, give or take one wave's last step and the rollout that
             // finishes the chosen path when no trace ended in the tree (a whole trace is 4
