@@ -7,10 +7,10 @@
 //! Selection is PUCT (`Q + c·P·√N/(1+n)`) with progressive widening, or at the root Gumbel
 //! sampling with sequential halving (Danihelka et al., "Policy improvement by planning with
 //! Gumbel"), offered against accuracy falling as the budget grows (ReSCALE). Both rise with
-//! budget on the default countdown run; PUCT is the default. Simulations run in waves: the leaves of
-//! one wave (kept apart by virtual loss) are expanded in one policy call and evaluated in one
-//! reward call, and no wave expands more steps than the budget left pays for. The answer is the
-//! finished trace with the best value (by default), or the end of the most visited path.
+//! budget on the default countdown run; PUCT is the default. Simulations run in waves: the
+//! leaves of one wave (kept apart by virtual loss) are expanded in one policy call and evaluated
+//! in one reward call, and no wave expands more steps than the budget left pays for. The answer
+//! is the finished trace with the best value (by default), or the end of the most visited path.
 
 use std::collections::HashMap;
 

@@ -49,8 +49,12 @@ async fn process_scores(
         scored.len() == groups.len() && scored.iter().zip(&groups).all(|(s, (_, t))| s.len() == t.len());
     anyhow::ensure!(
         one_per_trace,
-        "the process reward model ({}) did not return one score per trace",
-        model.describe()
+        "the process reward model ({}) returned {} scores in {} groups for {} traces in {} groups (one per trace, grouped by problem, expected)",
+        model.describe(),
+        scored.iter().map(Vec::len).sum::<usize>(),
+        scored.len(),
+        collected.len(),
+        groups.len()
     );
     Ok(scored.into_iter().flatten().map(|s| s.steps).collect())
 }
