@@ -202,7 +202,8 @@ pub enum Selection {
     Majority,
     /// The highest-scored candidate.
     Reward,
-    /// The answer with the highest total score over its candidates.
+    /// The answer with the highest total score over its candidates (answered by its best-scored
+    /// candidate).
     #[default]
     Weighted,
 }
@@ -236,15 +237,19 @@ pub fn select(task: &dyn Task, problem: &Problem, candidates: &[Candidate], how:
             sa.total_cmp(&sb).then(b.cmp(&a))
         }),
         Selection::Majority | Selection::Weighted => {
-            // answer key -> (total weight, first candidate)
+            // answer key -> (total weight, its best-scored candidate, the first on ties)
+            let score = |i: usize| candidates[i].score.unwrap_or(0.0);
             let mut totals: HashMap<&str, (f64, usize)> = HashMap::new();
-            for (i, key) in &keyed {
+            for &(i, ref key) in &keyed {
                 let w = match how {
                     Selection::Majority => 1.0,
-                    _ => f64::from(candidates[*i].score.unwrap_or(0.0)),
+                    _ => f64::from(score(i)),
                 };
-                let e = totals.entry(key.as_str()).or_insert((0.0, *i));
+                let e = totals.entry(key.as_str()).or_insert((0.0, i));
                 e.0 += w;
+                if how == Selection::Weighted && score(i) > score(e.1) {
+                    e.1 = i;
+                }
             }
             totals
                 .into_values()

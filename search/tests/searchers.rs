@@ -13,7 +13,7 @@ use ponder_reward::{Aggregation, RewardModel};
 use ponder_search::beam::{BeamMode, BeamSearch, BeamSettings};
 use ponder_search::best_of_n::{BestOfN, BestOfNSettings};
 use ponder_search::lockstep::Lockstep;
-use ponder_search::mcts::{Evaluation, Mcts, MctsSettings, RootSelection};
+use ponder_search::mcts::{AnswerBy, Evaluation, Mcts, MctsSettings, RootSelection};
 use ponder_search::{Budget, SearchEnv, Searcher, Selection};
 use rand::{Rng, SeedableRng};
 
@@ -231,6 +231,7 @@ async fn mcts_answers_with_the_best_scored_finished_trace_it_saw() {
             settings: MctsSettings {
                 root: RootSelection::Puct,
                 evaluation,
+                answer: AnswerBy::Value,
                 ..MctsSettings::default()
             },
         };
@@ -260,6 +261,55 @@ async fn mcts_answers_with_the_best_scored_finished_trace_it_saw() {
             "{evaluation:?}: only {scored} of 30 searches finished a trace"
         );
     }
+}
+
+#[tokio::test]
+async fn mcts_weighted_vote_answers_with_the_heaviest_answer_and_its_best_trace() {
+    let (task, problems) = problems(30);
+    let reward = OracleProcessReward::new(task.clone(), Aggregation::Last);
+    let mcts = Mcts {
+        settings: MctsSettings {
+            answer: AnswerBy::WeightedVote,
+            ..MctsSettings::default()
+        },
+    };
+    let mut contested = 0;
+    for (i, p) in problems.iter().enumerate() {
+        let e = env(&RandomMoves, &reward, task.as_ref(), i as u64);
+        let budget = Budget {
+            generations: 16,
+            tokens_per_generation: 3,
+        };
+        let out = mcts.search(p, &e, &budget).await.expect("searches");
+        let key = |c: &ponder_search::Candidate| task.answer_key(p, c.trace.answer.as_deref()?);
+        let mut totals: std::collections::HashMap<String, f32> = Default::default();
+        for c in &out.candidates {
+            if let Some(k) = key(c) {
+                *totals.entry(k).or_default() += c.score.unwrap_or(0.0);
+            }
+        }
+        let Some(chosen) = out.trace.as_ref() else { continue };
+        let chosen_key = task
+            .answer_key(p, chosen.answer.as_deref().expect("an answer"))
+            .expect("a key");
+        let heaviest = totals.values().copied().fold(f32::MIN, f32::max);
+        assert!(
+            totals[&chosen_key] >= heaviest - 1e-4,
+            "problem {i}: {totals:?}, chose {chosen_key}"
+        );
+        let best_of_key = (out.candidates.iter())
+            .filter(|c| key(c).as_ref() == Some(&chosen_key))
+            .filter_map(|c| c.score)
+            .fold(f32::MIN, f32::max);
+        let chosen_score = (out.candidates.iter())
+            .filter(|c| &c.trace == chosen)
+            .filter_map(|c| c.score)
+            .fold(f32::MIN, f32::max);
+        assert_eq!(chosen_score, best_of_key, "problem {i}");
+        contested += usize::from(totals.len() > 1);
+    }
+    // Not vacuous: most searches weigh more than one answer.
+    assert!(contested >= 15, "only {contested} of 30 searches saw two answers");
 }
 
 #[tokio::test]

@@ -5,7 +5,9 @@
 //! pass@k and maj@k; the compute-optimal curve (best searcher per quintile and budget, chosen
 //! on one half of the problems and measured on the other, both ways: 2-fold cross-validation).
 //! The best-of-N searchers (majority, reward, weighted vote) all select from one set of samples,
-//! so their differences are the selection rules' alone.
+//! so their differences are the selection rules' alone. Every searcher runs each budget with the
+//! same seed (common random numbers): a larger budget replays a smaller one's first samples and
+//! searches on, so a fall along the curve is the budget's doing, not a fresh draw's.
 
 use std::collections::HashMap;
 
@@ -533,7 +535,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                     &problems,
                     budget,
                     generation,
-                    seed ^ (b as u64) << 40,
+                    seed,
                 )
                 .await?;
                 let mut cost = Cost::default();
