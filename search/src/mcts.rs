@@ -85,7 +85,7 @@ pub struct MctsSettings {
     pub answer: AnswerBy,
     /// Leaves expanded per batched wave.
     pub wave: usize,
-    /// Deepest node (steps).
+    /// Deepest node (steps): a node this deep is evaluated but not expanded.
     pub max_depth: usize,
     pub aggregation: Aggregation,
     /// Progressive widening: a node visited n times may hold up to `expand · ⌈(n+1)^widening⌉`
@@ -224,7 +224,12 @@ impl Tree {
         let mut node = from;
         loop {
             let n = &self.nodes[node];
-            if n.terminal.is_some() || !n.expanded || n.steps.len() >= max_depth {
+            if n.terminal.is_none() && n.steps.len() >= max_depth {
+                // Deep enough: never expanded (its value and rollout stay in the tree).
+                self.nodes[node].dead = true;
+                return None;
+            }
+            if n.terminal.is_some() || !n.expanded {
                 break;
             }
             if !n.saturated && n.children.len() < widen(n.visits + n.pending) {
@@ -560,7 +565,10 @@ impl Mcts {
                         }
                     }
                     Some(_) => {}
-                    None => break,
+                    // The subtree is exhausted, or the descent ended at the depth limit (that
+                    // node is given up on now, and the next descent goes elsewhere).
+                    None if tree.nodes[from].dead => break,
+                    None => {}
                 }
             }
             tree.clear_pending();

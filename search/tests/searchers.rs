@@ -369,3 +369,34 @@ async fn mcts_answers_even_when_the_budget_ends_before_any_trace_does() {
         assert!(out.cost.generated_tokens > 0);
     }
 }
+
+#[tokio::test]
+async fn mcts_expands_no_node_at_the_depth_limit() {
+    let (task, problems) = problems(20);
+    let reward = OracleProcessReward::new(task.clone(), Aggregation::Last);
+    let budget = Budget {
+        generations: 16,
+        tokens_per_generation: 3,
+    };
+    // Partial traces scored, no rollouts: every finished trace but the closing rollout is a
+    // terminal node, the answer sampled below a node of two steps (three numbers, two moves).
+    let searched = |max_depth: usize| Mcts {
+        settings: MctsSettings {
+            evaluation: Evaluation::Reward,
+            max_depth,
+            ..MctsSettings::default()
+        },
+    };
+    let mut unlimited_finished = 0;
+    for (i, p) in problems.iter().enumerate() {
+        let e = env(&RandomMoves, &reward, task.as_ref(), i as u64);
+        let shallow = searched(2).search(p, &e, &budget).await.expect("searches");
+        // Only the rollout that finishes the chosen path: no node of two steps was expanded.
+        assert_eq!(shallow.candidates.len(), 1, "problem {i}: {:?}", shallow.candidates);
+        assert!(shallow.trace.is_some(), "problem {i}: no answer");
+        let deep = searched(24).search(p, &e, &budget).await.expect("searches");
+        unlimited_finished += usize::from(deep.candidates.len() > 1);
+    }
+    // Not vacuous: without the limit the tree finishes traces of its own.
+    assert!(unlimited_finished >= 5, "{unlimited_finished} of 20");
+}
