@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use toml::Spanned;
+use toml::de::DeValue;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
@@ -90,36 +92,43 @@ pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// Finds where a dotted key path is written in a TOML text: the `key =` line under the
-/// matching `[table]` header (or `[[array]]`), or the header itself for a table path.
+/// Finds where a dotted key path (`pipeline.search_eval.searchers.1.selection`: array items by
+/// index, inline tables included) is written in a TOML text: the key's line and column, or, for
+/// a key the text does not have, those of the deepest part of the path it has.
 pub fn locate_key(text: &str, path: &str) -> Option<(usize, usize)> {
     if path.is_empty() {
         return None;
     }
-    let parts: Vec<&str> = path.split('.').filter(|p| p.parse::<usize>().is_err()).collect();
-    let mut table: Vec<String> = Vec::new();
-    let mut best: Option<(usize, usize)> = None;
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if line.starts_with('[') {
-            let name = line.trim_start_matches('[').split(']').next().unwrap_or("");
-            table = name.split('.').map(|s| s.trim().to_string()).collect();
-            if table == parts {
-                best = Some((i + 1, raw.find('[').unwrap_or(0) + 1));
-            }
-            continue;
-        }
-        let Some((key, _)) = line.split_once('=') else {
-            continue;
+    let document = toml::de::DeTable::parse(text).ok()?;
+    let parts: Vec<&str> = path.split('.').collect();
+    let mut found = None;
+    let mut table = Some(document.get_ref());
+    let mut array: Option<&toml::de::DeArray> = None;
+    for part in parts {
+        let value: &Spanned<DeValue> = match (table, array) {
+            (Some(t), _) => match t.iter().find(|(k, _)| k.get_ref().as_ref() == part) {
+                Some((key, value)) => {
+                    found = Some(key.span().start);
+                    value
+                }
+                None => break,
+            },
+            (None, Some(a)) => match part.parse::<usize>().ok().and_then(|i| a.get(i)) {
+                Some(value) => {
+                    found = Some(value.span().start);
+                    value
+                }
+                None => break,
+            },
+            (None, None) => break,
         };
-        let mut full: Vec<String> = table.clone();
-        full.extend(key.trim().split('.').map(|s| s.trim().trim_matches('"').to_string()));
-        if full == parts {
-            let column = raw.find(key.trim()).unwrap_or(0) + 1;
-            return Some((i + 1, column));
-        }
+        (table, array) = match value.get_ref() {
+            DeValue::Table(t) => (Some(t), None),
+            DeValue::Array(a) => (None, Some(a)),
+            _ => (None, None),
+        };
     }
-    best
+    found.map(|offset| line_column(text, offset))
 }
 
 fn join_path(base: &str, rest: &str) -> String {
@@ -243,9 +252,16 @@ mod tests {
     fn keys_are_located_in_the_text() {
         let text = "[run]\nseed = 1\n\n[search]\nkind = \"beam\"\nwidth = 4\n";
         assert_eq!(locate_key(text, "search.width"), Some((6, 1)));
-        assert_eq!(locate_key(text, "search"), Some((4, 1)));
+        assert_eq!(locate_key(text, "search"), Some((4, 2)));
         assert_eq!(locate_key(text, "run.seed"), Some((2, 1)));
         assert_eq!(locate_key(text, "nothing.here"), None);
+        // A key the text lacks: the deepest part of its path the text has.
+        assert_eq!(locate_key(text, "search.depth"), Some((4, 2)));
+        // Array items and inline tables.
+        let text = "[pipeline.eval]\nsearchers = [\n  { kind = \"mcts\" },\n  { kind = \"beam\", bogus = 1 },\n]\n";
+        assert_eq!(locate_key(text, "pipeline.eval.searchers.1.bogus"), Some((4, 20)));
+        assert_eq!(locate_key(text, "pipeline.eval.searchers.0"), Some((3, 3)));
+        assert_eq!(locate_key(text, "pipeline.eval.searchers.0.width"), Some((3, 3)));
         assert_eq!(line_column("ab\ncd", 4), (2, 2));
     }
 }

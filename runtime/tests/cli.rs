@@ -92,6 +92,19 @@ fn check_reports_every_mistake_with_its_key_path() {
         err.contains("pipeline.search_eval.sampling.top_p: must be above 0 and at most 1"),
         "{err}"
     );
+    // Mistakes inside the inline tables of an array are placed to the key.
+    std::fs::write(
+        &config,
+        "[pipeline.search_eval]\nsearchers = [\n  { label = \"a\", kind = \"mcts\" },\n  { label = \"b\", kind = \"best-of-n\", selection = \"nope\" },\n]\n",
+    )
+    .expect("write");
+    let o = ponder(&["check", config.to_str().expect("utf8")], dir.path());
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("bad.toml:4:38: pipeline.search_eval.searchers.1.selection: unknown variant `nope`"),
+        "{err}"
+    );
 }
 
 #[test]
