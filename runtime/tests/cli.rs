@@ -52,18 +52,22 @@ fn datagen_is_fast_and_deterministic_per_seed() {
     assert!(took.as_secs() < 30, "datagen took {took:?}");
 }
 
+/// `ponder check` on `bad.toml` holding `text`: it must exit 2; returns what it printed.
+fn check_fails(dir: &Path, text: &str) -> String {
+    let config = dir.join("bad.toml");
+    std::fs::write(&config, text).expect("write");
+    let o = ponder(&["check", config.to_str().expect("utf8")], dir);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    stderr(&o)
+}
+
 #[test]
 fn check_reports_every_mistake_with_its_key_path() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("bad.toml");
-    std::fs::write(
-        &config,
+    let err = check_fails(
+        dir.path(),
         "[run]\nname = \"x\"\nseed = \"one\"\n\n[task]\nkind = \"countdwn\"\n\n[pipeline.data]\ntrain_examples = 10\ncolour = 3\n",
-    )
-    .expect("write");
-    let o = ponder(&["check", config.to_str().expect("utf8")], dir.path());
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    let err = stderr(&o);
+    );
     assert!(err.contains("3 errors"), "{err}");
     assert!(err.contains("run.seed") && err.contains(":3:1:"), "{err}");
     assert!(
@@ -76,14 +80,10 @@ fn check_reports_every_mistake_with_its_key_path() {
     );
     assert!(err.contains("pipeline.data.colour") && err.contains(":10:1:"), "{err}");
     // Values that parse but make no sense are caught too.
-    std::fs::write(
-        &config,
+    let err = check_fails(
+        dir.path(),
         "[pipeline.search_eval.sampling]\ntemperature = 0.0\ntop_p = 1.5\n",
-    )
-    .expect("write");
-    let o = ponder(&["check", config.to_str().expect("utf8")], dir.path());
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    let err = stderr(&o);
+    );
     assert!(
         err.contains("pipeline.search_eval.sampling.temperature: must be above 0"),
         "{err}"
@@ -93,14 +93,10 @@ fn check_reports_every_mistake_with_its_key_path() {
         "{err}"
     );
     // Mistakes inside the inline tables of an array are placed to the key.
-    std::fs::write(
-        &config,
+    let err = check_fails(
+        dir.path(),
         "[pipeline.search_eval]\nsearchers = [\n  { label = \"a\", kind = \"mcts\" },\n  { label = \"b\", kind = \"best-of-n\", selection = \"nope\" },\n]\n",
-    )
-    .expect("write");
-    let o = ponder(&["check", config.to_str().expect("utf8")], dir.path());
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    let err = stderr(&o);
+    );
     assert!(
         err.contains("bad.toml:4:38: pipeline.search_eval.searchers.1.selection: unknown variant `nope`"),
         "{err}"

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use ponder_datagen::countdown::{Countdown, CountdownConfig, moves};
-use ponder_datagen::{Problem, Task, TaskRng};
+use ponder_datagen::{Problem, Task, TaskRng, Trace};
 use ponder_policy_init::{Finish, GenRequest, Generation, Policy, PolicyError, Sampling};
 use ponder_reward::oracle::OracleProcessReward;
 use ponder_reward::{Aggregation, RewardModel};
@@ -14,7 +14,7 @@ use ponder_search::beam::{BeamMode, BeamSearch, BeamSettings};
 use ponder_search::best_of_n::{BestOfN, BestOfNSettings};
 use ponder_search::lockstep::Lockstep;
 use ponder_search::mcts::{AnswerBy, Evaluation, Mcts, MctsSettings, RootSelection};
-use ponder_search::{Budget, SearchEnv, Searcher, Selection};
+use ponder_search::{Budget, SearchEnv, SearchOutcome, Searcher, Selection};
 use rand::{Rng, SeedableRng};
 
 /// Plays a uniformly random legal move per step; writes the answer when one number is left.
@@ -221,6 +221,30 @@ async fn mcts_accuracy_does_not_fall_with_budget() {
     }
 }
 
+/// Problem `i` searched with 16 generations' worth of tokens.
+async fn search_16(
+    searcher: &dyn Searcher,
+    reward: &dyn RewardModel,
+    task: &dyn Task,
+    p: &Problem,
+    i: usize,
+) -> SearchOutcome {
+    let budget = Budget {
+        generations: 16,
+        tokens_per_generation: 3,
+    };
+    let e = env(&RandomMoves, reward, task, i as u64);
+    searcher.search(p, &e, &budget).await.expect("searches")
+}
+
+/// The best score among the candidates that are `trace`.
+fn score_of(out: &SearchOutcome, trace: &Trace) -> Option<f32> {
+    (out.candidates.iter())
+        .filter(|c| &c.trace == trace)
+        .filter_map(|c| c.score)
+        .reduce(f32::max)
+}
+
 #[tokio::test]
 async fn mcts_answers_with_the_best_scored_finished_trace_it_saw() {
     let (task, problems) = problems(30);
@@ -237,23 +261,12 @@ async fn mcts_answers_with_the_best_scored_finished_trace_it_saw() {
         };
         let mut scored = 0;
         for (i, p) in problems.iter().enumerate() {
-            let e = env(&RandomMoves, &reward, task.as_ref(), i as u64);
-            let budget = Budget {
-                generations: 16,
-                tokens_per_generation: 3,
-            };
-            let out = mcts.search(p, &e, &budget).await.expect("searches");
+            let out = search_16(&mcts, &reward, task.as_ref(), p, i).await;
             let chosen = out.trace.as_ref().expect("an answer");
             let best = out.candidates.iter().filter_map(|c| c.score).reduce(f32::max);
             let Some(best) = best else { continue };
             scored += 1;
-            let chosen_score = out
-                .candidates
-                .iter()
-                .filter(|c| &c.trace == chosen)
-                .filter_map(|c| c.score)
-                .reduce(f32::max);
-            assert_eq!(chosen_score, Some(best), "{evaluation:?}, problem {i}");
+            assert_eq!(score_of(&out, chosen), Some(best), "{evaluation:?}, problem {i}");
         }
         // Not vacuous: most searches finish traces to choose among.
         assert!(
@@ -275,12 +288,7 @@ async fn mcts_weighted_vote_answers_with_the_heaviest_answer_and_its_best_trace(
     };
     let mut contested = 0;
     for (i, p) in problems.iter().enumerate() {
-        let e = env(&RandomMoves, &reward, task.as_ref(), i as u64);
-        let budget = Budget {
-            generations: 16,
-            tokens_per_generation: 3,
-        };
-        let out = mcts.search(p, &e, &budget).await.expect("searches");
+        let out = search_16(&mcts, &reward, task.as_ref(), p, i).await;
         let key = |c: &ponder_search::Candidate| task.answer_key(p, c.trace.answer.as_deref()?);
         let mut totals: std::collections::HashMap<String, f32> = Default::default();
         for c in &out.candidates {
@@ -300,12 +308,8 @@ async fn mcts_weighted_vote_answers_with_the_heaviest_answer_and_its_best_trace(
         let best_of_key = (out.candidates.iter())
             .filter(|c| key(c).as_ref() == Some(&chosen_key))
             .filter_map(|c| c.score)
-            .fold(f32::MIN, f32::max);
-        let chosen_score = (out.candidates.iter())
-            .filter(|c| &c.trace == chosen)
-            .filter_map(|c| c.score)
-            .fold(f32::MIN, f32::max);
-        assert_eq!(chosen_score, best_of_key, "problem {i}");
+            .reduce(f32::max);
+        assert_eq!(score_of(&out, chosen), best_of_key, "problem {i}");
         contested += usize::from(totals.len() > 1);
     }
     // Not vacuous: most searches weigh more than one answer.
@@ -374,10 +378,6 @@ async fn mcts_answers_even_when_the_budget_ends_before_any_trace_does() {
 async fn mcts_expands_no_node_at_the_depth_limit() {
     let (task, problems) = problems(20);
     let reward = OracleProcessReward::new(task.clone(), Aggregation::Last);
-    let budget = Budget {
-        generations: 16,
-        tokens_per_generation: 3,
-    };
     // Partial traces scored, no rollouts: every finished trace but the closing rollout is a
     // terminal node, the answer sampled below a node of two steps (three numbers, two moves).
     let searched = |max_depth: usize| Mcts {
@@ -389,12 +389,11 @@ async fn mcts_expands_no_node_at_the_depth_limit() {
     };
     let mut unlimited_finished = 0;
     for (i, p) in problems.iter().enumerate() {
-        let e = env(&RandomMoves, &reward, task.as_ref(), i as u64);
-        let shallow = searched(2).search(p, &e, &budget).await.expect("searches");
+        let shallow = search_16(&searched(2), &reward, task.as_ref(), p, i).await;
         // Only the rollout that finishes the chosen path: no node of two steps was expanded.
         assert_eq!(shallow.candidates.len(), 1, "problem {i}: {:?}", shallow.candidates);
         assert!(shallow.trace.is_some(), "problem {i}: no answer");
-        let deep = searched(24).search(p, &e, &budget).await.expect("searches");
+        let deep = search_16(&searched(24), &reward, task.as_ref(), p, i).await;
         unlimited_finished += usize::from(deep.candidates.len() > 1);
     }
     // Not vacuous: without the limit the tree finishes traces of its own.
