@@ -246,9 +246,9 @@ pub struct RewardStage {
     pub accuracy_rollouts: usize,
     /// Samples per held-out problem for best-of-N (PRM vs ORM vs majority).
     pub best_of: usize,
-    /// Synthetic traces with exact labels added to the reward models' training data: half
-    /// expert traces of training problems, half the task's plausible wrong attempts. They
-    /// cover the state space the policy's own samples visit too rarely (0: none).
+    /// Synthetic traces with exact step labels added to the PRM's training data: half expert
+    /// traces of training problems, half the task's plausible wrong attempts. They cover the
+    /// state space the policy's own samples visit too rarely (0: none).
     pub synthetic_traces: usize,
 }
 

@@ -270,9 +270,11 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         prm_examples,
     )?;
     ctx.progress.set(3, 6, "training the ORM");
+    // The ORM learns from the policy's traces alone: with the synthetic ones beside them (half
+    // expert traces, half the task's wrong attempts, unlike what the policy writes) its held-out
+    // outcome AUROC fell from 0.90 to 0.85 on the default run.
     let orm_examples: Vec<RewardExample> = items
         .iter()
-        .chain(&synthetic)
         .map(|l| {
             reward_example(
                 &tokenizer,
