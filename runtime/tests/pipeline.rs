@@ -124,6 +124,24 @@ fn the_smoke_pipeline_runs_every_stage_and_writes_the_report() {
         );
         assert!(points.iter().all(within), "{label}: {points:?}");
     }
+    // Every curve's trend over budgets: its paired rise from the smallest budget to the largest
+    // and whether any step falls significantly.
+    let trends = r["search"]["trends"].as_object().expect("search trends");
+    assert_eq!(trends.len(), curves.len());
+    for (label, t) in trends {
+        let rise = &t["rise"];
+        assert_eq!(
+            (rise["from_budget"].as_u64(), rise["to_budget"].as_u64()),
+            (Some(1), Some(4)),
+            "{label}: {t}"
+        );
+        let ci = rise["ci"].as_array().expect("rise interval");
+        assert!(ci[0].as_f64() <= rise["difference"].as_f64() && rise["difference"].as_f64() <= ci[1].as_f64());
+        assert!(
+            t["falls_significantly"].is_boolean() && t["rises_significantly"].is_boolean(),
+            "{label}: {t}"
+        );
+    }
     // The compute-optimal curve has intervals, and the comparison with best-of-N says whether
     // best-of-N's own gain over its budgets is significant.
     let optimal = r["search"]["compute_optimal"].as_array().expect("compute_optimal");
@@ -174,6 +192,12 @@ fn the_smoke_pipeline_runs_every_stage_and_writes_the_report() {
     let report = std::fs::read_to_string(dir.join("report.md")).expect("report.md");
     for heading in ["## 1. Policy initialisation", "## 2.", "## 3.", "## 4."] {
         assert!(report.contains(heading), "report.md lacks `{heading}`");
+    }
+    for label in trends.keys() {
+        assert!(
+            report.lines().any(|l| l.starts_with(&format!("| {label} | 1 to 4: "))),
+            "no trend row for {label}:\n{report}"
+        );
     }
     // RL's before/after table gives sampled pass@1 with an interval on both sides.
     let sampled = report

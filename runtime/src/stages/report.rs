@@ -476,6 +476,35 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
                 )?;
             }
         }
+        if let Some(trends) = search["trends"].as_object() {
+            writeln!(
+                out,
+                "### Does accuracy rise with budget?\n\nPaired over the same problems (a larger budget extends a smaller one's samples and seeds, so the difference is the budget's doing): each curve's change from its smallest budget to its largest, and its largest step down between neighbouring budgets, with 95% bootstrap intervals. A fall counts only when its whole interval is below zero.\n\n| searcher | smallest to largest budget | largest step down | significant fall |\n|---|---|---|---|"
+            )?;
+            for (name, t) in trends {
+                let rise = &t["rise"];
+                let fall = &t["largest_fall"];
+                let fall = if fall.is_object() {
+                    format!(
+                        "{} to {}: {}",
+                        fall["from_budget"],
+                        fall["to_budget"],
+                        points_with_ci(&fall["difference"], &fall["ci"])
+                    )
+                } else {
+                    "none".into()
+                };
+                writeln!(
+                    out,
+                    "| {name} | {} to {}: {} | {fall} | {} |",
+                    rise["from_budget"],
+                    rise["to_budget"],
+                    points_with_ci(&rise["difference"], &rise["ci"]),
+                    if t["falls_significantly"] == true { "yes" } else { "no" }
+                )?;
+            }
+            writeln!(out)?;
+        }
         writeln!(
             out,
             "### What guides the search\n\nFrom the `searcher_budget` sweep (on the policy and reward models of `configs/default.toml`): the same searchers guided by the learned reward models, by the task's exact step labels (`oracle-process`: the PRM's upper bound) and by the task's answer check as a test-time verifier (countdown's reads only the numbers and the target, as a unit test would; no gold answer). Where the oracle-guided curves rise and the PRM-guided ones do not, the reward model is what limits search.\n"

@@ -7,7 +7,9 @@
 //! The best-of-N searchers (majority, reward, weighted vote) all select from one set of samples,
 //! so their differences are the selection rules' alone. Every searcher runs each budget with the
 //! same seed (common random numbers): a larger budget replays a smaller one's first samples and
-//! searches on, so a fall along the curve is the budget's doing, not a fresh draw's.
+//! searches on, so a fall along the curve is the budget's doing, not a fresh draw's. Each
+//! curve's trend is tested paired over problems: its rise from the smallest budget to the
+//! largest and its largest step down, each with a bootstrap interval.
 
 use std::collections::HashMap;
 
@@ -347,6 +349,42 @@ fn compute_optimal_vs_reference(curves: &[(String, Vec<Point>)], optimal: &[Opti
     json!({"reference": reference, "first_match": first_match})
 }
 
+/// Whether a curve rises with budget, paired over problems: from its smallest budget to its
+/// largest, and its largest step down between neighbouring budgets. With common random numbers
+/// a larger budget extends a smaller one's samples, so the paired difference is the budget's
+/// effect; a fall is significant only when its whole 95% interval is below zero.
+fn budget_trend(points: &[Point], seed: u64) -> Value {
+    let change = |from: &Point, to: &Point, salt: u64| {
+        let d = bootstrap_difference(&to.scores(), &from.scores(), seed ^ salt);
+        json!({
+            "from_budget": from.budget,
+            "to_budget": to.budget,
+            "difference": d.value,
+            "ci": [d.low, d.high],
+        })
+    };
+    let (Some(first), Some(last)) = (points.first(), points.last()) else {
+        return json!(null);
+    };
+    let steps: Vec<Value> = (points.windows(2).enumerate())
+        .map(|(i, w)| change(&w[0], &w[1], i as u64 + 1))
+        .collect();
+    let difference = |v: &Value| v["difference"].as_f64().unwrap_or(0.0);
+    let largest_fall = (steps.iter())
+        .filter(|s| difference(s) < 0.0)
+        .min_by(|a, b| difference(a).total_cmp(&difference(b)))
+        .cloned();
+    let falls_significantly = steps.iter().any(|s| s["ci"][1].as_f64().is_some_and(|high| high < 0.0));
+    let rise = change(first, last, 0);
+    let rises_significantly = rise["ci"][0].as_f64().is_some_and(|low| low > 0.0);
+    json!({
+        "rise": rise,
+        "rises_significantly": rises_significantly,
+        "largest_fall": largest_fall,
+        "falls_significantly": falls_significantly,
+    })
+}
+
 pub fn run(ctx: &Context) -> anyhow::Result<Value> {
     crate::block_on(run_async(ctx))
 }
@@ -565,6 +603,10 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
     let optimal = compute_optimal(&curves, &quintile_of, &budgets);
     let optimal_seed = ctx.seed("search-eval-compute-optimal");
     let versus = compute_optimal_vs_reference(&curves, &optimal, optimal_seed);
+    let trend_seed = ctx.seed("search-eval-trend");
+    let trends: serde_json::Map<String, Value> = (curves.iter())
+        .map(|(label, points)| (label.clone(), budget_trend(points, trend_seed)))
+        .collect();
     let greedy = ctx.earlier.get("init").and_then(|r| r.results["pass@1"].as_f64());
     let chance = problems.iter().map(|p| task.chance_level(p)).sum::<f64>() / problems.len().max(1) as f64;
     Ok(json!({
@@ -575,6 +617,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         "greedy_pass@1": greedy,
         "chance_level": chance,
         "curves": curves.iter().map(|(l, pts)| (l.clone(), serde_json::to_value(pts).unwrap_or(Value::Null))).collect::<serde_json::Map<_, _>>(),
+        "trends": trends,
         "compute_optimal": optimal.iter().map(|o| o.to_json(optimal_seed)).collect::<Vec<_>>(),
         "compute_optimal_vs_best_of_n": versus,
         "pass_and_majority": pass_maj,
@@ -634,6 +677,37 @@ mod tests {
     /// `n` problems, every `right_every`-th one solved.
     fn outcomes(n: usize, right_every: usize) -> Vec<bool> {
         (0..n).map(|i| i % right_every == 0).collect()
+    }
+
+    /// `n` problems, the first `right` solved (so smaller counts are subsets of larger ones).
+    fn first_right(n: usize, right: usize) -> Vec<bool> {
+        (0..n).map(|i| i < right).collect()
+    }
+
+    #[test]
+    fn a_one_problem_dip_is_not_a_significant_fall_but_a_collapse_is() {
+        let n = 64;
+        let dipping = [(1, 16), (4, 40), (16, 39), (64, 44)].map(|(b, right)| point_with(b, first_right(n, right)));
+        let t = budget_trend(&dipping, 3);
+        assert!(
+            (t["rise"]["difference"].as_f64().unwrap_or(0.0) - 28.0 / 64.0).abs() < 1e-9,
+            "{t}"
+        );
+        assert_eq!(t["rise"]["from_budget"], 1);
+        assert_eq!(t["rise"]["to_budget"], 64);
+        assert_eq!(t["rises_significantly"], true, "{t}");
+        assert_eq!(t["largest_fall"]["from_budget"], 4, "{t}");
+        assert_eq!(t["largest_fall"]["to_budget"], 16, "{t}");
+        assert!((t["largest_fall"]["difference"].as_f64().unwrap_or(0.0) + 1.0 / 64.0).abs() < 1e-9);
+        assert_eq!(t["falls_significantly"], false, "{t}");
+
+        let collapsing = [(1, 40), (4, 10)].map(|(b, right)| point_with(b, first_right(n, right)));
+        let t = budget_trend(&collapsing, 3);
+        assert_eq!(t["falls_significantly"], true, "{t}");
+        assert_eq!(t["rises_significantly"], false, "{t}");
+
+        let rising = [(1, 10), (4, 20)].map(|(b, right)| point_with(b, first_right(n, right)));
+        assert_eq!(budget_trend(&rising, 3)["largest_fall"], Value::Null);
     }
 
     #[test]
