@@ -290,23 +290,20 @@ pub struct SearchEvalStage {
 
 impl Default for SearchEvalStage {
     fn default() -> Self {
-        let entry = |v: serde_json::Value| v;
         SearchEvalStage {
             problems: 0,
             budgets: vec![1, 2, 4, 8, 16, 32, 64],
             sampling: Sampling::default(),
             searchers: vec![
-                entry(serde_json::json!({"label": "majority", "kind": "best-of-n", "selection": "majority"})),
-                entry(
-                    serde_json::json!({"label": "best-of-n-orm", "kind": "best-of-n", "selection": "reward", "reward": {"kind": "orm"}}),
-                ),
-                entry(serde_json::json!({"label": "best-of-n-prm", "kind": "best-of-n", "selection": "reward"})),
-                entry(serde_json::json!({"label": "best-of-n-weighted", "kind": "best-of-n", "selection": "weighted"})),
-                entry(serde_json::json!({"label": "beam-prm", "kind": "beam", "width": 4})),
-                entry(serde_json::json!({"label": "dvts-prm", "kind": "dvts", "width": 4})),
-                entry(serde_json::json!({"label": "mcts", "kind": "mcts"})),
-                entry(serde_json::json!({"label": "mcts-gumbel", "kind": "mcts", "root": "gumbel"})),
-                entry(serde_json::json!({"label": "revision", "kind": "revision"})),
+                serde_json::json!({"label": "majority", "kind": "best-of-n", "selection": "majority"}),
+                serde_json::json!({"label": "best-of-n-orm", "kind": "best-of-n", "selection": "reward", "reward": {"kind": "orm"}}),
+                serde_json::json!({"label": "best-of-n-prm", "kind": "best-of-n", "selection": "reward"}),
+                serde_json::json!({"label": "best-of-n-weighted", "kind": "best-of-n", "selection": "weighted"}),
+                serde_json::json!({"label": "beam-prm", "kind": "beam", "width": 4}),
+                serde_json::json!({"label": "dvts-prm", "kind": "dvts", "width": 4}),
+                serde_json::json!({"label": "mcts", "kind": "mcts"}),
+                serde_json::json!({"label": "mcts-gumbel", "kind": "mcts", "root": "gumbel"}),
+                serde_json::json!({"label": "revision", "kind": "revision"}),
             ],
         }
     }

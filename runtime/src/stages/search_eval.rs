@@ -165,22 +165,13 @@ fn prefix_outcome(
     (answer, tokens)
 }
 
-fn point(
-    task: &dyn Task,
-    problems: &[Problem],
-    quintile_of: &[usize],
-    budget: usize,
-    results: Vec<(bool, u64)>,
-    cost: Cost,
-    seed: u64,
-) -> Point {
+fn point(quintile_of: &[usize], budget: usize, results: Vec<(bool, u64)>, cost: Cost, seed: u64) -> Point {
     let e = bootstrap_mean(&scores_of(&results), seed);
     let mut by_q = [(0.0, 0usize); 5];
     for ((ok, _), &q) in results.iter().zip(quintile_of) {
         by_q[q].0 += f64::from(u8::from(*ok));
         by_q[q].1 += 1;
     }
-    let _ = (task, problems);
     Point {
         budget,
         tokens_per_problem: results.iter().map(|(_, t)| *t as f64).sum::<f64>() / results.len().max(1) as f64,
@@ -543,15 +534,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                         (correct(task.as_ref(), p, &answer), tokens)
                     })
                     .collect();
-                points.push(point(
-                    task.as_ref(),
-                    &problems,
-                    &quintile_of,
-                    b,
-                    results,
-                    cost,
-                    seed ^ b as u64,
-                ));
+                points.push(point(&quintile_of, b, results, cost, seed ^ b as u64));
             }
             done_runs += budgets.len();
             if searcher.kind() == "best-of-n" && how == Selection::Majority {
@@ -585,15 +568,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                     .zip(&outcomes)
                     .map(|(p, o)| (correct(task.as_ref(), p, &o.answer), o.cost.generated_tokens))
                     .collect();
-                points.push(point(
-                    task.as_ref(),
-                    &problems,
-                    &quintile_of,
-                    b,
-                    results,
-                    cost,
-                    seed ^ b as u64,
-                ));
+                points.push(point(&quintile_of, b, results, cost, seed ^ b as u64));
                 done_runs += 1;
             }
         }
