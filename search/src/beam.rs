@@ -30,8 +30,10 @@ pub struct BeamSettings {
     pub width: usize,
     /// Rounds (steps) at most.
     pub max_steps: usize,
-    /// How the final answer is chosen among finished beams.
-    pub selection: Selection,
+    /// How the final answer is chosen among finished beams; unset, the mode's default (see
+    /// [`BeamSettings::selection`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selection: Option<Selection>,
     pub aggregation: Aggregation,
 }
 
@@ -41,9 +43,25 @@ impl Default for BeamSettings {
             mode: BeamMode::Beam,
             width: 4,
             max_steps: 24,
-            selection: Selection::Weighted,
+            selection: None,
             aggregation: Aggregation::Last,
         }
+    }
+}
+
+impl BeamSettings {
+    /// The selection in force: the one set, else for beam search the best-scored finished beam
+    /// and for DVTS the reward-weighted vote. Measured on the default countdown policy and PRM
+    /// (200 held-out problems, budgets 1 / 4 / 16 / 64): beam by best score 30.0 / 42.5 / 70.5 /
+    /// 70.5%, by weighted vote 30.0 / 42.0 / 70.5 / 67.5% (its finished beams share prefixes, so
+    /// their votes are not independent); DVTS by weighted vote 26.5 / 38.5 / 58.0 / 66.5%, by best
+    /// score 26.5 / 38.5 / 61.0 / 64.5% (its subtrees are independent, and the vote gains at the
+    /// top budget).
+    pub fn selection(&self) -> Selection {
+        self.selection.unwrap_or(match self.mode {
+            BeamMode::Beam => Selection::Reward,
+            BeamMode::Dvts => Selection::Weighted,
+        })
     }
 }
 
@@ -181,6 +199,34 @@ impl Searcher for BeamSearch {
             }
             live = if finished.len() >= n { Vec::new() } else { next };
         }
-        Ok(outcome(env.task, problem, finished, self.settings.selection, cost))
+        Ok(outcome(env.task, problem, finished, self.settings.selection(), cost))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_mode_has_its_own_default_selection_and_a_set_one_wins() {
+        let beam: BeamSettings = serde_json::from_str(r#"{"width": 4}"#).expect("beam settings");
+        assert_eq!(beam.selection(), Selection::Reward);
+        let dvts = BeamSettings {
+            mode: BeamMode::Dvts,
+            ..beam.clone()
+        };
+        assert_eq!(dvts.selection(), Selection::Weighted);
+        let set: BeamSettings = serde_json::from_str(r#"{"selection": "majority"}"#).expect("beam settings");
+        assert_eq!(set.selection(), Selection::Majority);
+        assert_eq!(
+            BeamSettings {
+                mode: BeamMode::Dvts,
+                ..set
+            }
+            .selection(),
+            Selection::Majority
+        );
+        // An unset selection stays unset when the settings are written back.
+        assert!(!serde_json::to_string(&beam).expect("json").contains("selection"));
     }
 }
