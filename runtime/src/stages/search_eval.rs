@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 
 use ponder_datagen::{Problem, Task, Trace};
-use ponder_policy_init::eval::{bootstrap_difference, bootstrap_mean, pass_at_k};
+use ponder_policy_init::eval::{Estimate, bootstrap_difference, bootstrap_mean, pass_at_k};
 use ponder_policy_init::evaluate::EvalReport;
 use ponder_policy_init::{Policy, Sampling};
 use ponder_reward::RewardModel;
@@ -308,7 +308,9 @@ fn compute_optimal_vs_reference(curves: &[(String, Vec<Point>)], optimal: &[Opti
     ) else {
         return json!({"reference": null, "first_match": null});
     };
-    let gain = bootstrap_difference(&top.scores(), &bottom.scores(), seed);
+    let gain = paired_change(bottom, top, seed);
+    let mut gain_over_budget = change_json(bottom, top, &gain);
+    gain_over_budget["significant"] = json!(gain.low > 0.0);
     let reference = json!({
         "searcher": label,
         "budget": top.budget,
@@ -316,12 +318,7 @@ fn compute_optimal_vs_reference(curves: &[(String, Vec<Point>)], optimal: &[Opti
         "low": top.low,
         "high": top.high,
         "tokens_per_problem": top.tokens_per_problem,
-        "gain_over_budget": {
-            "from_budget": bottom.budget,
-            "difference": gain.value,
-            "ci": [gain.low, gain.high],
-            "significant": gain.low > 0.0,
-        },
+        "gain_over_budget": gain_over_budget,
     });
     // Undefined when the reference solved nothing: every curve "matches" zero.
     let first_match = (top.accuracy > 0.0)
@@ -340,39 +337,41 @@ fn compute_optimal_vs_reference(curves: &[(String, Vec<Point>)], optimal: &[Opti
     json!({"reference": reference, "first_match": first_match})
 }
 
+/// A curve's accuracy change from one budget to another, paired over problems.
+fn paired_change(from: &Point, to: &Point, seed: u64) -> Estimate {
+    bootstrap_difference(&to.scores(), &from.scores(), seed)
+}
+
+fn change_json(from: &Point, to: &Point, change: &Estimate) -> Value {
+    json!({
+        "from_budget": from.budget,
+        "to_budget": to.budget,
+        "difference": change.value,
+        "ci": [change.low, change.high],
+    })
+}
+
 /// Whether a curve rises with budget, paired over problems: from its smallest budget to its
 /// largest, and its largest step down between neighbouring budgets. With common random numbers
 /// a larger budget extends a smaller one's samples, so the paired difference is the budget's
 /// effect; a fall is significant only when its whole 95% interval is below zero.
 fn budget_trend(points: &[Point], seed: u64) -> Value {
-    let change = |from: &Point, to: &Point, salt: u64| {
-        let d = bootstrap_difference(&to.scores(), &from.scores(), seed ^ salt);
-        json!({
-            "from_budget": from.budget,
-            "to_budget": to.budget,
-            "difference": d.value,
-            "ci": [d.low, d.high],
-        })
-    };
     let (Some(first), Some(last)) = (points.first(), points.last()) else {
         return json!(null);
     };
-    let steps: Vec<Value> = (points.windows(2).enumerate())
-        .map(|(i, w)| change(&w[0], &w[1], i as u64 + 1))
+    let steps: Vec<(&Point, &Point, Estimate)> = (points.windows(2).enumerate())
+        .map(|(i, w)| (&w[0], &w[1], paired_change(&w[0], &w[1], seed ^ (i as u64 + 1))))
         .collect();
-    let difference = |v: &Value| v["difference"].as_f64().unwrap_or(0.0);
     let largest_fall = (steps.iter())
-        .filter(|s| difference(s) < 0.0)
-        .min_by(|a, b| difference(a).total_cmp(&difference(b)))
-        .cloned();
-    let falls_significantly = steps.iter().any(|s| s["ci"][1].as_f64().is_some_and(|high| high < 0.0));
-    let rise = change(first, last, 0);
-    let rises_significantly = rise["ci"][0].as_f64().is_some_and(|low| low > 0.0);
+        .filter(|(_, _, change)| change.value < 0.0)
+        .min_by(|a, b| a.2.value.total_cmp(&b.2.value))
+        .map(|(from, to, change)| change_json(from, to, change));
+    let rise = paired_change(first, last, seed);
     json!({
-        "rise": rise,
-        "rises_significantly": rises_significantly,
+        "rise": change_json(first, last, &rise),
+        "rises_significantly": rise.low > 0.0,
         "largest_fall": largest_fall,
-        "falls_significantly": falls_significantly,
+        "falls_significantly": steps.iter().any(|(_, _, change)| change.high < 0.0),
     })
 }
 
