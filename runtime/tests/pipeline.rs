@@ -193,6 +193,11 @@ fn the_smoke_pipeline_runs_every_stage_and_writes_the_report() {
     for heading in ["## 1. Policy initialisation", "## 2.", "## 3.", "## 4."] {
         assert!(report.contains(heading), "report.md lacks `{heading}`");
     }
+    // Sweeps the smoke run has not run: the report says which command fills each table.
+    for sweep in ["rl_length", "rl_problem_space", "init_style", "retry_data"] {
+        let command = format!("Not run yet: `cargo xtask sweep configs/sweeps/{sweep}.toml`");
+        assert!(report.contains(&command), "report.md lacks `{command}`");
+    }
     for label in trends.keys() {
         assert!(
             report.lines().any(|l| l.starts_with(&format!("| {label} | 1 to 4: "))),
