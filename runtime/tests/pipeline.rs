@@ -194,7 +194,13 @@ fn the_smoke_pipeline_runs_every_stage_and_writes_the_report() {
         assert!(report.contains(heading), "report.md lacks `{heading}`");
     }
     // Sweeps the smoke run has not run: the report says which command fills each table.
-    for sweep in ["rl_length", "rl_problem_space", "init_style", "retry_data"] {
+    for sweep in [
+        "rl_length",
+        "rl_problem_space",
+        "rl_init_length",
+        "init_style",
+        "retry_data",
+    ] {
         let command = format!("Not run yet: `cargo xtask sweep configs/sweeps/{sweep}.toml`");
         assert!(report.contains(&command), "report.md lacks `{command}`");
     }
