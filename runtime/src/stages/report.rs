@@ -589,19 +589,23 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
         }
         writeln!(
             out,
-            "### More RL compute, problems the policy has not memorised, a longer initialisation\n\nPublished: o1's pass@1 rises about linearly in log(train-time RL compute); Yue et al.: RL lowers pass@k at large k. From the `rl_length` sweep (GRPO for 20 and 100 iterations, with and without Dr. GRPO):\n"
+            "### More RL compute, problems the policy has not memorised, a longer initialisation\n\nPublished: o1's pass@1 rises about linearly in log(train-time RL compute); Yue et al.: RL lowers pass@k at large k.\n"
         )?;
-        sweep_table(ctx, "rl_length", &mut out)?;
-        writeln!(
-            out,
-            "From the `rl_problem_space` sweep (100 GRPO iterations on the default countdown space, whose training side the initialised policy has seen about 18 times per problem, and on numbers up to 20, about 3 times):\n"
-        )?;
-        sweep_table(ctx, "rl_problem_space", &mut out)?;
-        writeln!(
-            out,
-            "From the `rl_init_length` sweep (100 GRPO iterations from the default initialisation, 1,400 optimizer steps, and from one three times as long):\n"
-        )?;
-        sweep_table(ctx, "rl_init_length", &mut out)?;
+        let rl_sweeps = [
+            ("rl_length", "GRPO for 20 and 100 iterations, with and without Dr. GRPO"),
+            (
+                "rl_problem_space",
+                "100 GRPO iterations on the default countdown space, whose training side the initialised policy has seen about 18 times per problem, and on numbers up to 20, about 3 times",
+            ),
+            (
+                "rl_init_length",
+                "100 GRPO iterations from the default initialisation, 1,400 optimizer steps, and from one three times as long",
+            ),
+        ];
+        for (name, what) in rl_sweeps {
+            writeln!(out, "From the `{name}` sweep ({what}):\n")?;
+            sweep_table(ctx, name, &mut out)?;
+        }
         figures.insert("learn".into(), json!(true));
     }
 
