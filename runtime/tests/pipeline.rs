@@ -195,6 +195,8 @@ fn the_smoke_pipeline_runs_every_stage_and_writes_the_report() {
     }
     // Sweeps the smoke run has not run: the report says which command fills each table.
     for sweep in [
+        "learner_reward",
+        "learners_numbers30",
         "rl_length",
         "rl_problem_space",
         "rl_init_length",
