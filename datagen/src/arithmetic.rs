@@ -268,6 +268,17 @@ impl Task for Arithmetic {
         Ok(None)
     }
 
+    /// The operation and its operands in either order (`a+b` and `b+a` are one family).
+    fn family(&self, problem: &Problem) -> String {
+        Instance::parse(problem).map_or_else(
+            |_| problem.id.clone(),
+            |i| {
+                let (lo, hi) = (i.a.min(i.b), i.a.max(i.b));
+                format!("{NAME} {} {lo} {hi}", if i.mul { "mul" } else { "add" })
+            },
+        )
+    }
+
     fn answer_key(&self, _problem: &Problem, answer: &str) -> Option<String> {
         answer.trim().parse::<u64>().ok().map(|n| n.to_string())
     }

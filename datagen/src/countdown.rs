@@ -761,6 +761,12 @@ impl Task for Countdown {
         Ok(None)
     }
 
+    /// The set of numbers: problems that share it (with another target) are one family, so a
+    /// held-out problem's numbers never appear in training.
+    fn family(&self, problem: &Problem) -> String {
+        Instance::parse(problem).map_or_else(|_| problem.id.clone(), |i| format!("{NAME} {}", join(&i.numbers)))
+    }
+
     fn answer_key(&self, _problem: &Problem, answer: &str) -> Option<String> {
         Expr::parse(answer).map(|e| e.canonical())
     }

@@ -1,10 +1,11 @@
 //! JSONL datasets: one example per line, written atomically, read as a stream whose every
-//! error names the file and the line. Train/test splits are decided per problem by a seeded
-//! hash of its id, so no problem is ever in both.
+//! error names the file and the line. The train/validation/test split is decided per problem
+//! family (for countdown, the set of numbers) by a seeded hash, so no family is on two sides.
 //!
 //! A line holds the problem's fields plus `completion` (the rendered trace) and `style`: the
 //! `prompt`/`completion` pair is the shape Hugging Face TRL's SFT trainer reads.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -57,28 +58,74 @@ pub enum DatasetError {
     Task(#[from] TaskError),
 }
 
-/// Which side of the train/test split a problem is on.
+/// Which side of the train/validation/test split a problem is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Split {
     Train,
+    /// Held out for choosing settings; the test side is read once per final run.
+    Validation,
     Test,
-    /// Both sides (no filtering).
+    /// Every side (no filtering).
     All,
 }
 
-impl Split {
-    /// The side of `problem_id` for a split seed and test fraction: a pure function of the
-    /// three, so the same problem always lands on the same side.
-    pub fn of(problem_id: &str, seed: u64, test_fraction: f64) -> Split {
-        let mut bytes = seed.to_le_bytes().to_vec();
-        bytes.extend_from_slice(problem_id.as_bytes());
+/// How problems are divided into the three sides: by a seeded hash of the problem's family
+/// (`Task::family`), so that problems of one family (for countdown, one set of numbers) are
+/// all on one side.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Splitter {
+    /// The split's own seed: keep it fixed across datasets (and across the seeds of a
+    /// seeds sweep) so that the sides agree.
+    pub seed: u64,
+    pub test_fraction: f64,
+    pub validation_fraction: f64,
+}
+
+impl Default for Splitter {
+    fn default() -> Self {
+        Splitter {
+            seed: 0,
+            test_fraction: 0.1,
+            validation_fraction: 0.0,
+        }
+    }
+}
+
+impl Splitter {
+    /// The side of a problem family: a pure function of the family and the splitter. The
+    /// test side is the hash's lowest `test_fraction`, validation the next
+    /// `validation_fraction`, so adding a validation side moves no family out of test.
+    pub fn side(&self, family: &str) -> Split {
+        let mut bytes = self.seed.to_le_bytes().to_vec();
+        bytes.extend_from_slice(family.as_bytes());
         let u = (stable_hash(&bytes) >> 11) as f64 / (1u64 << 53) as f64;
-        if u < test_fraction { Split::Test } else { Split::Train }
+        if u < self.test_fraction {
+            Split::Test
+        } else if u < self.test_fraction + self.validation_fraction {
+            Split::Validation
+        } else {
+            Split::Train
+        }
     }
 
-    pub fn contains(self, problem_id: &str, seed: u64, test_fraction: f64) -> bool {
-        self == Split::All || Split::of(problem_id, seed, test_fraction) == self
+    /// Whether a problem of `task` lies on `side`.
+    pub fn contains(&self, side: Split, task: &dyn Task, problem: &Problem) -> bool {
+        side == Split::All || self.side(&task.family(problem)) == side
+    }
+}
+
+impl std::str::FromStr for Split {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "train" => Ok(Split::Train),
+            "validation" => Ok(Split::Validation),
+            "test" => Ok(Split::Test),
+            "all" => Ok(Split::All),
+            other => Err(format!("`{other}` is not train, validation, test or all")),
+        }
     }
 }
 
@@ -89,12 +136,13 @@ pub struct GenerateSpec {
     pub seed: u64,
     pub style: TraceStyle,
     pub split: Split,
-    /// The split's own seed: keep it fixed across datasets of one experiment so that the
-    /// train and test sides agree.
-    pub split_seed: u64,
-    pub test_fraction: f64,
+    pub splitter: Splitter,
     /// Overrides the task's configured difficulty level.
     pub difficulty: Option<u32>,
+    /// Every problem at most once in the stream (a repeated problem is skipped).
+    pub distinct: bool,
+    /// Problem ids to skip (for example problems another dataset keeps for itself).
+    pub exclude: HashSet<String>,
 }
 
 impl GenerateSpec {
@@ -104,23 +152,32 @@ impl GenerateSpec {
             seed,
             style,
             split: Split::All,
-            split_seed: 0,
-            test_fraction: 0.1,
+            splitter: Splitter::default(),
             difficulty: None,
+            distinct: false,
+            exclude: HashSet::new(),
         }
     }
 }
 
+/// How many samples in a row may be skipped (other side of the split, repeated or excluded)
+/// before the stream gives up: the space is then too small for what was asked.
+const MAX_SKIPS_IN_A_ROW: usize = 20_000;
+
 /// A deterministic stream of examples: the same task settings and spec give the same examples.
-/// Problems on the other side of the split are skipped (it gives up after 1000 skips in a row).
+/// Problems on another side of the split, repeats (with `distinct`) and excluded problems are
+/// skipped; after `MAX_SKIPS_IN_A_ROW` skips in a row the stream ends with an error that says
+/// how many it produced.
 pub fn generate<'a>(
     task: &'a dyn Task,
     spec: &'a GenerateSpec,
 ) -> impl Iterator<Item = Result<Example, TaskError>> + 'a {
     let mut rng = TaskRng::seed_from_u64(spec.seed);
     let mut produced = 0usize;
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut failed = false;
     std::iter::from_fn(move || {
-        if produced >= spec.n {
+        if produced >= spec.n || failed {
             return None;
         }
         let mut skipped = 0;
@@ -129,12 +186,23 @@ pub fn generate<'a>(
                 Ok(p) => p,
                 Err(e) => return Some(Err(e)),
             };
-            if !spec.split.contains(&problem.id, spec.split_seed, spec.test_fraction) {
+            let wanted = spec.splitter.contains(spec.split, task, &problem)
+                && !spec.exclude.contains(&problem.id)
+                && (!spec.distinct || seen.insert(problem.id.clone()));
+            if !wanted {
                 skipped += 1;
-                if skipped > 1000 {
+                if skipped > MAX_SKIPS_IN_A_ROW {
+                    failed = true;
                     return Some(Err(TaskError::BadSettings {
                         task: task.name().into(),
-                        reason: format!("1000 problems in a row fell outside the {:?} split", spec.split),
+                        reason: format!(
+                            "found only {produced} of the {} {}problems asked for on the {:?} side of the split \
+                             ({MAX_SKIPS_IN_A_ROW} samples in a row were on another side, repeated or excluded): \
+                             widen the task's ranges or ask for fewer",
+                            spec.n,
+                            if spec.distinct { "distinct " } else { "" },
+                            spec.split
+                        ),
                     }));
                 }
                 continue;
@@ -236,27 +304,76 @@ mod tests {
 
     #[test]
     fn splits_are_disjoint_and_seeded() {
-        let ids: Vec<String> = (0..2000).map(|i| format!("p{i}")).collect();
-        let test: Vec<&String> = ids.iter().filter(|id| Split::of(id, 1, 0.2) == Split::Test).collect();
-        let share = test.len() as f64 / ids.len() as f64;
-        assert!((0.15..0.25).contains(&share), "{share}");
-        let other: Vec<&String> = ids.iter().filter(|id| Split::of(id, 2, 0.2) == Split::Test).collect();
-        assert_ne!(test, other);
+        let splitter = Splitter {
+            seed: 1,
+            test_fraction: 0.2,
+            validation_fraction: 0.1,
+        };
+        let ids: Vec<String> = (0..4000).map(|i| format!("p{i}")).collect();
+        let share = |side: Split, s: &Splitter| ids.iter().filter(|id| s.side(id) == side).count() as f64 / 4000.0;
+        assert!((0.17..0.23).contains(&share(Split::Test, &splitter)));
+        assert!((0.07..0.13).contains(&share(Split::Validation, &splitter)));
+        // Adding a validation side takes it from train, never from test.
+        let no_validation = Splitter {
+            validation_fraction: 0.0,
+            ..splitter
+        };
+        assert!(
+            ids.iter()
+                .all(|id| (splitter.side(id) == Split::Test) == (no_validation.side(id) == Split::Test))
+        );
+        let reseeded = Splitter { seed: 2, ..splitter };
+        let test = |s: &Splitter| ids.iter().filter(|id| s.side(id) == Split::Test).collect::<Vec<_>>();
+        assert_ne!(test(&splitter), test(&reseeded));
     }
 
     #[test]
-    fn generation_is_deterministic_and_respects_the_split() {
+    fn generation_is_deterministic_and_keeps_families_on_one_side() {
         let task = Countdown::new(CountdownConfig::default()).expect("valid");
-        let mut spec = GenerateSpec::new(200, 5, TraceStyle::Search);
-        spec.split = Split::Train;
-        spec.test_fraction = 0.3;
-        let a: Vec<Example> = generate(&task, &spec).collect::<Result<_, _>>().expect("gen");
-        let b: Vec<Example> = generate(&task, &spec).collect::<Result<_, _>>().expect("gen");
-        assert_eq!(a, b);
-        assert!(a.iter().all(|e| Split::of(&e.problem.id, 0, 0.3) == Split::Train));
-        spec.split = Split::Test;
-        let t: Vec<Example> = generate(&task, &spec).collect::<Result<_, _>>().expect("gen");
-        assert!(t.iter().all(|e| a.iter().all(|x| x.problem.id != e.problem.id)));
+        let splitter = Splitter {
+            seed: 0,
+            test_fraction: 0.3,
+            validation_fraction: 0.2,
+        };
+        let side = |split: Split, n: usize| {
+            let mut spec = GenerateSpec::new(n, 5, TraceStyle::Search);
+            spec.split = split;
+            spec.splitter = splitter;
+            generate(&task, &spec)
+                .collect::<Result<Vec<Example>, _>>()
+                .expect("gen")
+        };
+        let train = side(Split::Train, 300);
+        assert_eq!(train, side(Split::Train, 300));
+        let families =
+            |examples: &[Example]| -> HashSet<String> { examples.iter().map(|e| task.family(&e.problem)).collect() };
+        let (validation, test) = (side(Split::Validation, 100), side(Split::Test, 100));
+        let train_families = families(&train);
+        assert!(families(&validation).is_disjoint(&train_families));
+        assert!(families(&test).is_disjoint(&train_families));
+        assert!(families(&test).is_disjoint(&families(&validation)));
+        // Families are coarser than problems: some family has two problems in training.
+        assert!(train_families.len() < train.len());
+    }
+
+    #[test]
+    fn distinct_streams_repeat_no_problem_and_say_when_the_space_runs_out() {
+        let task = Countdown::new(CountdownConfig::default()).expect("valid");
+        let mut spec = GenerateSpec::new(500, 3, TraceStyle::Optimal);
+        spec.distinct = true;
+        let examples: Vec<Example> = generate(&task, &spec).collect::<Result<_, _>>().expect("gen");
+        let ids: HashSet<&str> = examples.iter().map(|e| e.problem.id.as_str()).collect();
+        assert_eq!(ids.len(), 500);
+        spec.exclude = ids.iter().take(100).map(|s| s.to_string()).collect();
+        let again: Vec<Example> = generate(&task, &spec).collect::<Result<_, _>>().expect("gen");
+        assert!(again.iter().all(|e| !spec.exclude.contains(&e.problem.id)));
+        spec.n = 1_000_000;
+        spec.exclude.clear();
+        let err = generate(&task, &spec)
+            .find_map(Result::err)
+            .expect("the space runs out")
+            .to_string();
+        assert!(err.contains("distinct problems"), "{err}");
     }
 
     #[test]

@@ -128,6 +128,13 @@ pub trait Task: Send + Sync {
     /// where the task cannot read it.
     fn answer_key(&self, problem: &Problem, answer: &str) -> Option<String>;
 
+    /// The family a problem belongs to, for splitting: problems of one family go to the same
+    /// side of the train/validation/test split, so a held-out problem is never a training
+    /// problem in another guise. By default every problem is its own family.
+    fn family(&self, problem: &Problem) -> String {
+        problem.id.clone()
+    }
+
     /// The probability that a uniformly random well-formed answer is right: the floor every
     /// accuracy on this task should be read against.
     fn chance_level(&self, problem: &Problem) -> f64;

@@ -143,6 +143,10 @@ impl Learner for Dpo {
             .map(|b| b.iter().flat_map(|&i| [2 * i, 2 * i + 1]).collect())
             .collect();
         let steps = batches.len();
+        // Forward-only passes: the reference over every sequence once, the current policy over
+        // each minibatch's sequences before its step.
+        let length: Vec<u64> = terms.iter().map(|t| t.tokens.len() as u64).collect();
+        let scored_tokens = length.iter().sum::<u64>() + batches.iter().flatten().map(|&i| length[i]).sum::<u64>();
         let settings = LossSettings {
             clip: None,
             kl_coef: 0.0,
@@ -205,6 +209,7 @@ impl Learner for Dpo {
             optimizer_steps: steps,
             tokens: policy.trainer.tokens - tokens_before,
             sequences: prefs.len() * 2,
+            scored_tokens,
             extra: vec![
                 ("pairs".into(), prefs.len() as f64),
                 ("reward_margin".into(), mean(&margins)),

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::objective::minibatches;
 use crate::token_loss::{LossSettings, TokenTerms};
-use crate::{Experience, LearnError, LearnStats, Learner, TrainablePolicy, completion_logprobs, encode_sample};
+use crate::{
+    Experience, LearnError, LearnStats, Learner, TrainablePolicy, old_logprobs, reference_logprobs, sample_tokens,
+};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -89,14 +91,12 @@ impl Learner for Grpo {
     ) -> Result<LearnStats, LearnError> {
         let s = self.settings.clone();
         let max = policy.template.config.max_seq_len + 1;
-        let samples: Vec<&crate::Sample> = batch
+        let (samples, sequences): (Vec<&crate::Sample>, Vec<(Vec<u32>, usize)>) = batch
             .samples
             .iter()
-            .filter(|x| {
-                let (tokens, first) = encode_sample(&policy.tokenizer, &x.prompt, &x.completion);
-                tokens.len() <= max && first < tokens.len()
-            })
-            .collect();
+            .map(|x| (x, sample_tokens(&policy.tokenizer, x)))
+            .filter(|(_, (tokens, first))| tokens.len() <= max && *first < tokens.len())
+            .unzip();
         if samples.is_empty() {
             return Ok(LearnStats::default());
         }
@@ -104,22 +104,13 @@ impl Learner for Grpo {
             &samples.iter().map(|x| (x.group, x.reward)).collect::<Vec<_>>(),
             !s.dr_grpo,
         );
-        let pairs: Vec<(&str, &str)> = samples
-            .iter()
-            .map(|x| (x.prompt.as_str(), x.completion.as_str()))
-            .collect();
-        let old = completion_logprobs(&policy.weights(), &policy.tokenizer, &pairs);
-        let reference = if s.kl != 0.0 {
-            completion_logprobs(&policy.reference, &policy.tokenizer, &pairs)
-        } else {
-            vec![Vec::new(); pairs.len()]
-        };
-        let terms: Vec<TokenTerms> = samples
-            .iter()
+        let (old, old_tokens) = old_logprobs(policy, &samples, &sequences);
+        let (reference, reference_tokens) = reference_logprobs(policy, &sequences, s.kl);
+        let terms: Vec<TokenTerms> = sequences
+            .into_iter()
             .zip(advantages)
             .zip(old.into_iter().zip(reference))
-            .map(|((x, a), (old, reference))| {
-                let (tokens, first) = encode_sample(&policy.tokenizer, &x.prompt, &x.completion);
+            .map(|(((tokens, first), a), (old, reference))| {
                 let len = tokens.len() - first;
                 TokenTerms {
                     advantages: vec![a; len],
@@ -141,7 +132,8 @@ impl Learner for Grpo {
             entropy_coef: s.entropy,
             value_coef: 0.0,
         };
-        let (out, _) = policy.train_terms(terms, batches, settings, steps, progress)?;
+        let (mut out, _) = policy.train_terms(terms, batches, settings, steps, progress)?;
+        out.scored_tokens = old_tokens + reference_tokens;
         Ok(out)
     }
 }

@@ -34,9 +34,15 @@ pub enum LearnError {
 pub struct Sample {
     /// The text the policy was conditioned on (problem prompt, and any context).
     pub prompt: String,
-    /// What it generated (steps and answer line).
+    /// What it generated (steps and answer line), as generated.
     pub completion: String,
-    /// The sampling policy's log-probability of each generated token.
+    /// The token ids the policy sampled for `completion`; when given, the on-policy learners
+    /// (GRPO, PPO) train on exactly these tokens rather than on the text encoded anew. Empty:
+    /// the text is encoded (demonstrations, a search's chosen trace, a remote policy).
+    #[serde(default)]
+    pub completion_tokens: Vec<u32>,
+    /// The sampling policy's log-probability of each of `completion_tokens`; when the two have
+    /// the same length these are the old policy's log-probs of the update (no recomputation).
     pub logprobs: Vec<f32>,
     /// The outcome reward (verifier, or an outcome model).
     pub reward: f32,
@@ -80,6 +86,9 @@ pub struct LearnStats {
     pub optimizer_steps: usize,
     /// Tokens processed by training (for compute accounting).
     pub tokens: u64,
+    /// Tokens of forward-only passes: the old policy's and the reference policy's log-probs,
+    /// the critic's values (for compute accounting: about 2 * params FLOPs each).
+    pub scored_tokens: u64,
     pub sequences: usize,
     pub extra: Vec<(String, f64)>,
 }
@@ -223,6 +232,7 @@ impl TrainablePolicy {
             optimizer_steps: steps,
             tokens: self.trainer.tokens - tokens_before,
             sequences,
+            scored_tokens: 0,
             extra: Vec::new(),
         };
         Ok((out, stats))
@@ -270,6 +280,79 @@ impl std::fmt::Debug for dyn Learner {
 pub fn completion_logprobs(weights: &HostWeights, tokenizer: &Tokenizer, pairs: &[(&str, &str)]) -> Vec<Vec<f32>> {
     let policy = ponder_policy_init::TransformerPolicy::new(weights, tokenizer.clone()).with_prefix_cache(0);
     pairs.chunks(256).flat_map(|chunk| policy.score(chunk)).collect()
+}
+
+/// Log-probabilities of the tokens from `first` on of each token sequence under `weights`,
+/// batched on the CPU engine.
+pub fn sequence_logprobs(
+    weights: &HostWeights,
+    tokenizer: &Tokenizer,
+    sequences: &[(Vec<u32>, usize)],
+) -> Vec<Vec<f32>> {
+    let policy = ponder_policy_init::TransformerPolicy::new(weights, tokenizer.clone()).with_prefix_cache(0);
+    sequences
+        .chunks(256)
+        .flat_map(|chunk| policy.score_tokens(chunk))
+        .collect()
+}
+
+/// `[bos] prompt completion` as the policy sampled it, and where the completion starts: the
+/// sampled token ids when the sample has them, else the completion text encoded.
+pub fn sample_tokens(tokenizer: &Tokenizer, sample: &Sample) -> (Vec<u32>, usize) {
+    if sample.completion_tokens.is_empty() {
+        return encode_sample(tokenizer, &sample.prompt, &sample.completion);
+    }
+    let (mut tokens, first) = encode_sample(tokenizer, &sample.prompt, "");
+    tokens.extend(&sample.completion_tokens);
+    (tokens, first)
+}
+
+/// The old policy's log-probs of each sequence's completion: the behaviour log-probs recorded
+/// at sampling where a sample has one per sampled token, else computed under the current
+/// weights. Returns them with the tokens computed (a forward pass over each whole sequence).
+pub fn old_logprobs(
+    policy: &TrainablePolicy,
+    samples: &[&Sample],
+    sequences: &[(Vec<u32>, usize)],
+) -> (Vec<Vec<f32>>, u64) {
+    let recorded = |x: &Sample| !x.completion_tokens.is_empty() && x.logprobs.len() == x.completion_tokens.len();
+    let missing: Vec<(Vec<u32>, usize)> = samples
+        .iter()
+        .zip(sequences)
+        .filter(|(x, _)| !recorded(x))
+        .map(|(_, s)| s.clone())
+        .collect();
+    let computed_tokens = missing.iter().map(|(t, _)| t.len() as u64).sum();
+    let mut computed = if missing.is_empty() {
+        Vec::new()
+    } else {
+        sequence_logprobs(&policy.weights(), &policy.tokenizer, &missing)
+    }
+    .into_iter();
+    let old = samples
+        .iter()
+        .map(|x| {
+            if recorded(x) {
+                x.logprobs.clone()
+            } else {
+                computed.next().unwrap_or_default()
+            }
+        })
+        .collect();
+    (old, computed_tokens)
+}
+
+/// The reference policy's log-probs of each sequence's completion (empty when the KL term is
+/// off), with the tokens computed.
+pub fn reference_logprobs(policy: &TrainablePolicy, sequences: &[(Vec<u32>, usize)], kl: f32) -> (Vec<Vec<f32>>, u64) {
+    if kl == 0.0 {
+        return (vec![Vec::new(); sequences.len()], 0);
+    }
+    let tokens = sequences.iter().map(|(t, _)| t.len() as u64).sum();
+    (
+        sequence_logprobs(&policy.reference, &policy.tokenizer, sequences),
+        tokens,
+    )
 }
 
 /// `[bos] prompt completion` as tokens, and where the completion starts.

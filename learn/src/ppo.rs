@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::objective::minibatches;
 use crate::token_loss::{LossSettings, TokenTerms};
-use crate::{Experience, LearnError, LearnStats, Learner, TrainablePolicy, completion_logprobs, encode_sample};
+use crate::{
+    Experience, LearnError, LearnStats, Learner, TrainablePolicy, old_logprobs, reference_logprobs, sample_tokens,
+};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -114,7 +116,7 @@ impl Learner for Ppo {
             .samples
             .iter()
             .map(|x| {
-                let (tokens, first) = encode_sample(&policy.tokenizer, &x.prompt, &x.completion);
+                let (tokens, first) = sample_tokens(&policy.tokenizer, x);
                 (x, tokens, first)
             })
             .filter(|(_, tokens, first)| tokens.len() <= max && *first < tokens.len())
@@ -131,16 +133,11 @@ impl Learner for Ppo {
         let mut caches: Vec<_> = encoded.iter().map(|_| engine.new_cache()).collect();
         let inputs: Vec<&[u32]> = encoded.iter().map(|(_, t, _)| &t[..t.len() - 1]).collect();
         engine.forward(&mut caches, &inputs, &vec![Want::All; inputs.len()]);
-        let pairs: Vec<(&str, &str)> = encoded
-            .iter()
-            .map(|(x, _, _)| (x.prompt.as_str(), x.completion.as_str()))
-            .collect();
-        let old = completion_logprobs(&weights, &policy.tokenizer, &pairs);
-        let reference = if s.kl != 0.0 {
-            completion_logprobs(&policy.reference, &policy.tokenizer, &pairs)
-        } else {
-            vec![Vec::new(); pairs.len()]
-        };
+        let value_tokens: u64 = inputs.iter().map(|t| t.len() as u64).sum();
+        let samples: Vec<&crate::Sample> = encoded.iter().map(|(x, _, _)| *x).collect();
+        let sequences: Vec<(Vec<u32>, usize)> = encoded.iter().map(|(_, t, f)| (t.clone(), *f)).collect();
+        let (old, old_tokens) = old_logprobs(policy, &samples, &sequences);
+        let (reference, reference_tokens) = reference_logprobs(policy, &sequences, s.kl);
         let mut terms: Vec<TokenTerms> = Vec::with_capacity(encoded.len());
         for (((x, tokens, first), cache), (old, reference)) in
             encoded.iter().zip(&caches).zip(old.into_iter().zip(reference))
@@ -196,6 +193,7 @@ impl Learner for Ppo {
         };
         let (mut out, stats) = policy.train_terms(terms, batches, settings, steps, progress)?;
         out.extra = vec![("value_mse".into(), stats.value_error / stats.tokens.max(1.0))];
+        out.scored_tokens = value_tokens + old_tokens + reference_tokens;
         Ok(out)
     }
 }

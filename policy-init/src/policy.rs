@@ -90,6 +90,10 @@ pub enum Finish {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Generation {
     pub text: String,
+    /// The generated token ids, in order (an end-of-sequence token included: `text` leaves it
+    /// out), one per log-prob; empty where the policy cannot tell (a remote server).
+    #[serde(default)]
+    pub token_ids: Vec<u32>,
     /// The model's log-probability (temperature 1, untruncated) of each generated token.
     pub logprobs: Vec<f32>,
     pub finish: Finish,

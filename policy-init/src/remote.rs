@@ -271,6 +271,7 @@ impl RemotePolicy {
             self.generated.fetch_add(logprobs.len() as u64, Ordering::Relaxed);
             out.push(Generation {
                 text,
+                token_ids: Vec::new(),
                 logprobs,
                 finish,
                 prompt_tokens: 0,

@@ -136,6 +136,9 @@ pub struct Trainer {
     metrics: MetricsLog,
     resumed_from: Option<usize>,
     loss_mean: Option<f64>,
+    /// The loss of the last step taken (kept in checkpoints, so that a run resumed from its
+    /// final checkpoint still reports it).
+    last_loss: f64,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -187,6 +190,7 @@ impl Trainer {
             metrics: MetricsLog::disabled("train"),
             resumed_from: None,
             loss_mean: None,
+            last_loss: f64::NAN,
         }
     }
 
@@ -248,6 +252,7 @@ impl Trainer {
         self.tokens = state["tokens"].as_u64().unwrap_or(0);
         self.train_seconds = state["train_seconds"].as_f64().unwrap_or(0.0);
         self.loss_mean = state["loss_mean"].as_f64();
+        self.last_loss = state["last_loss"].as_f64().unwrap_or(f64::NAN);
         self.resumed_from = Some(step);
         Ok(Some(step))
     }
@@ -274,6 +279,7 @@ impl Trainer {
             "tokens": self.tokens,
             "train_seconds": self.train_seconds,
             "loss_mean": self.loss_mean,
+            "last_loss": self.last_loss,
         });
         checkpointer.save(self.step, |dir| {
             save_safetensors(
@@ -302,7 +308,6 @@ impl Trainer {
         extra: &dyn Fn(&Path) -> Result<(), PolicyError>,
     ) -> Result<TrainSummary, PolicyError> {
         let total = self.config.steps;
-        let mut last_loss = f64::NAN;
         let mut window_tokens = 0u64;
         let mut window_seconds = 0.0f64;
         while self.step < total {
@@ -352,7 +357,7 @@ impl Trainer {
             self.train_seconds += seconds;
             window_tokens += info.tokens as u64;
             window_seconds += seconds;
-            last_loss = loss_value;
+            self.last_loss = loss_value;
             if self.step.is_multiple_of(self.config.log_every.max(1)) || self.step == total {
                 let mut record = json!({
                     "step": self.step,
@@ -388,7 +393,7 @@ impl Trainer {
             tokens: self.tokens,
             train_seconds: self.train_seconds,
             tokens_per_second: self.tokens as f64 / self.train_seconds.max(1e-9),
-            final_loss: last_loss,
+            final_loss: self.last_loss,
             resumed_from: self.resumed_from,
         })
     }

@@ -197,6 +197,7 @@ impl TransformerPolicy {
                 // An empty prompt, or one that fills the model's context: nothing to generate.
                 results[ri] = Some(Generation {
                     text: String::new(),
+                    token_ids: Vec::new(),
                     logprobs: Vec::new(),
                     finish: Finish::Length,
                     prompt_tokens: distinct[p].len(),
@@ -268,6 +269,7 @@ impl TransformerPolicy {
             };
             results[seq.request] = Some(Generation {
                 text: self.tokenizer.decode(&visible),
+                token_ids: seq.generated,
                 logprobs: seq.logprobs,
                 finish: seq.finish.unwrap_or(Finish::Length),
                 prompt_tokens: prompt_len,
@@ -308,41 +310,48 @@ impl TransformerPolicy {
 
     /// Log-probabilities of continuations given contexts, batched.
     pub fn score(&self, pairs: &[(&str, &str)]) -> Vec<Vec<f32>> {
+        let sequences: Vec<(Vec<u32>, usize)> = pairs
+            .iter()
+            .map(|(context, continuation)| {
+                let mut tokens = self.encode_prompt(context);
+                let first = tokens.len();
+                tokens.extend(self.tokenizer.encode(continuation));
+                (tokens, first)
+            })
+            .collect();
+        self.score_tokens(&sequences)
+    }
+
+    /// Log-probabilities of the tokens from `first` on of each token sequence (`[bos]`, prompt,
+    /// continuation, as the policy sampled them), each given the tokens before it; sequences
+    /// longer than the context are cut to it.
+    pub fn score_tokens(&self, sequences: &[(Vec<u32>, usize)]) -> Vec<Vec<f32>> {
         let max_seq = self.engine.config.max_seq_len;
         let mut caches = Vec::new();
-        let mut inputs: Vec<Vec<u32>> = Vec::new();
+        let mut inputs: Vec<&[u32]> = Vec::new();
         let mut meta = Vec::new();
-        for (context, continuation) in pairs {
-            let ctx = self.encode_prompt(context);
-            let cont = self.tokenizer.encode(continuation);
-            let mut all = ctx.clone();
-            all.extend(&cont);
-            all.truncate(max_seq);
+        for (tokens, first) in sequences {
+            let all = &tokens[..tokens.len().min(max_seq)];
+            let first = (*first).clamp(1, tokens.len());
             let cache = self
-                .lookup(&ctx, ctx.len().saturating_sub(1))
+                .lookup(&tokens[..first], first - 1)
                 .unwrap_or_else(|| self.engine.new_cache());
-            let start = cache.len;
-            meta.push((
-                ctx.len(),
-                cont.len().min(all.len().saturating_sub(ctx.len())),
-                start,
-                cont,
-            ));
-            inputs.push(all[start..].to_vec());
+            let start = cache.len.min(all.len());
+            meta.push((first, all.len().saturating_sub(first), start, tokens));
+            inputs.push(&all[start..]);
             caches.push(cache);
         }
-        let slices: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
         let want = vec![Want::All; caches.len()];
-        let logits = self.engine.forward(&mut caches, &slices, &want);
+        let logits = self.engine.forward(&mut caches, &inputs, &want);
         let v = self.engine.config.vocab_size;
         meta.into_iter()
             .zip(logits)
-            .map(|((ctx_len, n, start, cont), l)| {
+            .map(|((first, n, start, tokens), l)| {
                 (0..n)
                     .map(|j| {
-                        // The logits at position ctx_len - 1 + j predict continuation token j.
-                        let row = ctx_len - 1 + j - start;
-                        logprob(&l[row * v..(row + 1) * v], cont[j] as usize)
+                        // The logits at position first - 1 + j predict token first + j.
+                        let row = first - 1 + j - start;
+                        logprob(&l[row * v..(row + 1) * v], tokens[first + j] as usize)
                     })
                     .collect()
             })
@@ -353,6 +362,7 @@ impl TransformerPolicy {
 fn empty_generation() -> Generation {
     Generation {
         text: String::new(),
+        token_ids: Vec::new(),
         logprobs: Vec::new(),
         finish: Finish::Length,
         prompt_tokens: 0,

@@ -24,6 +24,10 @@ pub struct LearnedReward {
     likelihood_weight: f32,
     cache: Mutex<PrefixCache>,
     calls: AtomicU64,
+    /// Tokens run through the network (cached prefixes excluded).
+    computed_tokens: AtomicU64,
+    /// Parameters a token passes through: the backbone and the scoring head's rows.
+    params_per_token: f64,
     label: String,
 }
 
@@ -43,6 +47,7 @@ impl LearnedReward {
         } else {
             (weights.head.clone(), vec![weights.bias], 1)
         };
+        let params_per_token = (weights.backbone.params() + head.len() + bias.len()) as f64;
         let engine = Engine::new(&weights.backbone).with_scoring_head(head, bias, rows);
         let kv = engine.config.kv_dim();
         LearnedReward {
@@ -67,6 +72,8 @@ impl LearnedReward {
                 kv,
             )),
             calls: AtomicU64::new(0),
+            computed_tokens: AtomicU64::new(0),
+            params_per_token,
         }
     }
 
@@ -104,6 +111,8 @@ impl LearnedReward {
         let rests: Vec<&[u32]> = encoded.iter().zip(&caches).map(|(e, c)| &e.tokens[c.len..]).collect();
         let want = vec![Want::All; pairs.len()];
         self.calls.fetch_add(1, Ordering::Relaxed);
+        let computed: usize = rests.iter().map(|r| r.len()).sum();
+        self.computed_tokens.fetch_add(computed as u64, Ordering::Relaxed);
         self.engine.forward(&mut caches, &rests, &want);
         let mut out = Vec::with_capacity(pairs.len());
         let rows = self.engine.head_rows();
@@ -174,5 +183,9 @@ impl RewardModel for LearnedReward {
 
     fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
+    }
+
+    fn flops(&self) -> f64 {
+        2.0 * self.params_per_token * self.computed_tokens.load(Ordering::Relaxed) as f64
     }
 }

@@ -137,6 +137,13 @@ pub trait RewardModel: Send + Sync {
     fn calls(&self) -> u64 {
         0
     }
+
+    /// Floating-point operations of every forward pass so far (about 2 per parameter and token
+    /// computed; a cached prefix costs nothing), for compute accounting. 0 for a model that runs
+    /// no network here (a rule, exact labels, or a remote server, whose cost is its own).
+    fn flops(&self) -> f64 {
+        0.0
+    }
 }
 
 impl std::fmt::Debug for dyn RewardModel {

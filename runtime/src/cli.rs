@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use ponder_datagen::dataset::{GenerateSpec, Split, generate, write_jsonl};
+use ponder_datagen::dataset::{GenerateSpec, Split, Splitter, generate, write_jsonl};
 use ponder_datagen::{DatasetError, TraceStyle};
 
 use crate::config::{Layers, parse_override_value, parse_task};
@@ -113,7 +113,8 @@ pub struct DatagenArgs {
     pub style: String,
     #[arg(long)]
     pub out: PathBuf,
-    /// Keep only problems of this side of the split: train, test or all.
+    /// Keep only problems of this side of the split: train, validation, test or all. Sides
+    /// are disjoint by problem family (for countdown, the set of numbers).
     #[arg(long, default_value = "all")]
     pub split: String,
     /// The split's own seed (keep it fixed across datasets of one experiment).
@@ -121,6 +122,11 @@ pub struct DatagenArgs {
     pub split_seed: u64,
     #[arg(long, default_value_t = 0.1)]
     pub test_fraction: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub validation_fraction: f64,
+    /// Every problem at most once.
+    #[arg(long)]
+    pub distinct: bool,
     /// Override the task's difficulty level.
     #[arg(long)]
     pub difficulty: Option<u32>,
@@ -247,16 +253,14 @@ pub fn list(registry: &Registry) -> String {
 fn datagen(args: DatagenArgs, registry: &Registry) -> Result<(), Failure> {
     let usage = |msg: String| Failure::Config(ConfigErrors::one(crate::config_error::ConfigError::new("", msg)));
     let style: TraceStyle = args.style.parse().map_err(|e: String| usage(format!("--style: {e}")))?;
-    let split = match args.split.as_str() {
-        "train" => Split::Train,
-        "test" => Split::Test,
-        "all" => Split::All,
-        other => {
-            return Err(usage(format!("--split: `{other}` is not train, test or all")));
-        }
-    };
-    if !(0.0..1.0).contains(&args.test_fraction) {
-        return Err(usage("--test-fraction: must be in [0, 1)".into()));
+    let split: Split = args.split.parse().map_err(|e: String| usage(format!("--split: {e}")))?;
+    if !(0.0..1.0).contains(&args.test_fraction)
+        || !(0.0..1.0).contains(&args.validation_fraction)
+        || args.test_fraction + args.validation_fraction >= 1.0
+    {
+        return Err(usage(
+            "--test-fraction, --validation-fraction: each in [0, 1), and together below 1".into(),
+        ));
     }
     let spec = match (&args.task, &args.config) {
         (_, Some(config)) => {
@@ -289,9 +293,14 @@ fn datagen(args: DatagenArgs, registry: &Registry) -> Result<(), Failure> {
         seed: args.seed,
         style,
         split,
-        split_seed: args.split_seed,
-        test_fraction: args.test_fraction,
+        splitter: Splitter {
+            seed: args.split_seed,
+            test_fraction: args.test_fraction,
+            validation_fraction: args.validation_fraction,
+        },
         difficulty: args.difficulty,
+        distinct: args.distinct,
+        exclude: Default::default(),
     };
     let bar = ProgressBar::new(args.n as u64).with_style(
         ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} [{elapsed} < {eta}]")

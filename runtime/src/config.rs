@@ -166,12 +166,27 @@ pub const STAGES: [&str; 6] = ["datagen", "init", "reward", "search-eval", "rl",
 pub struct DataStage {
     /// Training examples (expert traces).
     pub train_examples: usize,
-    /// Held-out problems.
+    /// Held-out test problems: read once per final run.
     pub test_problems: usize,
+    /// Held-out validation problems: where settings are chosen.
+    pub validation_problems: usize,
     /// Trace style of the training set: optimal, search, retry or retry:RATE.
     pub style: String,
-    /// Share of problem space set aside for testing (by a seeded hash of each problem).
+    /// Share of the problem families set aside for testing (by a seeded hash of each family:
+    /// for countdown, the set of numbers).
     pub test_fraction: f64,
+    /// Share of the problem families set aside for validation.
+    pub validation_fraction: f64,
+    /// Seed of the split and of the held-out problems: fixed across the seeds of a seeds
+    /// sweep, so every seed is measured on the same problems.
+    pub split_seed: u64,
+    /// Every training problem distinct (the stage fails with a clear error if the space is too
+    /// small); off, problems repeat as often as the task samples them.
+    pub distinct: bool,
+    /// Training-side problems kept for RL (`data/rl.jsonl`): distinct from every problem of the
+    /// initialisation data, so RL meets problems the policy has not been trained on. 0: RL
+    /// draws from the initialisation's problems.
+    pub rl_problems: usize,
     /// Extra training examples in the revision style (wrong attempts as context, then a right
     /// one), so that the policy can revise (the `revision` searcher needs it).
     pub revision_examples: usize,
@@ -182,8 +197,13 @@ impl Default for DataStage {
         DataStage {
             train_examples: 20_000,
             test_problems: 200,
+            validation_problems: 200,
             style: "optimal".into(),
             test_fraction: 0.1,
+            validation_fraction: 0.1,
+            split_seed: 1,
+            distinct: true,
+            rl_problems: 0,
             revision_examples: 0,
         }
     }
@@ -347,6 +367,9 @@ impl Default for RlStage {
 pub struct PipelineSection {
     /// Which stages to run, a subset of the pipeline's stages in their order.
     pub stages: Vec<String>,
+    /// The held-out side every measuring stage reads: `validation` while choosing settings,
+    /// `test` for a final run (`docs/results.md`, the protocol).
+    pub held_out: String,
     pub data: DataStage,
     pub init: InitStage,
     pub reward: RewardStage,
@@ -358,6 +381,7 @@ impl Default for PipelineSection {
     fn default() -> Self {
         PipelineSection {
             stages: STAGES.iter().map(|s| s.to_string()).collect(),
+            held_out: "test".into(),
             data: DataStage::default(),
             init: InitStage::default(),
             reward: RewardStage::default(),
@@ -386,6 +410,31 @@ impl PipelineSection {
                 "pipeline.data.test_fraction",
                 "must be above 0 and below 1",
             ));
+        }
+        let validation = self.data.validation_fraction;
+        if !(0.0..1.0).contains(&validation) || self.data.test_fraction + validation >= 1.0 {
+            errors.push(ConfigError::new(
+                "pipeline.data.validation_fraction",
+                "must be at least 0 and leave a training side (test_fraction + validation_fraction below 1)",
+            ));
+        }
+        if self.data.validation_problems > 0 && validation == 0.0 {
+            errors.push(ConfigError::new(
+                "pipeline.data.validation_problems",
+                "needs a validation side: set pipeline.data.validation_fraction above 0, or validation_problems = 0",
+            ));
+        }
+        match self.held_out.as_str() {
+            "test" => {}
+            "validation" if self.data.validation_problems > 0 => {}
+            "validation" => errors.push(ConfigError::new(
+                "pipeline.held_out",
+                "is `validation` but pipeline.data.validation_problems is 0",
+            )),
+            other => errors.push(ConfigError::new(
+                "pipeline.held_out",
+                format!("`{other}` is neither `test` nor `validation`"),
+            )),
         }
         for p in self.init.optim.validate() {
             let (field, msg) = p.split_once(": ").unwrap_or(("", &p));

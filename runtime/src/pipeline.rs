@@ -71,6 +71,7 @@ pub fn run(config: &RunConfig, registry: &Registry, resume: bool) -> anyhow::Res
     configure_threads(config.run.threads);
     let dir = RunDir::new(config.run_dir());
     fs::create_dir_all(&dir.root).with_context(|| format!("creating {}", dir.root.display()))?;
+    let _lock = dir.lock()?;
     let resolved = config.resolved_toml();
     let config_path = dir.path("config.toml");
     if let Ok(existing) = fs::read_to_string(&config_path)

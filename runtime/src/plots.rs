@@ -156,9 +156,21 @@ fn draw_one(
                     String::new()
                 }
             };
+            // Large values (FLOPs) as 2e9 rather than 2000000000.
+            let compact = |x: &f64| -> String {
+                if x.abs() >= 1e5 {
+                    format!("{x:.0e}")
+                } else if x.abs() >= 10.0 {
+                    format!("{x:.0}")
+                } else {
+                    format!("{x:.2}")
+                }
+            };
             let mut mesh = ctx.configure_mesh();
             if !categories.is_empty() {
                 mesh.x_labels(categories.len() * 2 + 1).x_label_formatter(&category);
+            } else {
+                mesh.x_label_formatter(&compact);
             }
             mesh.x_desc(chart.x_label.as_str())
                 .y_desc(chart.y_label.as_str())

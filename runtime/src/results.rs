@@ -66,6 +66,7 @@ pub fn assemble(config: &RunConfig, records: &BTreeMap<String, StageRecord>) -> 
     let mut out = json!({
         "task": config.task.kind(),
         "seed": config.run.seed,
+        "held_out": config.pipeline.held_out,
         "wall_seconds": records.values().map(|r| r.seconds).sum::<f64>(),
     });
     if let Some(d) = stage(records, "datagen") {

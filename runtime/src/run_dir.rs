@@ -94,6 +94,51 @@ impl RunDir {
     }
 }
 
+/// Exclusive use of a run directory by one process, held until it is dropped. The operating
+/// system releases it when the process ends, however it ends, so a killed run leaves no stale
+/// lock behind.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: fs::File,
+}
+
+impl RunDir {
+    /// Takes the directory's lock (`run.lock`), or fails at once, naming the directory and the
+    /// process that holds it, if another `ponder run` writes to it.
+    pub fn lock(&self) -> anyhow::Result<RunLock> {
+        let path = self.path("run.lock");
+        let mut file = fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let holder = fs::read_to_string(&path).unwrap_or_default();
+                anyhow::bail!(
+                    "{} is in use by another run ({}): wait for it to finish, or give this run another run.name",
+                    self.root.display(),
+                    if holder.trim().is_empty() {
+                        "process unknown".to_string()
+                    } else {
+                        format!("process {}", holder.trim())
+                    }
+                );
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()));
+            }
+        }
+        use std::io::Write;
+        file.set_len(0).with_context(|| format!("writing {}", path.display()))?;
+        write!(file, "{}", std::process::id()).with_context(|| format!("writing {}", path.display()))?;
+        Ok(RunLock { _file: file })
+    }
+}
+
 /// Removes a directory if it exists.
 pub fn clear_dir(path: &Path) -> anyhow::Result<()> {
     if path.exists() {
@@ -105,6 +150,18 @@ pub fn clear_dir(path: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_locked_run_directory_refuses_a_second_run_until_released() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let run = RunDir::new(dir.path());
+        let held = run.lock().expect("first lock");
+        let err = run.lock().expect_err("second lock").to_string();
+        assert!(err.contains("in use by another run"), "{err}");
+        assert!(err.contains(&format!("process {}", std::process::id())), "{err}");
+        drop(held);
+        run.lock().expect("free again");
+    }
 
     #[test]
     fn a_stage_record_reads_back_with_the_same_floats() {

@@ -98,7 +98,7 @@ pub struct Sweep {
 fn stage_inputs(stage: &str) -> Vec<&'static str> {
     let own: &[(&str, &[&str])] = &[
         ("datagen", &["run.seed", "task", "pipeline.data"]),
-        ("init", &["policy", "pipeline.init", "run.device"]),
+        ("init", &["policy", "pipeline.init", "pipeline.held_out", "run.device"]),
         ("reward", &["reward", "pipeline.reward"]),
         ("search-eval", &["search", "pipeline.search_eval"]),
         ("rl", &["learn", "pipeline.rl"]),

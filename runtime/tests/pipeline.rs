@@ -329,15 +329,164 @@ fn a_finished_run_is_skipped_and_a_changed_config_is_refused() {
 #[test]
 fn a_pipeline_killed_in_any_stage_resumes_to_the_same_results() {
     let reference = reference();
-    // Positions: init at step 30 (its last checkpoint is step 20), the reward stage while it
-    // trains a reward model, the search evaluation part-way, RL after its first iteration.
-    for (i, point) in ["init:30", "reward:10", "search-eval:3", "rl:1"].iter().enumerate() {
+    // Each point lies after a checkpoint of its stage, and the resumed run must say that it
+    // continued from it: init at step 30 (its last checkpoint is step 20), the PRM at step 15 of
+    // 20 (checkpoint at 10), search-eval after its first searchers (a checkpoint after each),
+    // RL at the start of its second iteration (a checkpoint after every iteration).
+    for (i, (point, resumed)) in [
+        ("init:30", "policy initialisation resumed"),
+        ("reward:15", "reward model training resumed"),
+        ("search-eval:3", "search-eval resumes from its checkpoint"),
+        ("rl:1", "RL resumed"),
+    ]
+    .iter()
+    .enumerate()
+    {
         let name = format!("killed-{i}");
         let crashed = run(&name, &[], &[("PONDER_CRASH_AT", point)]);
         assert!(!crashed.status.success(), "{point}: the crash was not injected");
         let err = String::from_utf8_lossy(&crashed.stderr);
         assert!(err.contains("PONDER_CRASH_AT reached"), "{point}: {err}");
         ok(&run(&name, &["--resume"], &[]));
+        let log = std::fs::read_to_string(out_dir().join(&name).join("log.txt")).expect("log");
+        assert!(
+            log.contains(resumed),
+            "{point}: the log does not say `{resumed}`:\n{log}"
+        );
         assert_eq!(&results(&name), reference, "{point}: resumed results differ");
+    }
+}
+
+#[test]
+fn a_run_directory_in_use_is_refused_with_a_clear_message() {
+    let name = "locked";
+    let dir = ponder_runtime::run_dir::RunDir::new(out_dir().join(name));
+    std::fs::create_dir_all(&dir.root).expect("run directory");
+    let held = dir.lock().expect("the test holds the lock");
+    let refused = run(name, &[], &[]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("in use by another run"), "{err}");
+    assert!(!dir.path("config.toml").exists(), "the refused run wrote its config");
+    drop(held);
+}
+
+/// The number-set of each problem in a countdown data file, and its problem ids.
+fn countdown_lines(path: &Path) -> Vec<(String, Vec<u64>)> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .map(|line| {
+            let v: Value = serde_json::from_str(line).expect("a JSON line");
+            let mut numbers: Vec<u64> = v["meta"]["numbers"]
+                .as_array()
+                .expect("countdown numbers")
+                .iter()
+                .map(|n| n.as_u64().expect("a number"))
+                .collect();
+            numbers.sort_unstable();
+            (v["id"].as_str().expect("an id").to_string(), numbers)
+        })
+        .collect()
+}
+
+#[test]
+fn the_default_data_holds_no_held_out_number_set_in_training() {
+    use std::collections::HashSet;
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/default.toml");
+    let name = "default-data";
+    ok(&run_config(
+        &config,
+        name,
+        &["--set", "pipeline.stages=[\"datagen\"]"],
+        &[],
+    ));
+    let data = out_dir().join(name).join("data");
+    let default: toml::Table = toml::from_str(&std::fs::read_to_string(&config).expect("config")).expect("TOML");
+    let expert_lines = default["pipeline"]["data"]["train_examples"]
+        .as_integer()
+        .expect("train_examples") as usize;
+    let train = countdown_lines(&data.join("train.jsonl"));
+    let rl = countdown_lines(&data.join("rl.jsonl"));
+    assert!(!rl.is_empty(), "the default keeps problems apart for RL");
+    let expert_ids: HashSet<&str> = train[..expert_lines].iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(expert_ids.len(), expert_lines, "a training problem repeats");
+    let all_train_ids: HashSet<&str> = train.iter().map(|(id, _)| id.as_str()).collect();
+    assert!(
+        rl.iter().all(|(id, _)| !all_train_ids.contains(id.as_str())),
+        "an RL problem is in train.jsonl"
+    );
+    let seen: HashSet<&Vec<u64>> = train.iter().chain(&rl).map(|(_, n)| n).collect();
+    let validation = countdown_lines(&data.join("validation.jsonl"));
+    let test = countdown_lines(&data.join("test.jsonl"));
+    assert_eq!((validation.len(), test.len()), (200, 200));
+    let held_out = |lines: &[(String, Vec<u64>)]| lines.iter().map(|(_, n)| n.clone()).collect::<HashSet<_>>();
+    let (validation, test) = (held_out(&validation), held_out(&test));
+    assert_eq!(validation.iter().filter(|n| seen.contains(n)).count(), 0);
+    assert_eq!(test.iter().filter(|n| seen.contains(n)).count(), 0);
+    assert!(validation.is_disjoint(&test));
+    let record = read_json(&out_dir().join(name).join("stages/datagen.json"));
+    assert_eq!(record["results"]["held_out"]["test"]["families_in_training"], 0);
+    // At most once among the expert lines and once among the revision lines.
+    assert!(
+        record["results"]["train_max_lines_per_problem"].as_u64() <= Some(2),
+        "{record}"
+    );
+}
+
+/// `ponder run` of the smoke config, resuming, as a child process that the test can kill.
+fn spawn_resuming(name: &str) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_ponder"))
+        .arg("run")
+        .arg(smoke_config())
+        .arg("--set")
+        .arg(format!("run.out_dir={}", out_dir().display()))
+        .arg("--set")
+        .arg(format!("run.name={name}"))
+        .arg("--resume")
+        .env_remove("PONDER_CRASH_AT")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ponder starts")
+}
+
+#[test]
+fn a_pipeline_killed_at_random_moments_resumes_to_the_same_results() {
+    let reference = reference();
+    let manifest = read_json(&out_dir().join("reference").join("manifest.json"));
+    let wall = manifest["wall_seconds"]
+        .as_f64()
+        .expect("the reference's wall time")
+        .max(1.0);
+    let name = "killed-at-random";
+    // Five kills (SIGKILL, as `kill -9`) at moments drawn with a fixed seed from the span of an
+    // uninterrupted run, each resumed by the next start.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut interrupted = 0;
+    for _ in 0..5 {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let fraction = (state >> 11) as f64 / (1u64 << 53) as f64;
+        let mut child = spawn_resuming(name);
+        std::thread::sleep(std::time::Duration::from_secs_f64(0.2 + fraction * wall));
+        if child.try_wait().is_ok_and(|status| status.is_none()) {
+            interrupted += 1;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(interrupted >= 1, "no kill landed while the pipeline was running");
+    ok(&run(name, &["--resume"], &[]));
+    assert_eq!(&results(name), reference, "the run killed five times ended elsewhere");
+    for key in [
+        "/policy_init/final_loss",
+        "/reward/training/prm/final_loss",
+        "/reward/training/orm/final_loss",
+    ] {
+        assert!(
+            results(name).pointer(key).is_some_and(Value::is_number),
+            "{key} is missing"
+        );
     }
 }

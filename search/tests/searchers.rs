@@ -77,6 +77,7 @@ impl Policy for RandomMoves {
                         logprobs.push(0.0);
                         return Generation {
                             text,
+                            token_ids: Vec::new(),
                             logprobs,
                             finish: Finish::Answer,
                             prompt_tokens: 0,
@@ -93,6 +94,7 @@ impl Policy for RandomMoves {
                     if r.stop == ponder_policy_init::Stop::StepEnd {
                         return Generation {
                             text,
+                            token_ids: Vec::new(),
                             logprobs,
                             finish: Finish::StepEnd,
                             prompt_tokens: 0,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ponder_datagen::{Problem, Task, Trace};
 use ponder_policy_init::settings::TransformerSettings;
-use ponder_policy_init::{GenRequest, HostWeights, Policy, Sampling, Stop, Tokenizer, TransformerPolicy};
+use ponder_policy_init::{GenRequest, Generation, HostWeights, Policy, Sampling, Stop, Tokenizer, TransformerPolicy};
 
 use super::Context;
 
@@ -73,6 +73,23 @@ pub async fn sample_traces(
     temperature: f32,
     seed: u64,
 ) -> anyhow::Result<Vec<Vec<(Trace, usize)>>> {
+    Ok(sample_generations(policy, problems, n, max_tokens, temperature, seed)
+        .await?
+        .into_iter()
+        .map(|group| group.iter().map(|g| (Trace::parse(&g.text), g.tokens())).collect())
+        .collect())
+}
+
+/// `n` whole generations per problem at `temperature` (text, sampled token ids and their
+/// log-probs), all in batched policy calls.
+pub async fn sample_generations(
+    policy: &dyn Policy,
+    problems: &[Problem],
+    n: usize,
+    max_tokens: usize,
+    temperature: f32,
+    seed: u64,
+) -> anyhow::Result<Vec<Vec<Generation>>> {
     let sampling = Sampling {
         temperature,
         ..Sampling::default()
@@ -97,7 +114,7 @@ pub async fn sample_traces(
             .collect();
         let generations = policy.generate(&requests).await?;
         for group in generations.chunks(n.max(1)) {
-            out.push(group.iter().map(|g| (Trace::parse(&g.text), g.tokens())).collect());
+            out.push(group.to_vec());
         }
     }
     Ok(out)

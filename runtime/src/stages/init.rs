@@ -45,7 +45,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<serde_json::Value> {
     let settings = transformer_settings(ctx)?;
     let s = &ctx.config.pipeline.init;
     let train = ctx.train_examples()?;
-    let test: Vec<Problem> = ctx.test_examples()?.into_iter().map(|e| e.problem).collect();
+    let test: Vec<Problem> = ctx.held_out_examples()?.into_iter().map(|e| e.problem).collect();
     let (start, tokenizer) = match &settings.from {
         Some(dir) => ponder_policy_init::hf::load_pretrained(std::path::Path::new(dir))?,
         None => {

@@ -43,8 +43,27 @@ impl Context<'_> {
         Ok(ponder_datagen::dataset::read_examples(&self.dir.data("train.jsonl"))?)
     }
 
-    pub fn test_examples(&self) -> anyhow::Result<Vec<Example>> {
-        Ok(ponder_datagen::dataset::read_examples(&self.dir.data("test.jsonl"))?)
+    /// The held-out problems every measuring stage reads: the validation side while settings
+    /// are chosen, the test side for a final run (`pipeline.held_out`).
+    pub fn held_out_examples(&self) -> anyhow::Result<Vec<Example>> {
+        let side = if self.config.pipeline.held_out == "validation" {
+            ponder_datagen::Split::Validation
+        } else {
+            ponder_datagen::Split::Test
+        };
+        Ok(ponder_datagen::dataset::read_examples(
+            &self.dir.data(datagen::held_out_file(side)),
+        )?)
+    }
+
+    /// The problems RL trains on: those kept apart for it when the data has them
+    /// (`pipeline.data.rl_problems`), else the initialisation's.
+    pub fn rl_examples(&self) -> anyhow::Result<Vec<Example>> {
+        if self.config.pipeline.data.rl_problems > 0 {
+            Ok(ponder_datagen::dataset::read_examples(&self.dir.data("rl.jsonl"))?)
+        } else {
+            self.train_examples()
+        }
     }
 }
 

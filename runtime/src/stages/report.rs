@@ -77,13 +77,13 @@ fn search_plots(ctx: &Context, search: &Value, out: &mut String) -> anyhow::Resu
         return Ok(());
     };
     let greedy = search["greedy_pass@1"].as_f64();
-    // A curve's points, with their intervals: (tokens per problem, accuracy), (low, high).
+    // A curve's points, with their intervals: (FLOPs per problem, accuracy), (low, high).
     let series = |name: &str, points: &Value| {
         let pts = points.as_array().cloned().unwrap_or_default();
         let field = |p: &Value, key: &str| p[key].as_f64().unwrap_or(f64::NAN);
         let xy = pts
             .iter()
-            .map(|p| (field(p, "tokens_per_problem"), field(p, "accuracy")))
+            .map(|p| (field(p, "flops_per_problem"), field(p, "accuracy")))
             .collect();
         let intervals = pts.iter().map(|p| (field(p, "low"), field(p, "high"))).collect();
         Series::new(name, xy).with_intervals(intervals)
@@ -97,7 +97,7 @@ fn search_plots(ctx: &Context, search: &Value, out: &mut String) -> anyhow::Resu
     }
     let chart = Chart {
         title: "Test-time scaling".into(),
-        x_label: "generated tokens per problem (log)".into(),
+        x_label: "FLOPs per problem: policy and reward-model passes (log)".into(),
         y_label: "accuracy".into(),
         log_x: true,
         series: all,
@@ -115,7 +115,7 @@ fn search_plots(ctx: &Context, search: &Value, out: &mut String) -> anyhow::Resu
                 pts.iter()
                     .map(|p| {
                         (
-                            p["tokens_per_problem"].as_f64().unwrap_or(f64::NAN),
+                            p["flops_per_problem"].as_f64().unwrap_or(f64::NAN),
                             p["quintiles"][q].as_f64().unwrap_or(f64::NAN),
                         )
                     })
@@ -178,12 +178,13 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
     )?;
     writeln!(
         out,
-        "Task `{}` (seed {}), policy {:.2}M parameters, everything on {} in {:.0} s of stages. Figures are ponder's; the published ones they are set against come from `REFERENCES.md`. Intervals are 95% (Wilson for greedy accuracy, bootstrap over problems otherwise).\n",
+        "Task `{}` (seed {}), policy {:.2}M parameters, everything on {} in {:.0} s of stages. Figures are ponder's, measured on the held-out `{}` problems (settings are chosen on validation, the test side is read once: `docs/results.md`); the published ones they are set against, with their sources, are in `docs/references.md`. Intervals are 95% (Wilson for greedy accuracy, bootstrap over problems otherwise).\n",
         r["task"].as_str().unwrap_or("?"),
         r["seed"],
         r["policy_init"]["params"].as_f64().unwrap_or(0.0) / 1e6,
         ctx.config.run.device,
-        ctx.earlier.values().map(|s| s.seconds).sum::<f64>()
+        ctx.earlier.values().map(|s| s.seconds).sum::<f64>(),
+        ctx.config.pipeline.held_out,
     )?;
     let mut figures = serde_json::Map::new();
 
@@ -191,7 +192,10 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
     let init = &r["policy_init"];
     if !init.is_null() {
         writeln!(out, "## 1. Policy initialisation\n")?;
-        writeln!(out, "| | ponder | published |\n|---|---|---|")?;
+        writeln!(
+            out,
+            "| | ponder | PyTorch reference (not a paper: a 0.84M GPT on countdown-3, numbers 1..10) |\n|---|---|---|"
+        )?;
         writeln!(
             out,
             "| training tokens | {:.2}M at {:.0} tokens/s | PyTorch reference: 1 / 2 / 4M tokens |",
@@ -202,11 +206,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
                 .unwrap_or(0.0)
         )?;
         for (label, key, published) in [
-            (
-                "greedy pass@1",
-                "pass@1",
-                "22.5 / 36.5 / 48.5% (countdown-3, 0.84M GPT)",
-            ),
+            ("greedy pass@1", "pass@1", "22.5 / 36.5 / 48.5%"),
             ("pass@8", "pass@8", "52 / 79 / 86%"),
             ("pass@32", "pass@32", "81.5 / 97 / 98.5%"),
             ("maj@32", "maj@32", "18.5 / 36 / 49.5%"),
@@ -285,13 +285,24 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
                 .map(|w| format!("likelihood feature, weight {w:.2}"))
         };
         let prm_feature = feature("prm");
+        // Each model's row names its data, as counted by the reward stage.
+        let policy_traces = reward["labelled_traces"].as_u64().unwrap_or(0);
+        let synthetic = reward["synthetic_traces"].as_u64().unwrap_or(0);
         let prm_name = format!(
-            "PRM ({} labels, N = {}{})",
+            "PRM ({policy_traces} policy traces with {} labels, N = {}{}{})",
             reward["labels"].as_str().unwrap_or("?"),
             reward["rollouts"],
+            if synthetic > 0 {
+                format!(", and {synthetic} synthetic traces with exact step labels")
+            } else {
+                String::new()
+            },
             prm_feature.as_ref().map_or(String::new(), |f| format!("; {f}"))
         );
-        let orm_name = feature("orm").map_or("ORM".to_string(), |f| format!("ORM ({f})"));
+        let orm_name = format!(
+            "ORM ({policy_traces} policy traces with outcome labels{})",
+            feature("orm").map_or(String::new(), |f| format!("; {f}"))
+        );
         let (orm, likelihood) = (&reward["orm"], &reward["likelihood"]);
         // (model, measure, record, key): the value at `key`, its interval at `key_ci`.
         let mut rows = vec![
@@ -393,16 +404,36 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
         writeln!(out, "## 3. Test-time compute\n")?;
         writeln!(
             out,
-            "Every searcher over a ladder of budgets on {} held-out problems; the x axis counts every token the policy generated (rollouts and lookahead included). Greedy pass@1: {}; chance level: {}.{}\n",
+            "Every searcher over a ladder of budgets on {} held-out problems; the x axis counts the FLOPs of every forward pass per problem, the policy's (prompts, samples, rollouts, lookahead) and the reward model's (every trace and prefix it scored), at 2 per parameter and token computed; the table also gives the tokens the policy generated. Greedy pass@1: {}; chance level: {}.{}\n",
             search["problems"],
             pct(&search["greedy_pass@1"]),
             pct(&search["chance_level"]),
             sampling_note(&search["sampling"])
         )?;
         search_plots(ctx, search, &mut out)?;
+        let best = &search["best_at_top_budget"];
+        if best.is_object() {
+            let gain = &best["gain_over_greedy"];
+            writeln!(
+                out,
+                "The most accurate searcher at the largest budget: {} at budget {}, {}{}.\n",
+                best["searcher"].as_str().unwrap_or("?"),
+                best["budget"],
+                pct_with_range(&best["accuracy"], &best["low"], &best["high"]),
+                if gain.is_object() {
+                    format!(
+                        ", {} over greedy decoding on the same problems (greedy {}; paired bootstrap)",
+                        points_with_ci(&gain["value"], &json!([gain["low"], gain["high"]])),
+                        pct(&gain["greedy_pass@1"])
+                    )
+                } else {
+                    String::new()
+                }
+            )?;
+        }
         writeln!(
             out,
-            "| searcher | budget: accuracy [95% interval] (tokens per problem) |\n|---|---|"
+            "| searcher | budget: accuracy [95% interval] (FLOPs, tokens per problem) |\n|---|---|"
         )?;
         let row = |points: &Value| -> String {
             points
@@ -412,9 +443,10 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
                 .iter()
                 .map(|p| {
                     format!(
-                        "{}: {} ({:.0})",
+                        "{}: {} ({:.1e}, {:.0})",
                         p["budget"],
                         pct_with_range(&p["accuracy"], &p["low"], &p["high"]),
+                        p["flops_per_problem"].as_f64().unwrap_or(0.0),
                         p["tokens_per_problem"].as_f64().unwrap_or(0.0)
                     )
                 })
@@ -436,19 +468,21 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
         if reference.is_object() {
             write!(
                 out,
-                "\nCompute-optimal (the best searcher per difficulty quintile and budget, chosen on one half of the problems and measured on the other, both ways) against {} at budget {}: {} at {} tokens per problem. ",
+                "\nCompute-optimal (the best searcher per difficulty quintile and budget, chosen on one half of the problems and measured on the other, both ways; the quintiles come from 32 graded samples per problem, oracle information a deployed system would not have, and their cost is not counted) against the strongest best-of-N at the largest budget, {} at budget {}: {} at {:.2e} FLOPs ({} tokens) per problem. ",
                 reference["searcher"].as_str().unwrap_or("best-of-N"),
                 reference["budget"],
                 pct_with_range(&reference["accuracy"], &reference["low"], &reference["high"]),
+                reference["flops_per_problem"].as_f64().unwrap_or(0.0),
                 num(&reference["tokens_per_problem"], 0)
             )?;
             let first = &m["first_match"];
             if first.is_object() {
                 write!(
                     out,
-                    "The compute-optimal curve first reaches it at budget {} ({} tokens per problem, {}x fewer; Snell et al. measured 4x), paired difference {}. ",
+                    "The compute-optimal curve first reaches it at budget {} ({:.2e} FLOPs per problem, {}x fewer; {}x fewer tokens; Snell et al. measured 4x), paired difference {}. ",
                     first["budget"],
-                    num(&first["tokens_per_problem"], 0),
+                    first["flops_per_problem"].as_f64().unwrap_or(0.0),
+                    num(&first["flops_ratio"], 1),
                     num(&first["token_ratio"], 1),
                     points_with_ci(&first["difference"], &first["difference_ci"])
                 )?;
@@ -545,6 +579,19 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
                     pct(&rl[format!("{key}_after")]),
                     ci(&rl[format!("{key}_after_ci")])
                 )?;
+            }
+            for (label, key) in [
+                ("sampled pass@1", "pass@1_sampled_change"),
+                ("greedy pass@1", "pass@1_change"),
+            ] {
+                let change = &rl[key];
+                if change.is_object() {
+                    writeln!(
+                        out,
+                        "| change in {label}, paired over problems | | {} |",
+                        points_with_ci(&change["value"], &json!([change["low"], change["high"]]))
+                    )?;
+                }
             }
             writeln!(
                 out,

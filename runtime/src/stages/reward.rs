@@ -95,7 +95,9 @@ fn train_model(
         aggregation,
     );
     let mut trainer = reward_trainer(&template, &start, config).with_outputs(checkpoints, metrics);
-    trainer.resume()?;
+    if let Some(step) = trainer.resume()? {
+        tracing::info!(model = name, step, "reward model training resumed");
+    }
     let summary = trainer.run(&mut objective, ctx.progress, &|_| Ok(()))?;
     let weights = objective.weights(&trainer.params);
     weights.save(&ctx.dir.path(&format!("reward/{name}")), tokenizer)?;
@@ -298,7 +300,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
 
     // 3. Held-out measures.
     ctx.progress.set(4, 6, "held-out evaluation");
-    let test_problems: Vec<Problem> = ctx.test_examples()?.into_iter().map(|e| e.problem).collect();
+    let test_problems: Vec<Problem> = ctx.held_out_examples()?.into_iter().map(|e| e.problem).collect();
     let held_out = sample_traces(
         &policy,
         &test_problems,

@@ -25,7 +25,7 @@ use rand::seq::IndexedRandom;
 use serde_json::{Value, json};
 
 use super::Context;
-use super::common::{distinct_problems, load_policy, sample_traces, shared_task, stage_policy, trace_token_limit};
+use super::common::{distinct_problems, load_policy, sample_generations, shared_task, stage_policy, trace_token_limit};
 use crate::registry::RewardContext;
 use crate::run_dir::clear_dir;
 
@@ -34,10 +34,10 @@ use crate::run_dir::clear_dir;
 async fn process_scores(
     model: &dyn RewardModel,
     problems: &[Problem],
-    collected: &[(usize, Trace)],
+    collected: &[Collected],
 ) -> anyhow::Result<Vec<Vec<f32>>> {
     let mut groups: Vec<(usize, Vec<Trace>)> = Vec::new();
-    for (i, trace) in collected {
+    for Collected { group: i, trace, .. } in collected {
         match groups.last_mut() {
             Some((last, traces)) if last == i => traces.push(trace.clone()),
             _ => groups.push((*i, vec![trace.clone()])),
@@ -85,6 +85,15 @@ fn curve_point(iteration: usize, flops: f64, pass1: &ponder_policy_init::eval::E
     json!({"iteration": iteration, "flops": flops, "pass@1": pass1.value, "low": pass1.low, "high": pass1.high})
 }
 
+/// One trace collected for an update: the problem's index in the batch, the trace, and the
+/// generation it was parsed from (text, sampled token ids, behaviour log-probs) when it was
+/// sampled whole from the policy; a searcher's chosen trace has none.
+struct Collected {
+    group: usize,
+    trace: Trace,
+    generation: Option<ponder_policy_init::Generation>,
+}
+
 /// Samples for one iteration: plain samples, or the searcher's chosen traces (guided by
 /// `reward`, the run's `[reward]` model, built once for the stage).
 async fn collect(
@@ -95,7 +104,7 @@ async fn collect(
     problems: &[Problem],
     max_tokens: usize,
     seed: u64,
-) -> anyhow::Result<(Vec<(usize, Trace)>, u64)> {
+) -> anyhow::Result<(Vec<Collected>, u64)> {
     let s = &ctx.config.pipeline.rl;
     let before = policy.compute_counters();
     let mut out = Vec::new();
@@ -127,14 +136,22 @@ async fn collect(
         });
         for (i, outcome) in futures::future::join_all(runs).await.into_iter().enumerate() {
             let outcome = outcome?;
-            if let Some(t) = outcome.trace {
-                out.push((i, t));
+            if let Some(trace) = outcome.trace {
+                out.push(Collected {
+                    group: i,
+                    trace,
+                    generation: None,
+                });
             }
         }
     } else {
-        let sampled = sample_traces(policy, problems, s.samples_per_problem, max_tokens, 1.0, seed).await?;
-        for (i, traces) in sampled.into_iter().enumerate() {
-            out.extend(traces.into_iter().map(|(t, _)| (i, t)));
+        let sampled = sample_generations(policy, problems, s.samples_per_problem, max_tokens, 1.0, seed).await?;
+        for (i, generations) in sampled.into_iter().enumerate() {
+            out.extend(generations.into_iter().map(|g| Collected {
+                group: i,
+                trace: Trace::parse(&g.text),
+                generation: Some(g),
+            }));
         }
     }
     let after = policy.compute_counters();
@@ -169,6 +186,64 @@ fn warm_start_optimizer(ctx: &Context, state: &mut TrainablePolicy) -> anyhow::R
     // Bias correction as after a long run.
     trainer.optimizer.t = 10_000;
     Ok(())
+}
+
+/// RL's change on the held-out problems, paired over problems against the initialised policy's
+/// evaluation (`eval/init.json`): sampled pass@1 (each problem's share of right samples) and
+/// greedy pass@1, each `{value, low, high}` with a paired bootstrap interval. `None` when the
+/// initialisation's evaluation is missing or was made on other problems.
+fn paired_changes(
+    ctx: &Context,
+    after: &ponder_policy_init::evaluate::EvalReport,
+    seed: u64,
+) -> anyhow::Result<Option<(Value, Value)>> {
+    let path = ctx.dir.path("eval/init.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(None);
+    };
+    let before: ponder_policy_init::evaluate::EvalReport =
+        serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
+    let same_problems = before.outcomes.len() == after.outcomes.len()
+        && before.outcomes.iter().zip(&after.outcomes).all(|(a, b)| a.id == b.id);
+    if !same_problems || after.outcomes.iter().any(|o| o.samples == 0) {
+        return Ok(None);
+    }
+    let sampled = |r: &ponder_policy_init::evaluate::EvalReport| -> Vec<f64> {
+        r.outcomes
+            .iter()
+            .map(|o| o.correct_samples as f64 / o.samples.max(1) as f64)
+            .collect()
+    };
+    let greedy = |r: &ponder_policy_init::evaluate::EvalReport| -> Vec<f64> {
+        r.outcomes
+            .iter()
+            .map(|o| f64::from(u8::from(o.greedy_correct)))
+            .collect()
+    };
+    let as_json = |e: ponder_policy_init::eval::Estimate| json!({"value": e.value, "low": e.low, "high": e.high});
+    use ponder_policy_init::eval::bootstrap_difference;
+    Ok(Some((
+        as_json(bootstrap_difference(&sampled(after), &sampled(&before), seed)),
+        as_json(bootstrap_difference(&greedy(after), &greedy(&before), seed ^ 1)),
+    )))
+}
+
+/// The learner's optimizer steps shown within an RL iteration: the stage's position stays the
+/// iteration (what a crash point for the kill tests counts), the steps go in the message.
+struct WithinIteration<'a> {
+    bar: &'a crate::progress::StageBar,
+    iteration: usize,
+    iterations: usize,
+}
+
+impl ponder_policy_init::trainer::Progress for WithinIteration<'_> {
+    fn update(&self, step: usize, total: usize, status: &str) {
+        self.bar.set(
+            self.iteration,
+            self.iterations,
+            &format!("iteration {}: step {step}/{total} {status}", self.iteration + 1),
+        );
+    }
 }
 
 pub fn run(ctx: &Context) -> anyhow::Result<Value> {
@@ -218,7 +293,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
     let mut resumed = None;
     let mut first_iteration = 0usize;
     let mut curve: Vec<Value> = Vec::new();
-    let (mut train_tokens, mut sample_tokens) = (0u64, 0u64);
+    let (mut train_tokens, mut sample_tokens, mut scored_tokens) = (0u64, 0u64, 0u64);
     if ctx.resume
         && let Some((_, dir)) = checkpoints.latest()?
     {
@@ -232,7 +307,9 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         curve = saved["curve"].as_array().cloned().unwrap_or_default();
         train_tokens = saved["train_tokens"].as_u64().unwrap_or(0);
         sample_tokens = saved["sample_tokens"].as_u64().unwrap_or(0);
+        scored_tokens = saved["scored_tokens"].as_u64().unwrap_or(0);
         resumed = Some(first_iteration);
+        tracing::info!(iteration = first_iteration, "RL resumed");
     } else {
         clear_dir(checkpoints.dir())?;
         state
@@ -240,12 +317,15 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
             .set_outputs(checkpoints.clone(), MetricsLog::disabled("rl"));
     }
     let mut metrics = MetricsLog::open(&ctx.dir.metrics(), "rl", resumed.map(|i| i.saturating_sub(1)))?;
-    let train_problems = distinct_problems(&ctx.train_examples()?, 0);
-    let mut test: Vec<Problem> = ctx.test_examples()?.into_iter().map(|e| e.problem).collect();
+    let train_problems = distinct_problems(&ctx.rl_examples()?, 0);
+    let mut test: Vec<Problem> = ctx.held_out_examples()?.into_iter().map(|e| e.problem).collect();
     if s.eval_problems > 0 {
         test.truncate(s.eval_problems);
     }
-    let flops = |train: u64, sample: u64| 6.0 * params * train as f64 + 2.0 * params * sample as f64;
+    // Training passes (forward and backward) at 6 FLOPs per parameter and token; sampling and the
+    // update's forward-only passes (old policy, reference, critic) at 2.
+    let flops =
+        |train: u64, sample: u64, scored: u64| 6.0 * params * train as f64 + 2.0 * params * (sample + scored) as f64;
     if curve.is_empty() {
         let policy = TransformerPolicy::new(&start, tokenizer.clone());
         let r = evaluate_weights(&policy, task.as_ref(), &test, 0, max_tokens, ctx.seed("rl-curve")).await?;
@@ -278,18 +358,36 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         };
         let mut samples = Vec::with_capacity(collected.len());
         let (mut rewards, mut right, mut length) = (0.0, 0usize, 0usize);
-        for ((i, trace), steps) in collected.into_iter().zip(step_scores) {
+        for (
+            Collected {
+                group: i,
+                trace,
+                generation,
+            },
+            steps,
+        ) in collected.into_iter().zip(step_scores)
+        {
             let problem = &problems[i];
             let reward = verifier.reward(problem, &trace)?;
             let correct = task.verify(problem, &trace)?.correct;
             rewards += f64::from(reward);
             right += usize::from(correct);
-            let completion = trace.render();
-            length += tokenizer.encode(&completion).len();
+            // The update trains on what the policy sampled, token for token, with the
+            // behaviour log-probs recorded then; a searcher's chosen trace is rendered.
+            let (completion, completion_tokens, logprobs) = match generation {
+                Some(g) => (g.text, g.token_ids, g.logprobs),
+                None => (trace.render(), Vec::new(), Vec::new()),
+            };
+            length += if completion_tokens.is_empty() {
+                tokenizer.encode(&completion).len()
+            } else {
+                completion_tokens.len()
+            };
             samples.push(Sample {
                 prompt: problem.prompt.clone(),
                 completion,
-                logprobs: Vec::new(),
+                completion_tokens,
+                logprobs,
                 reward,
                 step_rewards: steps,
                 correct,
@@ -301,7 +399,12 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
             samples,
             ..Experience::default()
         };
-        let stats = learner.learn(&mut state, &experience, ctx.progress)?;
+        let within = WithinIteration {
+            bar: ctx.progress,
+            iteration,
+            iterations: s.iterations,
+        };
+        let stats = learner.learn(&mut state, &experience, &within)?;
         if !stats.loss.is_finite() {
             anyhow::bail!(
                 "iteration {}: the loss is {}; the last good checkpoint (iteration {iteration}) is intact",
@@ -310,6 +413,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
             );
         }
         train_tokens += stats.tokens;
+        scored_tokens += stats.scored_tokens;
         let mut record = json!({
             "step": iteration + 1,
             "reward": rewards / n,
@@ -322,7 +426,8 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
             "optimizer_steps": stats.optimizer_steps,
             "train_tokens": train_tokens,
             "sample_tokens": sample_tokens,
-            "flops": flops(train_tokens, sample_tokens),
+            "scored_tokens": scored_tokens,
+            "flops": flops(train_tokens, sample_tokens, scored_tokens),
         });
         for (k, v) in &stats.extra {
             record[k] = json!(v);
@@ -333,7 +438,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
             let r = evaluate_weights(&policy, task.as_ref(), &test, 0, max_tokens, ctx.seed("rl-curve")).await?;
             curve.push(curve_point(
                 iteration + 1,
-                flops(train_tokens, sample_tokens),
+                flops(train_tokens, sample_tokens, scored_tokens),
                 &r.pass1_greedy,
             ));
             metrics.write(json!({"step": iteration + 1, "eval": {"pass@1_greedy": r.pass1_greedy.value}}))?;
@@ -343,6 +448,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
             "curve": curve,
             "train_tokens": train_tokens,
             "sample_tokens": sample_tokens,
+            "scored_tokens": scored_tokens,
         });
         state.trainer.save_checkpoint(&|dir| {
             let path = dir.join("rl_state.json");
@@ -353,7 +459,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
     ponder_policy_init::hf::save_pretrained(&ctx.dir.policy("rl"), &weights, &tokenizer)?;
     ctx.progress.set(s.iterations, s.iterations, "final evaluation");
     let policy = TransformerPolicy::new(&weights, tokenizer.clone());
-    let all_test: Vec<Problem> = ctx.test_examples()?.into_iter().map(|e| e.problem).collect();
+    let all_test: Vec<Problem> = ctx.held_out_examples()?.into_iter().map(|e| e.problem).collect();
     let after = evaluate_weights(
         &policy,
         task.as_ref(),
@@ -380,10 +486,15 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         "pass@1_after_ci": [after.pass1_greedy.low, after.pass1_greedy.high],
         "train_tokens": train_tokens,
         "sample_tokens": sample_tokens,
-        "flops": flops(train_tokens, sample_tokens),
+        "scored_tokens": scored_tokens,
+        "flops": flops(train_tokens, sample_tokens, scored_tokens),
         "curve": curve,
         "eval": after.summary(),
     });
+    if let Some(changes) = paired_changes(ctx, &after, ctx.seed("rl-paired-change"))? {
+        results["pass@1_sampled_change"] = changes.0;
+        results["pass@1_change"] = changes.1;
+    }
     // Sampled pass@k; `pass@1_before/after` stay the greedy figures.
     for (k, e) in &after.pass_at {
         let key = if *k == 1 {

@@ -13,6 +13,8 @@
 
 use std::collections::HashMap;
 
+use anyhow::Context as _;
+
 use ponder_datagen::{Problem, Task, Trace};
 use ponder_policy_init::eval::{Estimate, bootstrap_difference, bootstrap_mean, pass_at_k};
 use ponder_policy_init::evaluate::EvalReport;
@@ -37,6 +39,10 @@ use crate::registry::RewardContext;
 pub struct Point {
     pub budget: usize,
     pub tokens_per_problem: f64,
+    /// Floating-point operations per problem: every forward pass of the policy (prompts,
+    /// generated tokens, rollouts, lookahead) and of the reward model, at 2 per parameter and
+    /// token computed (`docs/results.md`).
+    pub flops_per_problem: f64,
     pub accuracy: f64,
     pub low: f64,
     pub high: f64,
@@ -44,9 +50,23 @@ pub struct Point {
     pub quintiles: Vec<f64>,
     /// Tokens the policy computed per token it generated (prefix reuse keeps it near 1).
     pub computed_per_generated: f64,
-    /// Per problem: right or not, and generated tokens.
-    #[serde(skip)]
+    /// Per problem: right or not, and generated tokens (in the checkpoint, not in
+    /// `results.json`).
     pub per_problem: Vec<(bool, u64)>,
+    /// The run's FLOPs per generated token, to apportion its compute to problems (likewise).
+    pub flops_per_token: f64,
+}
+
+impl Point {
+    /// The point as `results.json` has it: without the per-problem outcomes.
+    fn public_json(&self) -> Value {
+        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        if let Some(map) = v.as_object_mut() {
+            map.remove("per_problem");
+            map.remove("flops_per_token");
+        }
+        v
+    }
 }
 
 impl Point {
@@ -100,6 +120,39 @@ async fn run_budget(
     });
     let outcomes = futures::future::join_all(runs).await;
     Ok(outcomes.into_iter().collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Best-of-N samples drawn once for every selection rule: per problem id, the traces and
+/// their tokens; what drawing them cost, and its FLOPs.
+#[derive(Serialize, Deserialize)]
+struct SharedDraw {
+    samples: HashMap<String, Vec<(Trace, u64)>>,
+    cost: Cost,
+    flops: f64,
+}
+
+/// What search-eval has finished, saved after every searcher
+/// (`checkpoints/search-eval/progress.json`) so that `--resume` continues with the next one.
+#[derive(Default, Serialize, Deserialize)]
+struct SearchProgress {
+    curves: Vec<(String, Vec<Point>)>,
+    pass_and_majority: Value,
+    shared_samples: Option<SharedDraw>,
+}
+
+impl SearchProgress {
+    fn load(path: &std::path::Path) -> anyhow::Result<SearchProgress> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => serde_json::from_str(&text).with_context(|| format!("reading {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SearchProgress::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    fn save(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        let text = serde_json::to_string(self)?;
+        ponder_datagen::io::write_atomic(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+    }
 }
 
 /// Best-of-N over samples drawn once for every selection rule (keyed by problem id): it only
@@ -165,16 +218,51 @@ fn prefix_outcome(
     (answer, tokens)
 }
 
-fn point(quintile_of: &[usize], budget: usize, results: Vec<(bool, u64)>, cost: Cost, seed: u64) -> Point {
+/// The compute a run spent: the policy's forward passes (tokens it computed, 2 FLOPs per
+/// parameter each) and the reward model's (its own count), between two readings.
+#[derive(Clone, Copy, Debug)]
+struct ComputeReading {
+    policy_tokens: u64,
+    reward_flops: f64,
+}
+
+impl ComputeReading {
+    fn now(policy: &dyn Policy, reward: &dyn RewardModel) -> ComputeReading {
+        ComputeReading {
+            policy_tokens: policy.compute_counters().0,
+            reward_flops: reward.flops(),
+        }
+    }
+
+    /// FLOPs spent since `earlier`.
+    fn since(&self, earlier: ComputeReading, policy_params: f64) -> f64 {
+        2.0 * policy_params * self.policy_tokens.saturating_sub(earlier.policy_tokens) as f64
+            + (self.reward_flops - earlier.reward_flops).max(0.0)
+    }
+}
+
+/// `flops_per_token`: the run's FLOPs per generated token; a budget that is a prefix of a larger
+/// run is charged in proportion to the tokens it generated.
+fn point(
+    quintile_of: &[usize],
+    budget: usize,
+    results: Vec<(bool, u64)>,
+    cost: Cost,
+    flops_per_token: f64,
+    seed: u64,
+) -> Point {
     let e = bootstrap_mean(&scores_of(&results), seed);
     let mut by_q = [(0.0, 0usize); 5];
     for ((ok, _), &q) in results.iter().zip(quintile_of) {
         by_q[q].0 += f64::from(u8::from(*ok));
         by_q[q].1 += 1;
     }
+    let tokens_per_problem = results.iter().map(|(_, t)| *t as f64).sum::<f64>() / results.len().max(1) as f64;
     Point {
         budget,
-        tokens_per_problem: results.iter().map(|(_, t)| *t as f64).sum::<f64>() / results.len().max(1) as f64,
+        tokens_per_problem,
+        flops_per_problem: tokens_per_problem * flops_per_token,
+        flops_per_token,
         accuracy: e.value,
         low: e.low,
         high: e.high,
@@ -219,6 +307,7 @@ struct OptimalPoint {
     /// Per problem: right (1) or not (0) under the searcher chosen for its quintile and fold.
     scores: Vec<f64>,
     tokens_per_problem: f64,
+    flops_per_problem: f64,
     choices: Vec<Value>,
 }
 
@@ -235,6 +324,7 @@ impl OptimalPoint {
             "low": e.low,
             "high": e.high,
             "tokens_per_problem": self.tokens_per_problem,
+            "flops_per_problem": self.flops_per_problem,
             "choices": self.choices,
         })
     }
@@ -255,7 +345,7 @@ fn compute_optimal(curves: &[(String, Vec<Point>)], quintile_of: &[usize], budge
             continue;
         }
         let mut scores = vec![0.0; n];
-        let mut tokens = 0.0;
+        let (mut tokens, mut flops) = (0.0, 0.0);
         let mut choices = Vec::new();
         for q in 0..5 {
             for test_fold in 0..2 {
@@ -275,6 +365,7 @@ fn compute_optimal(curves: &[(String, Vec<Point>)], quintile_of: &[usize], budge
                 for i in members(test_fold) {
                     scores[i] = f64::from(u8::from(best.per_problem[i].0));
                     tokens += best.per_problem[i].1 as f64;
+                    flops += best.per_problem[i].1 as f64 * best.flops_per_token;
                 }
                 choices.push(json!({"quintile": q + 1, "fold": test_fold, "searcher": name}));
             }
@@ -283,6 +374,7 @@ fn compute_optimal(curves: &[(String, Vec<Point>)], quintile_of: &[usize], budge
             budget: b,
             scores,
             tokens_per_problem: tokens / n.max(1) as f64,
+            flops_per_problem: flops / n.max(1) as f64,
             choices,
         });
     }
@@ -290,15 +382,20 @@ fn compute_optimal(curves: &[(String, Vec<Point>)], quintile_of: &[usize], budge
 }
 
 /// Snell et al.'s comparison: the budget at which the compute-optimal curve first reaches the
-/// reference searcher's (best-of-N weighted, else majority) accuracy at the largest budget, the
-/// ratio of tokens, and paired intervals that say whether the comparison means anything: the
+/// reference searcher's accuracy at the largest budget (the strongest best-of-N there: majority,
+/// or best-of-N under any reward model or rule), the ratios of FLOPs and of tokens, and paired
+/// intervals that say whether the comparison means anything: the
 /// reference's own gain from its smallest budget to its largest (nothing to save when there is
 /// none), and the compute-optimal curve's difference from the reference at the match.
 fn compute_optimal_vs_reference(curves: &[(String, Vec<Point>)], optimal: &[OptimalPoint], seed: u64) -> Value {
     let Some((label, points)) = curves
         .iter()
-        .find(|(l, _)| l == "best-of-n-weighted")
-        .or_else(|| curves.iter().find(|(l, _)| l == "majority"))
+        .filter(|(l, _)| l == "majority" || l.starts_with("best-of-n"))
+        .filter(|(_, points)| !points.is_empty())
+        .max_by(|a, b| {
+            let top = |points: &[Point]| points.iter().max_by_key(|p| p.budget).map_or(0.0, |p| p.accuracy);
+            top(&a.1).total_cmp(&top(&b.1))
+        })
     else {
         return json!({"reference": null, "first_match": null});
     };
@@ -318,6 +415,7 @@ fn compute_optimal_vs_reference(curves: &[(String, Vec<Point>)], optimal: &[Opti
         "low": top.low,
         "high": top.high,
         "tokens_per_problem": top.tokens_per_problem,
+        "flops_per_problem": top.flops_per_problem,
         "gain_over_budget": gain_over_budget,
     });
     // Undefined when the reference solved nothing: every curve "matches" zero.
@@ -330,6 +428,8 @@ fn compute_optimal_vs_reference(curves: &[(String, Vec<Point>)], optimal: &[Opti
                 "budget": o.budget,
                 "tokens_per_problem": o.tokens_per_problem,
                 "token_ratio": top.tokens_per_problem / o.tokens_per_problem.max(1e-9),
+                "flops_per_problem": o.flops_per_problem,
+                "flops_ratio": top.flops_per_problem / o.flops_per_problem.max(1e-9),
                 "difference": d.value,
                 "difference_ci": [d.low, d.high],
             })
@@ -409,7 +509,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         sampling: s.sampling,
     };
     let policy = stage_policy(ctx, &weights, &tokenizer);
-    let mut problems: Vec<Problem> = ctx.test_examples()?.into_iter().map(|e| e.problem).collect();
+    let mut problems: Vec<Problem> = ctx.held_out_examples()?.into_iter().map(|e| e.problem).collect();
     if s.problems > 0 {
         problems.truncate(s.problems);
     }
@@ -418,30 +518,44 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         task: task.clone(),
         run_dir: Some(ctx.dir.root.clone()),
     };
-    let run_reward = ctx.config.reward.build(&reward_context)?;
     let mut budgets = s.budgets.clone();
     budgets.sort_unstable();
     budgets.dedup();
     let max_budget = budgets.last().copied().unwrap_or(1);
-    let mut curves: Vec<(String, Vec<Point>)> = Vec::new();
-    let mut pass_maj = json!(null);
     // Every best-of-N searcher selects from the same samples (drawn by the first of them, with a
     // seed of their own) and the policy's cost of drawing them.
     let best_of_n_seed = ctx.seed("search-eval-best-of-n");
-    let mut shared_samples: Option<(HashMap<String, Vec<(Trace, u64)>>, Cost)> = None;
+    let policy_params = policy.params().unwrap_or(0) as f64;
+    drop(policy);
+    // Each run gets a policy and a reward model of its own, with empty prefix caches: its FLOPs
+    // are what it computed itself, and a resumed stage counts the same as an uninterrupted one.
+    let fresh_policy = || stage_policy(ctx, &weights, &tokenizer);
+    let fresh_reward = |own: &Option<_>| -> anyhow::Result<Box<dyn RewardModel>> {
+        let spec: &std::sync::Arc<dyn crate::registry::Spec<crate::registry::RewardCategory>> =
+            own.as_ref().unwrap_or(&ctx.config.reward);
+        spec.build(&reward_context)
+    };
+    let checkpoint = ctx.dir.checkpoints("search-eval").join("progress.json");
+    let mut progress = if ctx.resume {
+        SearchProgress::load(&checkpoint)?
+    } else {
+        crate::run_dir::clear_dir(&ctx.dir.checkpoints("search-eval"))?;
+        SearchProgress::default()
+    };
+    if !progress.curves.is_empty() {
+        tracing::info!(
+            searchers = progress.curves.len(),
+            "search-eval resumes from its checkpoint"
+        );
+    }
     let total_runs: usize = ctx.config.eval_searchers.len() * budgets.len();
-    let mut done_runs = 0;
-    for (si, entry) in ctx.config.eval_searchers.iter().enumerate() {
+    let mut done_runs = progress.curves.len() * budgets.len();
+    for (si, entry) in ctx.config.eval_searchers.iter().enumerate().skip(progress.curves.len()) {
         let EvalSearcher {
             label,
             searcher,
             reward,
         } = entry;
-        let own_reward = match reward {
-            Some(spec) => Some(spec.build(&reward_context)?),
-            None => None,
-        };
-        let reward_model: &dyn RewardModel = own_reward.as_deref().unwrap_or(run_reward.as_ref());
         let built = searcher.build(&())?;
         let seed = ctx.seed(&format!("search-eval-{label}"));
         // Searchers whose smaller budgets are prefixes of a larger run are run once.
@@ -458,13 +572,16 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         if let Some(how) = selection {
             ctx.progress
                 .set(done_runs, total_runs, &format!("{label} (budget {max_budget})"));
+            let (policy, reward_model) = (fresh_policy(), fresh_reward(reward)?);
+            let reward_model = reward_model.as_ref();
             let before = policy.compute_counters();
+            let reading = ComputeReading::now(&policy, reward_model);
             let budget = Budget {
                 generations: max_budget,
                 tokens_per_generation: per_generation,
             };
             let best_of_n = searcher.as_any().downcast_ref::<BestOfNSettings>();
-            if best_of_n.is_some() && shared_samples.is_none() {
+            if best_of_n.is_some() && progress.shared_samples.is_none() {
                 let sampler = BestOfN {
                     settings: BestOfNSettings {
                         selection: Selection::Majority,
@@ -493,22 +610,25 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                     })
                     .collect();
                 let after = policy.compute_counters();
-                shared_samples = Some((samples, counted_cost(before, after)));
+                progress.shared_samples = Some(SharedDraw {
+                    samples,
+                    cost: counted_cost(before, after),
+                    flops: ComputeReading::now(&policy, reward_model).since(reading, policy_params),
+                });
             }
             // A best-of-N searcher scores and selects from the shared samples, at their cost.
-            let rescore = best_of_n
-                .zip(shared_samples.as_ref())
-                .map(|(settings, (samples, cost))| {
-                    let searcher = SharedSamples {
-                        samples,
-                        settings: settings.clone(),
-                    };
-                    (searcher, *cost)
-                });
+            let rescore = best_of_n.zip(progress.shared_samples.as_ref()).map(|(settings, draw)| {
+                let searcher = SharedSamples {
+                    samples: &draw.samples,
+                    settings: settings.clone(),
+                };
+                (searcher, draw.cost, draw.flops)
+            });
             let (runner, run_seed): (&dyn Searcher, u64) = match &rescore {
-                Some((searcher, _)) => (searcher, best_of_n_seed),
+                Some((searcher, _, _)) => (searcher, best_of_n_seed),
                 None => (built.as_ref(), seed),
             };
+            let before_run = ComputeReading::now(&policy, reward_model);
             let outcomes = run_budget(
                 runner,
                 &policy,
@@ -520,10 +640,23 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                 run_seed,
             )
             .await?;
-            let cost = match &rescore {
-                Some((_, cost)) => *cost,
-                None => counted_cost(before, policy.compute_counters()),
+            // The shared samples are charged to every rule that selects from them, with the
+            // rule's own scoring; another searcher pays for what its run computed.
+            let (cost, run_flops) = match &rescore {
+                Some((_, cost, sampling_flops)) => (
+                    *cost,
+                    sampling_flops + ComputeReading::now(&policy, reward_model).since(before_run, policy_params),
+                ),
+                None => (
+                    counted_cost(before, policy.compute_counters()),
+                    ComputeReading::now(&policy, reward_model).since(reading, policy_params),
+                ),
             };
+            let tokens_at_max: u64 = outcomes
+                .iter()
+                .flat_map(|o| o.candidates.iter().map(|c| c.tokens))
+                .sum();
+            let flops_per_token = run_flops / tokens_at_max.max(1) as f64;
             for &b in &budgets {
                 let results: Vec<(bool, u64)> = problems
                     .iter()
@@ -533,11 +666,11 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                         (correct(task.as_ref(), p, &answer), tokens)
                     })
                     .collect();
-                points.push(point(&quintile_of, b, results, cost, seed ^ b as u64));
+                points.push(point(&quintile_of, b, results, cost, flops_per_token, seed ^ b as u64));
             }
             done_runs += budgets.len();
             if searcher.kind() == "best-of-n" && how == Selection::Majority {
-                pass_maj = pass_and_majority(task.as_ref(), &problems, &outcomes, &budgets, seed);
+                progress.pass_and_majority = pass_and_majority(task.as_ref(), &problems, &outcomes, &budgets, seed);
             }
         } else {
             for &b in &budgets {
@@ -547,6 +680,9 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                     generations: b,
                     tokens_per_generation: per_generation,
                 };
+                let (policy, reward_model) = (fresh_policy(), fresh_reward(reward)?);
+                let reward_model = reward_model.as_ref();
+                let reading = ComputeReading::now(&policy, reward_model);
                 let outcomes = run_budget(
                     built.as_ref(),
                     &policy,
@@ -558,6 +694,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                     seed,
                 )
                 .await?;
+                let run_flops = ComputeReading::now(&policy, reward_model).since(reading, policy_params);
                 let mut cost = Cost::default();
                 for o in &outcomes {
                     cost.add(&o.cost);
@@ -567,13 +704,20 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                     .zip(&outcomes)
                     .map(|(p, o)| (correct(task.as_ref(), p, &o.answer), o.cost.generated_tokens))
                     .collect();
-                points.push(point(&quintile_of, b, results, cost, seed ^ b as u64));
+                let flops_per_token = run_flops / cost.generated_tokens.max(1) as f64;
+                points.push(point(&quintile_of, b, results, cost, flops_per_token, seed ^ b as u64));
                 done_runs += 1;
             }
         }
         tracing::info!(searcher = %label, index = si, "search evaluation done");
-        curves.push((label.clone(), points));
+        progress.curves.push((label.clone(), points));
+        progress.save(&checkpoint)?;
     }
+    let SearchProgress {
+        curves,
+        pass_and_majority: pass_maj,
+        ..
+    } = progress;
     let optimal = compute_optimal(&curves, &quintile_of, &budgets);
     let optimal_seed = ctx.seed("search-eval-compute-optimal");
     let versus = compute_optimal_vs_reference(&curves, &optimal, optimal_seed);
@@ -582,6 +726,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         .map(|(label, points)| (label.clone(), budget_trend(points, trend_seed)))
         .collect();
     let greedy = ctx.earlier.get("init").and_then(|r| r.results["pass@1"].as_f64());
+    let best = best_at_top_budget(ctx, &curves, &problems, ctx.seed("search-eval-best"));
     let chance = problems.iter().map(|p| task.chance_level(p)).sum::<f64>() / problems.len().max(1) as f64;
     Ok(json!({
         "problems": problems.len(),
@@ -590,12 +735,49 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         "sampling": s.sampling,
         "greedy_pass@1": greedy,
         "chance_level": chance,
-        "curves": curves.iter().map(|(l, pts)| (l.clone(), serde_json::to_value(pts).unwrap_or(Value::Null))).collect::<serde_json::Map<_, _>>(),
+        "curves": curves.iter().map(|(l, pts)| (l.clone(), Value::Array(pts.iter().map(Point::public_json).collect()))).collect::<serde_json::Map<_, _>>(),
         "trends": trends,
         "compute_optimal": optimal.iter().map(|o| o.to_json(optimal_seed)).collect::<Vec<_>>(),
         "compute_optimal_vs_best_of_n": versus,
+        "best_at_top_budget": best,
         "pass_and_majority": pass_maj,
     }))
+}
+
+/// The most accurate searcher at the largest budget, and its gain over greedy decoding on the
+/// same problems (greedy from the initialisation's evaluation, `eval/init.json`), paired over
+/// problems with a bootstrap interval. Null without curves.
+fn best_at_top_budget(ctx: &Context, curves: &[(String, Vec<Point>)], problems: &[Problem], seed: u64) -> Value {
+    let Some((label, top)) = curves
+        .iter()
+        .filter_map(|(label, points)| points.last().map(|p| (label, p)))
+        .max_by(|a, b| a.1.accuracy.total_cmp(&b.1.accuracy))
+    else {
+        return Value::Null;
+    };
+    let greedy: HashMap<String, bool> = std::fs::read_to_string(ctx.dir.path("eval/init.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<EvalReport>(&t).ok())
+        .map(|r| r.outcomes.into_iter().map(|o| (o.id, o.greedy_correct)).collect())
+        .unwrap_or_default();
+    let greedy_scores: Option<Vec<f64>> = problems
+        .iter()
+        .map(|p| greedy.get(&p.id).map(|&ok| f64::from(u8::from(ok))))
+        .collect();
+    let gain = greedy_scores.map(|g| {
+        let e = bootstrap_difference(&top.scores(), &g, seed);
+        json!({"greedy_pass@1": g.iter().sum::<f64>() / g.len().max(1) as f64, "value": e.value, "low": e.low, "high": e.high})
+    });
+    json!({
+        "searcher": label,
+        "budget": top.budget,
+        "accuracy": top.accuracy,
+        "low": top.low,
+        "high": top.high,
+        "tokens_per_problem": top.tokens_per_problem,
+        "flops_per_problem": top.flops_per_problem,
+        "gain_over_greedy": gain,
+    })
 }
 
 /// pass@k (unbiased) and maj@k over the samples of a majority-vote best-of-N run.
@@ -645,6 +827,8 @@ mod tests {
             quintiles: vec![accuracy; 5],
             computed_per_generated: 1.0,
             per_problem: outcomes.into_iter().map(|ok| (ok, 50 * budget as u64)).collect(),
+            flops_per_problem: 50.0 * budget as f64 * 1e6,
+            flops_per_token: 1e6,
         }
     }
 
@@ -682,6 +866,37 @@ mod tests {
 
         let rising = [(1, 10), (4, 20)].map(|(b, right)| point_with(b, first_right(n, right)));
         assert_eq!(budget_trend(&rising, 3)["largest_fall"], Value::Null);
+    }
+
+    #[test]
+    fn the_reference_is_the_strongest_best_of_n_at_the_top_budget() {
+        let n = 100;
+        let curves = vec![
+            (
+                "mcts".to_string(),
+                vec![point_with(1, outcomes(n, 1)), point_with(64, outcomes(n, 1))],
+            ),
+            (
+                "majority".to_string(),
+                vec![point_with(1, outcomes(n, 4)), point_with(64, outcomes(n, 3))],
+            ),
+            (
+                "best-of-n-orm".to_string(),
+                vec![point_with(1, outcomes(n, 4)), point_with(64, outcomes(n, 2))],
+            ),
+            (
+                "best-of-n-weighted".to_string(),
+                vec![point_with(1, outcomes(n, 4)), point_with(64, outcomes(n, 3))],
+            ),
+        ];
+        let quintile_of: Vec<usize> = (0..n).map(|i| i % 5).collect();
+        let optimal = compute_optimal(&curves, &quintile_of, &[1, 64]);
+        let v = compute_optimal_vs_reference(&curves, &optimal, 7);
+        assert_eq!(v["reference"]["searcher"], "best-of-n-orm", "{v}");
+        assert!(
+            (v["reference"]["flops_per_problem"].as_f64().unwrap_or(0.0) - 3200.0 * 1e6).abs() < 1.0,
+            "{v}"
+        );
     }
 
     #[test]
@@ -745,6 +960,10 @@ mod tests {
         assert!(ci[0].as_f64() <= gain["difference"].as_f64() && gain["difference"].as_f64() <= ci[1].as_f64());
         assert_eq!(v["first_match"]["budget"], 16, "{v}");
         assert!((v["first_match"]["token_ratio"].as_f64().unwrap_or(0.0) - 4.0).abs() < 1e-9);
+        assert!(
+            (v["first_match"]["flops_ratio"].as_f64().unwrap_or(0.0) - 4.0).abs() < 1e-9,
+            "{v}"
+        );
         let json = optimal[1].to_json(7);
         assert!(
             json["low"].as_f64() <= json["accuracy"].as_f64() && json["accuracy"].as_f64() <= json["high"].as_f64()
