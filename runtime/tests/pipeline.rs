@@ -151,10 +151,43 @@ fn the_smoke_pipeline_runs_every_stage_and_writes_the_report() {
     assert!(gain["significant"].is_boolean(), "{gain}");
     let gain_ci = gain["ci"].as_array().expect("gain interval");
     assert!(gain_ci[0].as_f64() <= gain["difference"].as_f64() && gain["difference"].as_f64() <= gain_ci[1].as_f64());
+    // Compute is FLOPs with the reward model's passes: a PRM-guided searcher costs more per
+    // token than majority voting over its own samples' tokens alone.
+    let flops_per_token = |label: &str| {
+        let top = curves[label]
+            .as_array()
+            .and_then(|p| p.last().cloned())
+            .expect("a point");
+        top["flops_per_problem"].as_f64().unwrap_or(0.0) / top["tokens_per_problem"].as_f64().unwrap_or(1.0)
+    };
+    assert!(flops_per_token("majority") > 0.0);
+    assert!(
+        flops_per_token("best-of-n-prm") > flops_per_token("majority"),
+        "{curves:?}"
+    );
+    // Compute-optimal with predicted difficulty, its prediction charged.
+    let predictor = &r["search"]["difficulty_predictor"];
+    assert!(
+        predictor["flops_per_problem"].as_f64().is_some_and(|f| f > 0.0),
+        "{predictor}"
+    );
+    let predicted = r["search"]["compute_optimal_predicted"]
+        .as_array()
+        .expect("compute_optimal_predicted");
+    assert_eq!(predicted.len(), optimal.len());
+    assert!(r["search"]["best_at_top_budget"]["gain_over_greedy"]["value"].is_number());
     let grpo = &r["learn"]["grpo"];
-    for key in ["pass@1_before", "pass@1_after", "curve"] {
+    for key in [
+        "pass@1_before",
+        "pass@1_after",
+        "curve",
+        "pass@1_sampled_change",
+        "pass@1_change",
+    ] {
         assert!(!grpo[key].is_null(), "learn.grpo.{key} missing: {grpo}");
     }
+    // The update's forward-only passes (old policy where not recorded, reference) are counted.
+    assert!(grpo["scored_tokens"].as_u64().is_some_and(|t| t > 0), "{grpo}");
     let curve = grpo["curve"].as_array().expect("learn.grpo.curve");
     let inside = |p: &Value| match (p["low"].as_f64(), p["pass@1"].as_f64(), p["high"].as_f64()) {
         (Some(low), Some(value), Some(high)) => low <= value && value <= high && low < high,
@@ -220,11 +253,20 @@ fn the_smoke_pipeline_runs_every_stage_and_writes_the_report() {
     assert_eq!(sampled.matches('[').count(), 2, "{sampled}");
     // The test-time table gives every point an interval, the compute-optimal curve included,
     // and the saving is qualified by the significance of best-of-N's own gain.
-    let optimal_row = report
-        .lines()
-        .find(|l| l.starts_with("| compute-optimal (2-fold CV) |"))
-        .unwrap_or_else(|| panic!("no compute-optimal row in the test-time table:\n{report}"));
-    assert_eq!(optimal_row.matches('[').count(), 2, "{optimal_row}");
+    for label in [
+        "| compute-optimal, oracle difficulty (2-fold CV) |",
+        "| compute-optimal, predicted difficulty (2-fold CV, prediction charged) |",
+    ] {
+        let optimal_row = report
+            .lines()
+            .find(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("no `{label}` row in the test-time table:\n{report}"));
+        assert_eq!(optimal_row.matches('[').count(), 2, "{optimal_row}");
+    }
+    assert!(
+        report.contains("With difficulty predicted as a deployed system could"),
+        "{report}"
+    );
     assert!(
         report.contains("does not rise significantly from budget") || report.contains("itself gains"),
         "{report}"

@@ -90,7 +90,19 @@ fn search_plots(ctx: &Context, search: &Value, out: &mut String) -> anyhow::Resu
     };
     let mut all: Vec<Series> = curves.iter().map(|(name, points)| series(name, points)).collect();
     if search["compute_optimal"].is_array() {
-        all.push(series("compute-optimal", &search["compute_optimal"]));
+        all.push(series(
+            "compute-optimal (oracle difficulty)",
+            &search["compute_optimal"],
+        ));
+    }
+    if search["compute_optimal_predicted"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty())
+    {
+        all.push(series(
+            "compute-optimal (predicted difficulty)",
+            &search["compute_optimal_predicted"],
+        ));
     }
     if let Some(g) = greedy {
         all.push(Series::horizontal("greedy pass@1", g));
@@ -460,15 +472,26 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
         }
         writeln!(
             out,
-            "| compute-optimal (2-fold CV) | {} |",
+            "| compute-optimal, oracle difficulty (2-fold CV) | {} |",
             row(&search["compute_optimal"])
         )?;
+        if search["compute_optimal_predicted"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+        {
+            writeln!(
+                out,
+                "| compute-optimal, predicted difficulty (2-fold CV, prediction charged) | {} |",
+                row(&search["compute_optimal_predicted"])
+            )?;
+        }
         let m = &search["compute_optimal_vs_best_of_n"];
         let reference = &m["reference"];
         if reference.is_object() {
             write!(
                 out,
-                "\nCompute-optimal (the best searcher per difficulty quintile and budget, chosen on one half of the problems and measured on the other, both ways; the quintiles come from 32 graded samples per problem, oracle information a deployed system would not have, and their cost is not counted) against the strongest best-of-N at the largest budget, {} at budget {}: {} at {:.2e} FLOPs ({} tokens) per problem. ",
+                "\nCompute-optimal (the best searcher per difficulty quintile and budget, chosen on one half of the problems and measured on the other, both ways; the quintiles come from {} graded samples per problem, oracle information a deployed system would not have, and their cost is not counted) against the strongest best-of-N at the largest budget, {} at budget {}: {} at {:.2e} FLOPs ({} tokens) per problem. ",
+                ctx.config.pipeline.init.samples,
                 reference["searcher"].as_str().unwrap_or("best-of-N"),
                 reference["budget"],
                 pct_with_range(&reference["accuracy"], &reference["low"], &reference["high"]),
@@ -509,6 +532,29 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
                     points_with_ci(&gain["difference"], &gain["ci"])
                 )?;
             }
+        }
+        let predictor = &search["difficulty_predictor"];
+        let predicted = &search["compute_optimal_predicted_vs_best_of_n"];
+        if predictor.is_object() && predicted["reference"].is_object() {
+            let first = &predicted["first_match"];
+            writeln!(
+                out,
+                "With difficulty predicted as a deployed system could ({}, {:.2e} FLOPs per problem, charged to every point of the curve; its quintiles agree with the oracle's on {} of the problems), {}\n",
+                predictor["predictor"].as_str().unwrap_or("?"),
+                predictor["flops_per_problem"].as_f64().unwrap_or(0.0),
+                pct(&predictor["quintile_agreement_with_oracle"]),
+                if first.is_object() {
+                    format!(
+                        "the compute-optimal curve first reaches the same reference at budget {} ({}x fewer FLOPs, {}x fewer tokens), paired difference {}.",
+                        first["budget"],
+                        num(&first["flops_ratio"], 1),
+                        num(&first["token_ratio"], 1),
+                        points_with_ci(&first["difference"], &first["difference_ci"])
+                    )
+                } else {
+                    "the compute-optimal curve does not reach the reference at any budget.".to_string()
+                }
+            )?;
         }
         if let Some(trends) = search["trends"].as_object() {
             writeln!(

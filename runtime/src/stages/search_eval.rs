@@ -286,19 +286,59 @@ fn quintiles(ctx: &Context, problems: &[Problem]) -> Vec<usize> {
                 .collect()
         })
         .unwrap_or_default();
-    let mut order: Vec<usize> = (0..problems.len()).collect();
-    order.sort_by(|&a, &b| {
-        let (ra, rb) = (
-            rate.get(&problems[a].id).copied().unwrap_or(0.5),
-            rate.get(&problems[b].id).copied().unwrap_or(0.5),
-        );
-        rb.total_cmp(&ra).then(a.cmp(&b))
-    });
-    let mut q = vec![0; problems.len()];
+    let ease: Vec<f64> = problems
+        .iter()
+        .map(|p| rate.get(&p.id).copied().unwrap_or(0.5))
+        .collect();
+    quintiles_by_ease(&ease)
+}
+
+/// Quintiles (0 easiest) of problems by an ease score (higher is easier; ties by position).
+fn quintiles_by_ease(ease: &[f64]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..ease.len()).collect();
+    order.sort_by(|&a, &b| ease[b].total_cmp(&ease[a]).then(a.cmp(&b)));
+    let mut q = vec![0; ease.len()];
     for (rank, &i) in order.iter().enumerate() {
-        q[i] = rank * 5 / problems.len().max(1);
+        q[i] = rank * 5 / ease.len().max(1);
     }
     q
+}
+
+/// Difficulty as a deployed system could predict it, and what predicting cost: the run's reward
+/// model scores one sample per problem (the first of the shared best-of-N samples), and a high
+/// score means easy. Per problem: the predicted ease and the FLOPs of the sample and its
+/// scoring. `None` without shared samples.
+async fn predicted_ease(
+    problems: &[Problem],
+    draw: Option<&SharedDraw>,
+    reward: &dyn RewardModel,
+) -> anyhow::Result<Option<(Vec<f64>, Vec<f64>)>> {
+    let Some(draw) = draw else {
+        return Ok(None);
+    };
+    let total_tokens: u64 = draw.samples.values().flatten().map(|(_, t)| *t).sum();
+    let sample_flops_per_token = draw.flops / total_tokens.max(1) as f64;
+    let firsts: Vec<Option<&(Trace, u64)>> = problems
+        .iter()
+        .map(|p| draw.samples.get(&p.id).and_then(|s| s.first()))
+        .collect();
+    let traces: Vec<Vec<Trace>> = firsts
+        .iter()
+        .map(|f| f.map(|(t, _)| vec![t.clone()]).unwrap_or_default())
+        .collect();
+    let items: Vec<(&Problem, &[Trace])> = problems.iter().zip(&traces).map(|(p, t)| (p, t.as_slice())).collect();
+    let before = reward.flops();
+    let scored = reward.score_many(&items).await?;
+    let scoring = (reward.flops() - before).max(0.0) / problems.len().max(1) as f64;
+    let ease = scored
+        .iter()
+        .map(|s| s.first().map_or(0.0, |s| f64::from(s.aggregate(reward.aggregation()))))
+        .collect();
+    let cost = firsts
+        .iter()
+        .map(|f| f.map_or(0.0, |(_, t)| *t as f64 * sample_flops_per_token) + scoring)
+        .collect();
+    Ok(Some((ease, cost)))
 }
 
 /// The compute-optimal curve at one budget.
@@ -333,6 +373,17 @@ impl OptimalPoint {
 /// Compute-optimal accuracy per budget: in each quintile, the searcher best on one half of the
 /// problems is measured on the other half, both ways.
 fn compute_optimal(curves: &[(String, Vec<Point>)], quintile_of: &[usize], budgets: &[usize]) -> Vec<OptimalPoint> {
+    compute_optimal_charged(curves, quintile_of, budgets, &vec![0.0; quintile_of.len()])
+}
+
+/// `compute_optimal`, each problem also charged `extra_flops` (what predicting its quintile
+/// cost).
+fn compute_optimal_charged(
+    curves: &[(String, Vec<Point>)],
+    quintile_of: &[usize],
+    budgets: &[usize],
+    extra_flops: &[f64],
+) -> Vec<OptimalPoint> {
     let n = quintile_of.len();
     let fold = |i: usize| i % 2;
     let mut out = Vec::new();
@@ -374,7 +425,7 @@ fn compute_optimal(curves: &[(String, Vec<Point>)], quintile_of: &[usize], budge
             budget: b,
             scores,
             tokens_per_problem: tokens / n.max(1) as f64,
-            flops_per_problem: flops / n.max(1) as f64,
+            flops_per_problem: (flops + extra_flops.iter().sum::<f64>()) / n.max(1) as f64,
             choices,
         });
     }
@@ -716,11 +767,38 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
     let SearchProgress {
         curves,
         pass_and_majority: pass_maj,
-        ..
+        shared_samples,
     } = progress;
     let optimal = compute_optimal(&curves, &quintile_of, &budgets);
+    let predictor = fresh_reward(&None)?;
+    let predicted = predicted_ease(&problems, shared_samples.as_ref(), predictor.as_ref()).await?;
+    let (optimal_predicted, predictor_json) = match &predicted {
+        Some((ease, cost)) => {
+            let quintile_predicted = quintiles_by_ease(ease);
+            let agreement = quintile_predicted
+                .iter()
+                .zip(&quintile_of)
+                .filter(|(a, b)| a == b)
+                .count() as f64
+                / problems.len().max(1) as f64;
+            (
+                compute_optimal_charged(&curves, &quintile_predicted, &budgets, cost),
+                json!({
+                    "predictor": format!("{} score of one sample", predictor.describe()),
+                    "flops_per_problem": cost.iter().sum::<f64>() / cost.len().max(1) as f64,
+                    "quintile_agreement_with_oracle": agreement,
+                }),
+            )
+        }
+        None => (Vec::new(), Value::Null),
+    };
     let optimal_seed = ctx.seed("search-eval-compute-optimal");
     let versus = compute_optimal_vs_reference(&curves, &optimal, optimal_seed);
+    let versus_predicted = if optimal_predicted.is_empty() {
+        Value::Null
+    } else {
+        compute_optimal_vs_reference(&curves, &optimal_predicted, optimal_seed)
+    };
     let trend_seed = ctx.seed("search-eval-trend");
     let trends: serde_json::Map<String, Value> = (curves.iter())
         .map(|(label, points)| (label.clone(), budget_trend(points, trend_seed)))
@@ -739,6 +817,9 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         "trends": trends,
         "compute_optimal": optimal.iter().map(|o| o.to_json(optimal_seed)).collect::<Vec<_>>(),
         "compute_optimal_vs_best_of_n": versus,
+        "compute_optimal_predicted": optimal_predicted.iter().map(|o| o.to_json(optimal_seed)).collect::<Vec<_>>(),
+        "compute_optimal_predicted_vs_best_of_n": versus_predicted,
+        "difficulty_predictor": predictor_json,
         "best_at_top_budget": best,
         "pass_and_majority": pass_maj,
     }))
@@ -866,6 +947,19 @@ mod tests {
 
         let rising = [(1, 10), (4, 20)].map(|(b, right)| point_with(b, first_right(n, right)));
         assert_eq!(budget_trend(&rising, 3)["largest_fall"], Value::Null);
+    }
+
+    #[test]
+    fn predicted_quintiles_follow_the_ease_and_the_prediction_is_charged() {
+        let ease = [0.9, 0.1, 0.5, 0.7, 0.3];
+        assert_eq!(quintiles_by_ease(&ease), vec![0, 4, 2, 1, 3]);
+        let n = 10;
+        let curves = vec![("mcts".to_string(), vec![point_with(4, outcomes(n, 2))])];
+        let quintile_of: Vec<usize> = (0..n).map(|i| i % 5).collect();
+        let free = compute_optimal(&curves, &quintile_of, &[4]);
+        let charged = compute_optimal_charged(&curves, &quintile_of, &[4], &vec![5e6; n]);
+        assert!((charged[0].flops_per_problem - free[0].flops_per_problem - 5e6).abs() < 1e-3);
+        assert_eq!(charged[0].scores, free[0].scores);
     }
 
     #[test]
