@@ -3,8 +3,9 @@
 //! recomputed), batched matrix products across sequences, and the sequences of a batch split
 //! across threads. Its logits match the burn forward to float rounding (tested).
 //!
-//! burn's own attention cache needs the whole prefix every step; a hand-written cache attends
-//! the new token only (see BURN-NOTES): that is this file.
+//! burn 0.22's own attention cache (`MhaCache`) takes the whole prefix every step and grows
+//! quadratically (2.7-3x over no cache, measured); a hand-written cache attends the new token
+//! only (17-27x, logits within 1.4e-6 of the uncached ones): that is this file.
 
 use rayon::prelude::*;
 

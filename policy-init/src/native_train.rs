@@ -1,6 +1,7 @@
 //! The CPU training path: forward and backward of the transformer written out by hand on host
 //! memory, for the shapes of small models where burn's op-by-op autodiff spends most of its time
-//! outside the matrix products (see BURN-NOTES and the closing note of the performance issue).
+//! outside the matrix products (in a profile of burn's training step, element-wise ops on one
+//! thread, copies and page faults took most of the time beside matrix products at ~37%).
 //!
 //! - Sequences are packed without padding: the linear layers see all tokens of a batch as one
 //!   matrix; attention runs per sequence.

@@ -688,11 +688,11 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
                 &[
                     (
                         "learner_reward",
-                        "every learner for the pipeline's RL iterations from the default policy, PPO's step rewards from the learned PRM",
+                        "every learner for the pipeline's RL iterations from the run's initialised policy, PPO's step rewards from the learned PRM",
                     ),
                     (
                         "learners_numbers30",
-                        "every learner for 100 iterations on numbers up to 30 from an initialisation three times as long, PPO's step rewards from the exact step labels",
+                        "every learner for 100 iterations from one initialised policy on numbers up to 30, PPO's step rewards from the exact step labels",
                     ),
                 ],
             ),
@@ -703,11 +703,11 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
                     ("rl_length", "GRPO for 20 and 100 iterations, with and without Dr. GRPO"),
                     (
                         "rl_problem_space",
-                        "100 GRPO iterations on the default countdown space, whose training side the initialised policy has seen about 18 times per problem, and on numbers up to 20, about 3 times",
+                        "100 GRPO iterations on numbers up to 10, a space small enough for the training lines to repeat each problem, and on numbers up to 20 (the table gives the training lines per distinct problem, counted from each run's data)",
                     ),
                     (
                         "rl_init_length",
-                        "100 GRPO iterations from the default initialisation, 1,400 optimizer steps, and from one three times as long",
+                        "100 GRPO iterations from initialisations of different lengths (the table's `pipeline.init.steps`)",
                     ),
                 ],
             ),
