@@ -97,6 +97,7 @@ fn sample(
         samples.push(Sample {
             prompt: p.prompt.clone(),
             completion: g.text.clone(),
+            completion_tokens: g.token_ids.clone(),
             logprobs: g.logprobs.clone(),
             reward: if correct { 1.0 } else { 0.0 },
             correct,
@@ -186,6 +187,50 @@ fn every_learner_moves_probability_towards_rewarded_samples() {
             wrong1 - wrong0
         );
     }
+}
+
+#[test]
+fn updates_train_on_the_sampled_tokens_with_the_behaviour_log_probs() {
+    let (weights, tokenizer) = initialised();
+    let (_, batch) = sample(&weights, &tokenizer, &problems(8, 3), 4, 5);
+    let grpo = Grpo {
+        settings: GrpoSettings::default(),
+        seed: 1,
+    };
+    let state = TrainablePolicy::new(&weights, tokenizer.clone(), &Device::flex(), grpo.optim(), None);
+    let samples: Vec<&Sample> = batch.samples.iter().collect();
+    let sequences: Vec<(Vec<u32>, usize)> = samples
+        .iter()
+        .map(|x| ponder_learn::sample_tokens(&tokenizer, x))
+        .collect();
+    for (x, (tokens, first)) in samples.iter().zip(&sequences) {
+        assert!(!x.completion_tokens.is_empty());
+        assert_eq!(
+            &tokens[*first..],
+            x.completion_tokens.as_slice(),
+            "the sampled ids, verbatim"
+        );
+    }
+    // Recorded: nothing is recomputed, and the recorded log-probs are what the weights give.
+    let (old, computed) = ponder_learn::old_logprobs(&state, &samples, &sequences);
+    assert_eq!(computed, 0);
+    let recomputed = ponder_learn::sequence_logprobs(&weights, &tokenizer, &sequences);
+    for (a, b) in old.iter().zip(&recomputed) {
+        assert_eq!(a.len(), b.len());
+        assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-3), "{a:?} vs {b:?}");
+    }
+    // Without token ids the text is encoded and the old log-probs computed (and counted).
+    let bare: Vec<Sample> = batch
+        .samples
+        .iter()
+        .map(|x| Sample {
+            completion_tokens: Vec::new(),
+            ..x.clone()
+        })
+        .collect();
+    let bare_refs: Vec<&Sample> = bare.iter().collect();
+    let (_, computed) = ponder_learn::old_logprobs(&state, &bare_refs, &sequences);
+    assert_eq!(computed, sequences.iter().map(|(t, _)| t.len() as u64).sum::<u64>());
 }
 
 #[test]
