@@ -26,7 +26,8 @@ pub struct TrainerConfig {
     pub optim: OptimConfig,
     /// Optimizer steps.
     pub steps: usize,
-    /// Write a checkpoint every this many steps (and at the end).
+    /// Write a checkpoint every this many steps (and at the end); `usize::MAX`: never (the
+    /// caller saves its own).
     pub checkpoint_every: usize,
     /// Write a metrics record every this many steps.
     pub log_every: usize,
@@ -384,7 +385,11 @@ impl Trainer {
                     self.metrics.write(record)?;
                 }
             }
-            if self.step.is_multiple_of(self.config.checkpoint_every.max(1)) || self.step == total {
+            // `usize::MAX`: the caller saves its own checkpoints, with its own state beside the
+            // trainer's (RL after each iteration); a checkpoint written here without that state
+            // would be the latest one a kill could leave.
+            let every = self.config.checkpoint_every.max(1);
+            if every != usize::MAX && (self.step.is_multiple_of(every) || self.step == total) {
                 self.save_checkpoint(extra)?;
             }
         }

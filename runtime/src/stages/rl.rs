@@ -297,7 +297,8 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
     if ctx.resume
         && let Some((_, dir)) = checkpoints.latest()?
     {
-        let text = std::fs::read_to_string(dir.join("rl_state.json"))?;
+        let path = dir.join("rl_state.json");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let saved: Value = serde_json::from_str(&text)?;
         state
             .trainer
