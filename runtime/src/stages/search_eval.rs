@@ -559,7 +559,6 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         max_trace_tokens: max_trace,
         sampling: s.sampling,
     };
-    let policy = stage_policy(ctx, &weights, &tokenizer);
     let mut problems: Vec<Problem> = ctx.held_out_examples()?.into_iter().map(|e| e.problem).collect();
     if s.problems > 0 {
         problems.truncate(s.problems);
@@ -576,8 +575,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
     // Every best-of-N searcher selects from the same samples (drawn by the first of them, with a
     // seed of their own) and the policy's cost of drawing them.
     let best_of_n_seed = ctx.seed("search-eval-best-of-n");
-    let policy_params = policy.params().unwrap_or(0) as f64;
-    drop(policy);
+    let policy_params = weights.config.params() as f64;
     // Each run gets a policy and a reward model of its own, with empty prefix caches: its FLOPs
     // are what it computed itself, and a resumed stage counts the same as an uninterrupted one.
     let fresh_policy = || stage_policy(ctx, &weights, &tokenizer);
