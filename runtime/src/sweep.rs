@@ -65,6 +65,9 @@ struct Header {
     x: Option<String>,
 }
 
+/// The grid key whose runs are summarised as a mean and range.
+const SEED_KEY: &str = "run.seed";
+
 fn one() -> usize {
     1
 }
@@ -615,15 +618,91 @@ impl Sweep {
                 csv_cells.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(",")
             );
         }
+        let over_seeds = self.over_seeds(&rows);
+        for group in &over_seeds {
+            let mut cells = vec![format!(
+                "mean (range) over seeds {}",
+                group["seeds"]
+                    .as_array()
+                    .map(|a| a.iter().map(display_value).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default()
+            )];
+            for k in &self.keys {
+                cells.push(if k == SEED_KEY {
+                    String::new()
+                } else {
+                    display_value(&group[k])
+                });
+            }
+            for (label, _) in &self.metrics {
+                let m = &group["metrics"][label];
+                cells.push(match (m["mean"].as_f64(), m["min"].as_f64(), m["max"].as_f64()) {
+                    (Some(mean), Some(lo), Some(hi)) => format!("{} ({}–{})", figure(mean), figure(lo), figure(hi)),
+                    _ => String::new(),
+                });
+            }
+            let _ = writeln!(md, "| {} |", cells.join(" | "));
+        }
         ponder_datagen::io::write_atomic(self.dir.join("table.md"), md.as_bytes())?;
         ponder_datagen::io::write_atomic(self.dir.join("table.csv"), csv.as_bytes())?;
-        let summary = json!({"sweep": self.name, "keys": self.keys, "rows": rows});
+        let summary = json!({"sweep": self.name, "keys": self.keys, "rows": rows, "over_seeds": over_seeds});
         ponder_datagen::io::write_atomic(
             self.dir.join("sweep.json"),
             serde_json::to_string_pretty(&summary)?.as_bytes(),
         )?;
         self.plot(&rows)?;
         Ok(md)
+    }
+
+    /// Where `run.seed` is swept: for every combination of the other keys with at least two
+    /// finished seeds, each metric's mean, smallest and largest value over those seeds.
+    fn over_seeds(&self, rows: &[Value]) -> Vec<Value> {
+        if !self.keys.iter().any(|k| k == SEED_KEY) {
+            return Vec::new();
+        }
+        let others: Vec<&String> = self.keys.iter().filter(|k| *k != SEED_KEY).collect();
+        let mut groups: Vec<(Value, Vec<&Value>)> = Vec::new();
+        for row in rows.iter().filter(|r| r["finished"].as_bool() == Some(true)) {
+            let key = Value::Array(others.iter().map(|k| row[k.as_str()].clone()).collect());
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, members)) => members.push(row),
+                None => groups.push((key, vec![row])),
+            }
+        }
+        groups
+            .into_iter()
+            .filter(|(_, members)| members.len() >= 2)
+            .map(|(_, members)| {
+                let mut group = json!({
+                    "seeds": members.iter().map(|r| r[SEED_KEY].clone()).collect::<Vec<_>>(),
+                });
+                for k in &others {
+                    group[k.as_str()] = members[0][k.as_str()].clone();
+                }
+                let mut figures = serde_json::Map::new();
+                for (label, _) in &self.metrics {
+                    let values: Vec<f64> = members
+                        .iter()
+                        .filter_map(|r| r["metrics"][label]["value"].as_f64())
+                        .collect();
+                    figures.insert(
+                        label.clone(),
+                        if values.len() == members.len() {
+                            json!({
+                                "mean": values.iter().sum::<f64>() / values.len() as f64,
+                                "min": values.iter().cloned().fold(f64::INFINITY, f64::min),
+                                "max": values.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+                                "values": values,
+                            })
+                        } else {
+                            Value::Null
+                        },
+                    );
+                }
+                group["metrics"] = Value::Object(figures);
+                group
+            })
+            .collect()
     }
 
     /// One chart per metric: the metric against the x key, a line per combination of the
@@ -844,6 +923,68 @@ mod tests {
             }
         }
         assert!(loaded.len() >= 5, "the shipped sweeps: {loaded:?}");
+    }
+
+    #[test]
+    fn a_seed_grid_gets_the_mean_and_range_of_every_metric_over_finished_seeds() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/smoke.toml");
+        let out = tmp.path().join("out");
+        let file = tmp.path().join("s.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[sweep]\nbase = {base:?}\nout_dir = {out:?}\n[set]\n\"pipeline.stages\" = [\"datagen\"]\n\
+                 [grid]\n\"task.max_number\" = [10, 20]\n\"run.seed\" = [1, 2, 3]\n\
+                 [metrics]\n\"score\" = \"/score\"\n"
+            ),
+        )
+        .expect("write");
+        let sweep = Sweep::load(&file, &Registry::builtin()).expect("load");
+        // Seeds 1 and 2 of max_number 10 finished with scores 0.2 and 0.6; seed 3 did not; of
+        // max_number 20 only seed 1 finished, too few for a summary.
+        for r in &sweep.runs {
+            let value = |key: &str| {
+                r.values
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .and_then(|(_, v)| v.as_integer())
+            };
+            let (number, seed) = (value("task.max_number"), value("run.seed"));
+            let score = match (number, seed) {
+                (Some(10), Some(1)) => 0.2,
+                (Some(10), Some(2)) => 0.6,
+                (Some(20), Some(1)) => 0.9,
+                _ => continue,
+            };
+            let dir = RunDir::new(sweep.dir.join(&r.name));
+            std::fs::create_dir_all(dir.root.join("stages")).expect("mkdir");
+            dir.record(&crate::run_dir::StageRecord {
+                stage: "datagen".into(),
+                results: json!({}),
+                seconds: 1.0,
+            })
+            .expect("record");
+            dir.write_json("results.json", &json!({"score": score}))
+                .expect("results");
+        }
+        let table = sweep.collect().expect("collect");
+        let summary_rows: Vec<&str> = table.lines().filter(|l| l.contains("over seeds")).collect();
+        assert_eq!(summary_rows.len(), 1, "{table}");
+        assert!(
+            summary_rows[0].starts_with("| mean (range) over seeds 1, 2 |"),
+            "{table}"
+        );
+        assert!(summary_rows[0].ends_with("| 0.400 (0.200–0.600) |"), "{table}");
+        assert!(summary_rows[0].contains("| 10 |"), "{table}");
+        let written: Value =
+            serde_json::from_str(&std::fs::read_to_string(sweep.dir.join("sweep.json")).expect("sweep.json"))
+                .expect("json");
+        assert_eq!(
+            written["over_seeds"][0]["metrics"]["score"]["values"],
+            json!([0.2, 0.6])
+        );
+        assert_eq!(written["over_seeds"].as_array().map(Vec::len), Some(1));
     }
 
     #[test]

@@ -3,9 +3,13 @@
 //! - `cargo xtask pipeline [ARGS]`: the main job, `ponder run configs/default.toml [ARGS]`.
 //! - `cargo xtask sweep FILE`: an ablation sweep.
 //! - `cargo xtask bench`: speed benchmarks, side by side with the PyTorch reference.
+//! - `cargo xtask paper [SWEEP...]`: the default pipeline, every shipped sweep (or the named
+//!   ones) and the seeds sweep, one report over all of them, and `docs/reference-results.md`.
 //! - `cargo xtask ci`: every check, cheapest first (what `.ci/run` runs).
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
@@ -74,10 +78,11 @@ fn run(args: &[String]) -> Result<()> {
             a.extend(rest.iter().cloned());
             ponder(&a, "ponder bench")
         }
+        "paper" => paper(rest),
         "ci" => ci(),
         "hf-check" => hf_check(true),
         _ => {
-            eprintln!("usage: cargo xtask <pipeline|sweep FILE|bench|ci|hf-check>");
+            eprintln!("usage: cargo xtask <pipeline|sweep FILE|bench|paper [SWEEP...]|ci|hf-check>");
             if command == "help" {
                 Ok(())
             } else {
@@ -85,6 +90,159 @@ fn run(args: &[String]) -> Result<()> {
             }
         }
     }
+}
+
+/// The shipped sweeps to run: every `configs/sweeps/*.toml`, or the named ones; `seeds` last.
+fn paper_sweeps(names: &[String]) -> Result<Vec<PathBuf>> {
+    let dir = Path::new("configs/sweeps");
+    let mut all: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    all.sort_by_key(|p| (p.file_stem().is_some_and(|s| s == "seeds"), p.clone()));
+    if names.is_empty() {
+        return Ok(all);
+    }
+    names
+        .iter()
+        .map(|n| {
+            all.iter()
+                .find(|p| p.file_stem().is_some_and(|s| s == n.as_str()))
+                .cloned()
+                .with_context(|| format!("no sweep `{n}` in {}", dir.display()))
+        })
+        .collect()
+}
+
+/// How many pipelines a sweep runs (its shared base included), from its dry run's plan.
+fn sweep_runs(file: &Path) -> Result<usize> {
+    let out = Command::new(ponder_exe())
+        .args(["sweep", &file.to_string_lossy(), "--dry-run"])
+        .output()
+        .with_context(|| format!("planning {}", file.display()))?;
+    if !out.status.success() {
+        bail!("{}: {}", file.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.trim_end().ends_with(".toml"))
+        .count())
+}
+
+fn ponder_exe() -> PathBuf {
+    Path::new("target/release/ponder").to_path_buf()
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn command_line(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// `cargo xtask paper`: every figure ponder publishes, from scratch or resumed, then
+/// `docs/reference-results.md`.
+fn paper(names: &[String]) -> Result<()> {
+    let started = Instant::now();
+    let mut build = cargo();
+    build.args(["build", "--release", "--package", "ponder-runtime", "--bin", "ponder"]);
+    status(build, "cargo build --release")?;
+    let sweeps = paper_sweeps(names)?;
+    let mut planned = Vec::new();
+    for file in &sweeps {
+        planned.push((file, sweep_runs(file)?));
+    }
+    let pipelines = 1 + planned.iter().map(|(_, n)| n).sum::<usize>();
+    eprintln!(
+        "xtask paper: {pipelines} pipelines, one at a time: the default, then {}",
+        planned
+            .iter()
+            .map(|(f, n)| format!("{} ({n})", f.display()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let default_dir = Path::new("runs/default");
+    let estimate = |dir: &Path| -> Option<f64> {
+        let seconds = read_json(&dir.join("manifest.json")).ok()?["wall_seconds"].as_f64()?;
+        Some(seconds * pipelines as f64)
+    };
+    match estimate(default_dir) {
+        Some(s) => eprintln!(
+            "xtask paper: at most about {:.1} hours here (the default's stages took {:.0} s in {}; every sweep run is a pipeline of the default's size or smaller, and finished stages are skipped)",
+            s / 3600.0,
+            s / pipelines as f64,
+            default_dir.display()
+        ),
+        None => eprintln!(
+            "xtask paper: the estimate follows the default run, which measures a pipeline's time on this machine"
+        ),
+    }
+    let run = |extra: &[&str], what: &str| -> Result<()> {
+        let mut c = Command::new(ponder_exe());
+        c.args(["run", "configs/default.toml", "--resume"]).args(extra);
+        status(c, what)
+    };
+    run(&[], "ponder run configs/default.toml")?;
+    if let Some(s) = estimate(default_dir) {
+        eprintln!(
+            "xtask paper: the default took {:.0} s of stages; the sweeps' {} pipelines take at most about {:.1} hours more",
+            s / pipelines as f64,
+            pipelines - 1,
+            s * (pipelines - 1) as f64 / pipelines as f64 / 3600.0
+        );
+    }
+    for (file, _) in &planned {
+        let mut c = Command::new(ponder_exe());
+        c.args(["sweep", &file.to_string_lossy()]);
+        status(c, &format!("ponder sweep {}", file.display()))?;
+    }
+    // The report again, now that every sweep's table is there.
+    let report_record = default_dir.join("stages/report.json");
+    if report_record.exists() {
+        std::fs::remove_file(&report_record).with_context(|| format!("removing {}", report_record.display()))?;
+    }
+    run(&[], "ponder run configs/default.toml (the report over every sweep)")?;
+    let seconds = started.elapsed().as_secs_f64();
+    let manifest = read_json(&default_dir.join("manifest.json"))?;
+    let report = std::fs::read_to_string(default_dir.join("report.md"))
+        .with_context(|| format!("reading {}/report.md", default_dir.display()))?;
+    let machine = &manifest["machine"];
+    let mut doc = String::new();
+    doc.push_str("# Reference results\n\n");
+    doc.push_str(&format!(
+        "Written by `cargo xtask paper{}` on {} at commit `{}`, on {} ({} cores, {} threads, {:.1} GiB), training at {:.0} tokens/s; {:.1} hours in all, build included. Compare a run of yours with these: the same commit and seeds give the same figures on a machine with the same thread count. The run directories (checkpoints, plots, logs) stay in `runs/`.\n\n",
+        names.iter().map(|n| format!(" {n}")).collect::<String>(),
+        command_line("date", &["-u", "+%Y-%m-%d"]),
+        command_line("git", &["rev-parse", "--short", "HEAD"]),
+        machine["cpu"].as_str().unwrap_or("?"),
+        machine["cores"],
+        machine["threads"],
+        machine["memory_gib"].as_f64().unwrap_or(0.0),
+        manifest["timings"]["init"]["/train_tokens_per_s"].as_f64().unwrap_or(0.0),
+        seconds / 3600.0,
+    ));
+    // The report's text and tables; its images stay with the run.
+    for line in report.lines().filter(|l| !l.trim_start().starts_with("![")) {
+        let line = line
+            .strip_prefix('#')
+            .map(|rest| format!("##{rest}"))
+            .unwrap_or_else(|| line.to_string());
+        doc.push_str(&line);
+        doc.push('\n');
+    }
+    let out = Path::new("docs/reference-results.md");
+    std::fs::write(out, doc).with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("xtask paper: {:.0} s; wrote {}", seconds, out.display());
+    Ok(())
 }
 
 fn ci() -> Result<()> {

@@ -351,7 +351,16 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
         writeln!(out)?;
         writeln!(
             out,
-            "Best-of-N over the same samples (Lightman et al., best-of-1860 on MATH: PRM 78.2%, ORM 72.4%, majority 69.6%):\n"
+            "Best-of-N over the same samples (Lightman et al., best-of-1860 on MATH: PRM 78.2%, ORM 72.4%, majority 69.6%). {}\n",
+            if synthetic == 0 {
+                format!(
+                    "Data-matched: the PRM and the ORM learn from the same {policy_traces} policy traces, from the same starting weights for the same steps; only the labels differ (one per step against one per trace)."
+                )
+            } else {
+                format!(
+                    "Not data-matched: the PRM also learns from {synthetic} synthetic traces with exact step labels that the ORM does not see (`pipeline.reward.synthetic_traces = 0` gives the data-matched pair)."
+                )
+            }
         )?;
         writeln!(
             out,
@@ -741,6 +750,14 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
         if sweep_table(ctx, name, &mut out)? {
             figures.insert(format!("ablation_{name}"), json!(true));
         }
+    }
+    writeln!(out, "## 6. The headline figures over seeds\n")?;
+    writeln!(
+        out,
+        "One seed is one draw. From the `seeds` sweep: the default config with seeds 1, 2 and 3 (the split and the held-out problems stay fixed; training data, initialisation, reward models, searches and RL change with the seed), each run's figures and their mean and range over the seeds.\n"
+    )?;
+    if sweep_table(ctx, "seeds", &mut out)? {
+        figures.insert("seeds".into(), json!(true));
     }
     writeln!(
         out,
