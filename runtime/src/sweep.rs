@@ -935,14 +935,14 @@ mod tests {
             &file,
             format!(
                 "[sweep]\nbase = {base:?}\nout_dir = {out:?}\n[set]\n\"pipeline.stages\" = [\"datagen\"]\n\
-                 [grid]\n\"task.max_number\" = [10, 20]\n\"run.seed\" = [1, 2, 3]\n\
+                 [grid]\n\"task.digits\" = [1, 2]\n\"run.seed\" = [1, 2, 3]\n\
                  [metrics]\n\"score\" = \"/score\"\n"
             ),
         )
         .expect("write");
         let sweep = Sweep::load(&file, &Registry::builtin()).expect("load");
-        // Seeds 1 and 2 of max_number 10 finished with scores 0.2 and 0.6; seed 3 did not; of
-        // max_number 20 only seed 1 finished, too few for a summary.
+        // Seeds 1 and 2 of one digit finished with scores 0.2 and 0.6; seed 3 did not; of two
+        // digits only seed 1 finished, too few for a summary.
         for r in &sweep.runs {
             let value = |key: &str| {
                 r.values
@@ -950,11 +950,11 @@ mod tests {
                     .find(|(k, _)| k == key)
                     .and_then(|(_, v)| v.as_integer())
             };
-            let (number, seed) = (value("task.max_number"), value("run.seed"));
+            let (number, seed) = (value("task.digits"), value("run.seed"));
             let score = match (number, seed) {
-                (Some(10), Some(1)) => 0.2,
-                (Some(10), Some(2)) => 0.6,
-                (Some(20), Some(1)) => 0.9,
+                (Some(1), Some(1)) => 0.2,
+                (Some(1), Some(2)) => 0.6,
+                (Some(2), Some(1)) => 0.9,
                 _ => continue,
             };
             let dir = RunDir::new(sweep.dir.join(&r.name));
@@ -976,7 +976,7 @@ mod tests {
             "{table}"
         );
         assert!(summary_rows[0].ends_with("| 0.400 (0.200–0.600) |"), "{table}");
-        assert!(summary_rows[0].contains("| 10 |"), "{table}");
+        assert!(summary_rows[0].contains("| 1 |"), "{table}");
         let written: Value =
             serde_json::from_str(&std::fs::read_to_string(sweep.dir.join("sweep.json")).expect("sweep.json"))
                 .expect("json");

@@ -223,7 +223,13 @@ fn the_smoke_pipeline_runs_every_stage_and_writes_the_report() {
         assert!(dir.join("stages").join(format!("{stage}.json")).exists());
     }
     let report = std::fs::read_to_string(dir.join("report.md")).expect("report.md");
-    for heading in ["## 1. Policy initialisation", "## 2.", "## 3.", "## 4."] {
+    for heading in [
+        "## 1. Policy initialisation",
+        "## 2.",
+        "## 3.",
+        "## 4.",
+        "## 6. The headline figures over seeds",
+    ] {
         assert!(report.contains(heading), "report.md lacks `{heading}`");
     }
     // Sweeps the smoke run has not run: the report says which command fills each table.
@@ -235,6 +241,7 @@ fn the_smoke_pipeline_runs_every_stage_and_writes_the_report() {
         "rl_init_length",
         "init_style",
         "retry_data",
+        "seeds",
     ] {
         let command = format!("Not run yet: `cargo xtask sweep configs/sweeps/{sweep}.toml`");
         assert!(report.contains(&command), "report.md lacks `{command}`");
