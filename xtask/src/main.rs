@@ -186,12 +186,12 @@ fn paper(names: &[String]) -> Result<()> {
             "xtask paper: the estimate follows the default run, which measures a pipeline's time on this machine"
         ),
     }
-    let run = |extra: &[&str], what: &str| -> Result<()> {
+    let run_default = |what: &str| -> Result<()> {
         let mut c = Command::new(ponder_exe());
-        c.args(["run", "configs/default.toml", "--resume"]).args(extra);
+        c.args(["run", "configs/default.toml", "--resume"]);
         status(c, what)
     };
-    run(&[], "ponder run configs/default.toml")?;
+    run_default("ponder run configs/default.toml")?;
     if let Some(s) = estimate(default_dir) {
         eprintln!(
             "xtask paper: the default took {:.0} s of stages; the sweeps' {} pipelines take at most about {:.1} hours more",
@@ -210,7 +210,7 @@ fn paper(names: &[String]) -> Result<()> {
     if report_record.exists() {
         std::fs::remove_file(&report_record).with_context(|| format!("removing {}", report_record.display()))?;
     }
-    run(&[], "ponder run configs/default.toml (the report over every sweep)")?;
+    run_default("ponder run configs/default.toml (the report over every sweep)")?;
     let seconds = started.elapsed().as_secs_f64();
     let manifest = read_json(&default_dir.join("manifest.json"))?;
     let report = std::fs::read_to_string(default_dir.join("report.md"))
