@@ -171,15 +171,12 @@ fn paper(names: &[String]) -> Result<()> {
             .join(", ")
     );
     let default_dir = Path::new("runs/default");
-    let estimate = |dir: &Path| -> Option<f64> {
-        let seconds = read_json(&dir.join("manifest.json")).ok()?["wall_seconds"].as_f64()?;
-        Some(seconds * pipelines as f64)
-    };
-    match estimate(default_dir) {
+    // One pipeline's stage seconds on this machine, once the default has run here.
+    let pipeline_seconds = || read_json(&default_dir.join("manifest.json")).ok()?["wall_seconds"].as_f64();
+    match pipeline_seconds() {
         Some(s) => eprintln!(
-            "xtask paper: at most about {:.1} hours here (the default's stages took {:.0} s in {}; every sweep run is a pipeline of the default's size or smaller, and finished stages are skipped)",
-            s / 3600.0,
-            s / pipelines as f64,
+            "xtask paper: at most about {:.1} hours here (the default's stages took {s:.0} s in {}; every sweep run is a pipeline of the default's size or smaller, and finished stages are skipped)",
+            s * pipelines as f64 / 3600.0,
             default_dir.display()
         ),
         None => eprintln!(
@@ -192,12 +189,11 @@ fn paper(names: &[String]) -> Result<()> {
         status(c, what)
     };
     run_default("ponder run configs/default.toml")?;
-    if let Some(s) = estimate(default_dir) {
+    if let Some(s) = pipeline_seconds() {
         eprintln!(
-            "xtask paper: the default took {:.0} s of stages; the sweeps' {} pipelines take at most about {:.1} hours more",
-            s / pipelines as f64,
+            "xtask paper: the default took {s:.0} s of stages; the sweeps' {} pipelines take at most about {:.1} hours more",
             pipelines - 1,
-            s * (pipelines - 1) as f64 / pipelines as f64 / 3600.0
+            s * (pipelines - 1) as f64 / 3600.0
         );
     }
     for (file, _) in &planned {
