@@ -45,6 +45,9 @@ pub struct ProblemOutcome {
     pub correct_samples: usize,
     pub samples: usize,
     pub majority_correct: Option<bool>,
+    /// The greedy trace as generated (what `ponder view` shows before and after RL).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub greedy_text: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -167,6 +170,7 @@ pub async fn evaluate(
                 correct_samples: correct,
                 samples: settings.samples,
                 majority_correct: None,
+                greedy_text: group[0].text.clone(),
             });
             sampled.push(traces);
         }

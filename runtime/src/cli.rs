@@ -80,6 +80,19 @@ pub enum Command {
         #[arg(long, default_value = "runs/bench/bench.json")]
         out: PathBuf,
     },
+    /// Write a run's (or a sweep folder's) interactive view, `DIR/view/index.html`: one
+    /// self-contained page with the figures, the recorded search trees and RL before and after.
+    View {
+        /// A run directory (e.g. runs/default) or a sweep folder (e.g. runs/sweeps/seeds).
+        dir: PathBuf,
+        /// Then serve the page on loopback until Ctrl-C.
+        #[arg(long)]
+        serve: bool,
+        #[arg(long, default_value_t = 8090)]
+        port: u16,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+    },
     /// Run a config's pipeline.
     Run {
         config: PathBuf,
@@ -218,6 +231,20 @@ pub fn run_command(command: Command, registry: &Registry) -> Result<(), Failure>
             }
             let exe = std::env::current_exe().map_err(|e| Failure::Other(e.into()))?;
             sweep.run(&exe).map_err(Failure::Other)
+        }
+        Command::View { dir, serve, port, host } => {
+            if !serve {
+                let path = crate::view::write(&dir, registry).map_err(Failure::Other)?;
+                println!("{}", path.display());
+                return Ok(());
+            }
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Failure::Other(e.into()))?;
+            runtime
+                .block_on(crate::view::serve(&dir, registry, &host, port))
+                .map_err(Failure::Other)
         }
         Command::Serve { run, port, host, set } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -306,11 +306,15 @@ pub struct SearchEvalStage {
     /// Searchers: each a `[search]` table plus an optional `label` and an optional `reward`
     /// table that replaces the run's `[reward]` for it.
     pub searchers: Vec<serde_json::Value>,
+    /// The first this many problems' searches are recorded node by node, per searcher and
+    /// budget, in `search_trees.jsonl` (what `ponder view` draws; 0: none).
+    pub record_problems: usize,
 }
 
 impl Default for SearchEvalStage {
     fn default() -> Self {
         SearchEvalStage {
+            record_problems: 4,
             problems: 0,
             budgets: vec![1, 2, 4, 8, 16, 32, 64],
             sampling: Sampling::default(),

@@ -18,6 +18,7 @@ pub mod run_dir;
 pub mod serve;
 pub mod stages;
 pub mod sweep;
+pub mod view;
 
 pub use config::{Layers, RunConfig};
 

@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::sync::Once;
 
+use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
@@ -61,7 +62,8 @@ pub struct Chart {
     pub x_categories: Vec<String>,
 }
 
-const COLORS: [RGBColor; 10] = [
+/// Twelve colours, each series its own (then markers tell the rest apart).
+const COLORS: [RGBColor; 12] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -69,10 +71,72 @@ const COLORS: [RGBColor; 10] = [
     RGBColor(148, 103, 189),
     RGBColor(140, 86, 75),
     RGBColor(227, 119, 194),
-    RGBColor(127, 127, 127),
-    RGBColor(188, 189, 34),
     RGBColor(23, 190, 207),
+    RGBColor(188, 189, 34),
+    RGBColor(57, 59, 121),
+    RGBColor(99, 121, 57),
+    RGBColor(127, 127, 127),
 ];
+
+/// Point markers, cycled beside the colours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Marker {
+    Circle,
+    Square,
+    Triangle,
+    Diamond,
+    Cross,
+}
+
+const MARKERS: [Marker; 5] = [
+    Marker::Circle,
+    Marker::Square,
+    Marker::Triangle,
+    Marker::Diamond,
+    Marker::Cross,
+];
+
+/// Series `i`'s colour and marker: no two of the first 60 series share both. Reference lines
+/// (horizontal) are drawn dashed, in black, and take no colour from the data series.
+fn look(i: usize) -> (RGBColor, Marker) {
+    (
+        COLORS[i % COLORS.len()],
+        MARKERS[(i + i / COLORS.len()) % MARKERS.len()],
+    )
+}
+
+/// Runs `$body` with `$shape`, a closure that makes the marker centred at a point (any
+/// coordinate the area maps), 4 pixels in radius.
+macro_rules! with_marker {
+    ($marker:expr, $color:expr, |$shape:ident| $body:expr) => {{
+        let (color, fill): (RGBColor, ShapeStyle) = ($color, $color.filled());
+        match $marker {
+            Marker::Circle => {
+                let $shape = |at| EmptyElement::at(at) + Circle::new((0, 0), 4, fill);
+                $body
+            }
+            Marker::Square => {
+                let $shape = |at| EmptyElement::at(at) + Rectangle::new([(-4, -4), (4, 4)], fill);
+                $body
+            }
+            Marker::Triangle => {
+                let $shape = |at| EmptyElement::at(at) + TriangleMarker::new((0, 0), 5, fill);
+                $body
+            }
+            Marker::Diamond => {
+                let $shape = |at| EmptyElement::at(at) + Polygon::new(vec![(0, -5), (5, 0), (0, 5), (-5, 0)], fill);
+                $body
+            }
+            Marker::Cross => {
+                let $shape = |at| EmptyElement::at(at) + Cross::new((0, 0), 4, color.stroke_width(2));
+                $body
+            }
+        }
+    }};
+}
+
+/// The width of the legend beside each chart, in pixels.
+const LEGEND_WIDTH: u32 = 170;
 
 /// Draws charts side by side (one row) into a PNG file.
 pub fn draw(path: &Path, charts: &[Chart], width_each: u32, height: u32) -> anyhow::Result<()> {
@@ -85,7 +149,10 @@ pub fn draw(path: &Path, charts: &[Chart], width_each: u32, height: u32) -> anyh
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
     let panels = root.split_evenly((1, charts.len().max(1)));
     for (chart, area) in charts.iter().zip(panels) {
-        draw_one(&area, chart).map_err(|e| anyhow::anyhow!("plot {}: {e}", chart.title))?;
+        // The legend sits beside the plot, never on its data.
+        let (plot, legend) = area.split_horizontally(width_each.saturating_sub(LEGEND_WIDTH));
+        draw_one(&plot, chart).map_err(|e| anyhow::anyhow!("plot {}: {e}", chart.title))?;
+        draw_legend(&legend, chart).map_err(|e| anyhow::anyhow!("legend of {}: {e}", chart.title))?;
     }
     root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
@@ -176,24 +243,25 @@ fn draw_one(
                 .y_desc(chart.y_label.as_str())
                 .label_style(("sans-serif", 12))
                 .draw()?;
-            for (i, s) in chart.series.iter().enumerate() {
-                let color = COLORS[i % COLORS.len()];
+            let mut data_index = 0;
+            for s in &chart.series {
                 if let Some(y) = s.horizontal {
-                    ctx.draw_series(LineSeries::new(vec![(x0, y), (x1, y)], color.stroke_width(2)))?
-                        .label(s.name.as_str())
-                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+                    ctx.draw_series(DashedLineSeries::new(
+                        vec![(x0, y), (x1, y)],
+                        8,
+                        5,
+                        BLACK.stroke_width(2),
+                    ))?;
                     continue;
                 }
+                let (color, marker) = look(data_index);
+                data_index += 1;
                 let pts: Vec<(f64, f64)> = s
                     .points
                     .iter()
                     .copied()
                     .filter(|(x, y)| x.is_finite() && y.is_finite())
                     .collect();
-                ctx.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
-                    .label(s.name.as_str())
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-                ctx.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
                 for (&(x, _), &(lo, hi)) in s.points.iter().zip(&s.intervals) {
                     if x.is_finite() && lo.is_finite() && hi.is_finite() {
                         ctx.draw_series(std::iter::once(PathElement::new(
@@ -202,19 +270,41 @@ fn draw_one(
                         )))?;
                     }
                 }
+                ctx.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?;
+                with_marker!(marker, color, |shape| ctx.draw_series(pts.iter().map(|&p| shape(p)))?);
             }
-            ctx.configure_series_labels()
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK.mix(0.3))
-                .label_font(("sans-serif", 12))
-                .position(SeriesLabelPosition::LowerRight)
-                .draw()?;
         }};
     }
     if chart.log_x {
         body!(builder.build_cartesian_2d((x0..x1).log_scale(), y0..y1)?);
     } else {
         body!(builder.build_cartesian_2d(x0..x1, y0..y1)?);
+    }
+    Ok(())
+}
+
+/// Each series' line, marker and name, one per row, in the panel beside the plot.
+fn draw_legend(
+    area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
+    chart: &Chart,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut data_index = 0;
+    for (row, s) in chart.series.iter().enumerate() {
+        let y = 44 + 18 * row as i32;
+        if s.horizontal.is_some() {
+            area.draw(&DashedPathElement::new(
+                vec![(4, y), (26, y)],
+                5,
+                3,
+                BLACK.stroke_width(2),
+            ))?;
+        } else {
+            let (color, marker) = look(data_index);
+            data_index += 1;
+            area.draw(&PathElement::new(vec![(4, y), (26, y)], color.stroke_width(2)))?;
+            with_marker!(marker, color, |shape| area.draw(&shape((15, y)))?);
+        }
+        area.draw(&Text::new(s.name.clone(), (32, y - 7), ("sans-serif", 12)))?;
     }
     Ok(())
 }
@@ -243,5 +333,18 @@ mod tests {
         let bytes = std::fs::read(&path).expect("written");
         assert_eq!(&bytes[1..4], b"PNG");
         assert!(bytes.len() > 5000);
+    }
+
+    #[test]
+    fn every_series_has_its_own_colour_and_marker() {
+        let looks: Vec<(RGBColor, Marker)> = (0..60).map(look).collect();
+        for i in 0..looks.len() {
+            for j in 0..i {
+                assert_ne!(looks[i], looks[j], "series {i} and {j} look alike");
+            }
+        }
+        // The first twelve differ in colour alone.
+        let colours: std::collections::HashSet<_> = looks[..12].iter().map(|(c, _)| (c.0, c.1, c.2)).collect();
+        assert_eq!(colours.len(), 12);
     }
 }

@@ -9,6 +9,7 @@ use ponder_policy_init::{Finish, GenRequest, Stop};
 use ponder_reward::Aggregation;
 use serde::{Deserialize, Serialize};
 
+use crate::record::{NodeKind, TreeRecorder};
 use crate::{
     Budget, Candidate, Cost, SearchEnv, SearchError, SearchOutcome, Searcher, Selection, continuation_prompt, outcome,
 };
@@ -75,6 +76,8 @@ struct Beam {
     steps: Vec<String>,
     /// The subtree (DVTS) it belongs to.
     group: usize,
+    /// Its node in the record (the root when not recording).
+    node: usize,
 }
 
 impl BeamSearch {
@@ -113,8 +116,15 @@ impl Searcher for BeamSearch {
             .map(|i| Beam {
                 steps: Vec::new(),
                 group: i % groups,
+                node: TreeRecorder::ROOT,
             })
             .collect();
+        let mut record = env.record.then(TreeRecorder::new);
+        if let Some(r) = &mut record {
+            r.node_mut(TreeRecorder::ROOT).visits = n as u32;
+        }
+        // Record nodes of the finished candidates, in `finished` order.
+        let mut finished_nodes: Vec<usize> = Vec::new();
         let mut done_groups = vec![false; groups];
         for round in 0..self.settings.max_steps {
             if live.is_empty() {
@@ -138,24 +148,46 @@ impl Searcher for BeamSearch {
             for (b, g) in live.iter().zip(&generations) {
                 let added = Trace::parse(&g.text);
                 let mut steps = b.steps.clone();
-                steps.extend(added.steps);
+                steps.extend(added.steps.iter().cloned());
                 let complete = added.answer.is_some();
                 let stalled = g.finish == Finish::Length || g.finish == Finish::EndOfSequence;
                 if stalled && !complete {
                     continue; // no step ended within the limit: this beam is dropped
                 }
+                let node = match &mut record {
+                    Some(r) => {
+                        let id = r.child(b.node, NodeKind::Step, &added.steps, added.answer.as_deref());
+                        let n = r.node_mut(id);
+                        n.round = Some(round as u64);
+                        n.tokens = Some(n.tokens.unwrap_or(0) + g.tokens() as u64);
+                        id
+                    }
+                    None => TreeRecorder::ROOT,
+                };
                 let trace = Trace {
                     steps: steps.clone(),
                     answer: added.answer,
                 };
-                proposals.push((Beam { steps, group: b.group }, trace, complete));
+                proposals.push((
+                    Beam {
+                        steps,
+                        group: b.group,
+                        node,
+                    },
+                    trace,
+                    complete,
+                ));
             }
             let traces: Vec<Trace> = proposals.iter().map(|p| p.1.clone()).collect();
             let scores = env.score(problem, &traces, &mut cost).await?;
             let mut open: Vec<(f32, Beam)> = Vec::new();
             for ((beam, trace, complete), s) in proposals.into_iter().zip(scores) {
                 let score = s.aggregate(self.settings.aggregation);
+                if let Some(r) = &mut record {
+                    r.node_mut(beam.node).score = Some(score);
+                }
                 if complete {
+                    finished_nodes.push(beam.node);
                     finished.push(Candidate {
                         trace,
                         scores: Some(s),
@@ -176,7 +208,7 @@ impl Searcher for BeamSearch {
             match self.settings.mode {
                 BeamMode::Beam => {
                     let keep = remaining.div_ceil(m);
-                    for (_, beam) in open.into_iter().take(keep) {
+                    for (_, beam) in open.iter().take(keep) {
                         for _ in 0..m {
                             if next.len() < remaining {
                                 next.push(beam.clone());
@@ -197,9 +229,28 @@ impl Searcher for BeamSearch {
                     }
                 }
             }
+            if let Some(r) = &mut record {
+                // Open proposals that no beam continues were pruned.
+                for (_, b) in &open {
+                    if !next.iter().any(|k: &Beam| k.node == b.node) {
+                        r.node_mut(b.node).pruned = true;
+                    }
+                }
+            }
             live = if finished.len() >= n { Vec::new() } else { next };
         }
-        Ok(outcome(env.task, problem, finished, self.settings.selection(), cost))
+        let mut out = outcome(env.task, problem, finished, self.settings.selection(), cost);
+        if let Some(mut r) = record {
+            let chosen = out
+                .trace
+                .as_ref()
+                .and_then(|t| out.candidates.iter().position(|c| &c.trace == t));
+            if let Some(&node) = chosen.and_then(|i| finished_nodes.get(i)) {
+                r.choose(node);
+            }
+            out.record = Some(r.finish(cost));
+        }
+        Ok(out)
     }
 }
 

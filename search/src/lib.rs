@@ -12,6 +12,7 @@ pub mod beam;
 pub mod best_of_n;
 pub mod lockstep;
 pub mod mcts;
+pub mod record;
 pub mod revision;
 
 use std::collections::HashMap;
@@ -125,6 +126,10 @@ pub struct SearchOutcome {
     pub trace: Option<Trace>,
     pub candidates: Vec<Candidate>,
     pub cost: Cost,
+    /// What the search did, node by node, when [`SearchEnv::record`] asked for it (a searcher
+    /// that records nothing leaves it `None`; its candidates then stand for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<record::SearchRecord>,
 }
 
 /// Everything a search works with besides the problem and the budget.
@@ -139,6 +144,8 @@ pub struct SearchEnv<'a> {
     /// Token limit of a whole trace.
     pub max_trace_tokens: usize,
     pub sampling: Sampling,
+    /// Record the search node by node in [`SearchOutcome::record`].
+    pub record: bool,
 }
 
 impl SearchEnv<'_> {
@@ -273,5 +280,6 @@ pub fn outcome(
         trace: chosen.map(|i| candidates[i].trace.clone()),
         candidates,
         cost,
+        record: None,
     }
 }

@@ -23,6 +23,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::record::{NodeKind, SearchRecord, TreeRecorder};
 use crate::{Budget, Candidate, Cost, SearchEnv, SearchError, SearchOutcome, Searcher, Selection, continuation_prompt};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,6 +137,10 @@ struct Node {
     dead: bool,
     /// Sampling more children brings no new steps.
     saturated: bool,
+    /// The reward model's evaluation of the node (aggregated as the search aggregates).
+    score: Option<f32>,
+    /// The round that made it.
+    round: u64,
 }
 
 impl Node {
@@ -368,6 +373,8 @@ impl Mcts {
                     terminal,
                     dead: false,
                     saturated: false,
+                    score: None,
+                    round,
                 });
                 let id = tree.nodes.len() - 1;
                 by_text.insert(g.text.clone(), id);
@@ -434,6 +441,7 @@ impl Mcts {
         let scores = env.score(problem, &traces, cost).await?;
         for ((&c, sc), trace) in new_children.iter().zip(&scores).zip(traces) {
             let v = sc.aggregate(s.aggregation);
+            tree.nodes[c].score = Some(v);
             tree.backup(c, v, 1);
             if tree.nodes[c].terminal.is_none() && trace.answer.is_some() {
                 tree.rollouts.push((c, trace, v));
@@ -625,6 +633,8 @@ impl Searcher for Mcts {
                 terminal: None,
                 dead: false,
                 saturated: false,
+                score: None,
+                round: 0,
             }],
             rollouts: Vec::new(),
             steps_sampled: 0,
@@ -713,6 +723,8 @@ impl Searcher for Mcts {
                 tokens: 0,
             });
         }
+        // The node a last-resort rollout finished, with the trace it made.
+        let mut last_resort = None;
         if chosen.is_none() {
             // No finished trace (a budget too small to reach one): finish the most visited
             // path with one rollout, so that the search still answers. Its tokens count.
@@ -721,19 +733,75 @@ impl Searcher for Mcts {
             let request = rollout_request(problem, steps, env, env.request_seed(u64::MAX, 0));
             if let Some(g) = env.generate(&[request], &mut cost).await?.pop() {
                 chosen = Some(candidates.len());
+                let trace = rolled_out(steps, &g.text);
+                last_resort = Some((leaf, trace.clone(), g.tokens() as u64));
                 candidates.push(Candidate {
-                    trace: rolled_out(steps, &g.text),
+                    trace,
                     scores: None,
                     score: None,
                     tokens: g.tokens() as u64,
                 });
             }
         }
+        let record = env.record.then(|| record_tree(&tree, answer, last_resort, cost));
         Ok(SearchOutcome {
             answer: chosen.and_then(|c| candidates[c].trace.answer.clone()),
             trace: chosen.map(|c| candidates[c].trace.clone()),
             candidates,
             cost,
+            record,
         })
     }
+}
+
+/// The searched tree as a record: every node with its visits, value, prior and score, each
+/// rollout that finished a trace as a child of the node it evaluated, and the chosen answer's
+/// path.
+fn record_tree(
+    tree: &Tree,
+    answer: Option<Finished>,
+    last_resort: Option<(usize, Trace, u64)>,
+    cost: Cost,
+) -> SearchRecord {
+    let mut out = TreeRecorder::new();
+    // Tree nodes are made parents first, so ids line up: node i is record node i.
+    for (i, n) in tree.nodes.iter().enumerate() {
+        let id = match n.parent {
+            None => TreeRecorder::ROOT,
+            Some(p) => {
+                let own = n.steps[tree.nodes[p].steps.len().min(n.steps.len())..].to_vec();
+                let answer = n.terminal.as_ref().and_then(|t| t.answer.clone());
+                out.add(p, NodeKind::Step, own, answer)
+            }
+        };
+        debug_assert_eq!(id, i);
+        let r = out.node_mut(id);
+        r.visits = n.visits;
+        r.value = n.q();
+        r.prior = n.parent.map(|_| n.prior);
+        r.score = n.score;
+        r.round = n.parent.map(|_| n.round);
+    }
+    let rollout_node = |out: &mut TreeRecorder, from: usize, trace: &Trace| {
+        let own = trace.steps[tree.nodes[from].steps.len().min(trace.steps.len())..].to_vec();
+        out.add(from, NodeKind::Rollout, own, trace.answer.clone())
+    };
+    let mut rollout_ids = Vec::with_capacity(tree.rollouts.len());
+    for (from, trace, value) in &tree.rollouts {
+        let id = rollout_node(&mut out, *from, trace);
+        out.node_mut(id).score = Some(*value);
+        out.node_mut(id).visits = 1;
+        rollout_ids.push(id);
+    }
+    match (answer, last_resort) {
+        (Some(Finished::Terminal(i)), _) => out.choose(i),
+        (Some(Finished::Rollout(j)), _) => out.choose(rollout_ids[j]),
+        (None, Some((leaf, trace, tokens))) => {
+            let id = rollout_node(&mut out, leaf, &trace);
+            out.node_mut(id).tokens = Some(tokens);
+            out.choose(id);
+        }
+        (None, None) => {}
+    }
+    out.finish(cost)
 }

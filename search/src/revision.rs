@@ -12,6 +12,7 @@ use ponder_reward::Aggregation;
 use serde::{Deserialize, Serialize};
 
 use crate::best_of_n::score_candidates;
+use crate::record::SearchRecord;
 use crate::{Budget, Cost, SearchEnv, SearchError, SearchOutcome, Searcher, Selection, outcome};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -65,6 +66,8 @@ impl Searcher for Revision {
         let mut cost = Cost::default();
         let mut histories: Vec<Vec<Trace>> = vec![Vec::new(); chains];
         let mut attempts: Vec<(Trace, u64)> = Vec::new();
+        // Which chain made each attempt.
+        let mut chain_of: Vec<usize> = Vec::new();
         for round in 0..per_chain {
             let live: Vec<usize> = (0..chains).filter(|&c| c * per_chain + round < n).collect();
             let requests: Vec<GenRequest> = live
@@ -87,9 +90,18 @@ impl Searcher for Revision {
                 let t = Trace::parse(&g.text);
                 histories[c].push(t.clone());
                 attempts.push((t, g.tokens() as u64));
+                chain_of.push(c);
             }
         }
         let candidates = score_candidates(problem, env, attempts, s.selection, s.aggregation, &mut cost).await?;
-        Ok(outcome(env.task, problem, candidates, s.selection, cost))
+        let mut out = outcome(env.task, problem, candidates, s.selection, cost);
+        if env.record {
+            let chosen = out
+                .trace
+                .as_ref()
+                .and_then(|t| out.candidates.iter().position(|c| &c.trace == t));
+            out.record = Some(SearchRecord::attempt_chains(&out.candidates, &chain_of, chosen, cost));
+        }
+        Ok(out)
     }
 }

@@ -14,6 +14,8 @@ use ponder_search::beam::{BeamMode, BeamSearch, BeamSettings};
 use ponder_search::best_of_n::{BestOfN, BestOfNSettings};
 use ponder_search::lockstep::Lockstep;
 use ponder_search::mcts::{AnswerBy, Evaluation, Mcts, MctsSettings, RootSelection};
+use ponder_search::record::{NodeKind, SearchRecord};
+use ponder_search::revision::{Revision, RevisionSettings};
 use ponder_search::{Budget, SearchEnv, SearchOutcome, Searcher, Selection};
 use rand::{Rng, SeedableRng};
 
@@ -127,6 +129,7 @@ fn env<'a>(policy: &'a dyn Policy, reward: &'a dyn RewardModel, task: &'a dyn Ta
         max_step_tokens: 8,
         max_trace_tokens: 8,
         sampling: Sampling::default(),
+        record: false,
     }
 }
 
@@ -400,4 +403,163 @@ async fn mcts_expands_no_node_at_the_depth_limit() {
     }
     // Not vacuous: without the limit the tree finishes traces of its own.
     assert!(unlimited_finished >= 5, "{unlimited_finished} of 20");
+}
+
+/// Asserts what every record must hold: ids in order, parents made before children, one chosen
+/// path from the root to a finished node whose answer is the outcome's, and exact labels that
+/// agree with the task on that node's whole trace.
+fn check_record(record: &SearchRecord, out: &SearchOutcome, task: &dyn Task, p: &Problem, what: &str) {
+    assert_eq!(record.nodes[0].kind, NodeKind::Root, "{what}");
+    for (i, n) in record.nodes.iter().enumerate() {
+        assert_eq!(n.id, i, "{what}: ids in order");
+        if i > 0 {
+            assert!(n.parent.is_some_and(|q| q < i), "{what}: node {i}'s parent comes first");
+        }
+    }
+    let leaf = record
+        .chosen_leaf()
+        .unwrap_or_else(|| panic!("{what}: a chosen finished node"));
+    assert_eq!(
+        record.nodes[leaf].answer, out.answer,
+        "{what}: the chosen node is the answer"
+    );
+    let mut at = Some(leaf);
+    while let Some(i) = at {
+        assert!(record.nodes[i].chosen, "{what}: the chosen path reaches the root");
+        at = record.nodes[i].parent;
+    }
+    let steps = record.trace_steps(leaf);
+    assert_eq!(
+        Some(&steps),
+        out.trace.as_ref().map(|t| &t.steps),
+        "{what}: the path is the chosen trace"
+    );
+    let truth = task.check_steps(p, &steps).expect("labels");
+    let own = record.nodes[leaf].steps.len();
+    assert_eq!(
+        record.nodes[leaf].labels,
+        truth[truth.len() - own..],
+        "{what}: exact labels"
+    );
+    let right = out.answer.as_ref().map(|a| task.check_answer(p, a).expect("checks"));
+    assert_eq!(record.nodes[leaf].correct, right, "{what}: the answer's verdict");
+}
+
+#[tokio::test]
+async fn recorded_searches_show_their_nodes_and_chosen_path_and_recording_changes_nothing() {
+    let (task, problems) = problems(6);
+    let reward = OracleProcessReward::new(task.clone(), Aggregation::Last);
+    let searchers: Vec<(&str, Box<dyn Searcher>)> = vec![
+        (
+            "mcts",
+            Box::new(Mcts {
+                settings: MctsSettings::default(),
+            }),
+        ),
+        (
+            "mcts rollout",
+            Box::new(Mcts {
+                settings: MctsSettings {
+                    evaluation: Evaluation::Rollout,
+                    ..MctsSettings::default()
+                },
+            }),
+        ),
+        (
+            "beam",
+            Box::new(BeamSearch {
+                settings: BeamSettings::default(),
+            }),
+        ),
+        (
+            "dvts",
+            Box::new(BeamSearch {
+                settings: BeamSettings {
+                    mode: BeamMode::Dvts,
+                    ..BeamSettings::default()
+                },
+            }),
+        ),
+        (
+            "revision",
+            Box::new(Revision {
+                settings: RevisionSettings {
+                    chains: 2,
+                    ..RevisionSettings::default()
+                },
+            }),
+        ),
+    ];
+    let budget = Budget {
+        generations: 8,
+        tokens_per_generation: 3,
+    };
+    let mut mcts_nodes = 0;
+    for (what, searcher) in &searchers {
+        for (i, p) in problems.iter().enumerate() {
+            let plain = searcher
+                .search(p, &env(&RandomMoves, &reward, task.as_ref(), i as u64), &budget)
+                .await
+                .expect("searches");
+            assert!(plain.record.is_none(), "{what}: no record unless asked");
+            let mut e = env(&RandomMoves, &reward, task.as_ref(), i as u64);
+            e.record = true;
+            let recorded = searcher.search(p, &e, &budget).await.expect("searches");
+            assert_eq!(
+                (&plain.answer, &plain.trace, plain.cost),
+                (&recorded.answer, &recorded.trace, recorded.cost),
+                "{what}: recording changes nothing"
+            );
+            let mut record = recorded.record.clone().unwrap_or_else(|| panic!("{what}: a record"));
+            assert_eq!(record.cost, recorded.cost, "{what}: the record's cost");
+            record.label(task.as_ref(), p);
+            check_record(&record, &recorded, task.as_ref(), p, what);
+            if what.starts_with("mcts") {
+                // The tree's root was visited once per evaluation backed up.
+                assert!(
+                    record.nodes[0].visits as usize >= record.nodes.len() / 2,
+                    "{what}: root visits"
+                );
+                mcts_nodes += record.nodes.len();
+            }
+            if *what == "revision" {
+                let attempts = record.nodes.iter().filter(|n| n.kind == NodeKind::Attempt).count();
+                assert_eq!(attempts, recorded.candidates.len(), "revision: one node per attempt");
+            }
+        }
+    }
+    assert!(mcts_nodes > 6 * 2 * 4, "MCTS recorded its trees ({mcts_nodes} nodes)");
+}
+
+#[test]
+fn a_search_that_records_nothing_is_shown_as_the_trie_of_its_candidates() {
+    use ponder_reward::StepScores;
+    use ponder_search::Candidate;
+    let c = |steps: &[&str], answer: &str, scores: &[f32]| Candidate {
+        trace: Trace::new(steps.iter().map(|s| s.to_string()).collect(), answer),
+        scores: Some(StepScores {
+            steps: scores.to_vec(),
+            answer: None,
+        }),
+        score: scores.last().copied(),
+        tokens: 5,
+    };
+    let candidates = vec![
+        c(&["a", "b"], "x", &[0.9, 0.8]),
+        c(&["a", "c"], "y", &[0.9, 0.2]),
+        c(&["d"], "z", &[0.1]),
+    ];
+    let r = SearchRecord::from_candidates(&candidates, Some(1), Default::default());
+    // root, a, b, x-leaf, c, y-leaf, d, z-leaf
+    assert_eq!(r.nodes.len(), 8);
+    let a = &r.nodes[1];
+    assert_eq!(
+        (a.steps.as_slice(), a.visits, a.score),
+        (&["a".to_string()][..], 2, Some(0.9))
+    );
+    assert_eq!(r.nodes[0].visits, 3);
+    let chosen: Vec<usize> = r.nodes.iter().filter(|n| n.chosen).map(|n| n.id).collect();
+    assert_eq!(chosen, vec![0, 1, 4, 5], "the second candidate's path");
+    assert_eq!(r.trace_steps(5), vec!["a".to_string(), "c".to_string()]);
+    assert_eq!(r.chosen_leaf(), Some(5));
 }

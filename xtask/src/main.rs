@@ -218,7 +218,11 @@ fn paper(names: &[String]) -> Result<()> {
         "Written by `cargo xtask paper{}` on {} at commit `{}`, on {} ({} cores, {} threads, {:.1} GiB), training at {:.0} tokens/s; {:.1} hours in all, build included. Compare a run of yours with these: the same commit and seeds give the same figures on a machine with the same thread count. The run directories (checkpoints, plots, logs) stay in `runs/`.\n\n",
         names.iter().map(|n| format!(" {n}")).collect::<String>(),
         command_line("date", &["-u", "+%Y-%m-%d"]),
-        command_line("git", &["rev-parse", "--short", "HEAD"]),
+        // The commit the default run was made at (the manifest's), not whatever is checked out now.
+        manifest["git_commit"].as_str().map_or_else(
+            || command_line("git", &["rev-parse", "--short", "HEAD"]),
+            |c| c.chars().take(7).collect()
+        ),
         machine["cpu"].as_str().unwrap_or("?"),
         machine["cores"],
         machine["threads"],

@@ -6,7 +6,8 @@
 //! round, hard ones use the whole budget: the same accuracy as majority voting for fewer tokens.
 //!
 //! A third-party searcher: it uses only ponder's public API (`Searcher`, `SearchEnv`, `Cost`,
-//! `outcome`) and is registered by this crate's [`crate::register`].
+//! `outcome`, and `TreeRecorder` to record what it did for `ponder view`) and is registered by
+//! this crate's [`crate::register`].
 
 use std::collections::HashMap;
 
@@ -14,6 +15,7 @@ use async_trait::async_trait;
 use ponder_datagen::{Problem, Trace};
 use ponder_policy_init::{GenRequest, Stop};
 use ponder_runtime::registry::{Kind, SearchCategory};
+use ponder_search::record::{NodeKind, TreeRecorder};
 use ponder_search::{Budget, Candidate, Cost, SearchEnv, SearchError, SearchOutcome, Searcher, Selection, outcome};
 use serde::{Deserialize, Serialize};
 
@@ -93,6 +95,10 @@ impl Searcher for AdaptiveConsistency {
         let limit = budget.generations.max(1);
         let mut votes: HashMap<String, u64> = HashMap::new();
         let mut round = 0u64;
+        // When asked: the trie of the samples' steps, each sample's answer a leaf that says in
+        // which round it was drawn.
+        let mut record = env.record.then(TreeRecorder::new);
+        let mut leaves: Vec<usize> = Vec::new();
         while candidates.len() < limit {
             let n = self.settings.round.min(limit - candidates.len());
             let requests: Vec<GenRequest> = (0..n)
@@ -112,6 +118,18 @@ impl Searcher for AdaptiveConsistency {
                 if let Some(key) = trace.answer.as_ref().and_then(|a| env.task.answer_key(problem, a)) {
                     *votes.entry(key).or_default() += 1;
                 }
+                if let Some(r) = &mut record {
+                    let mut at = TreeRecorder::ROOT;
+                    for step in &trace.steps {
+                        at = r.child(at, NodeKind::Step, std::slice::from_ref(step), None);
+                    }
+                    let leaf = r.add(at, NodeKind::Step, Vec::new(), trace.answer.clone());
+                    let node = r.node_mut(leaf);
+                    node.visits = 1;
+                    node.round = Some(round);
+                    node.tokens = Some(g.tokens() as u64);
+                    leaves.push(leaf);
+                }
                 candidates.push(Candidate {
                     trace,
                     scores: None,
@@ -128,7 +146,16 @@ impl Searcher for AdaptiveConsistency {
                 break;
             }
         }
-        Ok(outcome(env.task, problem, candidates, Selection::Majority, cost))
+        let mut out = outcome(env.task, problem, candidates, Selection::Majority, cost);
+        if let Some(mut r) = record {
+            r.node_mut(TreeRecorder::ROOT).visits = leaves.len() as u32;
+            let chosen = (out.trace.as_ref()).and_then(|t| out.candidates.iter().position(|c| &c.trace == t));
+            if let Some(&leaf) = chosen.and_then(|i| leaves.get(i)) {
+                r.choose(leaf);
+            }
+            out.record = Some(r.finish(cost));
+        }
+        Ok(out)
     }
 }
 

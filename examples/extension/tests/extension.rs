@@ -88,6 +88,22 @@ fn the_extension_searcher_runs_in_the_whole_pipeline() {
         tokens(majority)
     );
     assert!(results["learn"]["bc"]["pass@1_after"].is_number(), "{results}");
+    // It recorded its searches through the public API: leaves carry the round they were drawn in.
+    let trees = std::fs::read_to_string(run.join("search_trees.jsonl")).expect("search_trees.jsonl");
+    let recorded: Vec<serde_json::Value> = (trees.lines())
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+        .filter(|l| l["searcher"] == "adaptive")
+        .collect();
+    assert!(!recorded.is_empty(), "the adaptive searcher's searches are recorded");
+    for line in &recorded {
+        let nodes = line["nodes"].as_array().expect("nodes");
+        assert!(nodes.iter().any(|n| n["round"].is_number()), "{line}");
+        let chosen_answer = nodes
+            .iter()
+            .filter(|n| n["chosen"] == true)
+            .find_map(|n| n["answer"].as_str());
+        assert_eq!(chosen_answer, line["answer"].as_str(), "the chosen leaf is the answer");
+    }
     assert!(
         std::fs::read_to_string(run.join("report.md"))
             .expect("report")

@@ -235,7 +235,7 @@ pub async fn serve_on(
 }
 
 /// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -493,6 +493,7 @@ impl AppState {
                 temperature,
                 ..Sampling::default()
             },
+            record: false,
         };
         let tokens_per_generation = self.tokens_per_generation.min(token_limit.max(1));
         let mut budget = Budget {

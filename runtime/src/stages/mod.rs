@@ -8,6 +8,7 @@ pub mod report;
 pub mod reward;
 pub mod rl;
 pub mod search_eval;
+pub mod search_trees;
 
 use std::collections::BTreeMap;
 

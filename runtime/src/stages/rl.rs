@@ -128,6 +128,7 @@ async fn collect(
                     max_step_tokens: max_tokens,
                     max_trace_tokens: max_tokens,
                     sampling: Sampling::default(),
+                    record: false,
                 };
                 let r = searcher.search(p, &env, &budget).await;
                 lockstep.leave().await;

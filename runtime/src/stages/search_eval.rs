@@ -31,6 +31,7 @@ use serde_json::{Value, json};
 
 use super::Context;
 use super::common::{current_policy, shared_task, stage_policy, trace_token_limit};
+use super::search_trees::{self, TreeLine};
 use crate::config::EvalSearcher;
 use crate::registry::RewardContext;
 
@@ -98,6 +99,7 @@ async fn run_budget(
     budget: Budget,
     generation: Generation,
     seed: u64,
+    record_first: usize,
 ) -> anyhow::Result<Vec<SearchOutcome>> {
     let lockstep = Lockstep::new(policy, reward, problems.len());
     let runs = problems.iter().enumerate().map(|(i, p)| {
@@ -112,6 +114,7 @@ async fn run_budget(
                 max_step_tokens: generation.max_step_tokens,
                 max_trace_tokens: generation.max_trace_tokens,
                 sampling: generation.sampling,
+                record: i < record_first,
             };
             let out = searcher.search(p, &env, &budget).await;
             lockstep.leave().await;
@@ -120,6 +123,27 @@ async fn run_budget(
     });
     let outcomes = futures::future::join_all(runs).await;
     Ok(outcomes.into_iter().collect::<Result<Vec<_>, _>>()?)
+}
+
+/// One recorded search as `search_trees.jsonl` has it.
+fn tree_line(
+    searcher: &str,
+    budget: usize,
+    index: usize,
+    problem: &Problem,
+    record: ponder_search::record::SearchRecord,
+) -> TreeLine {
+    let chosen = record.chosen_leaf().map(|i| &record.nodes[i]);
+    TreeLine {
+        searcher: searcher.to_string(),
+        budget,
+        problem: index,
+        id: problem.id.clone(),
+        prompt: problem.prompt.clone(),
+        answer: chosen.and_then(|n| n.answer.clone()),
+        correct: chosen.and_then(|n| n.correct).unwrap_or(false),
+        record,
+    }
 }
 
 /// Best-of-N samples drawn once for every selection rule: per problem id, the traces and
@@ -584,7 +608,9 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
             own.as_ref().unwrap_or(&ctx.config.reward);
         spec.build(&reward_context)
     };
-    let checkpoint = ctx.dir.checkpoints("search-eval").join("progress.json");
+    let checkpoint_dir = ctx.dir.checkpoints("search-eval");
+    let checkpoint = checkpoint_dir.join("progress.json");
+    let record_first = s.record_problems.min(problems.len());
     let mut progress = if ctx.resume {
         SearchProgress::load(&checkpoint)?
     } else {
@@ -618,6 +644,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
             _ => None,
         };
         let mut points = Vec::new();
+        let mut trees = Vec::new();
         if let Some(how) = selection {
             ctx.progress
                 .set(done_runs, total_runs, &format!("{label} (budget {max_budget})"));
@@ -646,6 +673,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                     budget,
                     generation,
                     best_of_n_seed,
+                    0,
                 )
                 .await?;
                 let samples = problems
@@ -687,6 +715,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                 budget,
                 generation,
                 run_seed,
+                record_first,
             )
             .await?;
             // The shared samples are charged to every rule that selects from them, with the
@@ -716,6 +745,11 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                     })
                     .collect();
                 points.push(point(&quintile_of, b, results, cost, flops_per_token, seed ^ b as u64));
+                for (pi, (p, o)) in problems.iter().zip(&outcomes).enumerate().take(record_first) {
+                    let attempts = searcher.kind() == "revision";
+                    let record = search_trees::prefix_record(task.as_ref(), p, &o.candidates, b, how, attempts);
+                    trees.push(tree_line(label, b, pi, p, record));
+                }
             }
             done_runs += budgets.len();
             if searcher.kind() == "best-of-n" && how == Selection::Majority {
@@ -741,6 +775,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                     budget,
                     generation,
                     seed,
+                    record_first,
                 )
                 .await?;
                 let run_flops = ComputeReading::now(&policy, reward_model).since(reading, policy_params);
@@ -755,13 +790,23 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                     .collect();
                 let flops_per_token = run_flops / cost.generated_tokens.max(1) as f64;
                 points.push(point(&quintile_of, b, results, cost, flops_per_token, seed ^ b as u64));
+                for (pi, (p, o)) in problems.iter().zip(&outcomes).enumerate().take(record_first) {
+                    let record = search_trees::record_of(task.as_ref(), p, o);
+                    trees.push(tree_line(label, b, pi, p, record));
+                }
                 done_runs += 1;
             }
         }
         tracing::info!(searcher = %label, index = si, "search evaluation done");
+        search_trees::write_part(&search_trees::part(&checkpoint_dir, si), &trees)?;
         progress.curves.push((label.clone(), points));
         progress.save(&checkpoint)?;
     }
+    let recorded = search_trees::join_parts(
+        &checkpoint_dir,
+        ctx.config.eval_searchers.len(),
+        &ctx.dir.path(search_trees::FILE),
+    )?;
     let SearchProgress {
         curves,
         pass_and_majority: pass_maj,
@@ -820,6 +865,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         "difficulty_predictor": predictor_json,
         "best_at_top_budget": best,
         "pass_and_majority": pass_maj,
+        "recorded_searches": recorded,
     }))
 }
 
