@@ -220,3 +220,55 @@ fn the_view_draws_the_smoke_runs_search_trees_figures_and_rl_in_a_browser() {
     assert!(pairs > 0, "traces before and after RL");
     screenshot(&exe, profile.path(), &page, "tab=rl", "view-rl.png");
 }
+
+#[test]
+fn the_view_of_a_sweep_sorts_its_table_in_a_browser() {
+    let Some(exe) = chromium() else {
+        assert!(
+            std::env::var("PONDER_REQUIRE_CHROMIUM").as_deref() != Ok("1"),
+            "PONDER_REQUIRE_CHROMIUM=1 but there is no chromium (apt-get install chromium)"
+        );
+        eprintln!("skipped: no chromium");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let row = |run: &str, seed: u64, v: f64| {
+        serde_json::json!({"run": run, "run.seed": seed, "finished": true,
+            "metrics": {"greedy pass@1": {"value": v, "ci": [v - 0.05, v + 0.05]}}})
+    };
+    let sweep = serde_json::json!({
+        "sweep": "fixture",
+        "keys": ["run.seed"],
+        "rows": [row("seed-1", 1, 0.2), row("seed-2", 2, 0.9), row("seed-3", 3, 0.5)],
+        "over_seeds": [{"seeds": [1, 2, 3], "metrics": {"greedy pass@1": {"mean": 0.533, "min": 0.2, "max": 0.9, "values": [0.2, 0.9, 0.5]}}}],
+    });
+    std::fs::write(dir.path().join("sweep.json"), sweep.to_string()).expect("writes");
+    let view = Command::new(env!("CARGO_BIN_EXE_ponder"))
+        .arg("view")
+        .arg(dir.path())
+        .output()
+        .expect("ponder view runs");
+    assert!(view.status.success(), "{}", String::from_utf8_lossy(&view.stderr));
+    let page = dir.path().join("view/index.html");
+    let profile = tempfile::tempdir().expect("a browser profile");
+    // Column 2 (after run and run.seed) is greedy pass@1: descending puts seed-2, seed-3, seed-1.
+    let dom = dump_dom(&exe, profile.path(), &page, "tab=table&sort=2:desc");
+    assert!(
+        at_in(&dom, "seed-2") < at_in(&dom, "seed-3") && at_in(&dom, "seed-3") < at_in(&dom, "seed-1"),
+        "sorted by the figure, descending"
+    );
+    assert!(dom.contains("aria-sort=\"descending\""), "the sorted column says so");
+    assert!(dom.contains("mean (range) over seeds"), "the mean and range over seeds");
+    let dom = dump_dom(&exe, profile.path(), &page, "tab=table&sort=2:asc");
+    assert!(at_in(&dom, "seed-1") < at_in(&dom, "seed-3") && at_in(&dom, "seed-3") < at_in(&dom, "seed-2"));
+    let dom = dump_dom(&exe, profile.path(), &page, "tab=figures");
+    assert!(
+        dom.contains("<g class=\"series\" data-series=\"greedy pass@1\""),
+        "the figure's plot"
+    );
+}
+
+fn at_in(dom: &str, run: &str) -> usize {
+    dom.find(&format!("<td data-v=\"{run}\">"))
+        .unwrap_or_else(|| panic!("no row {run}"))
+}

@@ -326,7 +326,18 @@ pub fn sweep(dir: &Path) -> anyhow::Result<Value> {
         .filter_map(|k| k.as_str().map(str::to_string))
         .collect();
     let rows = sweep["rows"].as_array().cloned().unwrap_or_default();
-    let mut metrics: Vec<String> = Vec::new();
+    // The figures in the order of the sweep's own table (its CSV header), then any others.
+    let mut metrics: Vec<String> = std::fs::read_to_string(dir.join("table.csv"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .next()
+                .map(|h| h.split(',').map(str::to_string).collect::<Vec<_>>())
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| rows.iter().any(|r| r["metrics"].get(c).is_some()))
+        .collect();
     for r in &rows {
         for k in r["metrics"].as_object().into_iter().flatten().map(|(k, _)| k) {
             if !metrics.contains(k) {
