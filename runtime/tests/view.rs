@@ -20,6 +20,20 @@ fn chromium() -> Option<PathBuf> {
     candidates.into_iter().flatten().find(|p| p.exists())
 }
 
+/// Chromium, or `None` after saying the test is skipped (a failure under
+/// `PONDER_REQUIRE_CHROMIUM=1`).
+fn chromium_or_skip() -> Option<PathBuf> {
+    let exe = chromium();
+    if exe.is_none() {
+        assert!(
+            std::env::var("PONDER_REQUIRE_CHROMIUM").as_deref() != Ok("1"),
+            "PONDER_REQUIRE_CHROMIUM=1 but there is no chromium (apt-get install chromium)"
+        );
+        eprintln!("skipped: no chromium (apt-get install chromium, or set PONDER_CHROMIUM)");
+    }
+    exe
+}
+
 /// Chromium, headless, with no network: every connection goes to a closed loopback port.
 fn browser(exe: &Path, profile: &Path) -> Command {
     let mut c = Command::new(exe);
@@ -100,12 +114,7 @@ fn attribute(tag: &str, name: &str) -> Option<String> {
 
 #[test]
 fn the_view_draws_the_smoke_runs_search_trees_figures_and_rl_in_a_browser() {
-    let Some(exe) = chromium() else {
-        assert!(
-            std::env::var("PONDER_REQUIRE_CHROMIUM").as_deref() != Ok("1"),
-            "PONDER_REQUIRE_CHROMIUM=1 but there is no chromium (apt-get install chromium)"
-        );
-        eprintln!("skipped: no chromium (apt-get install chromium, or set PONDER_CHROMIUM)");
+    let Some(exe) = chromium_or_skip() else {
         return;
     };
     let out = tempfile::tempdir().expect("temporary directory");
@@ -223,12 +232,7 @@ fn the_view_draws_the_smoke_runs_search_trees_figures_and_rl_in_a_browser() {
 
 #[test]
 fn the_view_of_a_sweep_sorts_its_table_in_a_browser() {
-    let Some(exe) = chromium() else {
-        assert!(
-            std::env::var("PONDER_REQUIRE_CHROMIUM").as_deref() != Ok("1"),
-            "PONDER_REQUIRE_CHROMIUM=1 but there is no chromium (apt-get install chromium)"
-        );
-        eprintln!("skipped: no chromium");
+    let Some(exe) = chromium_or_skip() else {
         return;
     };
     let dir = tempfile::tempdir().expect("temporary directory");

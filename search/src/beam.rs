@@ -241,10 +241,7 @@ impl Searcher for BeamSearch {
         }
         let mut out = outcome(env.task, problem, finished, self.settings.selection(), cost);
         if let Some(mut r) = record {
-            let chosen = out
-                .trace
-                .as_ref()
-                .and_then(|t| out.candidates.iter().position(|c| &c.trace == t));
+            let chosen = out.chosen_candidate();
             if let Some(&node) = chosen.and_then(|i| finished_nodes.get(i)) {
                 r.choose(node);
             }

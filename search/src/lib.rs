@@ -132,6 +132,14 @@ pub struct SearchOutcome {
     pub record: Option<record::SearchRecord>,
 }
 
+impl SearchOutcome {
+    /// The index of the candidate the search answered with, if any.
+    pub fn chosen_candidate(&self) -> Option<usize> {
+        let t = self.trace.as_ref()?;
+        self.candidates.iter().position(|c| &c.trace == t)
+    }
+}
+
 /// Everything a search works with besides the problem and the budget.
 pub struct SearchEnv<'a> {
     pub policy: &'a dyn Policy,

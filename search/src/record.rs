@@ -152,14 +152,6 @@ impl TreeRecorder {
         &mut self.nodes[id]
     }
 
-    pub fn len(&self) -> usize {
-        self.nodes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
     /// Marks `id` and its ancestors as the chosen path.
     pub fn choose(&mut self, id: usize) {
         let mut at = Some(id);

@@ -96,10 +96,7 @@ impl Searcher for Revision {
         let candidates = score_candidates(problem, env, attempts, s.selection, s.aggregation, &mut cost).await?;
         let mut out = outcome(env.task, problem, candidates, s.selection, cost);
         if env.record {
-            let chosen = out
-                .trace
-                .as_ref()
-                .and_then(|t| out.candidates.iter().position(|c| &c.trace == t));
+            let chosen = out.chosen_candidate();
             out.record = Some(SearchRecord::attempt_chains(&out.candidates, &chain_of, chosen, cost));
         }
         Ok(out)

@@ -149,7 +149,7 @@ impl Searcher for AdaptiveConsistency {
         let mut out = outcome(env.task, problem, candidates, Selection::Majority, cost);
         if let Some(mut r) = record {
             r.node_mut(TreeRecorder::ROOT).visits = leaves.len() as u32;
-            let chosen = (out.trace.as_ref()).and_then(|t| out.candidates.iter().position(|c| &c.trace == t));
+            let chosen = out.chosen_candidate();
             if let Some(&leaf) = chosen.and_then(|i| leaves.get(i)) {
                 r.choose(leaf);
             }

@@ -35,7 +35,7 @@ pub struct TreeLine {
 /// The record of one search, labelled: the searcher's own, or the trie of its candidates.
 pub fn record_of(task: &dyn Task, problem: &Problem, outcome: &SearchOutcome) -> SearchRecord {
     let mut record = outcome.record.clone().unwrap_or_else(|| {
-        let chosen = (outcome.trace.as_ref()).and_then(|t| outcome.candidates.iter().position(|c| &c.trace == t));
+        let chosen = outcome.chosen_candidate();
         SearchRecord::from_candidates(&outcome.candidates, chosen, outcome.cost)
     });
     record.label(task, problem);
