@@ -130,6 +130,7 @@ pub fn run(config: &RunConfig, registry: &Registry, resume: bool) -> anyhow::Res
         let stage_started = Instant::now();
         tracing::info!(stage = %name, "stage starts");
         let ctx = Context {
+            stage: name,
             config,
             registry,
             dir: &dir,

@@ -376,6 +376,60 @@ fn a_finished_run_is_skipped_and_a_changed_config_is_refused() {
 }
 
 #[test]
+fn search_eval_run_again_on_a_finished_run_reads_the_policy_it_read_the_first_time() {
+    let reference = reference();
+    // A copy of the finished run without search-eval's record: the pipeline runs search-eval
+    // alone, with RL's policy on disk beside the initialised one it searched with before.
+    let name = "search-eval-again";
+    let dir = out_dir().join(name);
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg(out_dir().join("reference"))
+        .arg(&dir)
+        .status()
+        .expect("cp runs");
+    assert!(copied.success());
+    let config = std::fs::read_to_string(dir.join("config.toml")).expect("config.toml");
+    assert!(config.contains("name = \"reference\""), "{config}");
+    std::fs::write(
+        dir.join("config.toml"),
+        config.replace("name = \"reference\"", &format!("name = \"{name}\"")),
+    )
+    .expect("config.toml");
+    assert!(
+        dir.join("policy/rl/config.json").exists(),
+        "the reference run has no RL policy"
+    );
+    std::fs::remove_file(dir.join("stages/search-eval.json")).expect("search-eval record");
+    std::fs::remove_dir_all(dir.join("checkpoints/search-eval")).expect("search-eval checkpoints");
+    let again = ok(&run(name, &[], &[]));
+    assert!(
+        again.contains("stage search-eval done"),
+        "search-eval did not run: {again}"
+    );
+    assert!(!again.contains("stage rl done"), "RL ran again: {again}");
+    let again = results(name);
+    let tokens = |r: &Value| -> Vec<(String, Vec<f64>)> {
+        let curves = r["search"]["curves"].as_object().expect("search curves");
+        curves
+            .iter()
+            .map(|(k, c)| {
+                let points = c.as_array().expect("points");
+                (
+                    k.clone(),
+                    points.iter().filter_map(|p| p["tokens_per_problem"].as_f64()).collect(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(tokens(&again), tokens(reference), "search-eval searched another policy");
+    assert!(
+        again["search"] == reference["search"],
+        "search-eval gave other figures the second time"
+    );
+}
+
+#[test]
 fn a_pipeline_killed_in_any_stage_resumes_to_the_same_results() {
     let reference = reference();
     // Each point lies after a checkpoint of its stage, and the resumed run must say that it

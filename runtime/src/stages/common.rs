@@ -8,6 +8,7 @@ use ponder_policy_init::settings::TransformerSettings;
 use ponder_policy_init::{GenRequest, Generation, HostWeights, Policy, Sampling, Stop, Tokenizer, TransformerPolicy};
 
 use super::Context;
+use crate::config::STAGES;
 
 /// The weights and tokenizer saved in `policy/NAME`.
 pub fn load_policy(dir: &Path) -> anyhow::Result<(HostWeights, Tokenizer)> {
@@ -27,9 +28,17 @@ pub fn stage_policy(ctx: &Context, weights: &HostWeights, tokenizer: &Tokenizer)
     }
 }
 
-/// The policy the latest training stage left: after RL if it ran, else the initialised one.
+/// The policy the latest training stage before this one in the pipeline left: after RL if it
+/// ran and comes first, else the initialised one.
 pub fn current_policy(ctx: &Context) -> anyhow::Result<(HostWeights, Tokenizer)> {
+    // Only stages that come before this one in the pipeline count: search-eval run again on a
+    // finished run reads the initialised policy it read the first time, not RL's.
+    let position = |s: &str| STAGES.iter().position(|x| *x == s);
+    let before = position(ctx.stage).unwrap_or(STAGES.len());
     for name in ["rl", "init"] {
+        if position(name).is_some_and(|p| p >= before) {
+            continue;
+        }
         let dir = ctx.dir.policy(name);
         if dir.join("config.json").exists() {
             return load_policy(&dir);

@@ -22,6 +22,8 @@ use crate::run_dir::{RunDir, StageRecord};
 
 /// What a stage works with.
 pub struct Context<'a> {
+    /// The stage this context runs (one of [`crate::config::STAGES`]).
+    pub stage: &'a str,
     pub config: &'a RunConfig,
     pub registry: &'a Registry,
     pub dir: &'a RunDir,
