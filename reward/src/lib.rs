@@ -182,8 +182,8 @@ pub struct ProcessRewardSettings {
     pub soft: bool,
     pub aggregation: Aggregation,
     /// Add the backbone's own log-likelihood of the trace so far, times a learned weight, to
-    /// the head's logit (the reward stage's PRM and ORM alike): training starts from the
-    /// generator's ranking of steps instead of from chance. Off: a plain token classifier.
+    /// the head's logit: training starts from the generator's ranking of steps instead of from
+    /// chance. Off: a plain token classifier.
     pub likelihood: bool,
     /// A trained model folder to use instead of training one.
     pub from: Option<String>,
@@ -213,11 +213,23 @@ impl ProcessRewardSettings {
 }
 
 /// `[reward] kind = "orm"`: an outcome reward model trained on verifier outcomes.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutcomeRewardSettings {
+    /// Add the backbone's own log-likelihood of the trace, times a learned weight, to the
+    /// head's logit (as the PRM's setting of the same name).
+    pub likelihood: bool,
     /// A trained model folder to use instead of training one.
     pub from: Option<String>,
+}
+
+impl Default for OutcomeRewardSettings {
+    fn default() -> Self {
+        OutcomeRewardSettings {
+            likelihood: true,
+            from: None,
+        }
+    }
 }
 
 /// `[reward] kind = "oracle-process"`.

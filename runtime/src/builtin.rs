@@ -15,11 +15,11 @@ use ponder_reward::remote::{RemoteReward, RemoteRewardSettings};
 use ponder_reward::training::RewardWeights;
 use ponder_reward::verifier::{VerifierReward, VerifierSettings};
 use ponder_reward::{OracleSettings, OutcomeRewardSettings, ProcessRewardSettings, RewardModel};
-use ponder_search::Searcher;
 use ponder_search::beam::{BeamMode, BeamSearch, BeamSettings};
 use ponder_search::best_of_n::{BestOfN, BestOfNSettings};
 use ponder_search::mcts::{Mcts, MctsSettings};
 use ponder_search::revision::{Revision, RevisionSettings};
+use ponder_search::{BudgetNesting, SearchCapabilities, Searcher};
 
 use ponder_learn::Learner;
 use ponder_learn::bc::{BcSettings, BehaviourCloning};
@@ -28,8 +28,8 @@ use ponder_learn::grpo::{Grpo, GrpoSettings};
 use ponder_learn::ppo::{Ppo, PpoSettings};
 
 use crate::registry::{
-    Kind, LearnCategory, PolicyCategory, PolicyContext, Registry, RewardCategory, RewardContext, SearchCategory,
-    TaskCategory,
+    Kind, LearnCategory, PolicyCapabilities, PolicyCategory, PolicyContext, Registry, RewardCapabilities,
+    RewardCategory, RewardContext, RewardTraining, SearchCategory, TaskCategory,
 };
 
 impl Kind<LearnCategory> for BcSettings {
@@ -110,11 +110,23 @@ impl Kind<RewardCategory> for ProcessRewardSettings {
             trained_reward(&self.from, context, "prm")?.with_aggregation(self.aggregation),
         ))
     }
+
+    fn capabilities(&self) -> RewardCapabilities {
+        RewardCapabilities {
+            trained: self.from.is_none().then(|| RewardTraining::Process(self.clone())),
+        }
+    }
 }
 
 impl Kind<RewardCategory> for OutcomeRewardSettings {
     fn build(&self, context: &RewardContext) -> anyhow::Result<Box<dyn RewardModel>> {
         Ok(Box::new(trained_reward(&self.from, context, "orm")?))
+    }
+
+    fn capabilities(&self) -> RewardCapabilities {
+        RewardCapabilities {
+            trained: self.from.is_none().then(|| RewardTraining::Outcome(self.clone())),
+        }
     }
 }
 
@@ -127,6 +139,12 @@ impl Kind<RewardCategory> for RemoteRewardSettings {
 impl Kind<SearchCategory> for BestOfNSettings {
     fn build(&self, _: &()) -> anyhow::Result<Box<dyn Searcher>> {
         Ok(Box::new(BestOfN { settings: self.clone() }))
+    }
+
+    fn capabilities(&self) -> SearchCapabilities {
+        SearchCapabilities {
+            nesting: Some(BudgetNesting::IndependentSamples(self.clone())),
+        }
     }
 }
 
@@ -174,6 +192,13 @@ impl Kind<SearchCategory> for MctsSettings {
 impl Kind<SearchCategory> for RevisionSettings {
     fn build(&self, _: &()) -> anyhow::Result<Box<dyn Searcher>> {
         Ok(Box::new(Revision { settings: self.clone() }))
+    }
+
+    fn capabilities(&self) -> SearchCapabilities {
+        // Several chains split the budget between them, so a smaller budget is no prefix.
+        SearchCapabilities {
+            nesting: (self.chains == 1).then_some(BudgetNesting::Attempts(self.selection)),
+        }
     }
 }
 
@@ -232,6 +257,12 @@ impl Kind<PolicyCategory> for TransformerSettings {
             }
         };
         Ok(Box::new(self.policy(&weights, tokenizer)))
+    }
+
+    fn capabilities(&self) -> PolicyCapabilities {
+        PolicyCapabilities {
+            trainable: Some(self.clone()),
+        }
     }
 }
 

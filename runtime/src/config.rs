@@ -16,7 +16,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config_error::{ConfigError, ConfigErrors, deserialize_all, line_column};
-use crate::registry::{LearnCategory, PolicyCategory, Registry, RewardCategory, SearchCategory, Spec, TaskCategory};
+use crate::registry::{
+    LearnCategory, PolicyCategory, Registry, RewardCategory, RewardTraining, SearchCategory, Spec, TaskCategory,
+    rewards_to_train,
+};
 
 /// The top-level sections a run config may have.
 pub const SECTIONS: [&str; 8] = [
@@ -500,7 +503,27 @@ pub struct EvalSearcher {
     pub reward: Option<Arc<dyn Spec<RewardCategory>>>,
 }
 
+/// Every reward table of a run with its key path: `[reward]`, then each search-eval
+/// searcher's own.
+fn reward_tables<'a>(
+    reward: &'a Arc<dyn Spec<RewardCategory>>,
+    eval_searchers: &'a [EvalSearcher],
+) -> impl Iterator<Item = (String, &'a dyn Spec<RewardCategory>)> {
+    let own = eval_searchers.iter().enumerate().filter_map(|(i, e)| {
+        let spec = e.reward.as_ref()?;
+        Some((format!("pipeline.search_eval.searchers.{i}.reward"), spec.as_ref()))
+    });
+    std::iter::once(("reward".to_string(), reward.as_ref())).chain(own)
+}
+
 impl RunConfig {
+    /// The learned reward models the reward stage trains: those `[reward]` and the
+    /// search-eval searchers' own reward tables name without a trained `from` folder.
+    pub fn rewards_to_train(&self) -> anyhow::Result<Vec<RewardTraining>> {
+        rewards_to_train(reward_tables(&self.reward, &self.eval_searchers))
+            .map_err(|errors| anyhow::anyhow!(ConfigErrors { file: None, errors }))
+    }
+
     /// Validates a layered config value, collecting every error.
     pub fn from_value(value: &Value, registry: &Registry) -> Result<RunConfig, ConfigErrors> {
         let mut errors: Vec<ConfigError> = Vec::new();
@@ -641,6 +664,11 @@ impl RunConfig {
                 }
                 Err(e) => errors.extend(e),
             }
+        }
+        if let Some(reward) = &reward
+            && let Err(e) = rewards_to_train(reward_tables(reward, &eval_searchers))
+        {
+            errors.extend(e);
         }
         match (errors.is_empty(), task, policy, reward, search, learn) {
             (true, Some(task), Some(policy), Some(reward), Some(search), Some(learn)) => Ok(RunConfig {

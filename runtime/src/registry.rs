@@ -21,6 +21,9 @@ pub trait Category: 'static {
     type Built: ?Sized;
     /// What building needs beyond the kind's own settings.
     type Context;
+    /// What a kind tells the stages about itself besides building (what it can be trained
+    /// from, how its budgets nest); the default says nothing.
+    type Capabilities: Default;
 }
 
 /// The settings of one kind: a serde struct (`deny_unknown_fields`, every field defaulted)
@@ -33,6 +36,11 @@ pub trait Kind<C: Category>: DeserializeOwned + Serialize + Default + fmt::Debug
     }
 
     fn build(&self, context: &C::Context) -> anyhow::Result<Box<C::Built>>;
+
+    /// What the stages may rely on besides building (see [`Category::Capabilities`]).
+    fn capabilities(&self) -> C::Capabilities {
+        C::Capabilities::default()
+    }
 }
 
 /// A parsed and validated kind, ready to build.
@@ -41,8 +49,7 @@ pub trait Spec<C: Category>: fmt::Debug + Send + Sync {
     /// The settings with every default filled in, as saved in a run's resolved config.
     fn resolved(&self) -> Value;
     fn build(&self, context: &C::Context) -> anyhow::Result<Box<C::Built>>;
-    /// Downcasting, for stages that need a kind's own settings.
-    fn as_any(&self) -> &dyn std::any::Any;
+    fn capabilities(&self) -> C::Capabilities;
 }
 
 #[derive(Debug)]
@@ -68,8 +75,8 @@ impl<C: Category, K: Kind<C>> Spec<C> for KindSpec<K> {
         self.settings.build(context)
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        &self.settings
+    fn capabilities(&self) -> C::Capabilities {
+        self.settings.capabilities()
     }
 }
 
@@ -204,6 +211,7 @@ impl Category for TaskCategory {
     const NAME: &'static str = "task";
     type Built = dyn ponder_datagen::Task;
     type Context = ();
+    type Capabilities = ();
 }
 
 /// Policies: built from their settings and, once a run has trained one, its weights.
@@ -222,6 +230,15 @@ impl Category for PolicyCategory {
     const NAME: &'static str = "policy";
     type Built = dyn ponder_policy_init::Policy;
     type Context = PolicyContext;
+    type Capabilities = PolicyCapabilities;
+}
+
+/// What a policy kind offers the stages.
+#[derive(Clone, Debug, Default)]
+pub struct PolicyCapabilities {
+    /// The transformer settings ponder trains it with (initialisation, RL); `None` for a
+    /// policy ponder can only query, such as a remote server.
+    pub trainable: Option<ponder_policy_init::settings::TransformerSettings>,
 }
 
 /// Reward models: built from their settings, the task, and what the run trained.
@@ -239,6 +256,78 @@ impl Category for RewardCategory {
     const NAME: &'static str = "reward";
     type Built = dyn ponder_reward::RewardModel;
     type Context = RewardContext;
+    type Capabilities = RewardCapabilities;
+}
+
+/// What a reward kind offers the stages.
+#[derive(Clone, Debug, Default)]
+pub struct RewardCapabilities {
+    /// The model the reward stage trains for it; `None` for a reward that needs no training
+    /// (the verifier, exact labels, a remote scorer) or one loaded from `from`.
+    pub trained: Option<RewardTraining>,
+}
+
+/// A learned reward model the reward stage trains, with its own settings.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RewardTraining {
+    /// A process reward model (`reward/prm`).
+    Process(ponder_reward::ProcessRewardSettings),
+    /// An outcome reward model (`reward/orm`).
+    Outcome(ponder_reward::OutcomeRewardSettings),
+}
+
+impl RewardTraining {
+    /// The folder of the run the model is saved in (`reward/NAME`) and its name in results.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RewardTraining::Process(_) => "prm",
+            RewardTraining::Outcome(_) => "orm",
+        }
+    }
+
+    /// Whether two tables train the same model: everything but how scores are aggregated,
+    /// which each table applies when it scores.
+    fn same_model(&self, other: &RewardTraining) -> bool {
+        match (self, other) {
+            (RewardTraining::Process(a), RewardTraining::Process(b)) => {
+                (a.labels, a.rollouts, a.soft, a.likelihood) == (b.labels, b.rollouts, b.soft, b.likelihood)
+            }
+            (RewardTraining::Outcome(a), RewardTraining::Outcome(b)) => a.likelihood == b.likelihood,
+            _ => false,
+        }
+    }
+}
+
+/// The reward models a run trains, one of each name at most, from the tables that need them
+/// (key path and settings) in order: the first table's settings train the model; a later table
+/// whose training settings differ is an error at its key path.
+pub fn rewards_to_train<'a>(
+    tables: impl IntoIterator<Item = (String, &'a dyn Spec<RewardCategory>)>,
+) -> Result<Vec<RewardTraining>, Vec<ConfigError>> {
+    let mut chosen: Vec<(String, RewardTraining)> = Vec::new();
+    let mut errors = Vec::new();
+    for (path, spec) in tables {
+        let Some(training) = spec.capabilities().trained else {
+            continue;
+        };
+        match chosen.iter().find(|(_, t)| t.name() == training.name()) {
+            None => chosen.push((path, training)),
+            Some((first, t)) if !t.same_model(&training) => errors.push(ConfigError::new(
+                path,
+                format!(
+                    "a run trains one {} (reward/{}), with the settings at `{first}`; these differ from them (give this table `from` a trained model's folder, or the same settings)",
+                    spec.kind(),
+                    training.name()
+                ),
+            )),
+            Some(_) => {}
+        }
+    }
+    if errors.is_empty() {
+        Ok(chosen.into_iter().map(|(_, t)| t).collect())
+    } else {
+        Err(errors)
+    }
 }
 
 /// Searchers: built from their settings alone.
@@ -248,6 +337,7 @@ impl Category for SearchCategory {
     const NAME: &'static str = "search";
     type Built = dyn ponder_search::Searcher;
     type Context = ();
+    type Capabilities = ponder_search::SearchCapabilities;
 }
 
 /// Learners: built from their settings and a seed.
@@ -257,6 +347,7 @@ impl Category for LearnCategory {
     const NAME: &'static str = "learn";
     type Built = dyn ponder_learn::Learner;
     type Context = u64;
+    type Capabilities = ();
 }
 
 /// Every category's kinds.

@@ -101,6 +101,26 @@ fn check_reports_every_mistake_with_its_key_path() {
         err.contains("bad.toml:4:38: pipeline.search_eval.searchers.1.selection: unknown variant `nope`"),
         "{err}"
     );
+    // A run trains one PRM: a searcher's own PRM table that would train another is refused
+    // where it stands; one that only aggregates differently is not.
+    let err = check_fails(
+        dir.path(),
+        "[reward]\nkind = \"prm\"\n\n[pipeline.search_eval]\nsearchers = [\n  { kind = \"beam\", reward = { kind = \"prm\", labels = \"ground-truth\" } },\n]\n",
+    );
+    assert!(
+        err.contains(
+            "pipeline.search_eval.searchers.0.reward: a run trains one prm (reward/prm), with the settings at `reward`"
+        ),
+        "{err}"
+    );
+    let fine = dir.path().join("fine.toml");
+    std::fs::write(
+        &fine,
+        "[task]\nkind = \"countdown\"\n\n[reward]\nkind = \"prm\"\n\n[pipeline.search_eval]\nsearchers = [\n  { kind = \"beam\", reward = { kind = \"prm\", aggregation = \"min\" } },\n]\n",
+    )
+    .expect("write");
+    let o = ponder(&["check", fine.to_str().expect("utf8")], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
 }
 
 #[test]

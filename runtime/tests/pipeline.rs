@@ -341,6 +341,57 @@ fn ppo_takes_its_step_rewards_from_the_configured_process_model() {
 }
 
 #[test]
+fn an_outcome_reward_model_config_trains_an_orm_and_nothing_else() {
+    let config = smoke_with_reward("orm-only", "kind = \"orm\"\nlikelihood = false");
+    let stages = "pipeline.stages=[\"datagen\",\"init\",\"reward\",\"report\"]";
+    // One searcher, using the run's reward model: the default list's best-of-N with its own
+    // ORM table would train that ORM with other settings, which the config check refuses.
+    let searchers = "pipeline.search_eval.searchers=[{kind=\"best-of-n\",selection=\"reward\"}]";
+    ok(&run_config(
+        &config,
+        "orm-only",
+        &["--set", stages, "--set", searchers],
+        &[],
+    ));
+    let dir = out_dir().join("orm-only");
+    let reward = &results("orm-only")["reward"];
+    assert_eq!(reward["trained"], serde_json::json!(["orm"]), "{reward}");
+    // The smoke policy answers nothing right, so the AUROC itself is undefined (null).
+    assert!(
+        reward["orm"].is_object() && reward["best_of_n"]["orm"].is_object(),
+        "{reward}"
+    );
+    assert!(reward["best_of_n"]["prm-last"].is_null(), "{reward}");
+    assert!(
+        reward["prm"].is_null() && reward["mc_label_accuracy"].is_null(),
+        "{reward}"
+    );
+    assert_eq!(
+        reward["monte_carlo_tokens"], 0,
+        "Monte-Carlo labels were made for no PRM"
+    );
+    // The ORM's own setting reached it: no likelihood feature.
+    assert_eq!(reward["training"]["orm"]["likelihood_weight"], 0.0, "{reward}");
+    assert!(reward["training"]["prm"].is_null(), "{reward}");
+    assert!(dir.join("reward/orm/config.json").exists());
+    assert!(!dir.join("reward/prm").exists() && !dir.join("reward/prm_labels.jsonl").exists());
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).expect("metrics");
+    assert!(!metrics.contains("\"prm\""), "PRM training steps were logged");
+    let report = std::fs::read_to_string(dir.join("report.md")).expect("report");
+    assert!(
+        report.contains("| ORM (60 policy traces with outcome labels) | outcome AUROC |"),
+        "{report}"
+    );
+    assert!(report.contains("| N | ORM | majority | pass@N |"), "{report}");
+    assert!(
+        !report.contains("| PRM") && !report.contains("Monte-Carlo step labels"),
+        "{report}"
+    );
+    // The reference run names a PRM and a searcher's ORM: it trains both.
+    assert_eq!(reference()["reward"]["trained"], serde_json::json!(["prm", "orm"]));
+}
+
+#[test]
 fn autodiff_training_reaches_the_native_paths_loss() {
     ok(&run(
         "autodiff",

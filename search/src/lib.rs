@@ -140,6 +140,25 @@ impl SearchOutcome {
     }
 }
 
+/// How a searcher's smaller budgets relate to its largest one, when each is a prefix of it: an
+/// evaluation over a ladder of budgets then runs the largest once and reads the others off it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BudgetNesting {
+    /// N independent full samples, one chosen by these settings: budget N is the first N of
+    /// one draw, which every searcher of this nesting can share.
+    IndependentSamples(best_of_n::BestOfNSettings),
+    /// One chain of attempts, each seeing the ones before: budget N is the first N attempts,
+    /// the answer chosen among them by `Selection`.
+    Attempts(Selection),
+}
+
+/// What a searcher kind tells an evaluation about itself.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SearchCapabilities {
+    /// `None`: every budget is a search of its own.
+    pub nesting: Option<BudgetNesting>,
+}
+
 /// Everything a search works with besides the problem and the budget.
 pub struct SearchEnv<'a> {
     pub policy: &'a dyn Policy,

@@ -4,7 +4,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ponder_datagen::{Problem, Task, Trace};
-use ponder_policy_init::settings::TransformerSettings;
 use ponder_policy_init::{GenRequest, Generation, HostWeights, Policy, Sampling, Stop, Tokenizer, TransformerPolicy};
 
 use super::Context;
@@ -22,7 +21,7 @@ pub fn load_policy(dir: &Path) -> anyhow::Result<(HostWeights, Tokenizer)> {
 
 /// The CPU policy for a stage's sampling and search, as `[policy]` configures it.
 pub fn stage_policy(ctx: &Context, weights: &HostWeights, tokenizer: &Tokenizer) -> TransformerPolicy {
-    match ctx.config.policy.as_any().downcast_ref::<TransformerSettings>() {
+    match ctx.config.policy.capabilities().trainable {
         Some(settings) => settings.policy(weights, tokenizer.clone()),
         None => TransformerPolicy::new(weights, tokenizer.clone()),
     }
@@ -44,14 +43,9 @@ pub fn current_policy(ctx: &Context) -> anyhow::Result<(HostWeights, Tokenizer)>
             return load_policy(&dir);
         }
     }
-    match &ctx
-        .config
-        .policy
-        .as_any()
-        .downcast_ref::<ponder_policy_init::settings::TransformerSettings>()
-    {
-        Some(settings) if settings.from.is_some() => load_policy(Path::new(settings.from.as_deref().unwrap_or(""))),
-        _ => anyhow::bail!(
+    match ctx.config.policy.capabilities().trainable.and_then(|t| t.from) {
+        Some(from) => load_policy(Path::new(&from)),
+        None => anyhow::bail!(
             "no trained policy in {}: run the init stage first",
             ctx.dir.root.display()
         ),

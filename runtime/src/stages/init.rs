@@ -28,17 +28,13 @@ pub fn trace_token_limit(examples: &[ponder_datagen::Example], tokenizer: &Token
 }
 
 /// The policy's settings, if it is a transformer ponder can train.
-pub fn transformer_settings<'a>(ctx: &'a Context) -> anyhow::Result<&'a TransformerSettings> {
-    ctx.config
-        .policy
-        .as_any()
-        .downcast_ref::<TransformerSettings>()
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "stage needs a trainable policy: [policy] kind is `{}`, not `transformer`",
-                ctx.config.policy.kind()
-            )
-        })
+pub fn transformer_settings(ctx: &Context) -> anyhow::Result<TransformerSettings> {
+    ctx.config.policy.capabilities().trainable.ok_or_else(|| {
+        anyhow::anyhow!(
+            "stage needs a trainable policy: [policy] kind is `{}`, not `transformer`",
+            ctx.config.policy.kind()
+        )
+    })
 }
 
 pub fn run(ctx: &Context) -> anyhow::Result<serde_json::Value> {

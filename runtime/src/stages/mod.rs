@@ -6,6 +6,7 @@ pub mod datagen;
 pub mod init;
 pub mod report;
 pub mod reward;
+pub mod reward_quality;
 pub mod rl;
 pub mod search_eval;
 pub mod search_trees;

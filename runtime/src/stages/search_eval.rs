@@ -22,9 +22,8 @@ use ponder_policy_init::{Policy, Sampling};
 use ponder_reward::RewardModel;
 use ponder_search::best_of_n::{BestOfN, BestOfNSettings, score_candidates};
 use ponder_search::lockstep::Lockstep;
-use ponder_search::revision::RevisionSettings;
 use ponder_search::{
-    Budget, Candidate, Cost, SearchEnv, SearchError, SearchOutcome, Searcher, Selection, outcome, select,
+    Budget, BudgetNesting, Candidate, Cost, SearchEnv, SearchError, SearchOutcome, Searcher, Selection, outcome, select,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -634,14 +633,11 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         let built = searcher.build(&())?;
         let seed = ctx.seed(&format!("search-eval-{label}"));
         // Searchers whose smaller budgets are prefixes of a larger run are run once.
-        let selection = match searcher.kind() {
-            "best-of-n" => searcher.as_any().downcast_ref::<BestOfNSettings>().map(|b| b.selection),
-            "revision" => searcher
-                .as_any()
-                .downcast_ref::<RevisionSettings>()
-                .filter(|r| r.chains == 1)
-                .map(|r| r.selection),
-            _ => None,
+        let nesting = searcher.capabilities().nesting;
+        let (selection, best_of_n, attempts) = match &nesting {
+            Some(BudgetNesting::IndependentSamples(settings)) => (Some(settings.selection), Some(settings), false),
+            Some(BudgetNesting::Attempts(how)) => (Some(*how), None, true),
+            None => (None, None, false),
         };
         let mut points = Vec::new();
         let mut trees = Vec::new();
@@ -656,7 +652,6 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                 generations: max_budget,
                 tokens_per_generation: per_generation,
             };
-            let best_of_n = searcher.as_any().downcast_ref::<BestOfNSettings>();
             if best_of_n.is_some() && progress.shared_samples.is_none() {
                 let sampler = BestOfN {
                     settings: BestOfNSettings {
@@ -746,13 +741,12 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                     .collect();
                 points.push(point(&quintile_of, b, results, cost, flops_per_token, seed ^ b as u64));
                 for (pi, (p, o)) in problems.iter().zip(&outcomes).enumerate().take(record_first) {
-                    let attempts = searcher.kind() == "revision";
                     let record = search_trees::prefix_record(task.as_ref(), p, &o.candidates, b, how, attempts);
                     trees.push(tree_line(label, b, pi, p, record));
                 }
             }
             done_runs += budgets.len();
-            if searcher.kind() == "best-of-n" && how == Selection::Majority {
+            if best_of_n.is_some() && how == Selection::Majority {
                 progress.pass_and_majority = pass_and_majority(task.as_ref(), &problems, &outcomes, &budgets, seed);
             }
         } else {

@@ -1,0 +1,146 @@
+//! Section 4: reinforcement learning, before and after, and the RL sweeps.
+
+use std::fmt::Write as _;
+
+use serde_json::{Map, Value, json};
+
+use super::{ci, pct, points_with_ci, sweep_table};
+use crate::plots::{Chart, Series, draw};
+use crate::stages::Context;
+
+pub(super) fn section(
+    ctx: &Context,
+    r: &Value,
+    out: &mut String,
+    figures: &mut Map<String, Value>,
+) -> anyhow::Result<()> {
+    if let Some(learn) = r["learn"].as_object() {
+        writeln!(out, "## 4. Reinforcement learning\n")?;
+        for (kind, rl) in learn {
+            writeln!(
+                out,
+                "Learner `{kind}` ({}), {} iterations.\n",
+                rl["learner"].as_str().unwrap_or(""),
+                rl["iterations"]
+            )?;
+            writeln!(out, "| | before RL | after RL |\n|---|---|---|")?;
+            writeln!(
+                out,
+                "| greedy pass@1 | {} {} | {} {} |",
+                pct(&rl["pass@1_before"]),
+                ci(&rl["pass@1_before_ci"]),
+                pct(&rl["pass@1_after"]),
+                ci(&rl["pass@1_after_ci"])
+            )?;
+            for (label, key) in [
+                ("sampled pass@1", "pass@1_sampled"),
+                ("pass@8", "pass@8"),
+                ("pass@32", "pass@32"),
+            ] {
+                writeln!(
+                    out,
+                    "| {label} | {} {} | {} {} |",
+                    pct(&rl[format!("{key}_before")]),
+                    ci(&rl[format!("{key}_before_ci")]),
+                    pct(&rl[format!("{key}_after")]),
+                    ci(&rl[format!("{key}_after_ci")])
+                )?;
+            }
+            for (label, key) in [
+                ("sampled pass@1", "pass@1_sampled_change"),
+                ("greedy pass@1", "pass@1_change"),
+            ] {
+                let change = &rl[key];
+                if change.is_object() {
+                    writeln!(
+                        out,
+                        "| change in {label}, paired over problems | | {} |",
+                        points_with_ci(&change["value"], &json!([change["low"], change["high"]]))
+                    )?;
+                }
+            }
+            writeln!(
+                out,
+                "\nSampled figures are at temperature 1 ({} samples per problem before RL, {} after). Greedy pass@1 turns on near-tied first choices and moves with floating-point rounding alone (the thread count, say); sampled pass@1 is the steadier measure of what RL changed.\n\nYue et al. found RL raises pass@1 while the base model overtakes it at large k: both are shown.\n",
+                ctx.config.pipeline.init.samples, ctx.config.pipeline.rl.final_samples
+            )?;
+            let curve = rl["curve"].as_array().cloned().unwrap_or_default();
+            let trained: Vec<&Value> = curve
+                .iter()
+                .filter(|p| p["flops"].as_f64().unwrap_or(0.0) > 0.0)
+                .collect();
+            let number = |p: &Value, key: &str| p[key].as_f64().unwrap_or(f64::NAN);
+            let pts: Vec<(f64, f64)> = trained
+                .iter()
+                .map(|p| (number(p, "flops"), number(p, "pass@1")))
+                .collect();
+            // Runs recorded before the curve carried intervals draw points alone.
+            let intervals: Vec<(f64, f64)> = trained
+                .iter()
+                .filter_map(|p| Some((p["low"].as_f64()?, p["high"].as_f64()?)))
+                .collect();
+            let mut series = Series::new(kind.clone(), pts);
+            if intervals.len() == trained.len() {
+                series = series.with_intervals(intervals);
+            }
+            let start = curve.first().and_then(|p| p["pass@1"].as_f64()).unwrap_or(0.0);
+            draw(
+                &ctx.dir.path("plots/train_time_scaling.png"),
+                &[Chart {
+                    title: "Train-time scaling".into(),
+                    x_label: "RL compute, FLOPs (log)".into(),
+                    y_label: "greedy pass@1 (held-out)".into(),
+                    log_x: true,
+                    series: vec![series, Series::horizontal("before RL", start)],
+                    y_range: Some((0.0, 1.0)),
+                    x_categories: Vec::new(),
+                }],
+                800,
+                500,
+            )?;
+            writeln!(out, "![train-time scaling](plots/train_time_scaling.png)\n")?;
+        }
+        // Sweeps that each train policies of their own, shown when they have been run.
+        let rl_sweeps: [(&str, &str, &[(&str, &str)]); 2] = [
+            (
+                "Learners side by side",
+                "Math-Shepherd: PPO with per-step PRM rewards takes GSM8K from 77.9% to 84.1%, with the outcome reward alone to 81.8%",
+                &[
+                    (
+                        "learner_reward",
+                        "every learner for the pipeline's RL iterations from the run's initialised policy, PPO's step rewards from the learned PRM",
+                    ),
+                    (
+                        "learners_numbers30",
+                        "every learner for 100 iterations from one initialised policy on numbers up to 30, PPO's step rewards from the exact step labels",
+                    ),
+                ],
+            ),
+            (
+                "More RL compute, problems the policy has not memorised, a longer initialisation",
+                "o1's pass@1 rises about linearly in log(train-time RL compute); Yue et al.: RL lowers pass@k at large k",
+                &[
+                    ("rl_length", "GRPO for 20 and 100 iterations, with and without Dr. GRPO"),
+                    (
+                        "rl_problem_space",
+                        "100 GRPO iterations on numbers up to 10, a space small enough for the training lines to repeat each problem, and on numbers up to 20 (the table gives the training lines per distinct problem, counted from each run's data)",
+                    ),
+                    (
+                        "rl_init_length",
+                        "100 GRPO iterations from initialisations of different lengths (the table's `pipeline.init.steps`)",
+                    ),
+                ],
+            ),
+        ];
+        for (heading, published, sweeps) in rl_sweeps {
+            writeln!(out, "### {heading}\n\nPublished: {published}.\n")?;
+            for (name, what) in sweeps {
+                writeln!(out, "From the `{name}` sweep ({what}):\n")?;
+                sweep_table(ctx, name, out)?;
+            }
+        }
+        figures.insert("learn".into(), json!(true));
+    }
+
+    Ok(())
+}
