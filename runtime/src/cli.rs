@@ -188,6 +188,7 @@ pub fn run_command(command: Command, registry: &Registry) -> Result<(), Failure>
         Command::Check { config, set } => {
             let layers = Layers::from_file(&config)?.with_process_env().with_overrides(&set);
             let run = layers.load(registry)?;
+            eprint!("{}", crate::config_error::warning_lines(&config, &run.warnings));
             println!("{}: ok", config.display());
             print!("{}", crate::plan::describe(&run));
             Ok(())
@@ -195,6 +196,7 @@ pub fn run_command(command: Command, registry: &Registry) -> Result<(), Failure>
         Command::Run { config, set, resume } => {
             let layers = Layers::from_file(&config)?.with_process_env().with_overrides(&set);
             let run = layers.load(registry)?;
+            eprint!("{}", crate::config_error::warning_lines(&config, &run.warnings));
             crate::pipeline::run(&run, registry, resume)
                 .map(|_| eprintln!("ponder: run {} complete in {}", run.run.name, run.run_dir().display()))
                 .map_err(Failure::Other)

@@ -486,12 +486,77 @@ pub struct RunConfig {
     pub search: Arc<dyn Spec<SearchCategory>>,
     /// `[learn]`, by default GRPO.
     pub learn: Arc<dyn Spec<LearnCategory>>,
-    /// `pipeline.search_eval.searchers`, parsed: label, searcher, and its own reward model.
+    /// `pipeline.search_eval.searchers`, parsed: label, searcher, and its own reward model;
+    /// `[search]` among them (see [`RunConfig::run_searcher`]).
     pub eval_searchers: Vec<EvalSearcher>,
+    /// The label under which search-eval measures `[search]`, the run's searcher: that of an
+    /// identical searcher of the list (same settings, the run's reward model), else `search`,
+    /// a curve added for it.
+    pub run_searcher: String,
     pub pipeline: PipelineSection,
     pub serve: ServeSection,
     /// `serve.efforts`, parsed: name, searcher, budget.
     pub efforts: Vec<(String, Arc<dyn Spec<SearchCategory>>, usize)>,
+    /// Settings the config gives that nothing the run does reads (`ponder check` and
+    /// `ponder run` print them).
+    pub warnings: Vec<ConfigError>,
+}
+
+/// Measures the run's searcher in search-eval: returns the label of the identical searcher of
+/// the list, or adds it as `search` (`run-search` if a listed searcher took that label).
+fn add_run_searcher(search: &Arc<dyn Spec<SearchCategory>>, eval_searchers: &mut Vec<EvalSearcher>) -> String {
+    let resolved = search.resolved();
+    if let Some(same) = eval_searchers
+        .iter()
+        .find(|e| e.reward.is_none() && e.searcher.resolved() == resolved)
+    {
+        return same.label.clone();
+    }
+    let label = if eval_searchers.iter().any(|e| e.label == "search") {
+        "run-search"
+    } else {
+        "search"
+    };
+    eval_searchers.push(EvalSearcher {
+        label: label.to_string(),
+        searcher: search.clone(),
+        reward: None,
+    });
+    label.to_string()
+}
+
+/// The section `pipeline.KEY` of each stage that reads one.
+const STAGE_SECTIONS: [(&str, &str); 5] = [
+    ("data", "datagen"),
+    ("init", "init"),
+    ("reward", "reward"),
+    ("search_eval", "search-eval"),
+    ("rl", "rl"),
+];
+
+/// Warnings for tables the config sets that no stage of the run reads: a stage's
+/// `[pipeline.*]` table when the stage is not in `pipeline.stages`, and `[learn]` without RL.
+fn unread_sections(root: &serde_json::Map<String, Value>, stages: &[String]) -> Vec<ConfigError> {
+    let runs = |stage: &str| stages.iter().any(|s| s == stage);
+    let mut warnings = Vec::new();
+    let set_in_pipeline = root.get("pipeline").and_then(Value::as_object);
+    for (key, stage) in STAGE_SECTIONS {
+        if set_in_pipeline.is_some_and(|p| p.contains_key(key)) && !runs(stage) {
+            warnings.push(ConfigError::new(
+                format!("pipeline.{key}"),
+                format!(
+                    "read by the {stage} stage only, which is not in pipeline.stages: these settings have no effect"
+                ),
+            ));
+        }
+    }
+    if root.contains_key("learn") && !runs("rl") {
+        warnings.push(ConfigError::new(
+            "learn",
+            "read by the rl stage only, which is not in pipeline.stages: these settings have no effect",
+        ));
+    }
+    warnings
 }
 
 /// One searcher of the search evaluation.
@@ -670,6 +735,11 @@ impl RunConfig {
         {
             errors.extend(e);
         }
+        let run_searcher = search
+            .as_ref()
+            .map(|search| add_run_searcher(search, &mut eval_searchers))
+            .unwrap_or_default();
+        let warnings = unread_sections(root, &pipeline.stages);
         match (errors.is_empty(), task, policy, reward, search, learn) {
             (true, Some(task), Some(policy), Some(reward), Some(search), Some(learn)) => Ok(RunConfig {
                 run,
@@ -679,9 +749,11 @@ impl RunConfig {
                 search,
                 learn,
                 eval_searchers,
+                run_searcher,
                 pipeline,
                 serve,
                 efforts,
+                warnings,
             }),
             _ => Err(ConfigErrors { file: None, errors }),
         }
@@ -848,7 +920,13 @@ impl Layers {
     /// Merges and validates, locating errors in the file.
     pub fn load(&self, registry: &Registry) -> Result<RunConfig, ConfigErrors> {
         let value = self.merge()?;
-        RunConfig::from_value(&value, registry).map_err(|e| e.locate(self.file.clone(), &self.text))
+        let mut run = RunConfig::from_value(&value, registry).map_err(|e| e.locate(self.file.clone(), &self.text))?;
+        let warnings = ConfigErrors {
+            file: None,
+            errors: std::mem::take(&mut run.warnings),
+        };
+        run.warnings = warnings.locate(self.file.clone(), &self.text).errors;
+        Ok(run)
     }
 }
 

@@ -84,6 +84,19 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// Warnings, one line each: `warning: FILE:LINE:COLUMN: KEY: MESSAGE`.
+pub fn warning_lines(file: &std::path::Path, warnings: &[ConfigError]) -> String {
+    let file = file.display();
+    let mut out = String::new();
+    for w in warnings {
+        let place = w
+            .location
+            .map_or(format!("{file}"), |(line, column)| format!("{file}:{line}:{column}"));
+        out.push_str(&format!("warning: {place}: {}: {}\n", w.path, w.message));
+    }
+    out
+}
+
 /// Line and column (1-based) of a byte offset.
 pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];

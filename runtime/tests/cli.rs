@@ -124,6 +124,38 @@ fn check_reports_every_mistake_with_its_key_path() {
 }
 
 #[test]
+fn check_warns_about_settings_no_stage_reads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("unread.toml");
+    std::fs::write(
+        &config,
+        "[task]\nkind = \"countdown\"\n\n[learn]\nkind = \"ppo\"\n\n[pipeline]\nstages = [\"datagen\", \"init\"]\n\n[pipeline.rl]\niterations = 3\n",
+    )
+    .expect("write");
+    let o = ponder(&["check", config.to_str().expect("utf8")], dir.path());
+    let err = stderr(&o);
+    assert!(o.status.success(), "a warning is no error: {err}");
+    assert!(
+        err.contains("unread.toml:10:11: pipeline.rl: read by the rl stage only, which is not in pipeline.stages"),
+        "{err}"
+    );
+    assert!(
+        err.contains("unread.toml:4:2: learn: read by the rl stage only"),
+        "{err}"
+    );
+    // The shipped configs set nothing that goes unread.
+    for shipped in ["default", "smoke"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../configs/{shipped}.toml"));
+        let o = ponder(&["check", path.to_str().expect("utf8")], dir.path());
+        assert!(
+            o.status.success() && !stderr(&o).contains("warning"),
+            "{shipped}: {}",
+            stderr(&o)
+        );
+    }
+}
+
+#[test]
 fn syntax_errors_name_line_and_column() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("broken.toml");

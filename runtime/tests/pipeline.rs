@@ -392,6 +392,35 @@ fn an_outcome_reward_model_config_trains_an_orm_and_nothing_else() {
 }
 
 #[test]
+fn the_runs_searcher_is_measured_by_search_eval_and_headlines_the_report() {
+    // The smoke config's [search] is best-of-N with its default settings: the listed
+    // `best-of-n-weighted` searcher is the same one, so it stands for [search].
+    let r = reference();
+    assert_eq!(
+        r["search"]["run_searcher_at_top_budget"]["searcher"],
+        "best-of-n-weighted"
+    );
+    assert!(r["search"]["curves"]["search"].is_null());
+    // Another [search] is measured as a curve of its own and named in the report.
+    let stages = "pipeline.stages=[\"datagen\",\"init\",\"reward\",\"search-eval\",\"report\"]";
+    ok(&run(
+        "beam-search",
+        &["--set", stages, "--set", "search.kind=beam", "--set", "search.width=2"],
+        &[],
+    ));
+    let search = &results("beam-search")["search"];
+    assert_eq!(search["run_searcher_at_top_budget"]["searcher"], "search", "{search}");
+    let curve = search["curves"]["search"].as_array().expect("a curve for [search]");
+    assert_eq!(curve.len(), search["budgets"].as_array().map_or(0, Vec::len));
+    assert_eq!(search["curves"]["beam-prm"].as_array().map(Vec::len), Some(curve.len()));
+    let report = std::fs::read_to_string(out_dir().join("beam-search/report.md")).expect("report");
+    assert!(
+        report.contains("The run's searcher (`[search]`): search at budget 4"),
+        "{report}"
+    );
+}
+
+#[test]
 fn autodiff_training_reaches_the_native_paths_loss() {
     ok(&run(
         "autodiff",

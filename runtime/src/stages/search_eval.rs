@@ -842,6 +842,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         .collect();
     let greedy = ctx.earlier.get("init").and_then(|r| r.results["pass@1"].as_f64());
     let best = best_at_top_budget(ctx, &curves, &problems, ctx.seed("search-eval-best"));
+    let run_searcher = run_searcher_at_top_budget(ctx, &curves, &problems, ctx.seed("search-eval-best"));
     let chance = problems.iter().map(|p| task.chance_level(p)).sum::<f64>() / problems.len().max(1) as f64;
     Ok(json!({
         "problems": problems.len(),
@@ -858,6 +859,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         "compute_optimal_predicted_vs_best_of_n": versus_predicted,
         "difficulty_predictor": predictor_json,
         "best_at_top_budget": best,
+        "run_searcher_at_top_budget": run_searcher,
         "pass_and_majority": pass_maj,
         "recorded_searches": recorded,
     }))
@@ -867,13 +869,33 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
 /// same problems (greedy from the initialisation's evaluation, `eval/init.json`), paired over
 /// problems with a bootstrap interval. Null without curves.
 fn best_at_top_budget(ctx: &Context, curves: &[(String, Vec<Point>)], problems: &[Problem], seed: u64) -> Value {
-    let Some((label, top)) = curves
+    curves
         .iter()
         .filter_map(|(label, points)| points.last().map(|p| (label, p)))
         .max_by(|a, b| a.1.accuracy.total_cmp(&b.1.accuracy))
-    else {
-        return Value::Null;
-    };
+        .map_or(Value::Null, |(label, top)| {
+            top_budget_json(ctx, label, top, problems, seed)
+        })
+}
+
+/// The run's searcher (`[search]`, chosen before any held-out figure was read) at the largest
+/// budget, as [`best_at_top_budget`] gives the best one. Null without its curve.
+fn run_searcher_at_top_budget(
+    ctx: &Context,
+    curves: &[(String, Vec<Point>)],
+    problems: &[Problem],
+    seed: u64,
+) -> Value {
+    let label = &ctx.config.run_searcher;
+    curves
+        .iter()
+        .find(|(l, _)| l == label)
+        .and_then(|(_, points)| points.last())
+        .map_or(Value::Null, |top| top_budget_json(ctx, label, top, problems, seed))
+}
+
+/// A curve's point at the largest budget with its paired gain over greedy decoding.
+fn top_budget_json(ctx: &Context, label: &str, top: &Point, problems: &[Problem], seed: u64) -> Value {
     let greedy: HashMap<String, bool> = std::fs::read_to_string(ctx.dir.path("eval/init.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<EvalReport>(&t).ok())
