@@ -1,0 +1,112 @@
+//! Sweep files, seeds' mean and range, and the reuse check.
+
+use serde_json::{Value, json};
+
+use crate::run_dir::RunDir;
+
+use super::table::lookup;
+use super::*;
+
+#[test]
+fn pointers_with_wildcards() {
+    let v = json!({"learn": {"grpo": {"pass@1_after": 0.5}}, "a": [1, 2]});
+    assert_eq!(lookup(&v, "/learn/*/pass@1_after"), Some(json!(0.5)));
+    assert_eq!(lookup(&v, "/a/1"), Some(json!(2)));
+    assert_eq!(lookup(&v, "/learn/ppo/pass@1_after"), None);
+}
+
+#[test]
+fn set_path_replaces_tables_and_makes_missing_ones() {
+    let mut t: toml::Table = "[search]\nkind = \"mcts\"\nwidth = 3\n".parse().expect("toml");
+    let beam: toml::Table = "kind = \"beam\"".parse().expect("toml");
+    set_path(&mut t, "search", toml::Value::Table(beam)).expect("set");
+    assert_eq!(t["search"].as_table().map(|t| t.len()), Some(1));
+    set_path(&mut t, "pipeline.rl.iterations", toml::Value::Integer(3)).expect("set");
+    assert_eq!(t["pipeline"]["rl"]["iterations"].as_integer(), Some(3));
+    assert!(set_path(&mut t, "search.kind.x", toml::Value::Integer(1)).is_err());
+}
+
+#[test]
+fn every_shipped_sweep_loads_with_valid_run_configs() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/sweeps");
+    let registry = Registry::builtin();
+    let mut loaded = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("configs/sweeps") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let sweep = Sweep::load(&path, &registry).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            assert!(!sweep.runs.is_empty(), "{}: no runs", path.display());
+            loaded.push(sweep.runs.len());
+        }
+    }
+    assert!(loaded.len() >= 5, "the shipped sweeps: {loaded:?}");
+}
+
+#[test]
+fn a_seed_grid_gets_the_mean_and_range_of_every_metric_over_finished_seeds() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/smoke.toml");
+    let out = tmp.path().join("out");
+    let file = tmp.path().join("s.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[sweep]\nbase = {base:?}\nout_dir = {out:?}\n[set]\n\"pipeline.stages\" = [\"datagen\"]\n\
+             [grid]\n\"task.digits\" = [1, 2]\n\"run.seed\" = [1, 2, 3]\n\
+             [metrics]\n\"score\" = \"/score\"\n"
+        ),
+    )
+    .expect("write");
+    let sweep = Sweep::load(&file, &Registry::builtin()).expect("load");
+    // Seeds 1 and 2 of one digit finished with scores 0.2 and 0.6; seed 3 did not; of two
+    // digits only seed 1 finished, too few for a summary.
+    for r in &sweep.runs {
+        let value = |key: &str| {
+            r.values
+                .iter()
+                .find(|(k, _)| k == key)
+                .and_then(|(_, v)| v.as_integer())
+        };
+        let (number, seed) = (value("task.digits"), value("run.seed"));
+        let score = match (number, seed) {
+            (Some(1), Some(1)) => 0.2,
+            (Some(1), Some(2)) => 0.6,
+            (Some(2), Some(1)) => 0.9,
+            _ => continue,
+        };
+        let dir = RunDir::new(sweep.dir.join(&r.name));
+        std::fs::create_dir_all(dir.root.join("stages")).expect("mkdir");
+        dir.record(&crate::run_dir::StageRecord {
+            stage: "datagen".into(),
+            results: json!({}),
+            seconds: 1.0,
+        })
+        .expect("record");
+        dir.write_json("results.json", &json!({"score": score}))
+            .expect("results");
+    }
+    let table = sweep.collect().expect("collect");
+    let summary_rows: Vec<&str> = table.lines().filter(|l| l.contains("over seeds")).collect();
+    assert_eq!(summary_rows.len(), 1, "{table}");
+    assert!(
+        summary_rows[0].starts_with("| mean (range) over seeds 1, 2 |"),
+        "{table}"
+    );
+    assert!(summary_rows[0].ends_with("| 0.400 (0.200–0.600) |"), "{table}");
+    assert!(summary_rows[0].contains("| 1 |"), "{table}");
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(sweep.dir.join("sweep.json")).expect("sweep.json"))
+            .expect("json");
+    assert_eq!(
+        written["over_seeds"][0]["metrics"]["score"]["values"],
+        json!([0.2, 0.6])
+    );
+    assert_eq!(written["over_seeds"].as_array().map(Vec::len), Some(1));
+}
+
+#[test]
+fn reuse_is_refused_when_a_swept_key_feeds_a_shared_stage() {
+    assert!(stage_inputs("reward").iter().any(|k| overlaps("reward.kind", k)));
+    assert!(!stage_inputs("reward").iter().any(|k| overlaps("learn.kind", k)));
+    assert!(stage_inputs("init").iter().any(|k| overlaps("pipeline.data.style", k)));
+}
