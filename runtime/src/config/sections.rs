@@ -1,0 +1,460 @@
+//! The run config's plain sections: `[run]`, `[serve]`, and `[pipeline]` with each stage's
+//! settings, every field defaulted.
+
+use ponder_policy_init::Sampling;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config_error::ConfigError;
+
+/// The top-level sections a run config may have.
+pub const SECTIONS: [&str; 8] = [
+    "run", "task", "policy", "reward", "search", "learn", "pipeline", "serve",
+];
+
+/// One reasoning effort of the server: a searcher and its budget.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Effort {
+    /// A `[search]` table.
+    pub search: Value,
+    /// Generations' worth of tokens.
+    pub budget: usize,
+}
+
+impl Default for Effort {
+    fn default() -> Self {
+        Effort {
+            search: serde_json::json!({"kind": "best-of-n", "selection": "majority"}),
+            budget: 1,
+        }
+    }
+}
+
+/// `[serve]`: `ponder serve --run runs/NAME`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeSection {
+    /// The model id clients name (default: `ponder-` and the run's name).
+    pub model: Option<String>,
+    /// An environment variable holding the bearer token clients must send (none: open).
+    pub api_key_env: Option<String>,
+    pub max_body_bytes: usize,
+    pub max_prompt_chars: usize,
+    /// The most tokens (hidden and visible) one completion may use.
+    pub max_completion_tokens: usize,
+    /// Requests worked on at once; more wait in a queue of `queue`, beyond which they are
+    /// refused with 429.
+    pub concurrency: usize,
+    pub queue: usize,
+    pub timeout_seconds: f64,
+    /// How long the batcher waits for more requests before running a batch.
+    pub batch_window_ms: u64,
+    pub efforts: std::collections::BTreeMap<String, Effort>,
+}
+
+impl Default for ServeSection {
+    fn default() -> Self {
+        let effort = |search: Value, budget| Effort { search, budget };
+        ServeSection {
+            model: None,
+            api_key_env: None,
+            max_body_bytes: 64 * 1024,
+            max_prompt_chars: 2000,
+            max_completion_tokens: 4096,
+            concurrency: 32,
+            queue: 512,
+            timeout_seconds: 60.0,
+            batch_window_ms: 2,
+            efforts: [
+                (
+                    "low".to_string(),
+                    effort(serde_json::json!({"kind": "best-of-n", "selection": "majority"}), 1),
+                ),
+                (
+                    "medium".to_string(),
+                    effort(serde_json::json!({"kind": "best-of-n", "selection": "weighted"}), 8),
+                ),
+                ("high".to_string(), effort(serde_json::json!({"kind": "mcts"}), 32)),
+            ]
+            .into_iter()
+            .collect(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSection {
+    /// The run directory is `out_dir/name`.
+    pub name: String,
+    /// The seed every stochastic part derives its own from.
+    pub seed: u64,
+    /// `cpu` (burn flex), `ndarray`, or `cuda` / `cuda:N` (needs the `cuda` feature).
+    pub device: String,
+    pub out_dir: String,
+    /// Worker threads for the CPU backend; 0 uses every core.
+    pub threads: usize,
+    /// Train with burn's autodiff even where ponder's hand-written CPU training path applies:
+    /// the same gradients to float rounding, several times slower. For checking the fast path
+    /// and for measuring what it saves.
+    pub autodiff: bool,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        RunSection {
+            name: "run".into(),
+            seed: 1,
+            device: "cpu".into(),
+            out_dir: "runs".into(),
+            threads: 0,
+            autodiff: false,
+        }
+    }
+}
+
+impl RunSection {
+    pub(super) fn validate(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let name_ok = !self.name.is_empty()
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && !self.name.starts_with('.');
+        if !name_ok {
+            errors.push(ConfigError::new(
+                "run.name",
+                format!(
+                    "`{}` is not a usable directory name (letters, digits, - _ .)",
+                    self.name
+                ),
+            ));
+        }
+        let device_ok = matches!(self.device.as_str(), "cpu" | "ndarray" | "cuda")
+            || self
+                .device
+                .strip_prefix("cuda:")
+                .is_some_and(|n| n.parse::<usize>().is_ok());
+        if !device_ok {
+            errors.push(ConfigError::new(
+                "run.device",
+                format!("unknown device `{}`: cpu, ndarray, cuda or cuda:N", self.device),
+            ));
+        }
+        errors
+    }
+}
+
+/// The stages of a pipeline, in the order they run.
+pub const STAGES: [&str; 6] = ["datagen", "init", "reward", "search-eval", "rl", "report"];
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataStage {
+    /// Training examples (expert traces).
+    pub train_examples: usize,
+    /// Held-out test problems: read once per final run.
+    pub test_problems: usize,
+    /// Held-out validation problems: where settings are chosen.
+    pub validation_problems: usize,
+    /// Trace style of the training set: optimal, search, retry or retry:RATE.
+    pub style: String,
+    /// Share of the problem families set aside for testing (by a seeded hash of each family:
+    /// for countdown, the set of numbers).
+    pub test_fraction: f64,
+    /// Share of the problem families set aside for validation.
+    pub validation_fraction: f64,
+    /// Seed of the split and of the held-out problems: fixed across the seeds of a seeds
+    /// sweep, so every seed is measured on the same problems.
+    pub split_seed: u64,
+    /// Every training problem distinct (the stage fails with a clear error if the space is too
+    /// small); off, problems repeat as often as the task samples them.
+    pub distinct: bool,
+    /// Training-side problems kept for RL (`data/rl.jsonl`): distinct from every problem of the
+    /// initialisation data, so RL meets problems the policy has not been trained on. 0: RL
+    /// draws from the initialisation's problems.
+    pub rl_problems: usize,
+    /// Extra training examples in the revision style (wrong attempts as context, then a right
+    /// one), so that the policy can revise (the `revision` searcher needs it).
+    pub revision_examples: usize,
+}
+
+impl Default for DataStage {
+    fn default() -> Self {
+        DataStage {
+            train_examples: 20_000,
+            test_problems: 200,
+            validation_problems: 200,
+            style: "optimal".into(),
+            test_fraction: 0.1,
+            validation_fraction: 0.1,
+            split_seed: 1,
+            distinct: true,
+            rl_problems: 0,
+            revision_examples: 0,
+        }
+    }
+}
+
+/// `[pipeline.init]`: policy initialisation, supervised training on the expert traces.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InitStage {
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Sequences per step.
+    pub batch_size: usize,
+    pub optim: ponder_policy_init::optim::OptimConfig,
+    pub checkpoint_every: usize,
+    /// Evaluate (greedy pass@1 on `curve_problems` problems) every this many steps; 0: at the end only.
+    pub eval_every: usize,
+    pub curve_problems: usize,
+    /// Samples per held-out problem for pass@k and maj@k at the end.
+    pub samples: usize,
+    /// Token limit of a generated trace; 0 sizes it from the training data.
+    pub max_new_tokens: usize,
+    /// A training budget in tokens instead of `steps` (0: use `steps`): the steps are set so
+    /// that `steps * batch_size * mean sequence length` reaches it, so that datasets with
+    /// longer traces (search, retry) are compared at equal compute.
+    pub train_tokens: u64,
+}
+
+impl Default for InitStage {
+    fn default() -> Self {
+        InitStage {
+            steps: 1500,
+            batch_size: 32,
+            optim: ponder_policy_init::optim::OptimConfig::default(),
+            checkpoint_every: 250,
+            eval_every: 0,
+            curve_problems: 100,
+            samples: 32,
+            max_new_tokens: 0,
+            train_tokens: 0,
+        }
+    }
+}
+
+/// `[pipeline.reward]`: step labels, reward-model training and the measures of their quality.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewardStage {
+    /// Training problems whose sampled traces are labelled.
+    pub problems: usize,
+    /// Traces sampled per problem (temperature 1) for labelling.
+    pub samples_per_problem: usize,
+    /// Optimizer steps for each reward model.
+    pub steps: usize,
+    pub batch_size: usize,
+    pub optim: ponder_policy_init::optim::OptimConfig,
+    /// Held-out traces whose Monte-Carlo labels are compared with the exact ones.
+    pub accuracy_traces: usize,
+    /// Rollouts per step for that comparison (labels for N = 1, 2, 4, ... up to this).
+    pub accuracy_rollouts: usize,
+    /// Samples per held-out problem for best-of-N (PRM vs ORM vs majority).
+    pub best_of: usize,
+    /// Synthetic traces with exact step labels added to the PRM's training data: half expert
+    /// traces of training problems, half the task's plausible wrong attempts. They cover the
+    /// state space the policy's own samples visit too rarely (0: none).
+    pub synthetic_traces: usize,
+}
+
+impl Default for RewardStage {
+    fn default() -> Self {
+        RewardStage {
+            problems: 400,
+            samples_per_problem: 4,
+            steps: 300,
+            batch_size: 32,
+            optim: ponder_policy_init::optim::OptimConfig {
+                lr: 1e-3,
+                warmup_steps: 30,
+                ..ponder_policy_init::optim::OptimConfig::default()
+            },
+            accuracy_traces: 200,
+            accuracy_rollouts: 16,
+            best_of: 16,
+            synthetic_traces: 0,
+        }
+    }
+}
+
+/// `[pipeline.search_eval]`: every listed searcher over a ladder of budgets.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SearchEvalStage {
+    /// Held-out problems (0: all).
+    pub problems: usize,
+    /// Budgets, in generations' worth of tokens.
+    pub budgets: Vec<usize>,
+    /// How the searchers sample from the policy (`temperature`, `top_k`, `top_p`), the best-of-N
+    /// samples included.
+    pub sampling: Sampling,
+    /// Searchers: each a `[search]` table plus an optional `label` and an optional `reward`
+    /// table that replaces the run's `[reward]` for it.
+    pub searchers: Vec<serde_json::Value>,
+    /// The first this many problems' searches are recorded node by node, per searcher and
+    /// budget, in `search_trees.jsonl` (what `ponder view` draws; 0: none).
+    pub record_problems: usize,
+}
+
+impl Default for SearchEvalStage {
+    fn default() -> Self {
+        SearchEvalStage {
+            record_problems: 4,
+            problems: 0,
+            budgets: vec![1, 2, 4, 8, 16, 32, 64],
+            sampling: Sampling::default(),
+            searchers: vec![
+                serde_json::json!({"label": "majority", "kind": "best-of-n", "selection": "majority"}),
+                serde_json::json!({"label": "best-of-n-orm", "kind": "best-of-n", "selection": "reward", "reward": {"kind": "orm"}}),
+                serde_json::json!({"label": "best-of-n-prm", "kind": "best-of-n", "selection": "reward"}),
+                serde_json::json!({"label": "best-of-n-weighted", "kind": "best-of-n", "selection": "weighted"}),
+                serde_json::json!({"label": "beam-prm", "kind": "beam", "width": 4}),
+                serde_json::json!({"label": "dvts-prm", "kind": "dvts", "width": 4}),
+                serde_json::json!({"label": "mcts", "kind": "mcts"}),
+                serde_json::json!({"label": "mcts-gumbel", "kind": "mcts", "root": "gumbel"}),
+                serde_json::json!({"label": "revision", "kind": "revision"}),
+            ],
+        }
+    }
+}
+
+/// `[pipeline.rl]`: the RL loop.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RlStage {
+    pub iterations: usize,
+    pub problems_per_iteration: usize,
+    /// Samples per problem (GRPO's group; with `use_search`, the searcher's budget).
+    pub samples_per_problem: usize,
+    /// Learn from the `[search]` searcher's answers instead of plain samples (expert iteration
+    /// with search; with MCTS, the AlphaZero-style loop).
+    pub use_search: bool,
+    /// Greedy pass@1 on held-out problems every this many iterations.
+    pub eval_every: usize,
+    /// Held-out problems for that curve (0: all).
+    pub eval_problems: usize,
+    /// Samples per problem for pass@k after RL.
+    pub final_samples: usize,
+}
+
+impl Default for RlStage {
+    fn default() -> Self {
+        RlStage {
+            iterations: 30,
+            problems_per_iteration: 64,
+            samples_per_problem: 8,
+            use_search: false,
+            eval_every: 5,
+            eval_problems: 200,
+            final_samples: 32,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineSection {
+    /// Which stages to run, a subset of the pipeline's stages in their order.
+    pub stages: Vec<String>,
+    /// The held-out side every measuring stage reads: `validation` while choosing settings,
+    /// `test` for a final run (`docs/results.md`, the protocol).
+    pub held_out: String,
+    pub data: DataStage,
+    pub init: InitStage,
+    pub reward: RewardStage,
+    pub search_eval: SearchEvalStage,
+    pub rl: RlStage,
+}
+
+impl Default for PipelineSection {
+    fn default() -> Self {
+        PipelineSection {
+            stages: STAGES.iter().map(|s| s.to_string()).collect(),
+            held_out: "test".into(),
+            data: DataStage::default(),
+            init: InitStage::default(),
+            reward: RewardStage::default(),
+            search_eval: SearchEvalStage::default(),
+            rl: RlStage::default(),
+        }
+    }
+}
+
+impl PipelineSection {
+    pub(super) fn validate(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        for (i, s) in self.stages.iter().enumerate() {
+            if !STAGES.contains(&s.as_str()) {
+                errors.push(ConfigError::new(
+                    format!("pipeline.stages.{i}"),
+                    format!("unknown stage `{s}`; stages: {}", STAGES.join(", ")),
+                ));
+            }
+        }
+        if let Err(e) = self.data.style.parse::<ponder_datagen::TraceStyle>() {
+            errors.push(ConfigError::new("pipeline.data.style", e));
+        }
+        if !(0.0..1.0).contains(&self.data.test_fraction) || self.data.test_fraction == 0.0 {
+            errors.push(ConfigError::new(
+                "pipeline.data.test_fraction",
+                "must be above 0 and below 1",
+            ));
+        }
+        let validation = self.data.validation_fraction;
+        if !(0.0..1.0).contains(&validation) || self.data.test_fraction + validation >= 1.0 {
+            errors.push(ConfigError::new(
+                "pipeline.data.validation_fraction",
+                "must be at least 0 and leave a training side (test_fraction + validation_fraction below 1)",
+            ));
+        }
+        if self.data.validation_problems > 0 && validation == 0.0 {
+            errors.push(ConfigError::new(
+                "pipeline.data.validation_problems",
+                "needs a validation side: set pipeline.data.validation_fraction above 0, or validation_problems = 0",
+            ));
+        }
+        match self.held_out.as_str() {
+            "test" => {}
+            "validation" if self.data.validation_problems > 0 => {}
+            "validation" => errors.push(ConfigError::new(
+                "pipeline.held_out",
+                "is `validation` but pipeline.data.validation_problems is 0",
+            )),
+            other => errors.push(ConfigError::new(
+                "pipeline.held_out",
+                format!("`{other}` is neither `test` nor `validation`"),
+            )),
+        }
+        for p in self.init.optim.validate() {
+            let (field, msg) = p.split_once(": ").unwrap_or(("", &p));
+            errors.push(ConfigError::new(format!("pipeline.init.optim.{field}"), msg));
+        }
+        let sampling = &self.search_eval.sampling;
+        if !(sampling.temperature > 0.0 && sampling.temperature <= 2.0) {
+            errors.push(ConfigError::new(
+                "pipeline.search_eval.sampling.temperature",
+                "must be above 0 (searchers need samples; the report already has greedy decoding) and at most 2",
+            ));
+        }
+        if !(sampling.top_p > 0.0 && sampling.top_p <= 1.0) {
+            errors.push(ConfigError::new(
+                "pipeline.search_eval.sampling.top_p",
+                "must be above 0 and at most 1",
+            ));
+        }
+        if self.init.batch_size == 0 {
+            errors.push(ConfigError::new("pipeline.init.batch_size", "must be at least 1"));
+        }
+        if self.stages.contains(&"init".to_string()) && self.data.train_examples == 0 {
+            errors.push(ConfigError::new(
+                "pipeline.data.train_examples",
+                "policy initialisation needs training examples",
+            ));
+        }
+        errors
+    }
+}
