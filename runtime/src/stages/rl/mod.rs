@@ -6,58 +6,28 @@
 //! gives the same weights); stability monitors (reward, KL, entropy, length) in
 //! `metrics.jsonl`; pass@1 and pass@k before and after.
 
-use std::sync::Arc;
+mod rollouts;
+
+use rollouts::{Collected, collect, process_scores};
 
 use anyhow::Context as _;
 
-use ponder_datagen::{Problem, Task, Trace};
+use ponder_datagen::{Problem, Task};
 use ponder_learn::{Experience, Sample, TrainablePolicy};
 use ponder_policy_init::checkpoint::Checkpointer;
 use ponder_policy_init::evaluate::{EvalSettings, evaluate};
 use ponder_policy_init::metrics::MetricsLog;
-use ponder_policy_init::{Policy, Sampling, TransformerPolicy};
+use ponder_policy_init::TransformerPolicy;
 use ponder_reward::verifier::{VerifierReward, VerifierSettings};
-use ponder_reward::{Granularity, RewardModel};
-use ponder_search::lockstep::Lockstep;
-use ponder_search::{Budget, SearchEnv};
+use ponder_reward::Granularity;
 use rand::SeedableRng;
 use rand::seq::IndexedRandom;
 use serde_json::{Value, json};
 
 use super::Context;
-use super::common::{distinct_problems, load_policy, sample_generations, shared_task, stage_policy, trace_token_limit};
+use super::common::{distinct_problems, load_policy, shared_task, stage_policy, trace_token_limit};
 use crate::registry::RewardContext;
 use crate::run_dir::clear_dir;
-
-/// Step scores of every collected trace, in order: one `score_many` call with the traces grouped
-/// by problem (one request per problem for a remote model).
-async fn process_scores(
-    model: &dyn RewardModel,
-    problems: &[Problem],
-    collected: &[Collected],
-) -> anyhow::Result<Vec<Vec<f32>>> {
-    let mut groups: Vec<(usize, Vec<Trace>)> = Vec::new();
-    for Collected { group: i, trace, .. } in collected {
-        match groups.last_mut() {
-            Some((last, traces)) if last == i => traces.push(trace.clone()),
-            _ => groups.push((*i, vec![trace.clone()])),
-        }
-    }
-    let items: Vec<(&Problem, &[Trace])> = groups.iter().map(|(i, t)| (&problems[*i], t.as_slice())).collect();
-    let scored = model.score_many(&items).await?;
-    let one_per_trace =
-        scored.len() == groups.len() && scored.iter().zip(&groups).all(|(s, (_, t))| s.len() == t.len());
-    anyhow::ensure!(
-        one_per_trace,
-        "the process reward model ({}) returned {} scores in {} groups for {} traces in {} groups (one per trace, grouped by problem, expected)",
-        model.describe(),
-        scored.iter().map(Vec::len).sum::<usize>(),
-        scored.len(),
-        collected.len(),
-        groups.len()
-    );
-    Ok(scored.into_iter().flatten().map(|s| s.steps).collect())
-}
 
 /// Greedy pass@1 (and, with samples, pass@k) of weights on problems.
 async fn evaluate_weights(
@@ -83,80 +53,6 @@ async fn evaluate_weights(
 /// interval, after `flops` of RL compute.
 fn curve_point(iteration: usize, flops: f64, pass1: &ponder_policy_init::eval::Estimate) -> Value {
     json!({"iteration": iteration, "flops": flops, "pass@1": pass1.value, "low": pass1.low, "high": pass1.high})
-}
-
-/// One trace collected for an update: the problem's index in the batch, the trace, and the
-/// generation it was parsed from (text, sampled token ids, behaviour log-probs) when it was
-/// sampled whole from the policy; a searcher's chosen trace has none.
-struct Collected {
-    group: usize,
-    trace: Trace,
-    generation: Option<ponder_policy_init::Generation>,
-}
-
-/// Samples for one iteration: plain samples, or the searcher's chosen traces (guided by
-/// `reward`, the run's `[reward]` model, built once for the stage).
-async fn collect(
-    ctx: &Context<'_>,
-    policy: &TransformerPolicy,
-    task: &Arc<dyn Task>,
-    reward: Option<&dyn RewardModel>,
-    problems: &[Problem],
-    max_tokens: usize,
-    seed: u64,
-) -> anyhow::Result<(Vec<Collected>, u64)> {
-    let s = &ctx.config.pipeline.rl;
-    let before = policy.compute_counters();
-    let mut out = Vec::new();
-    if s.use_search {
-        let searcher = ctx.config.search.build(&())?;
-        let reward = reward.context("search inside RL needs the [reward] model")?;
-        let lockstep = Lockstep::new(policy, reward, problems.len());
-        let budget = Budget {
-            generations: s.samples_per_problem,
-            tokens_per_generation: max_tokens / 2,
-        };
-        let runs = problems.iter().enumerate().map(|(i, p)| {
-            let (lockstep, searcher, task) = (&lockstep, searcher.as_ref(), task.as_ref());
-            async move {
-                let me = lockstep.participant(i);
-                let env = SearchEnv {
-                    policy: &me,
-                    reward: &me,
-                    task,
-                    seed: seed ^ i as u64,
-                    max_step_tokens: max_tokens,
-                    max_trace_tokens: max_tokens,
-                    sampling: Sampling::default(),
-                    record: false,
-                };
-                let r = searcher.search(p, &env, &budget).await;
-                lockstep.leave().await;
-                r
-            }
-        });
-        for (i, outcome) in futures::future::join_all(runs).await.into_iter().enumerate() {
-            let outcome = outcome?;
-            if let Some(trace) = outcome.trace {
-                out.push(Collected {
-                    group: i,
-                    trace,
-                    generation: None,
-                });
-            }
-        }
-    } else {
-        let sampled = sample_generations(policy, problems, s.samples_per_problem, max_tokens, 1.0, seed).await?;
-        for (i, generations) in sampled.into_iter().enumerate() {
-            out.extend(generations.into_iter().map(|g| Collected {
-                group: i,
-                trace: Trace::parse(&g.text),
-                generation: Some(g),
-            }));
-        }
-    }
-    let after = policy.compute_counters();
-    Ok((out, (after.0 - before.0) + (after.1 - before.1)))
 }
 
 /// Continues with the moments AdamW had at the end of policy initialisation: a fresh AdamW
