@@ -264,7 +264,10 @@ pub fn run_command(command: Command, registry: &Registry) -> Result<(), Failure>
 pub fn list(registry: &Registry) -> String {
     let mut out = String::new();
     let mut last = "";
-    for (category, kind, origin, description) in registry.listing() {
+    let listing = registry.listing();
+    // Names in one column, wide enough for the longest (a third-party kind's may be long).
+    let width = listing.iter().map(|(_, kind, _, _)| kind.len()).max().unwrap_or(0) + 2;
+    for (category, kind, origin, description) in listing {
         if category != last {
             out.push_str(&format!("{category}:\n"));
             last = category;
@@ -274,7 +277,7 @@ pub fn list(registry: &Registry) -> String {
         } else {
             format!(" [{origin}]")
         };
-        out.push_str(&format!("  {kind:<16}{description}{origin}\n"));
+        out.push_str(&format!("  {kind:<width$}{description}{origin}\n"));
     }
     out
 }

@@ -1,5 +1,6 @@
-//! A third-party extension of ponder: the `sorting` task and the `adaptive-consistency`
-//! searcher ([`adaptive`]), added with an explicit [`register`] call from this crate's own
+//! A third-party extension of ponder: the `sorting` task, the `adaptive-consistency`
+//! searcher ([`adaptive`]), the `short-orm` reward model ([`short_orm`]) and the `reinforce`
+//! learner ([`reinforce`]), added with an explicit [`register`] call from this crate's own
 //! binary (`ponder-extended`). `configs/adaptive.toml` runs the whole pipeline with the new
 //! searcher in its search evaluation; `configs/sweep.toml` compares it with the built-ins.
 //!
@@ -13,6 +14,8 @@
 //! ```
 
 pub mod adaptive;
+pub mod reinforce;
+pub mod short_orm;
 
 use ponder_datagen::{Problem, Task, TaskError, TaskRng, Trace, TraceStyle};
 use ponder_runtime::registry::{Kind, Registry, TaskCategory};
@@ -152,6 +155,16 @@ pub fn register(registry: &mut Registry) -> anyhow::Result<()> {
     registry.searchers.add::<adaptive::AdaptiveConsistencySettings>(
         adaptive::NAME,
         "self-consistency that stops sampling once the majority is decided (Beta posterior)",
+        env!("CARGO_PKG_NAME"),
+    )?;
+    registry.rewards.add::<short_orm::ShortOrmSettings>(
+        short_orm::NAME,
+        "the trained ORM minus a penalty per step",
+        env!("CARGO_PKG_NAME"),
+    )?;
+    registry.learners.add::<reinforce::ReinforceSettings>(
+        reinforce::NAME,
+        "REINFORCE with a batch-mean baseline",
         env!("CARGO_PKG_NAME"),
     )?;
     Ok(())

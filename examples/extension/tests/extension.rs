@@ -144,3 +144,55 @@ fn the_extension_sweep_compares_its_searcher_with_the_builtins() {
     let log = std::fs::read_to_string(out.join("logs/searchers-adaptive_budgets-8.log")).expect("log");
     assert_eq!(log.matches("stage search-eval done").count(), 1, "{log}");
 }
+
+#[test]
+fn the_extension_reward_model_and_learner_run_in_the_pipeline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = configs().join("adaptive.toml");
+    let o = extended(
+        &[
+            "run",
+            &config.to_string_lossy(),
+            "--set",
+            "run.out_dir=runs",
+            "--set",
+            "run.name=extension-kinds",
+            "--set",
+            "reward.kind=short-orm",
+            "--set",
+            "reward.per_step=0.05",
+            "--set",
+            "learn.kind=reinforce",
+            "--set",
+            "pipeline.stages=[\"datagen\",\"init\",\"reward\",\"search-eval\",\"rl\"]",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let run = dir.path().join("runs/extension-kinds");
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("results.json")).expect("results")).expect("JSON");
+    // short-orm asked the reward stage for ponder's ORM through its capabilities, and loaded it.
+    assert_eq!(results["reward"]["trained"], serde_json::json!(["orm"]), "{results}");
+    assert!(run.join("reward/orm/config.json").exists());
+    // It guided search-eval's reward-weighted vote and the search inside RL.
+    assert!(results["search"]["curves"]["weighted-orm"].is_array(), "{results}");
+    let learned = &results["learn"]["reinforce"];
+    assert!(learned["pass@1_after"].is_number(), "{results}");
+    assert_eq!(learned["iterations"], 2, "{learned}");
+    // A bad setting of the new kind is reported at its key.
+    let o = extended(
+        &[
+            "check",
+            &config.to_string_lossy(),
+            "--set",
+            "reward.kind=short-orm",
+            "--set",
+            "reward.per_step=2",
+        ],
+        dir.path(),
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("reward.per_step: must be in [0, 1], not 2"), "{err}");
+}

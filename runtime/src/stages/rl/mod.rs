@@ -14,12 +14,12 @@ use anyhow::Context as _;
 
 use ponder_datagen::{Problem, Task};
 use ponder_learn::{Experience, Sample, TrainablePolicy};
+use ponder_policy_init::TransformerPolicy;
 use ponder_policy_init::checkpoint::Checkpointer;
 use ponder_policy_init::evaluate::{EvalSettings, evaluate};
 use ponder_policy_init::metrics::MetricsLog;
-use ponder_policy_init::TransformerPolicy;
-use ponder_reward::verifier::{VerifierReward, VerifierSettings};
 use ponder_reward::Granularity;
+use ponder_reward::verifier::{VerifierReward, VerifierSettings};
 use rand::SeedableRng;
 use rand::seq::IndexedRandom;
 use serde_json::{Value, json};
