@@ -1,7 +1,7 @@
 //! The component registry: kind names mapped to the config type that reads them and builds the
 //! component. Built-in kinds are registered by [`Registry::builtin`]; a third-party crate adds
-//! its own with a `pub fn register(registry: &mut Registry)` that its binary calls (an explicit
-//! call also guarantees the crate is linked).
+//! its own with a `pub fn register(registry: &mut Registry) -> anyhow::Result<()>` that its
+//! binary calls (an explicit call also guarantees the crate is linked; `docs/extending.md`).
 
 use std::collections::BTreeMap;
 use std::fmt;
