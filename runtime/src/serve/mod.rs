@@ -150,10 +150,7 @@ pub fn state_from_run(run_dir: &Path, registry: &Registry, overrides: &[String])
         .and_then(|t| serde_json::from_str::<Value>(&t).ok())
         .unwrap_or(Value::Null);
     let max_trace = init["results"]["max_new_tokens"].as_u64().unwrap_or(256) as usize;
-    let per_generation = init["results"]["eval"]["mean_trace_tokens"]
-        .as_f64()
-        .unwrap_or(max_trace as f64 / 2.0)
-        .max(1.0) as usize;
+    let per_generation = crate::stages::common::tokens_per_generation(init.get("results"), max_trace);
     let mut efforts = HashMap::new();
     for (name, spec, budget) in &config.efforts {
         efforts.insert(

@@ -52,6 +52,18 @@ pub fn current_policy(ctx: &Context) -> anyhow::Result<(HostWeights, Tokenizer)>
     }
 }
 
+/// The token length of a typical trace, which converts a budget's generations into tokens
+/// ([`ponder_search::Budget::tokens_per_generation`]) for search-eval, search inside RL and
+/// serving alike: the initialised policy's mean held-out trace as the init stage measured it
+/// (`init_results`, that stage's results), else half the trace limit.
+pub fn tokens_per_generation(init_results: Option<&serde_json::Value>, max_trace_tokens: usize) -> usize {
+    init_results
+        .and_then(|r| r["eval"]["mean_trace_tokens"].as_f64())
+        .unwrap_or(max_trace_tokens as f64 / 2.0)
+        .round()
+        .max(1.0) as usize
+}
+
 /// The token limit of a generated trace: the one the init stage chose, or from the data.
 pub fn trace_token_limit(ctx: &Context, tokenizer: &Tokenizer, max_seq_len: usize) -> anyhow::Result<usize> {
     if let Some(n) = ctx
@@ -141,4 +153,18 @@ pub fn distinct_problems(examples: &[ponder_datagen::Example], n: usize) -> Vec<
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tokens_per_generation;
+    use serde_json::json;
+
+    #[test]
+    fn a_generation_is_the_mean_held_out_trace_else_half_the_limit() {
+        let init = json!({"eval": {"mean_trace_tokens": 41.6}});
+        assert_eq!(tokens_per_generation(Some(&init), 200), 42);
+        assert_eq!(tokens_per_generation(None, 200), 100);
+        assert_eq!(tokens_per_generation(Some(&json!({})), 1), 1, "never zero");
+    }
 }

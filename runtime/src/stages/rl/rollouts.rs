@@ -12,7 +12,7 @@ use ponder_search::lockstep::Lockstep;
 use ponder_search::{Budget, SearchEnv};
 
 use crate::stages::Context;
-use crate::stages::common::sample_generations;
+use crate::stages::common::{sample_generations, tokens_per_generation};
 
 /// Step scores of every collected trace, in order: one `score_many` call with the traces grouped
 /// by problem (one request per problem for a remote model).
@@ -73,7 +73,7 @@ pub(super) async fn collect(
         let lockstep = Lockstep::new(policy, reward, problems.len());
         let budget = Budget {
             generations: s.samples_per_problem,
-            tokens_per_generation: max_tokens / 2,
+            tokens_per_generation: tokens_per_generation(ctx.earlier.get("init").map(|r| &r.results), max_tokens),
         };
         let runs = problems.iter().enumerate().map(|(i, p)| {
             let (lockstep, searcher, task) = (&lockstep, searcher.as_ref(), task.as_ref());

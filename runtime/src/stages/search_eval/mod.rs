@@ -31,7 +31,7 @@ use statistics::*;
 use crate::config::EvalSearcher;
 use crate::registry::RewardContext;
 use crate::stages::Context;
-use crate::stages::common::{current_policy, shared_task, stage_policy, trace_token_limit};
+use crate::stages::common::{current_policy, shared_task, stage_policy, tokens_per_generation, trace_token_limit};
 use crate::stages::search_trees::{self, TreeLine};
 
 /// How every searcher generates: token limits per step and per trace, and the sampling.
@@ -177,13 +177,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         .max()
         .unwrap_or(32);
     let max_step = (longest_step + 8).min(max_trace);
-    let per_generation = ctx
-        .earlier
-        .get("init")
-        .and_then(|r| r.results["eval"]["mean_trace_tokens"].as_f64())
-        .unwrap_or(max_trace as f64 / 2.0)
-        .round()
-        .max(1.0) as usize;
+    let per_generation = tokens_per_generation(ctx.earlier.get("init").map(|r| &r.results), max_trace);
     let generation = Generation {
         max_step_tokens: max_step,
         max_trace_tokens: max_trace,
