@@ -258,6 +258,36 @@ impl Trainer {
         Ok(Some(step))
     }
 
+    /// Starts the optimizer from the moments of another run's latest checkpoint in
+    /// `checkpoints` (RL from the initialisation's AdamW state), keeping this trainer's
+    /// parameters; tensors missing there or of another shape keep their fresh moments. The
+    /// step count is set as after a long run, so bias correction does not inflate the first
+    /// updates. Returns the step warm-started from; `None` without a checkpoint.
+    pub fn warm_start_from(&mut self, checkpoints: &Path) -> Result<Option<usize>, PolicyError> {
+        let Some((step, dir)) = Checkpointer::new(checkpoints, 2).latest()? else {
+            return Ok(None);
+        };
+        let moments = load_safetensors(&dir.join("optimizer.safetensors"))?;
+        for i in 0..self.names.len() {
+            let dims = self.params[i].dims();
+            let device = self.params[i].device();
+            let get = |key: String| {
+                moments
+                    .get(&key)
+                    .filter(|t| t.data.len() == dims[0] * dims[1])
+                    .map(|t| from_host(t, dims, &device))
+            };
+            if let Some(m) = get(format!("m.{}", self.names[i])) {
+                self.optimizer.m[i] = m;
+            }
+            if let Some(v) = get(format!("v.{}", self.names[i])) {
+                self.optimizer.v[i] = v;
+            }
+        }
+        self.optimizer.t = 10_000;
+        Ok(Some(step))
+    }
+
     /// Writes a checkpoint of the current state; `extra` adds files (configs, tokenizer).
     pub fn save_checkpoint(&self, extra: &dyn Fn(&Path) -> Result<(), PolicyError>) -> Result<(), PolicyError> {
         let Some(checkpointer) = &self.checkpointer else {

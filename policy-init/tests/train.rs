@@ -279,3 +279,36 @@ fn an_exploding_or_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
         assert!(host(&resumed.params).iter().flatten().all(|x| x.is_finite()));
     }
 }
+
+#[test]
+fn a_warm_start_takes_the_optimizer_moments_of_another_runs_checkpoint_and_keeps_the_weights() {
+    let tokenizer = Tokenizer::chars();
+    let weights = HostWeights::init(&micro(), 4).expect("init");
+    let model = Transformer::from_host(&weights, &Device::flex());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = MetricsLog::open(&dir.path().join("metrics.jsonl"), "first", None).expect("log");
+    let mut first = model
+        .trainer(config(20))
+        .with_outputs(Checkpointer::new(dir.path().join("first"), 2), log);
+    first
+        .run(&mut objective(&model, &tokenizer), &Silent, &|_| Ok(()))
+        .expect("trains");
+
+    let mut fresh = model.trainer(config(20));
+    let start = host(&fresh.params);
+    assert_eq!(
+        fresh.warm_start_from(&dir.path().join("none")).expect("reads"),
+        None,
+        "no checkpoint, nothing to start from"
+    );
+    assert!(host(&fresh.optimizer.m).iter().flatten().all(|&x| x == 0.0));
+    assert_eq!(
+        fresh.warm_start_from(&dir.path().join("first")).expect("reads"),
+        Some(20)
+    );
+    assert_eq!(host(&fresh.optimizer.m), host(&first.optimizer.m), "first moments");
+    assert_eq!(host(&fresh.optimizer.v), host(&first.optimizer.v), "second moments");
+    assert!(host(&fresh.optimizer.v).iter().flatten().any(|&x| x > 0.0));
+    assert_eq!(host(&fresh.params), start, "the weights stay this trainer's own");
+    assert_eq!(fresh.optimizer.t, 10_000);
+}

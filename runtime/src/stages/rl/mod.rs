@@ -55,36 +55,6 @@ fn curve_point(iteration: usize, flops: f64, pass1: &ponder_policy_init::eval::E
     json!({"iteration": iteration, "flops": flops, "pass@1": pass1.value, "low": pass1.low, "high": pass1.high})
 }
 
-/// Continues with the moments AdamW had at the end of policy initialisation: a fresh AdamW
-/// moves every weight by about the learning rate on its first steps whatever its gradient,
-/// which on a converged small model undoes more than the first updates teach.
-fn warm_start_optimizer(ctx: &Context, state: &mut TrainablePolicy) -> anyhow::Result<()> {
-    let Some((_, dir)) = Checkpointer::new(ctx.dir.checkpoints("init"), 2).latest()? else {
-        return Ok(());
-    };
-    let moments = ponder_policy_init::weights::load_safetensors(&dir.join("optimizer.safetensors"))?;
-    let trainer = &mut state.trainer;
-    for i in 0..trainer.names.len() {
-        let dims = trainer.params[i].dims();
-        let device = trainer.params[i].device();
-        for (prefix, first) in [("m.", true), ("v.", false)] {
-            let key = format!("{prefix}{}", trainer.names[i]);
-            if let Some(t) = moments.get(&key).filter(|t| t.data.len() == dims[0] * dims[1]) {
-                let tensor =
-                    burn::tensor::Tensor::from_data(burn::tensor::TensorData::new(t.data.clone(), dims), &device);
-                if first {
-                    trainer.optimizer.m[i] = tensor;
-                } else {
-                    trainer.optimizer.v[i] = tensor;
-                }
-            }
-        }
-    }
-    // Bias correction as after a long run.
-    trainer.optimizer.t = 10_000;
-    Ok(())
-}
-
 /// RL's change on the held-out problems, paired over problems against the initialised policy's
 /// evaluation (`eval/init.json`): sampled pass@1 (each problem's share of right samples) and
 /// greedy pass@1, each `{value, low, high}` with a paired bootstrap interval. `None` when the
@@ -162,7 +132,10 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         learner.value_head_lr(),
     );
     state.trainer.config.native_cpu = !ctx.config.run.autodiff;
-    warm_start_optimizer(ctx, &mut state)?;
+    // Continue with the moments AdamW had at the end of policy initialisation: a fresh AdamW
+    // moves every weight by about the learning rate on its first steps whatever its gradient,
+    // which on a converged small model undoes more than the first updates teach.
+    state.trainer.warm_start_from(&ctx.dir.checkpoints("init"))?;
     let checkpoints = Checkpointer::new(ctx.dir.checkpoints("rl"), 2);
     let verifier = VerifierReward::new(task.clone(), VerifierSettings::default());
     let needs_process = ctx.config.learn.resolved()["process_rewards"].as_bool() == Some(true);
