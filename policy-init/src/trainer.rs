@@ -202,6 +202,37 @@ impl Trainer {
         self
     }
 
+    /// Writes checkpoints to `checkpoint_dir` and metrics records, under `name`, to `metrics`.
+    /// With `resume`, continues from the latest checkpoint there, if any (metrics records past
+    /// it are dropped, the run writes them again); otherwise starts afresh, clearing earlier
+    /// checkpoints and this name's records. [`Trainer::resumed_from`] tells which happened.
+    pub fn open(
+        mut self,
+        checkpoint_dir: &Path,
+        metrics: &Path,
+        name: &str,
+        resume: bool,
+    ) -> Result<Trainer, PolicyError> {
+        let checkpoints = Checkpointer::new(checkpoint_dir, 2);
+        let resume_step = if resume {
+            checkpoints.latest()?.map(|(step, _)| step)
+        } else {
+            None
+        };
+        if resume_step.is_none() && checkpoint_dir.exists() {
+            std::fs::remove_dir_all(checkpoint_dir).map_err(|e| PolicyError::io(checkpoint_dir, e))?;
+        }
+        let log = MetricsLog::open(metrics, name, resume_step)?;
+        self.set_outputs(checkpoints, log);
+        self.resume()?;
+        Ok(self)
+    }
+
+    /// The checkpoint step this trainer continued from, when it resumed one.
+    pub fn resumed_from(&self) -> Option<usize> {
+        self.resumed_from
+    }
+
     /// Sets where checkpoints and metrics go (in place).
     pub fn set_outputs(&mut self, checkpoints: Checkpointer, metrics: MetricsLog) {
         self.checkpointer = Some(checkpoints);

@@ -4,9 +4,7 @@
 //! a Hugging Face folder in `policy/init/`.
 
 use ponder_datagen::{Problem, Task};
-use ponder_policy_init::checkpoint::Checkpointer;
 use ponder_policy_init::evaluate::{EvalSettings, evaluate};
-use ponder_policy_init::metrics::MetricsLog;
 use ponder_policy_init::model::Transformer;
 use ponder_policy_init::settings::TransformerSettings;
 use ponder_policy_init::sft::{Sequences, SftObjective};
@@ -15,7 +13,6 @@ use ponder_policy_init::{HostWeights, Tokenizer, TransformerPolicy};
 use serde_json::json;
 
 use super::Context;
-use crate::run_dir::clear_dir;
 
 /// The generation limit: the longest training trace and half again, within the context.
 pub fn trace_token_limit(examples: &[ponder_datagen::Example], tokenizer: &Tokenizer, max_seq_len: usize) -> usize {
@@ -67,16 +64,6 @@ pub fn run(ctx: &Context) -> anyhow::Result<serde_json::Value> {
         n => n,
     };
     let model = Transformer::from_host(&start, &ctx.device);
-    let checkpoints = Checkpointer::new(ctx.dir.checkpoints("init"), 2);
-    let resume_step = if ctx.resume {
-        checkpoints.latest()?.map(|(s, _)| s)
-    } else {
-        None
-    };
-    if resume_step.is_none() {
-        clear_dir(checkpoints.dir())?;
-    }
-    let metrics = MetricsLog::open(&ctx.dir.metrics(), "init", resume_step)?;
     let steps = match s.train_tokens {
         0 => s.steps,
         budget => {
@@ -93,8 +80,11 @@ pub fn run(ctx: &Context) -> anyhow::Result<serde_json::Value> {
         native_cpu: !ctx.config.run.autodiff,
         ..TrainerConfig::default()
     };
-    let mut trainer = model.trainer(trainer_config).with_outputs(checkpoints, metrics);
-    if let Some(step) = trainer.resume()? {
+    let mut trainer =
+        model
+            .trainer(trainer_config)
+            .open(&ctx.dir.checkpoints("init"), &ctx.dir.metrics(), "init", ctx.resume)?;
+    if let Some(step) = trainer.resumed_from() {
         tracing::info!(step, "policy initialisation resumed");
     }
     // The curve: greedy pass@1 on a slice of the held-out problems.

@@ -11,8 +11,6 @@
 //! 3. On held-out problems, the measures of [`super::reward_quality`].
 
 use ponder_datagen::{Problem, Task, Trace};
-use ponder_policy_init::checkpoint::Checkpointer;
-use ponder_policy_init::metrics::MetricsLog;
 use ponder_policy_init::model::Transformer;
 use ponder_policy_init::trainer::TrainerConfig;
 use ponder_policy_init::{Tokenizer, TransformerPolicy};
@@ -28,7 +26,6 @@ use super::Context;
 use super::common::{current_policy, distinct_problems, sample_traces, stage_policy, trace_token_limit};
 use super::reward_quality::{self, Trained};
 use crate::registry::RewardTraining;
-use crate::run_dir::clear_dir;
 
 /// A sampled trace with everything known about it.
 pub(super) struct Labelled {
@@ -60,16 +57,6 @@ fn train_model(
     let s = &ctx.config.pipeline.reward;
     let (granularity, aggregation) = (start.granularity, start.aggregation);
     let template = Transformer::from_host(&start.backbone, &ctx.device);
-    let checkpoints = Checkpointer::new(ctx.dir.checkpoints(name), 2);
-    let resume_step = if ctx.resume {
-        checkpoints.latest()?.map(|(s, _)| s)
-    } else {
-        None
-    };
-    if resume_step.is_none() {
-        clear_dir(checkpoints.dir())?;
-    }
-    let metrics = MetricsLog::open(&ctx.dir.metrics(), name, resume_step)?;
     let config = TrainerConfig {
         optim: s.optim.clone(),
         steps: s.steps,
@@ -88,8 +75,13 @@ fn train_model(
         granularity,
         aggregation,
     );
-    let mut trainer = reward_trainer(&template, &start, config).with_outputs(checkpoints, metrics);
-    if let Some(step) = trainer.resume()? {
+    let mut trainer = reward_trainer(&template, &start, config).open(
+        &ctx.dir.checkpoints(name),
+        &ctx.dir.metrics(),
+        name,
+        ctx.resume,
+    )?;
+    if let Some(step) = trainer.resumed_from() {
         tracing::info!(model = name, step, "reward model training resumed");
     }
     let summary = trainer.run(&mut objective, ctx.progress, &|_| Ok(()))?;
