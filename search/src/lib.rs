@@ -18,10 +18,15 @@ pub mod revision;
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use ponder_datagen::{Problem, Task, Trace};
-use ponder_policy_init::{GenRequest, Generation, Policy, PolicyError, Sampling};
-use ponder_reward::{RewardError, RewardModel, StepScores};
+use ponder_policy_init::{Policy, PolicyError};
+use ponder_reward::{RewardError, RewardModel};
 use serde::{Deserialize, Serialize};
+
+// What a searcher works with, from the crates below, so that a searcher written elsewhere
+// needs this crate alone: problems and traces, generation requests, step scores.
+pub use ponder_datagen::{Problem, Task, Trace};
+pub use ponder_policy_init::{GenRequest, Generation, Sampling, Stop};
+pub use ponder_reward::{Aggregation, StepScores};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {

@@ -12,11 +12,12 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use ponder_datagen::{Problem, Trace};
-use ponder_policy_init::{GenRequest, Stop};
 use ponder_runtime::registry::{Kind, SearchCategory};
 use ponder_search::record::{NodeKind, TreeRecorder};
-use ponder_search::{Budget, Candidate, Cost, SearchEnv, SearchError, SearchOutcome, Searcher, Selection, outcome};
+use ponder_search::{
+    Budget, Candidate, Cost, GenRequest, Problem, SearchEnv, SearchError, SearchOutcome, Searcher, Selection, Stop,
+    Trace, outcome,
+};
 use serde::{Deserialize, Serialize};
 
 pub const NAME: &str = "adaptive-consistency";
