@@ -286,11 +286,14 @@ impl RewardTraining {
     }
 
     /// Whether two tables train the same model: everything but how scores are aggregated,
-    /// which each table applies when it scores.
-    fn same_model(&self, other: &RewardTraining) -> bool {
+    /// which each table applies when it scores (and the rollouts of labels that need none).
+    pub fn same_model(&self, other: &RewardTraining) -> bool {
         match (self, other) {
             (RewardTraining::Process(a), RewardTraining::Process(b)) => {
-                (a.labels, a.rollouts, a.soft, a.likelihood) == (b.labels, b.rollouts, b.soft, b.likelihood)
+                let rollouts = |p: &ponder_reward::ProcessRewardSettings| {
+                    (p.labels == ponder_reward::labels::LabelSource::MonteCarlo).then_some(p.rollouts)
+                };
+                (a.labels, rollouts(a), a.soft, a.likelihood) == (b.labels, rollouts(b), b.soft, b.likelihood)
             }
             (RewardTraining::Outcome(a), RewardTraining::Outcome(b)) => a.likelihood == b.likelihood,
             _ => false,

@@ -144,7 +144,7 @@ fn check_warns_about_settings_no_stage_reads() {
         "{err}"
     );
     // The shipped configs set nothing that goes unread.
-    for shipped in ["default", "smoke"] {
+    for shipped in ["default", "smoke", "chains", "arithmetic"] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../configs/{shipped}.toml"));
         let o = ponder(&["check", path.to_str().expect("utf8")], dir.path());
         assert!(

@@ -344,15 +344,9 @@ fn ppo_takes_its_step_rewards_from_the_configured_process_model() {
 fn an_outcome_reward_model_config_trains_an_orm_and_nothing_else() {
     let config = smoke_with_reward("orm-only", "kind = \"orm\"\nlikelihood = false");
     let stages = "pipeline.stages=[\"datagen\",\"init\",\"reward\",\"report\"]";
-    // One searcher, using the run's reward model: the default list's best-of-N with its own
-    // ORM table would train that ORM with other settings, which the config check refuses.
-    let searchers = "pipeline.search_eval.searchers=[{kind=\"best-of-n\",selection=\"reward\"}]";
-    ok(&run_config(
-        &config,
-        "orm-only",
-        &["--set", stages, "--set", searchers],
-        &[],
-    ));
+    // The default searcher list's `reward = { kind = "orm" }` names only the run's own kind: it
+    // is the run's ORM, settings and all, not a second one.
+    ok(&run_config(&config, "orm-only", &["--set", stages], &[]));
     let dir = out_dir().join("orm-only");
     let reward = &results("orm-only")["reward"];
     assert_eq!(reward["trained"], serde_json::json!(["orm"]), "{reward}");
@@ -457,23 +451,25 @@ fn a_finished_run_is_skipped_and_a_changed_config_is_refused() {
 
 #[test]
 fn search_eval_run_again_on_a_finished_run_reads_the_policy_it_read_the_first_time() {
-    let reference = reference();
-    // A copy of the finished run without search-eval's record: the pipeline runs search-eval
-    // alone, with RL's policy on disk beside the initialised one it searched with before.
+    // A run of its own (the reference run may be written by another test meanwhile), then a
+    // copy of it without search-eval's record: the pipeline runs search-eval alone, with RL's
+    // policy on disk beside the initialised one it searched with before.
+    ok(&run("search-eval-first", &[], &[]));
+    let reference = results("search-eval-first");
     let name = "search-eval-again";
     let dir = out_dir().join(name);
     let copied = Command::new("cp")
         .arg("-r")
-        .arg(out_dir().join("reference"))
+        .arg(out_dir().join("search-eval-first"))
         .arg(&dir)
         .status()
         .expect("cp runs");
     assert!(copied.success());
     let config = std::fs::read_to_string(dir.join("config.toml")).expect("config.toml");
-    assert!(config.contains("name = \"reference\""), "{config}");
+    assert!(config.contains("name = \"search-eval-first\""), "{config}");
     std::fs::write(
         dir.join("config.toml"),
-        config.replace("name = \"reference\"", &format!("name = \"{name}\"")),
+        config.replace("name = \"search-eval-first\"", &format!("name = \"{name}\"")),
     )
     .expect("config.toml");
     assert!(
@@ -502,7 +498,11 @@ fn search_eval_run_again_on_a_finished_run_reads_the_policy_it_read_the_first_ti
             })
             .collect()
     };
-    assert_eq!(tokens(&again), tokens(reference), "search-eval searched another policy");
+    assert_eq!(
+        tokens(&again),
+        tokens(&reference),
+        "search-eval searched another policy"
+    );
     assert!(
         again["search"] == reference["search"],
         "search-eval gave other figures the second time"

@@ -179,7 +179,8 @@ fn the_extension_reward_model_and_learner_run_in_the_pipeline() {
     assert!(results["search"]["curves"]["weighted-orm"].is_array(), "{results}");
     let learned = &results["learn"]["reinforce"];
     assert!(learned["pass@1_after"].is_number(), "{results}");
-    assert_eq!(learned["iterations"], 2, "{learned}");
+    // The learner trained on the sampled tokens (a learner that returned at once trains none).
+    assert!(learned["train_tokens"].as_u64().is_some_and(|t| t > 0), "{learned}");
     // A bad setting of the new kind is reported at its key.
     let o = extended(
         &[

@@ -63,22 +63,29 @@ fn add_run_searcher(search: &Arc<dyn Spec<SearchCategory>>, eval_searchers: &mut
     {
         return same.label.clone();
     }
-    let label = if eval_searchers.iter().any(|e| e.label == "search") {
-        "run-search"
-    } else {
-        "search"
-    };
+    let label = std::iter::once("search".to_string())
+        .chain((2..).map(|i| format!("search-{i}")))
+        .find(|l| eval_searchers.iter().all(|e| &e.label != l))
+        .unwrap_or_default();
     eval_searchers.push(EvalSearcher {
-        label: label.to_string(),
+        label: label.clone(),
         searcher: search.clone(),
         reward: None,
     });
-    label.to_string()
+    label
+}
+
+/// Whether a searcher's own `reward` table names nothing but the kind of the run's `[reward]`
+/// (whose kind defaults to `prm`).
+fn names_only_the_kind_of(table: &Value, run_reward: &Value) -> bool {
+    let run_kind = run_reward.get("kind").and_then(Value::as_str).unwrap_or("prm");
+    table
+        .as_object()
+        .is_some_and(|t| t.len() == 1 && t.get("kind").and_then(Value::as_str) == Some(run_kind))
 }
 
 /// The section `pipeline.KEY` of each stage that reads one.
-const STAGE_SECTIONS: [(&str, &str); 5] = [
-    ("data", "datagen"),
+const STAGE_SECTIONS: [(&str, &str); 4] = [
     ("init", "init"),
     ("reward", "reward"),
     ("search_eval", "search-eval"),
@@ -86,13 +93,16 @@ const STAGE_SECTIONS: [(&str, &str); 5] = [
 ];
 
 /// Warnings for tables the config sets that no stage of the run reads: a stage's
-/// `[pipeline.*]` table when the stage is not in `pipeline.stages`, and `[learn]` without RL.
+/// `[pipeline.*]` table when the stage is not in `pipeline.stages` (`pipeline.data`, which
+/// RL reads too, aside), and `[learn]` without RL.
 fn unread_sections(root: &serde_json::Map<String, Value>, stages: &[String]) -> Vec<ConfigError> {
     let runs = |stage: &str| stages.iter().any(|s| s == stage);
     let mut warnings = Vec::new();
     let set_in_pipeline = root.get("pipeline").and_then(Value::as_object);
     for (key, stage) in STAGE_SECTIONS {
-        if set_in_pipeline.is_some_and(|p| p.contains_key(key)) && !runs(stage) {
+        // The reward stage reads the search-eval searchers' own reward tables: what it trains.
+        let read_elsewhere = key == "search_eval" && runs("reward");
+        if set_in_pipeline.is_some_and(|p| p.contains_key(key)) && !runs(stage) && !read_elsewhere {
             warnings.push(ConfigError::new(
                 format!("pipeline.{key}"),
                 format!(
@@ -255,6 +265,8 @@ impl RunConfig {
                     .to_string(),
             };
             let own_reward = match map.remove("reward") {
+                // A table naming only the run's own kind is the run's model, with its settings.
+                Some(r) if names_only_the_kind_of(&r, section("reward")) => None,
                 Some(r) => match registry.rewards.parse(&r, &format!("{path}.reward")) {
                     Ok(spec) => Some(spec),
                     Err(e) => {
@@ -286,10 +298,10 @@ impl RunConfig {
         {
             errors.extend(e);
         }
-        let run_searcher = search
-            .as_ref()
-            .map(|search| add_run_searcher(search, &mut eval_searchers))
-            .unwrap_or_default();
+        let run_searcher = match &search {
+            Some(search) if pipeline.search_eval.run_searcher => add_run_searcher(search, &mut eval_searchers),
+            _ => String::new(),
+        };
         let warnings = unread_sections(root, &pipeline.stages);
         match (errors.is_empty(), task, policy, reward, search, learn) {
             (true, Some(task), Some(policy), Some(reward), Some(search), Some(learn)) => Ok(RunConfig {

@@ -298,12 +298,16 @@ pub struct SearchEvalStage {
     /// The first this many problems' searches are recorded node by node, per searcher and
     /// budget, in `search_trees.jsonl` (what `ponder view` draws; 0: none).
     pub record_problems: usize,
+    /// Measure the run's `[search]` too, as a curve of its own when no listed searcher is the
+    /// same (off for sweeps whose runs measure one listed searcher each).
+    pub run_searcher: bool,
 }
 
 impl Default for SearchEvalStage {
     fn default() -> Self {
         SearchEvalStage {
             record_problems: 4,
+            run_searcher: true,
             problems: 0,
             budgets: vec![1, 2, 4, 8, 16, 32, 64],
             sampling: Sampling::default(),

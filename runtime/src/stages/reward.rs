@@ -263,7 +263,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
     let trained = Trained {
         prm: prm.as_ref(),
         orm: orm.as_ref(),
-        monte_carlo: process.as_ref().is_some_and(|p| p.labels == LabelSource::MonteCarlo),
+        monte_carlo: process.is_some(),
     };
     let mut measures = reward_quality::measure(ctx, &policy, max_tokens, trained).await?;
     ctx.progress.set(6, 6, "done");

@@ -1,7 +1,7 @@
 //! The reward stage's held-out measures, for the models it trained: step AUROC, first-error F1
 //! and calibration of a process model (PRM) against the exact labels; outcome AUROC of each
 //! model and of the policy's own likelihood; accuracy of Monte-Carlo labels against exact ones
-//! for N = 1, 2, 4, ... rollouts (when a PRM learned from them); best-of-N accuracy with each
+//! for N = 1, 2, 4, ... rollouts (with a PRM); best-of-N accuracy with each
 //! model, majority and a PRM-weighted vote on the same samples.
 
 use std::collections::BTreeMap;
@@ -25,7 +25,8 @@ use super::reward::{Labelled, label};
 pub struct Trained<'a> {
     pub prm: Option<&'a LearnedReward>,
     pub orm: Option<&'a LearnedReward>,
-    /// Measure Monte-Carlo label accuracy (the PRM learned from such labels).
+    /// Measure Monte-Carlo label accuracy against exact labels (with a PRM, whatever its
+    /// labels: how good the labels it could learn from are).
     pub monte_carlo: bool,
 }
 

@@ -347,14 +347,35 @@ impl Sweep {
         };
         // Validate every config now, so that a typo fails before hours of compute.
         let mut problems = Vec::new();
+        let mut loaded = Vec::new();
         for r in base_run.iter().chain(&runs) {
             let text = toml::to_string_pretty(&r.config).map_err(|e| err(e.to_string()))?;
             let layers = Layers {
                 text,
                 ..Layers::default()
             };
-            if let Err(e) = layers.load(registry) {
-                problems.push(format!("run {}:\n{}", r.name, e.to_string().trim_end()));
+            match layers.load(registry) {
+                Ok(config) => loaded.push((r.name.clone(), config)),
+                Err(e) => problems.push(format!("run {}:\n{}", r.name, e.to_string().trim_end())),
+            }
+        }
+        // A shared reward stage must have trained every reward model a run uses, with the run's
+        // settings (the searchers' own reward tables name them too, so a swept searcher list
+        // is fine as long as the base run trains what each run needs).
+        if problems.is_empty()
+            && let Some(((_, base), rest)) = base_run.as_ref().and(loaded.split_first())
+            && file.sweep.reuse.iter().any(|s| s == "reward")
+        {
+            let trained = base.rewards_to_train()?;
+            for (name, config) in rest {
+                for needed in config.rewards_to_train()? {
+                    if !trained.iter().any(|t| t.same_model(&needed)) {
+                        return Err(err(format!(
+                            "sweep.reuse: stage reward is shared, but run {name} needs reward/{}, which the base run does not train with the settings this run gives it",
+                            needed.name()
+                        )));
+                    }
+                }
             }
         }
         if !problems.is_empty() {

@@ -110,3 +110,29 @@ fn reuse_is_refused_when_a_swept_key_feeds_a_shared_stage() {
     assert!(!stage_inputs("reward").iter().any(|k| overlaps("learn.kind", k)));
     assert!(stage_inputs("init").iter().any(|k| overlaps("pipeline.data.style", k)));
 }
+
+#[test]
+fn a_shared_reward_stage_must_train_what_every_run_uses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let smoke = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/smoke.toml");
+    std::fs::copy(&smoke, dir.path().join("smoke.toml")).expect("copy");
+    let sweep = |orm: &str| {
+        let path = dir.path().join("sweep.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[sweep]\nbase = \"smoke.toml\"\nreuse = [\"datagen\", \"init\", \"reward\"]\n\n[grid]\n\"pipeline.search_eval.searchers\" = [\n  [{{ label = \"a\", kind = \"best-of-n\" }}],\n  [{{ label = \"b\", kind = \"best-of-n\", selection = \"reward\", reward = {orm} }}],\n]\n\n[metrics]\n\"accuracy\" = \"/search/curves/b/0/accuracy\"\n"
+            ),
+        )
+        .expect("write");
+        Sweep::load(&path, &Registry::builtin())
+    };
+    // The base run trains the default list's ORM: a run that uses it may share the stage.
+    sweep("{ kind = \"orm\" }").expect("the base run trains this ORM");
+    // One that needs an ORM with other settings may not.
+    let err = sweep("{ kind = \"orm\", likelihood = false }").err().expect("refused");
+    assert!(
+        format!("{err:#}").contains("stage reward is shared, but run searchers-b needs reward/orm"),
+        "{err:#}"
+    );
+}
