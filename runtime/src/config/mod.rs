@@ -33,7 +33,8 @@ pub struct RunConfig {
     pub policy: Arc<dyn Spec<PolicyCategory>>,
     /// `[reward]`, by default a process reward model on Monte-Carlo labels.
     pub reward: Arc<dyn Spec<RewardCategory>>,
-    /// `[search]`: the searcher used for serving and for search inside RL.
+    /// `[search]`, the run's searcher: measured by search-eval (see `run_searcher`) and used
+    /// for search inside RL.
     pub search: Arc<dyn Spec<SearchCategory>>,
     /// `[learn]`, by default GRPO.
     pub learn: Arc<dyn Spec<LearnCategory>>,
