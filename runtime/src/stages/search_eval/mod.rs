@@ -431,11 +431,21 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         None => (Vec::new(), Value::Null),
     };
     let optimal_seed = ctx.seed("search-eval-compute-optimal");
-    let versus = compute_optimal_vs_reference(&curves, &optimal, optimal_seed);
+    // The reference is the strongest searcher of independent samples (best-of-N of any kind).
+    let best_of_n: Vec<&str> = (ctx.config.eval_searchers.iter())
+        .filter(|e| {
+            matches!(
+                e.searcher.capabilities().nesting,
+                Some(BudgetNesting::IndependentSamples(_))
+            )
+        })
+        .map(|e| e.label.as_str())
+        .collect();
+    let versus = compute_optimal_vs_reference(&curves, &best_of_n, &optimal, optimal_seed);
     let versus_predicted = if optimal_predicted.is_empty() {
         Value::Null
     } else {
-        compute_optimal_vs_reference(&curves, &optimal_predicted, optimal_seed)
+        compute_optimal_vs_reference(&curves, &best_of_n, &optimal_predicted, optimal_seed)
     };
     let trend_seed = ctx.seed("search-eval-trend");
     let trends: serde_json::Map<String, Value> = (curves.iter())

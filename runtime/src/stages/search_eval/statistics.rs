@@ -218,19 +218,20 @@ pub(super) fn compute_optimal_charged(
 }
 
 /// Snell et al.'s comparison: the budget at which the compute-optimal curve first reaches the
-/// reference searcher's accuracy at the largest budget (the strongest best-of-N there: majority,
-/// or best-of-N under any reward model or rule), the ratios of FLOPs and of tokens, and paired
+/// reference searcher's accuracy at the largest budget (the strongest of the `best_of_n` curves
+/// there: independent samples under any vote, reward model or rule), the ratios of FLOPs and of tokens, and paired
 /// intervals that say whether the comparison means anything: the
 /// reference's own gain from its smallest budget to its largest (nothing to save when there is
 /// none), and the compute-optimal curve's difference from the reference at the match.
 pub(super) fn compute_optimal_vs_reference(
     curves: &[(String, Vec<Point>)],
+    best_of_n: &[&str],
     optimal: &[OptimalPoint],
     seed: u64,
 ) -> Value {
     let Some((label, points)) = curves
         .iter()
-        .filter(|(l, _)| l == "majority" || l.starts_with("best-of-n"))
+        .filter(|(l, _)| best_of_n.contains(&l.as_str()))
         .filter(|(_, points)| !points.is_empty())
         .max_by(|a, b| {
             let top = |points: &[Point]| points.iter().max_by_key(|p| p.budget).map_or(0.0, |p| p.accuracy);

@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// The labels of the best-of-N curves in these tests.
+const BEST_OF_N: [&str; 3] = ["majority", "best-of-n-orm", "best-of-n-weighted"];
+
 /// A curve point with the given per-problem outcomes, 50 tokens per generation.
 fn point_with(budget: usize, outcomes: Vec<bool>) -> Point {
     let accuracy = outcomes.iter().filter(|&&ok| ok).count() as f64 / outcomes.len() as f64;
@@ -91,7 +94,7 @@ fn the_reference_is_the_strongest_best_of_n_at_the_top_budget() {
     ];
     let quintile_of: Vec<usize> = (0..n).map(|i| i % 5).collect();
     let optimal = compute_optimal(&curves, &quintile_of, &[1, 64]);
-    let v = compute_optimal_vs_reference(&curves, &optimal, 7);
+    let v = compute_optimal_vs_reference(&curves, &BEST_OF_N, &optimal, 7);
     assert_eq!(v["reference"]["searcher"], "best-of-n-orm", "{v}");
     assert!(
         (v["reference"]["flops_per_problem"].as_f64().unwrap_or(0.0) - 3200.0 * 1e6).abs() < 1.0,
@@ -115,7 +118,7 @@ fn a_flat_reference_makes_the_saving_not_significant() {
     ];
     let quintile_of: Vec<usize> = (0..n).map(|i| i % 5).collect();
     let optimal = compute_optimal(&curves, &quintile_of, &[1, 64]);
-    let v = compute_optimal_vs_reference(&curves, &optimal, 7);
+    let v = compute_optimal_vs_reference(&curves, &BEST_OF_N, &optimal, 7);
     let gain = &v["reference"]["gain_over_budget"];
     assert_eq!(gain["significant"], false, "{v}");
     assert_eq!(gain["difference"].as_f64(), Some(0.0));
@@ -152,7 +155,7 @@ fn a_rising_reference_is_significant_and_the_match_comes_where_the_accuracy_is()
         1.0,
         "majority is chosen at budget 16 in every fold"
     );
-    let v = compute_optimal_vs_reference(&curves, &optimal, 7);
+    let v = compute_optimal_vs_reference(&curves, &BEST_OF_N, &optimal, 7);
     let gain = &v["reference"]["gain_over_budget"];
     assert_eq!(gain["significant"], true, "{v}");
     assert!((gain["difference"].as_f64().unwrap_or(0.0) - 0.75).abs() < 1e-9);
