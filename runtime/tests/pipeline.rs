@@ -415,6 +415,82 @@ fn the_runs_searcher_is_measured_by_search_eval_and_headlines_the_report() {
 }
 
 #[test]
+fn search_eval_runs_against_a_remote_policy_served_by_another_ponder_process() {
+    use std::io::BufRead;
+    // The smoke run's policy, served by a `ponder serve` process of its own on a free port.
+    reference();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_ponder"))
+        .args(["serve", "--run"])
+        .arg(out_dir().join("reference"))
+        .args(["--port", "0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ponder serve starts");
+    let stderr = server.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(url) = line.split(" on ").nth(1).filter(|_| line.contains("serving")) {
+                let _ = tx.send(url.trim().to_string());
+            }
+        }
+    });
+    let url = rx.recv_timeout(std::time::Duration::from_secs(60));
+    let Ok(url) = url else {
+        let _ = server.kill();
+        panic!("ponder serve did not say where it serves");
+    };
+    // The smoke config with `[policy] kind = "remote"`: no local weights, only the server.
+    let smoke = std::fs::read_to_string(smoke_config()).expect("smoke config");
+    let (head, rest) = smoke.split_once("[policy]\n").expect("a [policy] table");
+    let tail = &rest[rest.find("\n[").expect("a table after [policy]")..];
+    let remote = format!(
+        "[policy]\nkind = \"remote\"\nendpoints = [\"{url}/v1\"]\nmodel = \"ponder-reference\"\nparams = 20000\nconcurrency = 4\n"
+    );
+    // Answers checked by the task's verifier: nothing to train on this side either.
+    let text = format!("{head}{remote}{tail}");
+    let (head, rest) = text.split_once("[reward]\n").expect("a [reward] table");
+    let tail = &rest[rest.find("\n[").expect("a table after [reward]")..];
+    let config = out_dir().join("remote.toml");
+    std::fs::write(&config, format!("{head}[reward]\nkind = \"verifier\"\n{tail}")).expect("write config");
+    let o = run_config(
+        &config,
+        "remote-policy",
+        &[
+            "--set",
+            "pipeline.stages=[\"datagen\",\"search-eval\"]",
+            "--set",
+            "search={kind=\"best-of-n\",selection=\"majority\"}",
+            "--set",
+            "pipeline.search_eval.searchers=[{label=\"majority\",kind=\"best-of-n\",selection=\"majority\"},{label=\"verified\",kind=\"best-of-n\",selection=\"reward\"},{label=\"beam\",kind=\"beam\",width=2}]",
+        ],
+        &[],
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    ok(&o);
+    let dir = out_dir().join("remote-policy");
+    assert!(!dir.join("policy").exists(), "a remote run trains no policy of its own");
+    let search = &results("remote-policy")["search"];
+    for label in ["majority", "verified", "beam"] {
+        let curve = search["curves"][label]
+            .as_array()
+            .unwrap_or_else(|| panic!("{label}: {search}"));
+        assert_eq!(curve.len(), 2, "{label}: {search}");
+        for point in curve {
+            let tokens = point["tokens_per_problem"].as_f64().unwrap_or(0.0);
+            assert!(tokens > 0.0, "{label} generated nothing through the server: {point}");
+            // FLOPs from the configured parameter count and the generated tokens (a lower bound).
+            assert!(
+                point["flops_per_problem"].as_f64().unwrap_or(0.0) >= 2.0 * 20000.0 * tokens * 0.99,
+                "{point}"
+            );
+        }
+    }
+    assert_eq!(search["run_searcher_at_top_budget"]["searcher"], "majority", "{search}");
+}
+
+#[test]
 fn autodiff_training_reaches_the_native_paths_loss() {
     ok(&run(
         "autodiff",

@@ -14,7 +14,7 @@
 use anyhow::Context as _;
 
 use ponder_datagen::{Problem, Task, Trace};
-use ponder_policy_init::{Policy, Sampling};
+use ponder_policy_init::{HostWeights, Policy, Sampling, Tokenizer};
 use ponder_reward::RewardModel;
 use ponder_search::best_of_n::{BestOfN, BestOfNSettings};
 use ponder_search::lockstep::Lockstep;
@@ -29,7 +29,7 @@ use shared_samples::{SharedDraw, SharedSamples, predicted_ease};
 use statistics::*;
 
 use crate::config::EvalSearcher;
-use crate::registry::RewardContext;
+use crate::registry::{PolicyContext, RewardContext};
 use crate::stages::Context;
 use crate::stages::common::{current_policy, shared_task, stage_policy, tokens_per_generation, trace_token_limit};
 use crate::stages::search_trees::{self, TreeLine};
@@ -143,8 +143,11 @@ struct ComputeReading {
 
 impl ComputeReading {
     fn now(policy: &dyn Policy, reward: &dyn RewardModel) -> ComputeReading {
+        // A remote policy reports only the tokens it generated (its server's prompt work is
+        // unseen): those stand for what it computed, a lower bound.
+        let (computed, generated) = policy.compute_counters();
         ComputeReading {
-            policy_tokens: policy.compute_counters().0,
+            policy_tokens: computed.max(generated),
             reward_flops: reward.flops(),
         }
     }
@@ -156,6 +159,59 @@ impl ComputeReading {
     }
 }
 
+/// Where search-eval's policy comes from: the run's trained weights, searched on this machine,
+/// or a policy that `[policy]` builds without them (`remote`: an OpenAI-compatible server).
+enum PolicySource {
+    Trained(HostWeights, Tokenizer),
+    Configured(Box<dyn Policy>),
+}
+
+impl PolicySource {
+    fn of(ctx: &Context) -> anyhow::Result<PolicySource> {
+        if ctx.config.policy.capabilities().trainable.is_some() {
+            let (weights, tokenizer) = current_policy(ctx)?;
+            return Ok(PolicySource::Trained(weights, tokenizer));
+        }
+        let context = PolicyContext {
+            trained: None,
+            seed: ctx.seed("search-eval-policy"),
+        };
+        Ok(PolicySource::Configured(ctx.config.policy.build(&context)?))
+    }
+
+    /// The tokenizer and context length that size token limits: the trained model's, or, for a
+    /// configured policy, characters (ponder's own tokenizer) and a context no limit reaches.
+    fn tokenizer_and_context(&self) -> (Tokenizer, usize) {
+        match self {
+            PolicySource::Trained(weights, tokenizer) => (tokenizer.clone(), weights.config.max_seq_len),
+            PolicySource::Configured(_) => (Tokenizer::chars(), usize::MAX / 4),
+        }
+    }
+
+    /// Parameters for FLOPs (0 when a configured policy does not say).
+    fn params(&self) -> usize {
+        match self {
+            PolicySource::Trained(weights, _) => weights.config.params(),
+            PolicySource::Configured(policy) => policy.params().unwrap_or(0),
+        }
+    }
+
+    /// A policy for one run: a fresh local one (empty prefix cache), or a fresh handle on the
+    /// configured one.
+    fn policy(&self, ctx: &Context) -> anyhow::Result<Box<dyn Policy>> {
+        match self {
+            PolicySource::Trained(weights, tokenizer) => Ok(Box::new(stage_policy(ctx, weights, tokenizer))),
+            PolicySource::Configured(_) => {
+                let context = PolicyContext {
+                    trained: None,
+                    seed: ctx.seed("search-eval-policy"),
+                };
+                Ok(ctx.config.policy.build(&context)?)
+            }
+        }
+    }
+}
+
 pub fn run(ctx: &Context) -> anyhow::Result<Value> {
     crate::block_on(run_async(ctx))
 }
@@ -163,8 +219,9 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
 async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
     let s = ctx.config.pipeline.search_eval.clone();
     let task = shared_task(ctx)?;
-    let (weights, tokenizer) = current_policy(ctx)?;
-    let max_trace = trace_token_limit(ctx, &tokenizer, weights.config.max_seq_len)?;
+    let source = PolicySource::of(ctx)?;
+    let (tokenizer, max_seq_len) = source.tokenizer_and_context();
+    let max_trace = trace_token_limit(ctx, &tokenizer, max_seq_len)?;
     let longest_step = ctx
         .train_examples()?
         .iter()
@@ -199,10 +256,10 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
     // Every best-of-N searcher selects from the same samples (drawn by the first of them, with a
     // seed of their own) and the policy's cost of drawing them.
     let best_of_n_seed = ctx.seed("search-eval-best-of-n");
-    let policy_params = weights.config.params() as f64;
+    let policy_params = source.params() as f64;
     // Each run gets a policy and a reward model of its own, with empty prefix caches: its FLOPs
     // are what it computed itself, and a resumed stage counts the same as an uninterrupted one.
-    let fresh_policy = || stage_policy(ctx, &weights, &tokenizer);
+    let fresh_policy = || source.policy(ctx);
     let fresh_reward = |own: &Option<_>| -> anyhow::Result<Box<dyn RewardModel>> {
         let spec: &std::sync::Arc<dyn crate::registry::Spec<crate::registry::RewardCategory>> =
             own.as_ref().unwrap_or(&ctx.config.reward);
@@ -245,10 +302,10 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         if let Some(how) = selection {
             ctx.progress
                 .set(done_runs, total_runs, &format!("{label} (budget {max_budget})"));
-            let (policy, reward_model) = (fresh_policy(), fresh_reward(reward)?);
+            let (policy, reward_model) = (fresh_policy()?, fresh_reward(reward)?);
             let reward_model = reward_model.as_ref();
             let before = policy.compute_counters();
-            let reading = ComputeReading::now(&policy, reward_model);
+            let reading = ComputeReading::now(policy.as_ref(), reward_model);
             let budget = Budget {
                 generations: max_budget,
                 tokens_per_generation: per_generation,
@@ -262,7 +319,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                 };
                 let outcomes = run_budget(
                     &sampler,
-                    &policy,
+                    policy.as_ref(),
                     reward_model,
                     task.as_ref(),
                     &problems,
@@ -286,7 +343,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                 progress.shared_samples = Some(SharedDraw {
                     samples,
                     cost: counted_cost(before, after),
-                    flops: ComputeReading::now(&policy, reward_model).since(reading, policy_params),
+                    flops: ComputeReading::now(policy.as_ref(), reward_model).since(reading, policy_params),
                 });
             }
             // A best-of-N searcher scores and selects from the shared samples, at their cost.
@@ -301,10 +358,10 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                 Some((searcher, _, _)) => (searcher, best_of_n_seed),
                 None => (built.as_ref(), seed),
             };
-            let before_run = ComputeReading::now(&policy, reward_model);
+            let before_run = ComputeReading::now(policy.as_ref(), reward_model);
             let outcomes = run_budget(
                 runner,
-                &policy,
+                policy.as_ref(),
                 reward_model,
                 task.as_ref(),
                 &problems,
@@ -319,11 +376,12 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
             let (cost, run_flops) = match &rescore {
                 Some((_, cost, sampling_flops)) => (
                     *cost,
-                    sampling_flops + ComputeReading::now(&policy, reward_model).since(before_run, policy_params),
+                    sampling_flops
+                        + ComputeReading::now(policy.as_ref(), reward_model).since(before_run, policy_params),
                 ),
                 None => (
                     counted_cost(before, policy.compute_counters()),
-                    ComputeReading::now(&policy, reward_model).since(reading, policy_params),
+                    ComputeReading::now(policy.as_ref(), reward_model).since(reading, policy_params),
                 ),
             };
             let tokens_at_max: u64 = outcomes
@@ -358,12 +416,12 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                     generations: b,
                     tokens_per_generation: per_generation,
                 };
-                let (policy, reward_model) = (fresh_policy(), fresh_reward(reward)?);
+                let (policy, reward_model) = (fresh_policy()?, fresh_reward(reward)?);
                 let reward_model = reward_model.as_ref();
-                let reading = ComputeReading::now(&policy, reward_model);
+                let reading = ComputeReading::now(policy.as_ref(), reward_model);
                 let outcomes = run_budget(
                     built.as_ref(),
-                    &policy,
+                    policy.as_ref(),
                     reward_model,
                     task.as_ref(),
                     &problems,
@@ -373,7 +431,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                     record_first,
                 )
                 .await?;
-                let run_flops = ComputeReading::now(&policy, reward_model).since(reading, policy_params);
+                let run_flops = ComputeReading::now(policy.as_ref(), reward_model).since(reading, policy_params);
                 let mut cost = Cost::default();
                 for o in &outcomes {
                     cost.add(&o.cost);
