@@ -14,7 +14,7 @@
 use anyhow::Context as _;
 
 use ponder_datagen::{Problem, Task, Trace};
-use ponder_policy_init::{HostWeights, Policy, Sampling, Tokenizer};
+use ponder_policy_init::{Policy, Sampling};
 use ponder_reward::RewardModel;
 use ponder_search::best_of_n::{BestOfN, BestOfNSettings};
 use ponder_search::lockstep::Lockstep;
@@ -22,16 +22,18 @@ use ponder_search::{Budget, BudgetNesting, Cost, SearchEnv, SearchOutcome, Searc
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+mod policy_source;
 mod shared_samples;
 mod statistics;
 
+use policy_source::PolicySource;
 use shared_samples::{SharedDraw, SharedSamples, predicted_ease};
 use statistics::*;
 
 use crate::config::EvalSearcher;
-use crate::registry::{PolicyContext, RewardContext};
+use crate::registry::RewardContext;
 use crate::stages::Context;
-use crate::stages::common::{current_policy, shared_task, stage_policy, tokens_per_generation, trace_token_limit};
+use crate::stages::common::{shared_task, tokens_per_generation, trace_token_limit};
 use crate::stages::search_trees::{self, TreeLine};
 
 /// How every searcher generates: token limits per step and per trace, and the sampling.
@@ -156,59 +158,6 @@ impl ComputeReading {
     fn since(&self, earlier: ComputeReading, policy_params: f64) -> f64 {
         2.0 * policy_params * self.policy_tokens.saturating_sub(earlier.policy_tokens) as f64
             + (self.reward_flops - earlier.reward_flops).max(0.0)
-    }
-}
-
-/// Where search-eval's policy comes from: the run's trained weights, searched on this machine,
-/// or a policy that `[policy]` builds without them (`remote`: an OpenAI-compatible server).
-enum PolicySource {
-    Trained(HostWeights, Tokenizer),
-    Configured(Box<dyn Policy>),
-}
-
-impl PolicySource {
-    fn of(ctx: &Context) -> anyhow::Result<PolicySource> {
-        if ctx.config.policy.capabilities().trainable.is_some() {
-            let (weights, tokenizer) = current_policy(ctx)?;
-            return Ok(PolicySource::Trained(weights, tokenizer));
-        }
-        let context = PolicyContext {
-            trained: None,
-            seed: ctx.seed("search-eval-policy"),
-        };
-        Ok(PolicySource::Configured(ctx.config.policy.build(&context)?))
-    }
-
-    /// The tokenizer and context length that size token limits: the trained model's, or, for a
-    /// configured policy, characters (ponder's own tokenizer) and a context no limit reaches.
-    fn tokenizer_and_context(&self) -> (Tokenizer, usize) {
-        match self {
-            PolicySource::Trained(weights, tokenizer) => (tokenizer.clone(), weights.config.max_seq_len),
-            PolicySource::Configured(_) => (Tokenizer::chars(), usize::MAX / 4),
-        }
-    }
-
-    /// Parameters for FLOPs (0 when a configured policy does not say).
-    fn params(&self) -> usize {
-        match self {
-            PolicySource::Trained(weights, _) => weights.config.params(),
-            PolicySource::Configured(policy) => policy.params().unwrap_or(0),
-        }
-    }
-
-    /// A policy for one run: a fresh local one (empty prefix cache), or a fresh handle on the
-    /// configured one.
-    fn policy(&self, ctx: &Context) -> anyhow::Result<Box<dyn Policy>> {
-        match self {
-            PolicySource::Trained(weights, tokenizer) => Ok(Box::new(stage_policy(ctx, weights, tokenizer))),
-            PolicySource::Configured(_) => {
-                let context = PolicyContext {
-                    trained: None,
-                    seed: ctx.seed("search-eval-policy"),
-                };
-                Ok(ctx.config.policy.build(&context)?)
-            }
-        }
     }
 }
 
