@@ -42,9 +42,10 @@ pub struct TrainerConfig {
     /// 0.03. RL surrogate losses hover around zero with large relative swings, so RL sets a
     /// floor of the loss's natural scale (1.0).
     pub divergence_floor: f64,
-    /// On the CPU, compute gradients with the hand-written training path instead of burn's
-    /// autodiff where the objective has one (same gradients, several times faster).
-    pub native_cpu: bool,
+    /// Compute gradients with burn's autodiff even where the objective has a hand-written CPU
+    /// training step (`Objective::host_step`: the same gradients, several times faster), as
+    /// `run.autodiff` asks; the reference the CPU path is tested against.
+    pub autodiff: bool,
 }
 
 impl Default for TrainerConfig {
@@ -57,7 +58,7 @@ impl Default for TrainerConfig {
             eval_every: 0,
             divergence_factor: 8.0,
             divergence_floor: 0.1,
-            native_cpu: true,
+            autodiff: false,
         }
     }
 }
@@ -375,7 +376,7 @@ impl Trainer {
         while self.step < total {
             let started = Instant::now();
             let lr = self.config.optim.lr_at(self.step, total);
-            let host = if self.config.native_cpu {
+            let host = if !self.config.autodiff {
                 objective.host_step(&self.params, self.step)
             } else {
                 None

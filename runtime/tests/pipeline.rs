@@ -491,7 +491,7 @@ fn search_eval_runs_against_a_remote_policy_served_by_another_ponder_process() {
 }
 
 #[test]
-fn autodiff_training_reaches_the_native_paths_loss() {
+fn autodiff_training_reaches_the_cpu_training_paths_loss() {
     ok(&run(
         "autodiff",
         &[

@@ -77,7 +77,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<serde_json::Value> {
         checkpoint_every: s.checkpoint_every,
         log_every: 10,
         eval_every: s.eval_every,
-        native_cpu: !ctx.config.run.autodiff,
+        autodiff: ctx.config.run.autodiff,
         ..TrainerConfig::default()
     };
     let mut trainer =

@@ -62,7 +62,7 @@ fn train_model(
         steps: s.steps,
         checkpoint_every: (s.steps / 2).max(1),
         log_every: 10,
-        native_cpu: !ctx.config.run.autodiff,
+        autodiff: ctx.config.run.autodiff,
         ..TrainerConfig::default()
     };
     let count = examples.len();
