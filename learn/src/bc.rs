@@ -97,6 +97,7 @@ impl Learner for BehaviourCloning {
             kl_coef: 0.0,
             entropy_coef: 0.0,
             value_coef: 0.0,
+            ..LossSettings::default()
         };
         let (mut out, _) = policy.train_terms(terms, batches, settings, steps, progress)?;
         out.extra = vec![("demonstrations".into(), out.sequences as f64)];

@@ -152,6 +152,7 @@ impl Learner for Dpo {
             kl_coef: 0.0,
             entropy_coef: 0.0,
             value_coef: 0.0,
+            ..LossSettings::default()
         };
         let losses = Arc::new(Mutex::new(Vec::<f32>::new()));
         let margins = Arc::new(Mutex::new(Vec::<f32>::new()));

@@ -7,11 +7,9 @@ use ponder_policy_init::optim::OptimConfig;
 use ponder_policy_init::trainer::Progress;
 use serde::{Deserialize, Serialize};
 
-use crate::objective::minibatches;
-use crate::token_loss::{LossSettings, TokenTerms};
-use crate::{
-    Experience, LearnError, LearnStats, Learner, TrainablePolicy, old_logprobs, reference_logprobs, sample_tokens,
-};
+use crate::critic_free::{CriticFreeUpdate, critic_free_update};
+use crate::token_loss::LossSettings;
+use crate::{Experience, LearnError, LearnStats, Learner, TrainablePolicy};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -90,50 +88,22 @@ impl Learner for Grpo {
         progress: &dyn Progress,
     ) -> Result<LearnStats, LearnError> {
         let s = self.settings.clone();
-        let max = policy.template.config.max_seq_len + 1;
-        let (samples, sequences): (Vec<&crate::Sample>, Vec<(Vec<u32>, usize)>) = batch
-            .samples
-            .iter()
-            .map(|x| (x, sample_tokens(&policy.tokenizer, x)))
-            .filter(|(_, (tokens, first))| tokens.len() <= max && *first < tokens.len())
-            .unzip();
-        if samples.is_empty() {
-            return Ok(LearnStats::default());
-        }
-        let advantages = group_advantages(
-            &samples.iter().map(|x| (x.group, x.reward)).collect::<Vec<_>>(),
-            !s.dr_grpo,
-        );
-        let (old, old_tokens) = old_logprobs(policy, &samples, &sequences);
-        let (reference, reference_tokens) = reference_logprobs(policy, &sequences, s.kl);
-        let terms: Vec<TokenTerms> = sequences
-            .into_iter()
-            .zip(advantages)
-            .zip(old.into_iter().zip(reference))
-            .map(|(((tokens, first), a), (old, reference))| {
-                let len = tokens.len() - first;
-                TokenTerms {
-                    advantages: vec![a; len],
-                    old_logprobs: old,
-                    ref_logprobs: reference,
-                    weight: if s.dr_grpo { 1.0 } else { 1.0 / len as f32 },
-                    tokens,
-                    first,
-                    ..TokenTerms::default()
-                }
-            })
-            .collect();
         self.seed = self.seed.wrapping_add(1);
-        let batches = minibatches(terms.len(), s.minibatch, s.epochs, self.seed);
-        let steps = batches.len();
-        let settings = LossSettings {
-            clip: Some(s.clip),
-            kl_coef: s.kl,
-            entropy_coef: s.entropy,
-            value_coef: 0.0,
+        let update = CriticFreeUpdate {
+            loss: LossSettings {
+                clip: Some(s.clip),
+                kl_coef: s.kl,
+                entropy_coef: s.entropy,
+                ..LossSettings::default()
+            },
+            minibatch: s.minibatch,
+            epochs: s.epochs,
+            token_level: s.dr_grpo,
+            seed: self.seed,
         };
-        let (mut out, _) = policy.train_terms(terms, batches, settings, steps, progress)?;
-        out.scored_tokens = old_tokens + reference_tokens;
-        Ok(out)
+        critic_free_update(policy, batch, progress, update, &|samples, _| {
+            let rewards: Vec<(usize, f32)> = samples.iter().map(|x| (x.group, x.reward)).collect();
+            group_advantages(&rewards, !s.dr_grpo).into_iter().map(Some).collect()
+        })
     }
 }

@@ -7,10 +7,14 @@
 //! variant) — all on one token-level loss ([`token_loss`]) and the policy trainer's machinery.
 
 pub mod bc;
+pub mod critic_free;
+pub mod dapo;
 pub mod dpo;
 pub mod grpo;
+pub mod gspo;
 pub mod objective;
 pub mod ppo;
+pub mod reinforce_pp;
 pub mod token_loss;
 
 use burn::tensor::{Device, Tensor, TensorData};

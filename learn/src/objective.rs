@@ -11,7 +11,7 @@ use ponder_policy_init::model::Transformer;
 use ponder_policy_init::native_train::{NativeModel, ScalarHead};
 use ponder_policy_init::trainer::{Objective, StepInfo};
 
-use crate::token_loss::{LossSettings, TokenLoss, TokenStats, TokenTerms, token_gradient};
+use crate::token_loss::{LossSettings, TokenLoss, TokenStats, TokenTerms, sequence_gradients};
 
 /// Per-token terms served in minibatches, one per optimizer step from `start`.
 pub struct TermsObjective {
@@ -130,15 +130,10 @@ impl Objective for TermsObjective {
         let mut tokens = 0;
         for (b, t) in picked.iter().enumerate() {
             tokens += t.tokens.len() - 1;
-            for k in 0..t.completion_len() {
-                let p = b * len + t.first + k - 1;
-                let (g, l, _) = token_gradient(
-                    &self.settings,
-                    chosen_host[p],
-                    t.advantages.get(k).copied().unwrap_or(0.0),
-                    t.old_logprobs.get(k).copied(),
-                    t.ref_logprobs.get(k).copied(),
-                );
+            let position = |k: usize| b * len + t.first + k - 1;
+            let logprobs: Vec<f32> = (0..t.completion_len()).map(|k| chosen_host[position(k)]).collect();
+            for (k, (g, l, _)) in sequence_gradients(&self.settings, t, &logprobs).into_iter().enumerate() {
+                let p = position(k);
                 coef[p] = t.weight * g;
                 ent_w[p] = t.weight * self.settings.entropy_coef;
                 loss_value += f64::from(t.weight * l);

@@ -190,6 +190,7 @@ impl Learner for Ppo {
             kl_coef: s.kl,
             entropy_coef: s.entropy,
             value_coef: s.value_coef,
+            ..LossSettings::default()
         };
         let (mut out, stats) = policy.train_terms(terms, batches, settings, steps, progress)?;
         out.extra = vec![("value_mse".into(), stats.value_error / stats.tokens.max(1.0))];

@@ -39,11 +39,19 @@ impl TokenTerms {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct LossSettings {
-    /// Use the importance ratio with this clip range (PPO, GRPO); `None` for plain
-    /// log-likelihood weighting (BC, DPO).
+    /// Use the importance ratio with this clip range (PPO, GRPO): the ratio is bounded to
+    /// `[1 − clip, 1 + clip_high]`; `None` for plain log-likelihood weighting (BC, DPO).
     pub clip: Option<f32>,
+    /// The upper clip range when it differs from the lower (DAPO's clip-higher); `None`:
+    /// `clip`.
+    pub clip_high: Option<f32>,
+    /// One importance ratio per sequence (GSPO): the geometric mean of its tokens' ratios,
+    /// clipped per sequence, instead of one ratio per token. Every token of the sequence then
+    /// carries the sequence's loss and `∂L/∂log π` (weight a sequence `1 / length` for each
+    /// to count once).
+    pub sequence_ratio: bool,
     pub kl_coef: f32,
     pub entropy_coef: f32,
     pub value_coef: f32,
@@ -87,23 +95,34 @@ pub fn token_gradient(
     old: Option<f32>,
     reference: Option<f32>,
 ) -> (f32, f32, bool) {
-    let (mut g, mut loss, mut clipped) = match (settings.clip, old) {
-        (Some(eps), Some(old)) => {
-            let r = (logprob - old).exp();
-            let unclipped = r * advantage;
-            let bounded = r.clamp(1.0 - eps, 1.0 + eps) * advantage;
-            if advantage < 0.0 && r > DUAL_CLIP {
-                // Dual clip (Ye et al., 2020): a token the update made far likelier while its
-                // advantage is negative would otherwise contribute an unbounded loss.
-                (0.0, -DUAL_CLIP * advantage, true)
-            } else if unclipped <= bounded {
-                (-advantage * r, -unclipped, false)
-            } else {
-                (0.0, -bounded, true)
-            }
-        }
+    let (g, loss, clipped) = match (settings.clip, old) {
+        (Some(_), Some(old)) => clipped_ratio(settings, (logprob - old).exp(), advantage),
         _ => (-advantage, -advantage * logprob, false),
     };
+    with_kl(settings, logprob, reference, (g, loss, clipped))
+}
+
+/// The clipped surrogate of one ratio `r` with its advantage: `∂L/∂log π` (that is `−A·r`
+/// where the unclipped term is the minimum, else 0), the loss, and whether it was clipped.
+fn clipped_ratio(settings: &LossSettings, r: f32, advantage: f32) -> (f32, f32, bool) {
+    let low = settings.clip.unwrap_or(0.0);
+    let high = settings.clip_high.unwrap_or(low);
+    let unclipped = r * advantage;
+    let bounded = r.clamp(1.0 - low, 1.0 + high) * advantage;
+    if advantage < 0.0 && r > DUAL_CLIP {
+        // Dual clip (Ye et al., 2020): a token the update made far likelier while its
+        // advantage is negative would otherwise contribute an unbounded loss.
+        (0.0, -DUAL_CLIP * advantage, true)
+    } else if unclipped <= bounded {
+        (-advantage * r, -unclipped, false)
+    } else {
+        (0.0, -bounded, true)
+    }
+}
+
+/// Adds the KL penalty to the reference (k3, clamped) to one token's gradient and loss.
+fn with_kl(settings: &LossSettings, logprob: f32, reference: Option<f32>, token: (f32, f32, bool)) -> (f32, f32, bool) {
+    let (mut g, mut loss, mut clipped) = token;
     if let (Some(reference), true) = (reference, settings.kl_coef != 0.0) {
         let kl = k3(reference, logprob);
         loss += settings.kl_coef * kl;
@@ -118,6 +137,38 @@ pub fn token_gradient(
     (g, loss, clipped)
 }
 
+/// `∂L/∂log π`, the loss and whether it was clipped, for every completion token of `t` given
+/// the current log-probabilities of its tokens: one [`token_gradient`] each, or, with
+/// `sequence_ratio` (GSPO), the sequence's ratio `s = exp(mean(log π − log π_old))` clipped
+/// once, so that each token carries `∂L_seq/∂log π_t · length = −A·s` (or 0 when clipped) and
+/// the sequence's loss, before the KL penalty of its own. The sequence's advantage is its
+/// first token's.
+pub fn sequence_gradients(settings: &LossSettings, t: &TokenTerms, logprobs: &[f32]) -> Vec<(f32, f32, bool)> {
+    let reference = |k: usize| t.ref_logprobs.get(k).copied();
+    let sequence = settings.sequence_ratio
+        && settings.clip.is_some()
+        && !logprobs.is_empty()
+        && t.old_logprobs.len() == logprobs.len();
+    if !sequence {
+        return (logprobs.iter().enumerate())
+            .map(|(k, &lp)| {
+                let advantage = t.advantages.get(k).copied().unwrap_or(0.0);
+                token_gradient(settings, lp, advantage, t.old_logprobs.get(k).copied(), reference(k))
+            })
+            .collect();
+    }
+    let mean_log_ratio = (logprobs.iter().zip(&t.old_logprobs))
+        .map(|(lp, old)| f64::from(lp - old))
+        .sum::<f64>()
+        / logprobs.len() as f64;
+    let r = mean_log_ratio.exp() as f32;
+    let advantage = t.advantages.first().copied().unwrap_or(0.0);
+    let whole = clipped_ratio(settings, r, advantage);
+    (logprobs.iter().enumerate())
+        .map(|(k, &lp)| with_kl(settings, lp, reference(k), whole))
+        .collect()
+}
+
 impl SequenceLoss for TokenLoss<'_> {
     fn loss(&self, seq: usize, outputs: SeqOutputs<'_>) -> f64 {
         let t = self.terms[seq];
@@ -130,22 +181,26 @@ impl SequenceLoss for TokenLoss<'_> {
         let mut stats = TokenStats::default();
         let mut total = 0.0f64;
         let mut dvalues = outputs.dvalues;
-        for k in 0..t.completion_len() {
-            let p = t.first + k - 1; // the position whose logits predict completion token k
+        // The position whose logits predict completion token k, and its log-normaliser.
+        let position = |k: usize| t.first + k - 1;
+        let log_z: Vec<f32> = (0..t.completion_len())
+            .map(|k| {
+                let p = position(k);
+                let row = &logits[p * v..(p + 1) * v];
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                max + row.iter().map(|&l| (l - max).exp()).sum::<f32>().ln()
+            })
+            .collect();
+        let logprobs: Vec<f32> = (0..t.completion_len())
+            .map(|k| logits[position(k) * v + t.tokens[t.first + k] as usize] - log_z[k])
+            .collect();
+        let per_token = sequence_gradients(s, t, &logprobs);
+        for (k, &(g, loss, clipped)) in per_token.iter().enumerate() {
+            let p = position(k);
             let row = &logits[p * v..(p + 1) * v];
             let drow = &mut dlogits[p * v..(p + 1) * v];
             let a = t.tokens[t.first + k] as usize;
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let z: f32 = row.iter().map(|&l| (l - max).exp()).sum();
-            let log_z = max + z.ln();
-            let logprob = row[a] - log_z;
-            let (g, loss, clipped) = token_gradient(
-                s,
-                logprob,
-                t.advantages.get(k).copied().unwrap_or(0.0),
-                t.old_logprobs.get(k).copied(),
-                t.ref_logprobs.get(k).copied(),
-            );
+            let (log_z, logprob) = (log_z[k], logprobs[k]);
             let w = t.weight;
             total += f64::from(w * loss);
             // Entropy and its gradient: dH/dlogit_j = -p_j (log p_j + H).
@@ -200,6 +255,7 @@ mod tests {
             kl_coef: 0.0,
             entropy_coef: 0.0,
             value_coef: 0.0,
+            ..LossSettings::default()
         };
         // ratio 2 with a positive advantage: clipped.
         let (g, _, clipped) = token_gradient(&s, 2f32.ln(), 1.0, Some(0.0), None);
@@ -218,6 +274,65 @@ mod tests {
         let kl = LossSettings { kl_coef: 0.1, ..plain };
         let (g, loss, _) = token_gradient(&kl, -1.0, 0.0, None, Some(-1.0));
         assert!(g.abs() < 1e-6 && loss.abs() < 1e-6);
+    }
+
+    #[test]
+    fn clip_higher_lets_a_rewarded_ratio_rise_further_than_a_penalised_one_falls() {
+        let s = LossSettings {
+            clip: Some(0.2),
+            clip_high: Some(0.28),
+            ..LossSettings::default()
+        };
+        // Ratio 1.25, advantage 1: inside [0.8, 1.28], so unclipped, gradient -A·r.
+        let (g, loss, clipped) = token_gradient(&s, 1.25f32.ln(), 1.0, Some(0.0), None);
+        assert!(!clipped && (g + 1.25).abs() < 1e-5 && (loss + 1.25).abs() < 1e-5);
+        // Ratio 1.3: past 1.28, clipped, the loss at the bound.
+        let (g, loss, clipped) = token_gradient(&s, 1.3f32.ln(), 1.0, Some(0.0), None);
+        assert!(clipped && g == 0.0 && (loss + 1.28).abs() < 1e-5);
+        // Ratio 0.75 with advantage -1: below 0.8, clipped at the lower bound.
+        let (g, loss, clipped) = token_gradient(&s, 0.75f32.ln(), -1.0, Some(0.0), None);
+        assert!(clipped && g == 0.0 && (loss - 0.8).abs() < 1e-5);
+    }
+
+    #[test]
+    fn a_sequence_ratio_is_the_geometric_mean_of_the_token_ratios_clipped_once() {
+        // Two tokens: log-ratios 0.1 and 0.3, so s = e^0.2 ≈ 1.2214, advantage 1.
+        let t = TokenTerms {
+            tokens: vec![0, 0, 0],
+            first: 1,
+            advantages: vec![1.0, 1.0],
+            old_logprobs: vec![-1.1, -2.3],
+            weight: 0.5,
+            ..TokenTerms::default()
+        };
+        let logprobs = [-1.0f32, -2.0];
+        let s = 0.2f32.exp();
+        let wide = LossSettings {
+            clip: Some(0.3),
+            sequence_ratio: true,
+            ..LossSettings::default()
+        };
+        for (g, loss, clipped) in sequence_gradients(&wide, &t, &logprobs) {
+            // Each token carries −A·s and the sequence's loss −s·A.
+            assert!(
+                !clipped && (g + s).abs() < 1e-5 && (loss + s).abs() < 1e-5,
+                "{g} {loss}"
+            );
+        }
+        let narrow = LossSettings {
+            clip: Some(0.1),
+            ..wide
+        };
+        for (g, loss, clipped) in sequence_gradients(&narrow, &t, &logprobs) {
+            assert!(clipped && g == 0.0 && (loss + 1.1).abs() < 1e-5, "{g} {loss}");
+        }
+        // Per token, the same numbers give each token its own ratio (e^0.1 and e^0.3).
+        let per_token = LossSettings {
+            sequence_ratio: false,
+            ..wide
+        };
+        let g = sequence_gradients(&per_token, &t, &logprobs);
+        assert!((g[0].0 + 0.1f32.exp()).abs() < 1e-5 && g[1].2, "{g:?}");
     }
 
     #[test]
@@ -243,6 +358,7 @@ mod tests {
                 kl_coef: 0.1,
                 entropy_coef: 0.0,
                 value_coef: 0.0,
+                ..LossSettings::default()
             },
             stats: Mutex::new(TokenStats::default()),
         };

@@ -6,9 +6,12 @@ use ponder_datagen::arithmetic::{Arithmetic, ArithmeticConfig};
 use ponder_datagen::dataset::{GenerateSpec, generate};
 use ponder_datagen::{Problem, Task, TaskRng, Trace, TraceStyle};
 use ponder_learn::bc::{BcSettings, BehaviourCloning};
+use ponder_learn::dapo::{Dapo, DapoSettings};
 use ponder_learn::dpo::{Dpo, DpoSettings};
 use ponder_learn::grpo::{Grpo, GrpoSettings};
+use ponder_learn::gspo::{Gspo, GspoSettings};
 use ponder_learn::ppo::{Ppo, PpoSettings};
+use ponder_learn::reinforce_pp::{ReinforcePlusPlus, ReinforcePlusPlusSettings};
 use ponder_learn::{Experience, Learner, Sample, TrainablePolicy};
 use ponder_policy_init::model::Transformer;
 use ponder_policy_init::sft::{Sequences, SftObjective};
@@ -164,6 +167,24 @@ fn every_learner_moves_probability_towards_rewarded_samples() {
             settings: DpoSettings::default(),
             seed: 1,
         }),
+        Box::new(Dapo {
+            settings: DapoSettings::default(),
+            seed: 1,
+        }),
+        // GSPO's paper clip range (3e-4/4e-4) is meant for many small steps; one update of a
+        // test learns with a range wide enough to move.
+        Box::new(Gspo {
+            settings: GspoSettings {
+                clip_low: 0.2,
+                clip_high: 0.2,
+                ..GspoSettings::default()
+            },
+            seed: 1,
+        }),
+        Box::new(ReinforcePlusPlus {
+            settings: ReinforcePlusPlusSettings::default(),
+            seed: 1,
+        }),
     ];
     let (right0, wrong0) = likelihoods(&weights, &tokenizer, &batch);
     for mut learner in learners {
@@ -285,37 +306,42 @@ fn the_token_loss_gradient_matches_autodiff() {
                 }
             })
             .collect();
-        let settings = LossSettings {
-            clip: Some(0.2),
-            kl_coef: 0.1,
-            entropy_coef: 0.01,
-            value_coef: 0.5,
-        };
-        let mut objective = TermsObjective::new(
-            state.template.clone(),
-            terms,
-            vec![vec![0, 1, 2, 3]],
-            0,
-            settings,
-            value_head,
-        );
-        let params = state.trainer.params.clone();
-        let trainable: Vec<Tensor<2>> = params.iter().map(|p| p.clone().autodiff().require_grad()).collect();
-        let (loss, _) = objective.loss(&trainable, 0).expect("loss");
-        let grads = loss.backward();
-        let (_, host, _) = objective.host_step(&params, 0).expect("cpu path").expect("ok");
-        for (i, (t, h)) in trainable.iter().zip(&host).enumerate() {
-            let b: Vec<f32> = h.clone().into_data().try_into_vec_as().expect("data");
-            let a: Vec<f32> = t
-                .grad(&grads)
-                .map(|g| g.into_data().try_into_vec_as().expect("data"))
-                .unwrap_or_else(|| vec![0.0; b.len()]);
-            let scale = a.iter().map(|x| x.abs()).fold(1e-6f32, f32::max).max(1e-3);
-            let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-            assert!(
-                diff <= 2e-3 * scale,
-                "value head {value_head}, parameter {i}: {diff} (scale {scale})"
+        // Token ratios with clip-higher, and (GSPO's) one ratio per sequence.
+        for sequence_ratio in [false, true] {
+            let settings = LossSettings {
+                clip: Some(0.2),
+                clip_high: Some(0.28),
+                sequence_ratio,
+                kl_coef: 0.1,
+                entropy_coef: 0.01,
+                value_coef: 0.5,
+            };
+            let mut objective = TermsObjective::new(
+                state.template.clone(),
+                terms.clone(),
+                vec![vec![0, 1, 2, 3]],
+                0,
+                settings,
+                value_head,
             );
+            let params = state.trainer.params.clone();
+            let trainable: Vec<Tensor<2>> = params.iter().map(|p| p.clone().autodiff().require_grad()).collect();
+            let (loss, _) = objective.loss(&trainable, 0).expect("loss");
+            let grads = loss.backward();
+            let (_, host, _) = objective.host_step(&params, 0).expect("cpu path").expect("ok");
+            for (i, (t, h)) in trainable.iter().zip(&host).enumerate() {
+                let b: Vec<f32> = h.clone().into_data().try_into_vec_as().expect("data");
+                let a: Vec<f32> = t
+                    .grad(&grads)
+                    .map(|g| g.into_data().try_into_vec_as().expect("data"))
+                    .unwrap_or_else(|| vec![0.0; b.len()]);
+                let scale = a.iter().map(|x| x.abs()).fold(1e-6f32, f32::max).max(1e-3);
+                let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+                assert!(
+                    diff <= 2e-3 * scale,
+                    "value head {value_head}, sequence ratio {sequence_ratio}, parameter {i}: {diff} (scale {scale})"
+                );
+            }
         }
     }
 }

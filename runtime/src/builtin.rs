@@ -23,9 +23,12 @@ use ponder_search::{BudgetNesting, SearchCapabilities, Searcher};
 
 use ponder_learn::Learner;
 use ponder_learn::bc::{BcSettings, BehaviourCloning};
+use ponder_learn::dapo::{Dapo, DapoSettings};
 use ponder_learn::dpo::{Dpo, DpoSettings};
 use ponder_learn::grpo::{Grpo, GrpoSettings};
+use ponder_learn::gspo::{Gspo, GspoSettings};
 use ponder_learn::ppo::{Ppo, PpoSettings};
+use ponder_learn::reinforce_pp::{ReinforcePlusPlus, ReinforcePlusPlusSettings};
 
 use crate::registry::{
     Kind, LearnCategory, PolicyCapabilities, PolicyCategory, PolicyContext, Registry, RewardCapabilities,
@@ -53,6 +56,45 @@ impl Kind<LearnCategory> for DpoSettings {
 impl Kind<LearnCategory> for PpoSettings {
     fn build(&self, seed: &u64) -> anyhow::Result<Box<dyn Learner>> {
         Ok(Box::new(Ppo {
+            settings: self.clone(),
+            seed: *seed,
+        }))
+    }
+}
+
+impl Kind<LearnCategory> for DapoSettings {
+    fn validate(&self) -> Vec<String> {
+        DapoSettings::validate(self)
+    }
+
+    fn build(&self, seed: &u64) -> anyhow::Result<Box<dyn Learner>> {
+        Ok(Box::new(Dapo {
+            settings: self.clone(),
+            seed: *seed,
+        }))
+    }
+}
+
+impl Kind<LearnCategory> for GspoSettings {
+    fn validate(&self) -> Vec<String> {
+        GspoSettings::validate(self)
+    }
+
+    fn build(&self, seed: &u64) -> anyhow::Result<Box<dyn Learner>> {
+        Ok(Box::new(Gspo {
+            settings: self.clone(),
+            seed: *seed,
+        }))
+    }
+}
+
+impl Kind<LearnCategory> for ReinforcePlusPlusSettings {
+    fn validate(&self) -> Vec<String> {
+        ReinforcePlusPlusSettings::validate(self)
+    }
+
+    fn build(&self, seed: &u64) -> anyhow::Result<Box<dyn Learner>> {
+        Ok(Box::new(ReinforcePlusPlus {
             settings: self.clone(),
             seed: *seed,
         }))
@@ -372,6 +414,21 @@ pub fn register(registry: &mut Registry) {
         registry.learners.add::<GrpoSettings>(
             "grpo",
             "GRPO: group-normalised advantages, clipping, KL; Dr. GRPO variant",
+            ORIGIN,
+        ),
+        registry.learners.add::<DapoSettings>(
+            "dapo",
+            "DAPO: clip-higher, token-level loss, dynamic sampling, overlong shaping, no KL",
+            ORIGIN,
+        ),
+        registry.learners.add::<GspoSettings>(
+            "gspo",
+            "GSPO: one clipped importance ratio per sequence (geometric mean of its tokens')",
+            ORIGIN,
+        ),
+        registry.learners.add::<ReinforcePlusPlusSettings>(
+            "reinforce++",
+            "REINFORCE++ with a group baseline: batch-normalised advantages, clipped ratio, KL",
             ORIGIN,
         ),
     ];

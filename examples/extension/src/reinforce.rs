@@ -93,12 +93,8 @@ impl Learner for Reinforce {
         self.seed = self.seed.wrapping_add(1);
         let batches = minibatches(terms.len(), self.settings.minibatch, 1, self.seed);
         let steps = batches.len();
-        let settings = LossSettings {
-            clip: None,
-            kl_coef: 0.0,
-            entropy_coef: 0.0,
-            value_coef: 0.0,
-        };
+        // No clipping, no KL, no entropy bonus, no critic: advantage times log-likelihood.
+        let settings = LossSettings::default();
         let (stats, _) = policy.train_terms(terms, batches, settings, steps, progress)?;
         Ok(stats)
     }

@@ -1,0 +1,98 @@
+//! The update every critic-free policy-gradient learner shares (GRPO, DAPO, GSPO,
+//! REINFORCE++): the batch's samples as token sequences, an advantage per sample from the
+//! learner's own rule, the sampling policy's and the reference's log-probabilities, one
+//! [`TokenTerms`] per sample, shuffled minibatches, and the token loss.
+
+use ponder_policy_init::trainer::Progress;
+
+use crate::objective::minibatches;
+use crate::token_loss::{LossSettings, TokenTerms};
+use crate::{
+    Experience, LearnError, LearnStats, Sample, TrainablePolicy, old_logprobs, reference_logprobs, sample_tokens,
+};
+
+/// How one critic-free update trains, besides the advantages.
+#[derive(Clone, Copy, Debug)]
+pub struct CriticFreeUpdate {
+    pub loss: LossSettings,
+    pub minibatch: usize,
+    pub epochs: usize,
+    /// Every token of the batch counts the same (Dr. GRPO, DAPO); otherwise every sequence
+    /// does, its tokens sharing its weight (GRPO, GSPO).
+    pub token_level: bool,
+    /// Shuffles the minibatches.
+    pub seed: u64,
+}
+
+/// The advantage of each sample (one for all its tokens), given the samples and their
+/// completion lengths in tokens; `None` leaves a sample out of the update.
+pub type AdvantageRule<'a> = dyn Fn(&[&Sample], &[usize]) -> Vec<Option<f32>> + 'a;
+
+/// Trains `policy` on `batch` once: samples longer than the model's context are skipped, the
+/// rest weighted by `advantages`. The stats' `extra` counts the samples the rule left out
+/// (`left_out`), when it left any.
+pub fn critic_free_update(
+    policy: &mut TrainablePolicy,
+    batch: &Experience,
+    progress: &dyn Progress,
+    update: CriticFreeUpdate,
+    advantages: &AdvantageRule<'_>,
+) -> Result<LearnStats, LearnError> {
+    let max = policy.template.config.max_seq_len + 1;
+    let (samples, sequences): (Vec<&Sample>, Vec<(Vec<u32>, usize)>) = batch
+        .samples
+        .iter()
+        .map(|x| (x, sample_tokens(&policy.tokenizer, x)))
+        .filter(|(_, (tokens, first))| tokens.len() <= max && *first < tokens.len())
+        .unzip();
+    let lengths: Vec<usize> = sequences.iter().map(|(tokens, first)| tokens.len() - first).collect();
+    let chosen = advantages(&samples, &lengths);
+    let left_out = chosen.iter().filter(|a| a.is_none()).count();
+    let (samples, sequences, advantages): (Vec<&Sample>, Vec<(Vec<u32>, usize)>, Vec<f32>) = samples
+        .into_iter()
+        .zip(sequences)
+        .zip(chosen)
+        .filter_map(|((x, s), a)| a.map(|a| (x, s, a)))
+        .fold(
+            (Vec::new(), Vec::new(), Vec::new()),
+            |(mut xs, mut ss, mut aa), (x, s, a)| {
+                xs.push(x);
+                ss.push(s);
+                aa.push(a);
+                (xs, ss, aa)
+            },
+        );
+    let with_left_out = |mut stats: LearnStats| {
+        if left_out > 0 {
+            stats.extra.push(("left_out".into(), left_out as f64));
+        }
+        stats
+    };
+    if samples.is_empty() {
+        return Ok(with_left_out(LearnStats::default()));
+    }
+    let (old, old_tokens) = old_logprobs(policy, &samples, &sequences);
+    let (reference, reference_tokens) = reference_logprobs(policy, &sequences, update.loss.kl_coef);
+    let terms: Vec<TokenTerms> = sequences
+        .into_iter()
+        .zip(advantages)
+        .zip(old.into_iter().zip(reference))
+        .map(|(((tokens, first), a), (old, reference))| {
+            let len = tokens.len() - first;
+            TokenTerms {
+                advantages: vec![a; len],
+                old_logprobs: old,
+                ref_logprobs: reference,
+                weight: if update.token_level { 1.0 } else { 1.0 / len as f32 },
+                tokens,
+                first,
+                ..TokenTerms::default()
+            }
+        })
+        .collect();
+    let batches = minibatches(terms.len(), update.minibatch, update.epochs, update.seed);
+    let steps = batches.len();
+    let (mut out, _) = policy.train_terms(terms, batches, update.loss, steps, progress)?;
+    out.scored_tokens = old_tokens + reference_tokens;
+    Ok(with_left_out(out))
+}
