@@ -130,7 +130,9 @@ fn a_shared_reward_stage_must_train_what_every_run_uses() {
     // The base run trains the default list's ORM: a run that uses it may share the stage.
     sweep("{ kind = \"orm\" }").expect("the base run trains this ORM");
     // One that needs an ORM with other settings may not.
-    let err = sweep("{ kind = \"orm\", likelihood = false }").err().expect("refused");
+    let Err(err) = sweep("{ kind = \"orm\", likelihood = false }") else {
+        panic!("a run needing another ORM was allowed to share the reward stage");
+    };
     assert!(
         format!("{err:#}").contains("stage reward is shared, but run searchers-b needs reward/orm"),
         "{err:#}"
