@@ -146,10 +146,12 @@ struct ComputeReading {
 impl ComputeReading {
     fn now(policy: &dyn Policy, reward: &dyn RewardModel) -> ComputeReading {
         // A remote policy reports only the tokens it generated (its server's prompt work is
-        // unseen): those stand for what it computed, a lower bound.
+        // unseen, its computed count stays 0): those stand for what it computed, a lower
+        // bound. A local policy's computed count is exact (prefix reuse can keep it below
+        // the tokens generated).
         let (computed, generated) = policy.compute_counters();
         ComputeReading {
-            policy_tokens: computed.max(generated),
+            policy_tokens: if computed == 0 { generated } else { computed },
             reward_flops: reward.flops(),
         }
     }
