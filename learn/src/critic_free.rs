@@ -96,3 +96,30 @@ pub fn critic_free_update(
     out.scored_tokens = old_tokens + reference_tokens;
     Ok(with_left_out(out))
 }
+
+/// The checks the critic-free learners' settings share, one message per problem, each
+/// starting with the field name: `lr` in (0, 1], the lower clip range in [0, 1) (`clip_low`,
+/// or `clip` without an upper one), the upper one at least 0, a minibatch and an epoch.
+pub fn check_update_settings(
+    lr: f64,
+    clip_low: f32,
+    clip_high: Option<f32>,
+    minibatch: usize,
+    epochs: usize,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !(1e-8..=1.0).contains(&lr) {
+        problems.push(format!("lr: must be in (0, 1], not {lr}"));
+    }
+    let low = if clip_high.is_some() { "clip_low" } else { "clip" };
+    if !(0.0..1.0).contains(&clip_low) {
+        problems.push(format!("{low}: must be in [0, 1), not {clip_low}"));
+    }
+    if let Some(high) = clip_high.filter(|h| *h < 0.0) {
+        problems.push(format!("clip_high: must be at least 0, not {high}"));
+    }
+    if minibatch == 0 || epochs == 0 {
+        problems.push("minibatch: it and epochs must be at least 1".into());
+    }
+    problems
+}

@@ -17,7 +17,7 @@ use ponder_policy_init::optim::OptimConfig;
 use ponder_policy_init::trainer::Progress;
 use serde::{Deserialize, Serialize};
 
-use crate::critic_free::{CriticFreeUpdate, critic_free_update};
+use crate::critic_free::{CriticFreeUpdate, check_update_settings, critic_free_update};
 use crate::grpo::group_advantages;
 use crate::token_loss::LossSettings;
 use crate::{Experience, LearnError, LearnStats, Learner, TrainablePolicy};
@@ -59,19 +59,13 @@ impl Default for DapoSettings {
 impl DapoSettings {
     /// One message per bad setting, each starting with the field name.
     pub fn validate(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        if !(1e-8..=1.0).contains(&self.lr) {
-            problems.push(format!("lr: must be in (0, 1], not {}", self.lr));
-        }
-        if !(0.0..1.0).contains(&self.clip_low) {
-            problems.push(format!("clip_low: must be in [0, 1), not {}", self.clip_low));
-        }
-        if self.clip_high < 0.0 {
-            problems.push(format!("clip_high: must be at least 0, not {}", self.clip_high));
-        }
-        if self.minibatch == 0 || self.epochs == 0 {
-            problems.push("minibatch: it and epochs must be at least 1".into());
-        }
+        let mut problems = check_update_settings(
+            self.lr,
+            self.clip_low,
+            Some(self.clip_high),
+            self.minibatch,
+            self.epochs,
+        );
         if self.max_length > 0 && self.overlong_buffer > self.max_length {
             problems.push(format!(
                 "overlong_buffer: must be at most max_length ({}), not {}",

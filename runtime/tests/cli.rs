@@ -101,6 +101,16 @@ fn check_reports_every_mistake_with_its_key_path() {
         err.contains("bad.toml:4:38: pipeline.search_eval.searchers.1.selection: unknown variant `nope`"),
         "{err}"
     );
+    // The new learners check their settings like every kind.
+    let err = check_fails(
+        dir.path(),
+        "[task]\nkind = \"countdown\"\n\n[learn]\nkind = \"dapo\"\nclip_low = 1.5\noverlong_buffer = 50\nmax_length = 20\n",
+    );
+    assert!(err.contains("learn.clip_low: must be in [0, 1), not 1.5"), "{err}");
+    assert!(
+        err.contains("learn.overlong_buffer: must be at most max_length (20), not 50"),
+        "{err}"
+    );
     // A run trains one PRM: a searcher's own PRM table that would train another is refused
     // where it stands; one that only aggregates differently is not.
     let err = check_fails(
