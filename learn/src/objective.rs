@@ -11,7 +11,7 @@ use ponder_policy_init::model::Transformer;
 use ponder_policy_init::native_train::{NativeModel, ScalarHead};
 use ponder_policy_init::trainer::{Objective, StepInfo};
 
-use crate::token_loss::{LossSettings, TokenLoss, TokenStats, TokenTerms, sequence_gradients};
+use crate::token_loss::{LossSettings, TokenLoss, TokenStats, TokenTerms, k3, sequence_gradients};
 
 /// Per-token terms served in minibatches, one per optimizer step from `start`.
 pub struct TermsObjective {
@@ -128,16 +128,26 @@ impl Objective for TermsObjective {
         let mut value_t = vec![0.0f32; batch * len];
         let mut loss_value = 0.0f64;
         let mut tokens = 0;
+        // The same statistics the CPU training path gathers (entropy and value error below).
+        let mut step_stats = TokenStats::default();
+        let (mut completion_positions, mut value_positions) = (Vec::new(), Vec::new());
         for (b, t) in picked.iter().enumerate() {
             tokens += t.tokens.len() - 1;
             let position = |k: usize| b * len + t.first + k - 1;
             let logprobs: Vec<f32> = (0..t.completion_len()).map(|k| chosen_host[position(k)]).collect();
-            for (k, (g, l, _)) in sequence_gradients(&self.settings, t, &logprobs).into_iter().enumerate() {
+            for (k, (g, l, clipped)) in sequence_gradients(&self.settings, t, &logprobs).into_iter().enumerate() {
                 let p = position(k);
+                completion_positions.push(p);
+                step_stats.tokens += 1.0;
+                step_stats.clipped += f64::from(u8::from(clipped));
+                if let Some(&r) = t.ref_logprobs.get(k) {
+                    step_stats.kl += f64::from(k3(r, logprobs[k]));
+                }
                 coef[p] = t.weight * g;
                 ent_w[p] = t.weight * self.settings.entropy_coef;
                 loss_value += f64::from(t.weight * l);
                 if let Some(&r) = t.returns.get(k) {
+                    value_positions.push(p);
                     value_w[p] = t.weight * self.settings.value_coef;
                     value_t[p] = r;
                 }
@@ -145,13 +155,25 @@ impl Objective for TermsObjective {
         }
         let tensor = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [batch * len, 1]), &device);
         let entropy = (logp.clone().exp() * logp).sum_dim(1).neg();
+        let host = |t: &Tensor<2>| -> Vec<f32> { t.clone().inner().into_data().try_into_vec_as().unwrap_or_default() };
+        let entropy_host = host(&entropy);
+        step_stats.entropy = (completion_positions.iter())
+            .map(|&p| f64::from(entropy_host.get(p).copied().unwrap_or(0.0)))
+            .sum();
         let mut loss = (chosen * tensor(coef)).sum() - (entropy * tensor(ent_w)).sum();
         if self.value_head {
             let values = hidden.matmul(params[n].clone().transpose()) + params[n + 1].clone();
             let err = values - tensor(value_t);
+            let err_host = host(&err);
+            step_stats.value_error = (value_positions.iter())
+                .map(|&p| f64::from(err_host.get(p).map_or(0.0, |e| e * e)))
+                .sum();
             loss = loss + (err.clone() * err * tensor(value_w)).sum();
         }
         let _ = loss_value;
+        if let Ok(mut all) = self.stats.lock() {
+            all.add(&step_stats);
+        }
         Ok((
             loss,
             StepInfo {
@@ -186,11 +208,7 @@ impl Objective for TermsObjective {
         let model = NativeModel::new(&weights, head.as_ref(), true);
         let (value, grads) = model.loss_and_gradients(&inputs, &loss, rayon::current_num_threads());
         if let (Ok(mut all), Ok(step_stats)) = (self.stats.lock(), loss.stats.lock()) {
-            all.tokens += step_stats.tokens;
-            all.kl += step_stats.kl;
-            all.entropy += step_stats.entropy;
-            all.clipped += step_stats.clipped;
-            all.value_error += step_stats.value_error;
+            all.add(&step_stats);
         }
         let device = params[0].device();
         let mut tensors: Vec<Tensor<2>> = grads

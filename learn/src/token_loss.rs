@@ -67,6 +67,16 @@ pub struct TokenStats {
     pub value_error: f64,
 }
 
+impl TokenStats {
+    pub fn add(&mut self, other: &TokenStats) {
+        self.tokens += other.tokens;
+        self.kl += other.kl;
+        self.entropy += other.entropy;
+        self.clipped += other.clipped;
+        self.value_error += other.value_error;
+    }
+}
+
 pub struct TokenLoss<'a> {
     pub terms: &'a [&'a TokenTerms],
     pub settings: LossSettings,
@@ -234,11 +244,7 @@ impl SequenceLoss for TokenLoss<'_> {
             }
         }
         if let Ok(mut all) = self.stats.lock() {
-            all.tokens += stats.tokens;
-            all.kl += stats.kl;
-            all.entropy += stats.entropy;
-            all.clipped += stats.clipped;
-            all.value_error += stats.value_error;
+            all.add(&stats);
         }
         total
     }

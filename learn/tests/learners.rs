@@ -328,7 +328,30 @@ fn the_token_loss_gradient_matches_autodiff() {
             let trainable: Vec<Tensor<2>> = params.iter().map(|p| p.clone().autodiff().require_grad()).collect();
             let (loss, _) = objective.loss(&trainable, 0).expect("loss");
             let grads = loss.backward();
+            let taken = |objective: &TermsObjective| {
+                objective
+                    .stats
+                    .lock()
+                    .map(|mut s| std::mem::take(&mut *s))
+                    .expect("stats")
+            };
+            let autodiff_stats = taken(&objective);
             let (_, host, _) = objective.host_step(&params, 0).expect("cpu path").expect("ok");
+            // Both paths report the same statistics (KL, entropy, clipping, value error).
+            let host_stats = taken(&objective);
+            assert!(host_stats.tokens > 0.0 && host_stats.entropy > 0.0, "{host_stats:?}");
+            assert_eq!(autodiff_stats.tokens, host_stats.tokens);
+            assert_eq!(autodiff_stats.clipped, host_stats.clipped);
+            for (a, b) in [
+                (autodiff_stats.kl, host_stats.kl),
+                (autodiff_stats.entropy, host_stats.entropy),
+                (autodiff_stats.value_error, host_stats.value_error),
+            ] {
+                assert!(
+                    (a - b).abs() <= 1e-3 * b.abs().max(1.0),
+                    "{autodiff_stats:?} vs {host_stats:?}"
+                );
+            }
             for (i, (t, h)) in trainable.iter().zip(&host).enumerate() {
                 let b: Vec<f32> = h.clone().into_data().try_into_vec_as().expect("data");
                 let a: Vec<f32> = t
