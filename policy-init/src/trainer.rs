@@ -320,6 +320,12 @@ impl Trainer {
         Ok(Some(step))
     }
 
+    /// Clears AdamW's moments and step count, as a fresh optimizer over the current parameters
+    /// (ProRL's periodic optimizer reset).
+    pub fn reset_optimizer(&mut self) {
+        self.optimizer = AdamW::new(self.optimizer.config.clone(), &self.params);
+    }
+
     /// Writes a checkpoint of the current state; `extra` adds files (configs, tokenizer).
     pub fn save_checkpoint(&self, extra: &dyn Fn(&Path) -> Result<(), PolicyError>) -> Result<(), PolicyError> {
         let Some(checkpointer) = &self.checkpointer else {

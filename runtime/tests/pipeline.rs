@@ -490,6 +490,46 @@ fn search_eval_runs_against_a_remote_policy_served_by_another_ponder_process() {
     assert_eq!(search["run_searcher_at_top_budget"]["searcher"], "majority", "{search}");
 }
 
+/// Each RL iteration's KL to the reference, from a run's metrics.
+fn rl_kl(name: &str) -> Vec<f64> {
+    let text = std::fs::read_to_string(out_dir().join(name).join("metrics.jsonl")).expect("metrics");
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["stage"] == "rl")
+        .filter_map(|v| v["kl"].as_f64())
+        .collect()
+}
+
+#[test]
+fn prorl_resets_start_the_kl_afresh_and_a_killed_run_resumes_with_them() {
+    let resets = [
+        "--set",
+        "pipeline.rl.reset_reference_every=1",
+        "--set",
+        "pipeline.rl.reset_optimizer_every=1",
+    ];
+    ok(&run("resets", &resets, &[]));
+    // After the first iteration the reference is the policy that samples the second, so the
+    // second iteration's KL starts from 0 instead of from the initialisation's distance.
+    reference();
+    let (with, without) = (rl_kl("resets"), rl_kl("reference"));
+    assert!(with.len() == 2 && without.len() == 2, "{with:?} {without:?}");
+    assert_eq!(with[0], without[0], "the first iteration is the same");
+    assert!(with[1] < without[1], "KL with a reset {with:?}, without {without:?}");
+    // A kill after the first iteration's checkpoint resumes with the reset reference and the
+    // cleared optimizer, to the same results.
+    let crashed = run("resets-killed", &resets, &[("PONDER_CRASH_AT", "rl:1")]);
+    assert!(!crashed.status.success(), "the crash was not injected");
+    let mut resume = resets.to_vec();
+    resume.push("--resume");
+    ok(&run("resets-killed", &resume, &[]));
+    assert_eq!(results("resets-killed"), results("resets"), "resumed results differ");
+    // The smoke policy answers nothing right, so the update's own numbers are the check that
+    // the resumed iteration ran against the reset reference.
+    assert_eq!(rl_kl("resets-killed"), rl_kl("resets"), "the resumed KL differs");
+    assert_eq!(results("resets")["learn"]["grpo"]["reset_reference_every"], 1);
+}
+
 #[test]
 fn autodiff_training_reaches_the_cpu_training_paths_loss() {
     ok(&run(

@@ -343,6 +343,11 @@ pub struct RlStage {
     pub eval_problems: usize,
     /// Samples per problem for pass@k after RL.
     pub final_samples: usize,
+    /// Every this many iterations the reference policy of the KL term becomes the current
+    /// policy (ProRL's reference reset; 0: never).
+    pub reset_reference_every: usize,
+    /// Every this many iterations the optimizer's moments are cleared (ProRL; 0: never).
+    pub reset_optimizer_every: usize,
 }
 
 impl Default for RlStage {
@@ -355,6 +360,8 @@ impl Default for RlStage {
             eval_every: 5,
             eval_problems: 200,
             final_samples: 32,
+            reset_reference_every: 0,
+            reset_optimizer_every: 0,
         }
     }
 }

@@ -174,6 +174,11 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
             .trainer
             .set_outputs(checkpoints.clone(), MetricsLog::disabled("rl"));
         state.trainer.resume()?;
+        // The reference in use at the checkpoint, when a reset replaced the initial one.
+        let reference = dir.join("reference");
+        if reference.join("config.json").exists() {
+            state.reference = load_policy(&reference)?.0;
+        }
         first_iteration = saved["iteration"].as_u64().unwrap_or(0) as usize;
         curve = saved["curve"].as_array().cloned().unwrap_or_default();
         train_tokens = saved["train_tokens"].as_u64().unwrap_or(0);
@@ -187,7 +192,9 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
             .trainer
             .set_outputs(checkpoints.clone(), MetricsLog::disabled("rl"));
     }
-    let mut metrics = MetricsLog::open(&ctx.dir.metrics(), "rl", resumed.map(|i| i.saturating_sub(1)))?;
+    // An iteration's records (step = iteration + 1) are written before its checkpoint: keep
+    // those of the iterations the checkpoint holds, drop any of the one it does not.
+    let mut metrics = MetricsLog::open(&ctx.dir.metrics(), "rl", resumed)?;
     let train_problems = distinct_problems(&ctx.rl_examples()?, 0);
     let mut test: Vec<Problem> = ctx.held_out_examples()?.into_iter().map(|e| e.problem).collect();
     if s.eval_problems > 0 {
@@ -303,6 +310,16 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         for (k, v) in &stats.extra {
             record[k] = json!(v);
         }
+        // ProRL's stabilisers, before the checkpoint so that a resume continues from them.
+        let due = |every: usize| every > 0 && (iteration + 1) % every == 0;
+        if due(s.reset_reference_every) {
+            state.reference = state.weights();
+            record["reference_reset"] = json!(true);
+        }
+        if due(s.reset_optimizer_every) {
+            state.trainer.reset_optimizer();
+            record["optimizer_reset"] = json!(true);
+        }
         metrics.write(record)?;
         if (iteration + 1) % s.eval_every.max(1) == 0 || iteration + 1 == s.iterations {
             let policy = TransformerPolicy::new(&state.weights(), tokenizer.clone());
@@ -321,9 +338,14 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
             "sample_tokens": sample_tokens,
             "scored_tokens": scored_tokens,
         });
+        let reference_was_reset = s.reset_reference_every > 0 && iteration + 1 >= s.reset_reference_every;
         state.trainer.save_checkpoint(&|dir| {
             let path = dir.join("rl_state.json");
-            std::fs::write(&path, rl_state.to_string()).map_err(|e| ponder_policy_init::PolicyError::io(&path, e))
+            std::fs::write(&path, rl_state.to_string()).map_err(|e| ponder_policy_init::PolicyError::io(&path, e))?;
+            if reference_was_reset {
+                ponder_policy_init::hf::save_pretrained(&dir.join("reference"), &state.reference, &tokenizer)?;
+            }
+            Ok(())
         })?;
     }
     let weights = state.weights();
@@ -351,6 +373,8 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         "kind": ctx.config.learn.kind(),
         "iterations": s.iterations,
         "use_search": s.use_search,
+        "reset_reference_every": s.reset_reference_every,
+        "reset_optimizer_every": s.reset_optimizer_every,
         "pass@1_before": before["pass@1"],
         "pass@1_before_ci": before["pass@1_ci"],
         "pass@1_after": after.pass1_greedy.value,
