@@ -20,8 +20,6 @@ pub struct CriticFreeUpdate {
     /// Every token of the batch counts the same (Dr. GRPO, DAPO); otherwise every sequence
     /// does, its tokens sharing its weight (GRPO, GSPO).
     pub token_level: bool,
-    /// Shuffles the minibatches.
-    pub seed: u64,
 }
 
 /// The advantage of each sample (one for all its tokens), given the samples and their
@@ -31,11 +29,13 @@ pub type AdvantageRule<'a> = dyn Fn(&[&Sample], &[usize]) -> Vec<Option<f32>> + 
 /// Trains `policy` on `batch` once: samples longer than the model's context are skipped, the
 /// rest weighted by `advantages`. The stats' `extra` counts the samples the rule left out
 /// (`left_out`), when it left any.
+/// `seed` shuffles the minibatches; it moves on by one for every update that trains.
 pub fn critic_free_update(
     policy: &mut TrainablePolicy,
     batch: &Experience,
     progress: &dyn Progress,
     update: CriticFreeUpdate,
+    seed: &mut u64,
     advantages: &AdvantageRule<'_>,
 ) -> Result<LearnStats, LearnError> {
     let max = policy.template.config.max_seq_len + 1;
@@ -90,7 +90,8 @@ pub fn critic_free_update(
             }
         })
         .collect();
-    let batches = minibatches(terms.len(), update.minibatch, update.epochs, update.seed);
+    *seed = seed.wrapping_add(1);
+    let batches = minibatches(terms.len(), update.minibatch, update.epochs, *seed);
     let steps = batches.len();
     let (mut out, _) = policy.train_terms(terms, batches, update.loss, steps, progress)?;
     out.scored_tokens = old_tokens + reference_tokens;
@@ -109,7 +110,7 @@ pub fn check_update_settings(
 ) -> Vec<String> {
     let mut problems = Vec::new();
     if !(1e-8..=1.0).contains(&lr) {
-        problems.push(format!("lr: must be in (0, 1], not {lr}"));
+        problems.push(format!("lr: must be in [1e-8, 1], not {lr}"));
     }
     let low = if clip_high.is_some() { "clip_low" } else { "clip" };
     if !(0.0..1.0).contains(&clip_low) {

@@ -6,7 +6,9 @@
 //!   response's tokens are not discounted against a short one's;
 //! - dynamic sampling: a group whose samples all earned the same reward carries no signal and
 //!   is left out of the update (the batch is not refilled with new samples here; the stats
-//!   count what was left out);
+//!   count what was left out). The reward compared is the shaped one, not correctness alone
+//!   as in the paper: all-wrong samples that differ in the verifier's format reward (0.1) or in
+//!   their overlong penalty still carry a signal and stay;
 //! - overlong reward shaping: a completion within `overlong_buffer` tokens of `max_length`
 //!   loses reward linearly up to 1, and one longer than `max_length` loses 1 (off with
 //!   `max_length = 0`, the default: set it to the RL stage's token limit).
@@ -153,7 +155,6 @@ impl Learner for Dapo {
         progress: &dyn Progress,
     ) -> Result<LearnStats, LearnError> {
         let s = self.settings.clone();
-        self.seed = self.seed.wrapping_add(1);
         let update = CriticFreeUpdate {
             loss: LossSettings {
                 clip: Some(s.clip_low),
@@ -164,9 +165,8 @@ impl Learner for Dapo {
             minibatch: s.minibatch,
             epochs: s.epochs,
             token_level: true,
-            seed: self.seed,
         };
-        critic_free_update(policy, batch, progress, update, &|samples, lengths| {
+        critic_free_update(policy, batch, progress, update, &mut self.seed, &|samples, lengths| {
             let rewards: Vec<(usize, f32)> = samples.iter().map(|x| (x.group, x.reward)).collect();
             dapo_advantages(&s, &rewards, lengths)
         })

@@ -88,7 +88,6 @@ impl Learner for Grpo {
         progress: &dyn Progress,
     ) -> Result<LearnStats, LearnError> {
         let s = self.settings.clone();
-        self.seed = self.seed.wrapping_add(1);
         let update = CriticFreeUpdate {
             loss: LossSettings {
                 clip: Some(s.clip),
@@ -99,9 +98,8 @@ impl Learner for Grpo {
             minibatch: s.minibatch,
             epochs: s.epochs,
             token_level: s.dr_grpo,
-            seed: self.seed,
         };
-        critic_free_update(policy, batch, progress, update, &|samples, _| {
+        critic_free_update(policy, batch, progress, update, &mut self.seed, &|samples, _| {
             let rewards: Vec<(usize, f32)> = samples.iter().map(|x| (x.group, x.reward)).collect();
             group_advantages(&rewards, !s.dr_grpo).into_iter().map(Some).collect()
         })

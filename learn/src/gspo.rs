@@ -77,7 +77,6 @@ impl Learner for Gspo {
         progress: &dyn Progress,
     ) -> Result<LearnStats, LearnError> {
         let s = self.settings.clone();
-        self.seed = self.seed.wrapping_add(1);
         let update = CriticFreeUpdate {
             loss: LossSettings {
                 clip: Some(s.clip_low),
@@ -90,9 +89,8 @@ impl Learner for Gspo {
             minibatch: s.minibatch,
             epochs: s.epochs,
             token_level: false,
-            seed: self.seed,
         };
-        critic_free_update(policy, batch, progress, update, &|samples, _| {
+        critic_free_update(policy, batch, progress, update, &mut self.seed, &|samples, _| {
             let rewards: Vec<(usize, f32)> = samples.iter().map(|x| (x.group, x.reward)).collect();
             group_advantages(&rewards, true).into_iter().map(Some).collect()
         })

@@ -86,7 +86,6 @@ impl Learner for ReinforcePlusPlus {
         progress: &dyn Progress,
     ) -> Result<LearnStats, LearnError> {
         let s = self.settings.clone();
-        self.seed = self.seed.wrapping_add(1);
         let update = CriticFreeUpdate {
             loss: LossSettings {
                 clip: Some(s.clip),
@@ -97,9 +96,8 @@ impl Learner for ReinforcePlusPlus {
             minibatch: s.minibatch,
             epochs: s.epochs,
             token_level: true,
-            seed: self.seed,
         };
-        critic_free_update(policy, batch, progress, update, &|samples, lengths| {
+        critic_free_update(policy, batch, progress, update, &mut self.seed, &|samples, lengths| {
             let rewards: Vec<(usize, f32)> = samples.iter().map(|x| (x.group, x.reward)).collect();
             batch_normalised_advantages(&rewards, lengths)
                 .into_iter()

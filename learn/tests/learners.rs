@@ -340,6 +340,11 @@ fn the_token_loss_gradient_matches_autodiff() {
             // Both paths report the same statistics (KL, entropy, clipping, value error).
             let host_stats = taken(&objective);
             assert!(host_stats.tokens > 0.0 && host_stats.entropy > 0.0, "{host_stats:?}");
+            // Some ratios inside the clip range: the policy-gradient term is compared too.
+            assert!(
+                host_stats.clipped < host_stats.tokens,
+                "every token clipped: {host_stats:?}"
+            );
             assert_eq!(autodiff_stats.tokens, host_stats.tokens);
             assert_eq!(autodiff_stats.clipped, host_stats.clipped);
             for (a, b) in [

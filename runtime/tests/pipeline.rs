@@ -419,14 +419,24 @@ fn search_eval_runs_against_a_remote_policy_served_by_another_ponder_process() {
     use std::io::BufRead;
     // The smoke run's policy, served by a `ponder serve` process of its own on a free port.
     reference();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_ponder"))
-        .args(["serve", "--run"])
-        .arg(out_dir().join("reference"))
-        .args(["--port", "0"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("ponder serve starts");
-    let stderr = server.stderr.take().expect("stderr");
+    /// The server process, killed however the test ends.
+    struct Server(std::process::Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut server = Server(
+        Command::new(env!("CARGO_BIN_EXE_ponder"))
+            .args(["serve", "--run"])
+            .arg(out_dir().join("reference"))
+            .args(["--port", "0"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("ponder serve starts"),
+    );
+    let stderr = server.0.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -435,11 +445,9 @@ fn search_eval_runs_against_a_remote_policy_served_by_another_ponder_process() {
             }
         }
     });
-    let url = rx.recv_timeout(std::time::Duration::from_secs(60));
-    let Ok(url) = url else {
-        let _ = server.kill();
-        panic!("ponder serve did not say where it serves");
-    };
+    let url = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("ponder serve says where it serves");
     // The smoke config with `[policy] kind = "remote"`: no local weights, only the server.
     let smoke = std::fs::read_to_string(smoke_config()).expect("smoke config");
     let (head, rest) = smoke.split_once("[policy]\n").expect("a [policy] table");
@@ -466,8 +474,7 @@ fn search_eval_runs_against_a_remote_policy_served_by_another_ponder_process() {
         ],
         &[],
     );
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     ok(&o);
     let dir = out_dir().join("remote-policy");
     assert!(!dir.join("policy").exists(), "a remote run trains no policy of its own");

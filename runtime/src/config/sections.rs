@@ -346,7 +346,9 @@ pub struct RlStage {
     /// Every this many iterations the reference policy of the KL term becomes the current
     /// policy (ProRL's reference reset; 0: never).
     pub reset_reference_every: usize,
-    /// Every this many iterations the optimizer's moments are cleared (ProRL; 0: never).
+    /// Every this many iterations the optimizer's moments are cleared (ProRL; 0: never). Like
+    /// a fresh AdamW, the first steps after a reset move every weight by about the learning
+    /// rate, whatever its gradient.
     pub reset_optimizer_every: usize,
 }
 
