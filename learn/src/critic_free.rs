@@ -3,13 +3,54 @@
 //! learner's own rule, the sampling policy's and the reference's log-probabilities, one
 //! [`TokenTerms`] per sample, shuffled minibatches, and the token loss.
 
+use ponder_policy_init::optim::OptimConfig;
 use ponder_policy_init::trainer::Progress;
 
 use crate::objective::minibatches;
 use crate::token_loss::{LossSettings, TokenTerms};
 use crate::{
-    Experience, LearnError, LearnStats, Sample, TrainablePolicy, old_logprobs, reference_logprobs, sample_tokens,
+    Experience, LearnError, LearnStats, Learner, Sample, TrainablePolicy, old_logprobs, reference_logprobs,
+    sample_tokens,
 };
+
+/// What one critic-free learner is, besides the update they share: its name, learning rate,
+/// loss settings and advantage rule. [`CriticFreeLearner`] makes it a [`Learner`].
+pub trait CriticFree: Clone + Send + Sync + 'static {
+    fn describe(&self) -> String;
+    fn lr(&self) -> f64;
+    fn update(&self) -> CriticFreeUpdate;
+    /// The advantage of each sample given the samples and their completion lengths in
+    /// tokens; `None` leaves a sample out.
+    fn advantages(&self, samples: &[&Sample], lengths: &[usize]) -> Vec<Option<f32>>;
+}
+
+/// A critic-free learner: its settings and the seed that shuffles its minibatches.
+#[derive(Clone, Debug)]
+pub struct CriticFreeLearner<S> {
+    pub settings: S,
+    pub seed: u64,
+}
+
+impl<S: CriticFree> Learner for CriticFreeLearner<S> {
+    fn describe(&self) -> String {
+        self.settings.describe()
+    }
+
+    fn optim(&self) -> OptimConfig {
+        crate::fine_tuning_optim(self.settings.lr(), Some(0.0))
+    }
+
+    fn learn(
+        &mut self,
+        policy: &mut TrainablePolicy,
+        batch: &Experience,
+        progress: &dyn Progress,
+    ) -> Result<LearnStats, LearnError> {
+        let settings = &self.settings;
+        let rule = |samples: &[&Sample], lengths: &[usize]| settings.advantages(samples, lengths);
+        critic_free_update(policy, batch, progress, settings.update(), &mut self.seed, &rule)
+    }
+}
 
 /// How one critic-free update trains, besides the advantages.
 #[derive(Clone, Copy, Debug)]

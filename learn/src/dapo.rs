@@ -15,14 +15,12 @@
 
 use std::collections::HashMap;
 
-use ponder_policy_init::optim::OptimConfig;
-use ponder_policy_init::trainer::Progress;
 use serde::{Deserialize, Serialize};
 
-use crate::critic_free::{CriticFreeUpdate, check_update_settings, critic_free_update};
+use crate::Sample;
+use crate::critic_free::{CriticFree, CriticFreeLearner, CriticFreeUpdate, check_update_settings};
 use crate::grpo::group_advantages;
 use crate::token_loss::LossSettings;
-use crate::{Experience, LearnError, LearnStats, Learner, TrainablePolicy};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -124,52 +122,42 @@ pub fn dapo_advantages(settings: &DapoSettings, rewards: &[(usize, f32)], length
         .collect()
 }
 
-#[derive(Debug)]
-pub struct Dapo {
-    pub settings: DapoSettings,
-    pub seed: u64,
-}
+pub type Dapo = CriticFreeLearner<DapoSettings>;
 
-impl Learner for Dapo {
+impl CriticFree for DapoSettings {
     fn describe(&self) -> String {
+        let dynamic = if self.dynamic_sampling {
+            ", dynamic sampling"
+        } else {
+            ""
+        };
         format!(
-            "DAPO (clip {}/{}, token-level loss{})",
-            self.settings.clip_low,
-            self.settings.clip_high,
-            if self.settings.dynamic_sampling {
-                ", dynamic sampling"
-            } else {
-                ""
-            }
+            "DAPO (clip {}/{}, token-level loss{dynamic})",
+            self.clip_low, self.clip_high
         )
     }
 
-    fn optim(&self) -> OptimConfig {
-        crate::fine_tuning_optim(self.settings.lr, Some(0.0))
+    fn lr(&self) -> f64 {
+        self.lr
     }
 
-    fn learn(
-        &mut self,
-        policy: &mut TrainablePolicy,
-        batch: &Experience,
-        progress: &dyn Progress,
-    ) -> Result<LearnStats, LearnError> {
-        let s = self.settings.clone();
-        let update = CriticFreeUpdate {
+    fn update(&self) -> CriticFreeUpdate {
+        CriticFreeUpdate {
             loss: LossSettings {
-                clip: Some(s.clip_low),
-                clip_high: Some(s.clip_high),
-                entropy_coef: s.entropy,
+                clip: Some(self.clip_low),
+                clip_high: Some(self.clip_high),
+                entropy_coef: self.entropy,
                 ..LossSettings::default()
             },
-            minibatch: s.minibatch,
-            epochs: s.epochs,
+            minibatch: self.minibatch,
+            epochs: self.epochs,
             token_level: true,
-        };
-        critic_free_update(policy, batch, progress, update, &mut self.seed, &|samples, lengths| {
-            let rewards: Vec<(usize, f32)> = samples.iter().map(|x| (x.group, x.reward)).collect();
-            dapo_advantages(&s, &rewards, lengths)
-        })
+        }
+    }
+
+    fn advantages(&self, samples: &[&Sample], lengths: &[usize]) -> Vec<Option<f32>> {
+        let rewards: Vec<(usize, f32)> = samples.iter().map(|x| (x.group, x.reward)).collect();
+        dapo_advantages(self, &rewards, lengths)
     }
 }
 

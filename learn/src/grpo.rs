@@ -3,13 +3,11 @@
 //! reference, no critic. Dr. GRPO (Liu et al., 2025) drops the standard deviation and the
 //! per-response length normalisation, which bias towards long wrong answers.
 
-use ponder_policy_init::optim::OptimConfig;
-use ponder_policy_init::trainer::Progress;
 use serde::{Deserialize, Serialize};
 
-use crate::critic_free::{CriticFreeUpdate, critic_free_update};
+use crate::Sample;
+use crate::critic_free::{CriticFree, CriticFreeLearner, CriticFreeUpdate};
 use crate::token_loss::LossSettings;
-use crate::{Experience, LearnError, LearnStats, Learner, TrainablePolicy};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -41,12 +39,6 @@ impl Default for GrpoSettings {
     }
 }
 
-#[derive(Debug)]
-pub struct Grpo {
-    pub settings: GrpoSettings,
-    pub seed: u64,
-}
-
 /// Per-group normalised advantages of sample rewards.
 pub fn group_advantages(rewards: &[(usize, f32)], scale_by_std: bool) -> Vec<f32> {
     let mut sums: std::collections::HashMap<usize, (f64, f64, usize)> = std::collections::HashMap::new();
@@ -68,40 +60,36 @@ pub fn group_advantages(rewards: &[(usize, f32)], scale_by_std: bool) -> Vec<f32
         .collect()
 }
 
-impl Learner for Grpo {
+pub type Grpo = CriticFreeLearner<GrpoSettings>;
+
+impl CriticFree for GrpoSettings {
     fn describe(&self) -> String {
-        if self.settings.dr_grpo {
-            "Dr. GRPO".into()
-        } else {
-            "GRPO".into()
+        if self.dr_grpo { "Dr. GRPO" } else { "GRPO" }.into()
+    }
+
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn update(&self) -> CriticFreeUpdate {
+        CriticFreeUpdate {
+            loss: LossSettings {
+                clip: Some(self.clip),
+                kl_coef: self.kl,
+                entropy_coef: self.entropy,
+                ..LossSettings::default()
+            },
+            minibatch: self.minibatch,
+            epochs: self.epochs,
+            token_level: self.dr_grpo,
         }
     }
 
-    fn optim(&self) -> OptimConfig {
-        crate::fine_tuning_optim(self.settings.lr, Some(0.0))
-    }
-
-    fn learn(
-        &mut self,
-        policy: &mut TrainablePolicy,
-        batch: &Experience,
-        progress: &dyn Progress,
-    ) -> Result<LearnStats, LearnError> {
-        let s = self.settings.clone();
-        let update = CriticFreeUpdate {
-            loss: LossSettings {
-                clip: Some(s.clip),
-                kl_coef: s.kl,
-                entropy_coef: s.entropy,
-                ..LossSettings::default()
-            },
-            minibatch: s.minibatch,
-            epochs: s.epochs,
-            token_level: s.dr_grpo,
-        };
-        critic_free_update(policy, batch, progress, update, &mut self.seed, &|samples, _| {
-            let rewards: Vec<(usize, f32)> = samples.iter().map(|x| (x.group, x.reward)).collect();
-            group_advantages(&rewards, !s.dr_grpo).into_iter().map(Some).collect()
-        })
+    fn advantages(&self, samples: &[&Sample], _: &[usize]) -> Vec<Option<f32>> {
+        let rewards: Vec<(usize, f32)> = samples.iter().map(|x| (x.group, x.reward)).collect();
+        group_advantages(&rewards, !self.dr_grpo)
+            .into_iter()
+            .map(Some)
+            .collect()
     }
 }

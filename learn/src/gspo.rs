@@ -4,14 +4,12 @@
 //! paper's ranges: a sequence ratio moves far less than a token's), each sequence counting
 //! once. No KL term by default.
 
-use ponder_policy_init::optim::OptimConfig;
-use ponder_policy_init::trainer::Progress;
 use serde::{Deserialize, Serialize};
 
-use crate::critic_free::{CriticFreeUpdate, check_update_settings, critic_free_update};
+use crate::Sample;
+use crate::critic_free::{CriticFree, CriticFreeLearner, CriticFreeUpdate, check_update_settings};
 use crate::grpo::group_advantages;
 use crate::token_loss::LossSettings;
-use crate::{Experience, LearnError, LearnStats, Learner, TrainablePolicy};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -52,47 +50,35 @@ impl GspoSettings {
     }
 }
 
-#[derive(Debug)]
-pub struct Gspo {
-    pub settings: GspoSettings,
-    pub seed: u64,
-}
+pub type Gspo = CriticFreeLearner<GspoSettings>;
 
-impl Learner for Gspo {
+impl CriticFree for GspoSettings {
     fn describe(&self) -> String {
-        format!(
-            "GSPO (sequence ratio, clip {}/{})",
-            self.settings.clip_low, self.settings.clip_high
-        )
+        format!("GSPO (sequence ratio, clip {}/{})", self.clip_low, self.clip_high)
     }
 
-    fn optim(&self) -> OptimConfig {
-        crate::fine_tuning_optim(self.settings.lr, Some(0.0))
+    fn lr(&self) -> f64 {
+        self.lr
     }
 
-    fn learn(
-        &mut self,
-        policy: &mut TrainablePolicy,
-        batch: &Experience,
-        progress: &dyn Progress,
-    ) -> Result<LearnStats, LearnError> {
-        let s = self.settings.clone();
-        let update = CriticFreeUpdate {
+    fn update(&self) -> CriticFreeUpdate {
+        CriticFreeUpdate {
             loss: LossSettings {
-                clip: Some(s.clip_low),
-                clip_high: Some(s.clip_high),
+                clip: Some(self.clip_low),
+                clip_high: Some(self.clip_high),
                 sequence_ratio: true,
-                kl_coef: s.kl,
-                entropy_coef: s.entropy,
+                kl_coef: self.kl,
+                entropy_coef: self.entropy,
                 ..LossSettings::default()
             },
-            minibatch: s.minibatch,
-            epochs: s.epochs,
+            minibatch: self.minibatch,
+            epochs: self.epochs,
             token_level: false,
-        };
-        critic_free_update(policy, batch, progress, update, &mut self.seed, &|samples, _| {
-            let rewards: Vec<(usize, f32)> = samples.iter().map(|x| (x.group, x.reward)).collect();
-            group_advantages(&rewards, true).into_iter().map(Some).collect()
-        })
+        }
+    }
+
+    fn advantages(&self, samples: &[&Sample], _: &[usize]) -> Vec<Option<f32>> {
+        let rewards: Vec<(usize, f32)> = samples.iter().map(|x| (x.group, x.reward)).collect();
+        group_advantages(&rewards, true).into_iter().map(Some).collect()
     }
 }

@@ -4,14 +4,12 @@
 //! whose rewards barely differ is not blown up; a clipped token ratio, a KL penalty to the
 //! reference, no critic, every token counting the same.
 
-use ponder_policy_init::optim::OptimConfig;
-use ponder_policy_init::trainer::Progress;
 use serde::{Deserialize, Serialize};
 
-use crate::critic_free::{CriticFreeUpdate, check_update_settings, critic_free_update};
+use crate::Sample;
+use crate::critic_free::{CriticFree, CriticFreeLearner, CriticFreeUpdate, check_update_settings};
 use crate::grpo::group_advantages;
 use crate::token_loss::LossSettings;
-use crate::{Experience, LearnError, LearnStats, Learner, TrainablePolicy};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -64,46 +62,37 @@ pub fn batch_normalised_advantages(rewards: &[(usize, f32)], lengths: &[usize]) 
         .collect()
 }
 
-#[derive(Debug)]
-pub struct ReinforcePlusPlus {
-    pub settings: ReinforcePlusPlusSettings,
-    pub seed: u64,
-}
+pub type ReinforcePlusPlus = CriticFreeLearner<ReinforcePlusPlusSettings>;
 
-impl Learner for ReinforcePlusPlus {
+impl CriticFree for ReinforcePlusPlusSettings {
     fn describe(&self) -> String {
         "REINFORCE++ (group baseline, batch-normalised advantages)".into()
     }
 
-    fn optim(&self) -> OptimConfig {
-        crate::fine_tuning_optim(self.settings.lr, Some(0.0))
+    fn lr(&self) -> f64 {
+        self.lr
     }
 
-    fn learn(
-        &mut self,
-        policy: &mut TrainablePolicy,
-        batch: &Experience,
-        progress: &dyn Progress,
-    ) -> Result<LearnStats, LearnError> {
-        let s = self.settings.clone();
-        let update = CriticFreeUpdate {
+    fn update(&self) -> CriticFreeUpdate {
+        CriticFreeUpdate {
             loss: LossSettings {
-                clip: Some(s.clip),
-                kl_coef: s.kl,
-                entropy_coef: s.entropy,
+                clip: Some(self.clip),
+                kl_coef: self.kl,
+                entropy_coef: self.entropy,
                 ..LossSettings::default()
             },
-            minibatch: s.minibatch,
-            epochs: s.epochs,
+            minibatch: self.minibatch,
+            epochs: self.epochs,
             token_level: true,
-        };
-        critic_free_update(policy, batch, progress, update, &mut self.seed, &|samples, lengths| {
-            let rewards: Vec<(usize, f32)> = samples.iter().map(|x| (x.group, x.reward)).collect();
-            batch_normalised_advantages(&rewards, lengths)
-                .into_iter()
-                .map(Some)
-                .collect()
-        })
+        }
+    }
+
+    fn advantages(&self, samples: &[&Sample], lengths: &[usize]) -> Vec<Option<f32>> {
+        let rewards: Vec<(usize, f32)> = samples.iter().map(|x| (x.group, x.reward)).collect();
+        batch_normalised_advantages(&rewards, lengths)
+            .into_iter()
+            .map(Some)
+            .collect()
     }
 }
 
