@@ -11,7 +11,18 @@ use crate::stages::common::{current_policy, stage_policy};
 /// or a policy that `[policy]` builds without them (`remote`: an OpenAI-compatible server).
 pub(super) enum PolicySource {
     Trained(HostWeights, Tokenizer),
-    Configured(Box<dyn Policy>),
+    /// Its parameter count, as the built policy reports it (0 when unknown).
+    Configured {
+        params: usize,
+    },
+}
+
+/// What building a configured policy gets: no trained weights.
+fn untrained(ctx: &Context) -> PolicyContext {
+    PolicyContext {
+        trained: None,
+        seed: ctx.seed("search-eval-policy"),
+    }
 }
 
 impl PolicySource {
@@ -20,11 +31,8 @@ impl PolicySource {
             let (weights, tokenizer) = current_policy(ctx)?;
             return Ok(PolicySource::Trained(weights, tokenizer));
         }
-        let context = PolicyContext {
-            trained: None,
-            seed: ctx.seed("search-eval-policy"),
-        };
-        Ok(PolicySource::Configured(ctx.config.policy.build(&context)?))
+        let params = ctx.config.policy.build(&untrained(ctx))?.params().unwrap_or(0);
+        Ok(PolicySource::Configured { params })
     }
 
     /// The tokenizer and context length that size token limits: the trained model's, or, for a
@@ -32,7 +40,7 @@ impl PolicySource {
     pub(super) fn tokenizer_and_context(&self) -> (Tokenizer, usize) {
         match self {
             PolicySource::Trained(weights, tokenizer) => (tokenizer.clone(), weights.config.max_seq_len),
-            PolicySource::Configured(_) => (Tokenizer::chars(), usize::MAX / 4),
+            PolicySource::Configured { .. } => (Tokenizer::chars(), usize::MAX / 4),
         }
     }
 
@@ -40,7 +48,7 @@ impl PolicySource {
     pub(super) fn params(&self) -> usize {
         match self {
             PolicySource::Trained(weights, _) => weights.config.params(),
-            PolicySource::Configured(policy) => policy.params().unwrap_or(0),
+            PolicySource::Configured { params } => *params,
         }
     }
 
@@ -49,13 +57,7 @@ impl PolicySource {
     pub(super) fn policy(&self, ctx: &Context) -> anyhow::Result<Box<dyn Policy>> {
         match self {
             PolicySource::Trained(weights, tokenizer) => Ok(Box::new(stage_policy(ctx, weights, tokenizer))),
-            PolicySource::Configured(_) => {
-                let context = PolicyContext {
-                    trained: None,
-                    seed: ctx.seed("search-eval-policy"),
-                };
-                Ok(ctx.config.policy.build(&context)?)
-            }
+            PolicySource::Configured { .. } => Ok(ctx.config.policy.build(&untrained(ctx))?),
         }
     }
 }
