@@ -89,20 +89,15 @@ pub fn critic_free_update(
     let lengths: Vec<usize> = sequences.iter().map(|(tokens, first)| tokens.len() - first).collect();
     let chosen = advantages(&samples, &lengths);
     let left_out = chosen.iter().filter(|a| a.is_none()).count();
-    let (samples, sequences, advantages): (Vec<&Sample>, Vec<(Vec<u32>, usize)>, Vec<f32>) = samples
-        .into_iter()
-        .zip(sequences)
-        .zip(chosen)
-        .filter_map(|((x, s), a)| a.map(|a| (x, s, a)))
-        .fold(
-            (Vec::new(), Vec::new(), Vec::new()),
-            |(mut xs, mut ss, mut aa), (x, s, a)| {
-                xs.push(x);
-                ss.push(s);
-                aa.push(a);
-                (xs, ss, aa)
-            },
-        );
+    let (mut kept, mut kept_sequences, mut advantages) = (Vec::new(), Vec::new(), Vec::new());
+    for ((x, sequence), a) in samples.into_iter().zip(sequences).zip(chosen) {
+        if let Some(a) = a {
+            kept.push(x);
+            kept_sequences.push(sequence);
+            advantages.push(a);
+        }
+    }
+    let (samples, sequences) = (kept, kept_sequences);
     let with_left_out = |mut stats: LearnStats| {
         if left_out > 0 {
             stats.extra.push(("left_out".into(), left_out as f64));
