@@ -73,7 +73,7 @@ impl Learner for BehaviourCloning {
             kept.push(&sample.completion);
             pairs.push((sample.prompt.clone(), sample.completion.clone()));
         }
-        let max = policy.template.config.max_seq_len + 1;
+        let max = policy.config.max_seq_len + 1;
         let terms: Vec<TokenTerms> = pairs
             .iter()
             .map(|(p, c)| encode_sample(&policy.tokenizer, p, c))

@@ -79,7 +79,7 @@ pub fn critic_free_update(
     seed: &mut u64,
     advantages: &AdvantageRule<'_>,
 ) -> Result<LearnStats, LearnError> {
-    let max = policy.template.config.max_seq_len + 1;
+    let max = policy.config.max_seq_len + 1;
     let (samples, sequences): (Vec<&Sample>, Vec<(Vec<u32>, usize)>) = batch
         .samples
         .iter()

@@ -95,7 +95,7 @@ impl Learner for Dpo {
         progress: &dyn Progress,
     ) -> Result<LearnStats, LearnError> {
         let s = self.settings.clone();
-        let max = policy.template.config.max_seq_len + 1;
+        let max = policy.config.max_seq_len + 1;
         let mut prefs = batch.preferences.clone();
         prefs.extend(pairs_from_samples(&batch.samples, s.pairs_per_prompt));
         let prefs: Vec<Preference> = prefs
@@ -156,43 +156,47 @@ impl Learner for Dpo {
         };
         let losses = Arc::new(Mutex::new(Vec::<f32>::new()));
         let margins = Arc::new(Mutex::new(Vec::<f32>::new()));
-        let (template, tokenizer, beta) = (policy.template.clone(), policy.tokenizer.clone(), s.beta);
+        let (config, tokenizer, beta) = (policy.config.clone(), policy.tokenizer.clone(), s.beta);
         let owned: Vec<(String, String)> = sequences.iter().map(|(p, c)| (p.to_string(), c.to_string())).collect();
         let (loss_log, margin_log) = (losses.clone(), margins.clone());
-        let n_policy = template.params.len();
-        let refresh = move |params: &[burn::tensor::Tensor<2>], members: &[usize], terms: &mut [TokenTerms]| {
-            let weights = template.with_params(params[..n_policy].to_vec()).to_host();
-            let pairs: Vec<(&str, &str)> = members
-                .iter()
-                .map(|&i| (owned[i].0.as_str(), owned[i].1.as_str()))
-                .collect();
-            let current: Vec<f32> = completion_logprobs(&weights, &tokenizer, &pairs)
-                .iter()
-                .map(|l| l.iter().sum())
-                .collect();
-            let n_pairs = (members.len() / 2).max(1) as f32;
-            for (j, chunk) in members.chunks(2).enumerate() {
-                let (c, r) = (chunk[0], chunk[1]);
-                let delta = beta * ((current[2 * j] - reference[c]) - (current[2 * j + 1] - reference[r]));
-                let coef = beta * sigmoid(-delta);
-                for a in &mut terms[c].advantages {
-                    *a = coef;
+        let n_policy = ponder_policy_init::weights::Layout::new(&config).names.len();
+        let refresh =
+            move |params: &[ponder_policy_init::weights::HostTensor], members: &[usize], terms: &mut [TokenTerms]| {
+                let weights = ponder_policy_init::HostWeights {
+                    config: config.clone(),
+                    tensors: params[..n_policy].to_vec(),
+                };
+                let pairs: Vec<(&str, &str)> = members
+                    .iter()
+                    .map(|&i| (owned[i].0.as_str(), owned[i].1.as_str()))
+                    .collect();
+                let current: Vec<f32> = completion_logprobs(&weights, &tokenizer, &pairs)
+                    .iter()
+                    .map(|l| l.iter().sum())
+                    .collect();
+                let n_pairs = (members.len() / 2).max(1) as f32;
+                for (j, chunk) in members.chunks(2).enumerate() {
+                    let (c, r) = (chunk[0], chunk[1]);
+                    let delta = beta * ((current[2 * j] - reference[c]) - (current[2 * j + 1] - reference[r]));
+                    let coef = beta * sigmoid(-delta);
+                    for a in &mut terms[c].advantages {
+                        *a = coef;
+                    }
+                    for a in &mut terms[r].advantages {
+                        *a = -coef;
+                    }
+                    terms[c].weight = 1.0 / n_pairs;
+                    terms[r].weight = 1.0 / n_pairs;
+                    if let (Ok(mut l), Ok(mut m)) = (loss_log.lock(), margin_log.lock()) {
+                        l.push(-sigmoid(delta).ln());
+                        m.push(delta / beta);
+                    }
                 }
-                for a in &mut terms[r].advantages {
-                    *a = -coef;
-                }
-                terms[c].weight = 1.0 / n_pairs;
-                terms[r].weight = 1.0 / n_pairs;
-                if let (Ok(mut l), Ok(mut m)) = (loss_log.lock(), margin_log.lock()) {
-                    l.push(-sigmoid(delta).ln());
-                    m.push(delta / beta);
-                }
-            }
-            Ok(())
-        };
+                Ok(())
+            };
         let tokens_before = policy.trainer.tokens;
         let mut objective = TermsObjective::new(
-            policy.template.clone(),
+            policy.config.clone(),
             terms,
             batches,
             policy.trainer.step,

@@ -17,12 +17,12 @@ pub mod ppo;
 pub mod reinforce_pp;
 pub mod token_loss;
 
-use burn::tensor::{Device, Tensor, TensorData};
-use ponder_policy_init::model::Transformer;
-use ponder_policy_init::native_train::ScalarHead;
+use ponder_policy_init::backend::Backend;
+use ponder_policy_init::cpu::ScalarHead;
 use ponder_policy_init::optim::OptimConfig;
 use ponder_policy_init::trainer::{Objective, Progress, TrainSummary, Trainer, TrainerConfig};
-use ponder_policy_init::{HostWeights, PolicyError, Tokenizer};
+use ponder_policy_init::weights::HostTensor;
+use ponder_policy_init::{HostWeights, ModelConfig, PolicyError, Tokenizer};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +100,8 @@ pub struct LearnStats {
 /// The policy being trained: its parameters and optimizer (in the shared trainer), a value head
 /// when the learner needs one, and the frozen reference policy.
 pub struct TrainablePolicy {
-    pub template: Transformer,
+    /// The policy's architecture: its parameters are the trainer's first ones.
+    pub config: ModelConfig,
     pub trainer: Trainer,
     pub tokenizer: Tokenizer,
     pub reference: HostWeights,
@@ -126,28 +127,33 @@ pub fn fine_tuning_optim(lr: f64, weight_decay: Option<f64>) -> OptimConfig {
 }
 
 impl TrainablePolicy {
-    /// A trainable copy of `weights` (also the reference), with a constant learning rate after
-    /// warmup, and a fresh value head learning at `value_head_lr` when one is given.
+    /// A trainable copy of `weights` (also the reference), trained on `backend` with a
+    /// constant learning rate after warmup, and a fresh value head learning at
+    /// `value_head_lr` when one is given.
     pub fn new(
         weights: &HostWeights,
         tokenizer: Tokenizer,
-        device: &Device,
+        backend: Backend,
         optim: OptimConfig,
         value_head_lr: Option<f64>,
     ) -> TrainablePolicy {
-        let template = Transformer::from_host(weights, device);
         let d = weights.config.d_model;
-        let mut names = template.layout.names.clone();
-        let mut shapes = template.layout.shapes.clone();
-        let mut decay: Vec<bool> = (0..names.len()).map(|i| template.layout.decays(i)).collect();
-        let mut params = template.params.clone();
+        let layout = weights.layout();
+        let mut names = layout.names.clone();
+        let mut decay: Vec<bool> = (0..names.len()).map(|i| layout.decays(i)).collect();
+        let mut params = weights.tensors.clone();
         let value_head = value_head_lr.is_some();
         if value_head {
             names.extend(["value_head.weight".to_string(), "value_head.bias".to_string()]);
-            shapes.extend([vec![1, d], vec![1]]);
             decay.extend([false, false]);
-            params.push(Tensor::from_data(TensorData::new(vec![0.0f32; d], [1, d]), device));
-            params.push(Tensor::from_data(TensorData::new(vec![0.0f32], [1, 1]), device));
+            params.push(HostTensor {
+                shape: vec![1, d],
+                data: vec![0.0; d],
+            });
+            params.push(HostTensor {
+                shape: vec![1],
+                data: vec![0.0],
+            });
         }
         let config = TrainerConfig {
             optim: OptimConfig {
@@ -161,14 +167,14 @@ impl TrainablePolicy {
             ..TrainerConfig::default()
         };
         let lr = config.optim.lr;
-        let mut trainer = Trainer::new(config, names, shapes, decay, params);
+        let mut trainer = Trainer::new(config, names, decay, params).with_backend(backend);
         if let Some(head_lr) = value_head_lr {
             let n = trainer.lr_scale.len();
             trainer.lr_scale[n - 2..].fill(head_lr / lr);
         }
         TrainablePolicy {
             trainer,
-            template,
+            config: weights.config.clone(),
             tokenizer,
             reference: weights.clone(),
             value_head,
@@ -176,14 +182,15 @@ impl TrainablePolicy {
     }
 
     fn policy_params(&self) -> usize {
-        self.template.params.len()
+        ponder_policy_init::weights::Layout::new(&self.config).names.len()
     }
 
     /// The current policy weights.
     pub fn weights(&self) -> HostWeights {
-        self.template
-            .with_params(self.trainer.params[..self.policy_params()].to_vec())
-            .to_host()
+        HostWeights {
+            config: self.config.clone(),
+            tensors: self.trainer.params[..self.policy_params()].to_vec(),
+        }
     }
 
     /// The current value head, if there is one.
@@ -192,16 +199,9 @@ impl TrainablePolicy {
             return None;
         }
         let n = self.policy_params();
-        let read = |t: &Tensor<2>| {
-            t.clone()
-                .inner()
-                .into_data()
-                .try_into_vec_as::<f32>()
-                .unwrap_or_default()
-        };
         Some(ScalarHead {
-            weight: read(&self.trainer.params[n]),
-            bias: read(&self.trainer.params[n + 1]).first().copied().unwrap_or(0.0),
+            weight: self.trainer.params[n].data.clone(),
+            bias: self.trainer.params[n + 1].data.first().copied().unwrap_or(0.0),
         })
     }
 
@@ -218,7 +218,7 @@ impl TrainablePolicy {
         let sequences = terms.len();
         let tokens_before = self.trainer.tokens;
         let mut objective = crate::objective::TermsObjective::new(
-            self.template.clone(),
+            self.config.clone(),
             terms,
             batches,
             self.trainer.step,

@@ -4,7 +4,7 @@
 //! model's step scores at every step end — as score differences `s_i − s_{i−1}` (potential
 //! shaping from `s_0 = 0.5`), so a long trace cannot collect step rewards for length.
 
-use ponder_policy_init::engine::{Engine, Want};
+use ponder_policy_init::cpu::{Engine, Want};
 use ponder_policy_init::optim::OptimConfig;
 use ponder_policy_init::trainer::Progress;
 use serde::{Deserialize, Serialize};
@@ -111,7 +111,7 @@ impl Learner for Ppo {
         progress: &dyn Progress,
     ) -> Result<LearnStats, LearnError> {
         let s = self.settings.clone();
-        let max = policy.template.config.max_seq_len + 1;
+        let max = policy.config.max_seq_len + 1;
         let encoded: Vec<(&crate::Sample, Vec<u32>, usize)> = batch
             .samples
             .iter()
@@ -129,7 +129,7 @@ impl Learner for Ppo {
             .value_head()
             .ok_or_else(|| LearnError::Config("PPO needs a value head".into()))?;
         // Values at every position, from the current critic.
-        let engine = Engine::new(&weights).with_scoring_head(head.weight.clone(), vec![head.bias], 1);
+        let engine = Engine::new(&weights).with_scoring_head(head.weight.clone(), vec![head.bias]);
         let mut caches: Vec<_> = encoded.iter().map(|_| engine.new_cache()).collect();
         let inputs: Vec<&[u32]> = encoded.iter().map(|(_, t, _)| &t[..t.len() - 1]).collect();
         engine.forward(&mut caches, &inputs, &vec![Want::All; inputs.len()]);

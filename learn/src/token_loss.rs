@@ -6,13 +6,12 @@
 //! - plus `β·KL(π‖π_ref)` (the k3 estimator `e^{ref−lp} − (ref−lp) − 1`), minus an entropy
 //!   bonus `c_H·H(π)`, plus a value loss `c_V·(V − R)²` on a scalar head (PPO's critic).
 //!
-//! Everything derives from `g = ∂L/∂log π(a)`, computed on the host: the CPU training path
-//! uses it directly, and burn's autodiff (other devices) uses the surrogate `g·log π(a)`
-//! whose gradient is the same.
+//! Everything derives from `g = ∂L/∂log π(a)`, computed on the host from the model's logits
+//! ([`TokenLoss`] is a `SequenceLoss`), whichever training backend ran the model.
 
 use std::sync::Mutex;
 
-use ponder_policy_init::native_train::{SeqOutputs, SequenceLoss};
+use ponder_policy_init::cpu::{SeqOutputs, SequenceLoss};
 
 /// The per-token terms of one sequence.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -13,9 +13,9 @@ use ponder_learn::gspo::{Gspo, GspoSettings};
 use ponder_learn::ppo::{Ppo, PpoSettings};
 use ponder_learn::reinforce_pp::{ReinforcePlusPlus, ReinforcePlusPlusSettings};
 use ponder_learn::{Experience, Learner, Sample, TrainablePolicy};
-use ponder_policy_init::model::Transformer;
+use ponder_policy_init::backend::Backend;
 use ponder_policy_init::sft::{Sequences, SftObjective};
-use ponder_policy_init::trainer::{Silent, TrainerConfig};
+use ponder_policy_init::trainer::{Silent, Trainer, TrainerConfig};
 use ponder_policy_init::{GenRequest, HostWeights, ModelConfig, Policy, Sampling, Stop, Tokenizer, TransformerPolicy};
 use rand::SeedableRng;
 
@@ -42,22 +42,27 @@ fn initialised() -> (HostWeights, Tokenizer) {
     let examples: Vec<_> = generate(&task(), &GenerateSpec::new(2000, 1, TraceStyle::Optimal))
         .collect::<Result<_, _>>()
         .expect("data");
-    let model = Transformer::from_host(&HostWeights::init(&config, 1).expect("init"), &Device::flex());
+    let start = HostWeights::init(&config, 1).expect("init");
     let mut objective = SftObjective::new(
-        model.clone(),
+        config.clone(),
         Sequences::from_examples(&examples, &tokenizer, 96),
         32,
         2,
-        0,
     );
-    let mut config = TrainerConfig {
+    let mut trainer_config = TrainerConfig {
         steps: 250,
         ..TrainerConfig::default()
     };
-    config.optim.warmup_steps = 20;
-    let mut trainer = model.trainer(config);
+    trainer_config.optim.warmup_steps = 20;
+    let mut trainer = Trainer::for_weights(trainer_config, &start);
     trainer.run(&mut objective, &Silent, &|_| Ok(())).expect("trains");
-    (model.with_params(trainer.params).to_host(), tokenizer)
+    (
+        HostWeights {
+            config,
+            tensors: trainer.params,
+        },
+        tokenizer,
+    )
 }
 
 fn problems(n: usize, seed: u64) -> Vec<Problem> {
@@ -192,7 +197,7 @@ fn every_learner_moves_probability_towards_rewarded_samples() {
         let mut state = TrainablePolicy::new(
             &weights,
             tokenizer.clone(),
-            &Device::flex(),
+            Backend::default(),
             learner.optim(),
             learner.value_head_lr(),
         );
@@ -218,7 +223,7 @@ fn updates_train_on_the_sampled_tokens_with_the_behaviour_log_probs() {
         settings: GrpoSettings::default(),
         seed: 1,
     };
-    let state = TrainablePolicy::new(&weights, tokenizer.clone(), &Device::flex(), grpo.optim(), None);
+    let state = TrainablePolicy::new(&weights, tokenizer.clone(), Backend::default(), grpo.optim(), None);
     let samples: Vec<&Sample> = batch.samples.iter().collect();
     let sequences: Vec<(Vec<u32>, usize)> = samples
         .iter()
@@ -255,8 +260,7 @@ fn updates_train_on_the_sampled_tokens_with_the_behaviour_log_probs() {
 }
 
 #[test]
-fn the_token_loss_gradient_matches_autodiff() {
-    use burn::tensor::Tensor;
+fn the_token_loss_gradient_matches_autodiff_and_finite_differences() {
     use ponder_learn::objective::TermsObjective;
     use ponder_learn::token_loss::{LossSettings, TokenTerms};
     use ponder_policy_init::trainer::Objective;
@@ -281,7 +285,7 @@ fn the_token_loss_gradient_matches_autodiff() {
         let state = TrainablePolicy::new(
             &weights,
             tokenizer.clone(),
-            &Device::flex(),
+            Backend::default(),
             Default::default(),
             value_head_lr,
         );
@@ -317,7 +321,7 @@ fn the_token_loss_gradient_matches_autodiff() {
                 value_coef: 0.5,
             };
             let mut objective = TermsObjective::new(
-                state.template.clone(),
+                state.config.clone(),
                 terms.clone(),
                 vec![vec![0, 1, 2, 3]],
                 0,
@@ -325,9 +329,6 @@ fn the_token_loss_gradient_matches_autodiff() {
                 value_head,
             );
             let params = state.trainer.params.clone();
-            let trainable: Vec<Tensor<2>> = params.iter().map(|p| p.clone().autodiff().require_grad()).collect();
-            let (loss, _) = objective.loss(&trainable, 0).expect("loss");
-            let grads = loss.backward();
             let taken = |objective: &TermsObjective| {
                 objective
                     .stats
@@ -335,39 +336,58 @@ fn the_token_loss_gradient_matches_autodiff() {
                     .map(|mut s| std::mem::take(&mut *s))
                     .expect("stats")
             };
-            let autodiff_stats = taken(&objective);
-            let (_, host, _) = objective.host_step(&params, 0).expect("cpu path").expect("ok");
-            // Both paths report the same statistics (KL, entropy, clipping, value error).
-            let host_stats = taken(&objective);
-            assert!(host_stats.tokens > 0.0 && host_stats.entropy > 0.0, "{host_stats:?}");
+            let burn = objective
+                .step(&params, 0, &Backend::Burn(Device::flex()))
+                .expect("burn");
+            let burn_stats = taken(&objective);
+            let cpu = objective.step(&params, 0, &Backend::default()).expect("cpu");
+            // Both backends report the same statistics (KL, entropy, clipping, value error).
+            let cpu_stats = taken(&objective);
+            assert!(cpu_stats.tokens > 0.0 && cpu_stats.entropy > 0.0, "{cpu_stats:?}");
             // Some ratios inside the clip range: the policy-gradient term is compared too.
             assert!(
-                host_stats.clipped < host_stats.tokens,
-                "every token clipped: {host_stats:?}"
+                cpu_stats.clipped < cpu_stats.tokens,
+                "every token clipped: {cpu_stats:?}"
             );
-            assert_eq!(autodiff_stats.tokens, host_stats.tokens);
-            assert_eq!(autodiff_stats.clipped, host_stats.clipped);
+            assert_eq!(burn_stats.tokens, cpu_stats.tokens);
+            assert_eq!(burn_stats.clipped, cpu_stats.clipped);
             for (a, b) in [
-                (autodiff_stats.kl, host_stats.kl),
-                (autodiff_stats.entropy, host_stats.entropy),
-                (autodiff_stats.value_error, host_stats.value_error),
+                (burn_stats.kl, cpu_stats.kl),
+                (burn_stats.entropy, cpu_stats.entropy),
+                (burn_stats.value_error, cpu_stats.value_error),
             ] {
                 assert!(
                     (a - b).abs() <= 1e-3 * b.abs().max(1.0),
-                    "{autodiff_stats:?} vs {host_stats:?}"
+                    "{burn_stats:?} vs {cpu_stats:?}"
                 );
             }
-            for (i, (t, h)) in trainable.iter().zip(&host).enumerate() {
-                let b: Vec<f32> = h.clone().into_data().try_into_vec_as().expect("data");
-                let a: Vec<f32> = t
-                    .grad(&grads)
-                    .map(|g| g.into_data().try_into_vec_as().expect("data"))
-                    .unwrap_or_else(|| vec![0.0; b.len()]);
+            assert!((burn.loss - cpu.loss).abs() <= 1e-4 * cpu.loss.abs().max(1.0));
+            for (i, (a, b)) in burn.gradients.iter().zip(&cpu.gradients).enumerate() {
                 let scale = a.iter().map(|x| x.abs()).fold(1e-6f32, f32::max).max(1e-3);
-                let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+                let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
                 assert!(
                     diff <= 2e-3 * scale,
                     "value head {value_head}, sequence ratio {sequence_ratio}, parameter {i}: {diff} (scale {scale})"
+                );
+            }
+            // The loss itself (policy gradient, KL, entropy, value) against finite differences,
+            // on the final norm's first weight and, with a critic, the value head's bias.
+            let final_norm = weights.layout().final_norm;
+            let mut slots = vec![final_norm];
+            if value_head {
+                slots.push(params.len() - 1);
+            }
+            for slot in slots {
+                let mut shifted = |by: f32| {
+                    let mut moved = params.clone();
+                    moved[slot].data[0] += by;
+                    objective.step(&moved, 0, &Backend::default()).expect("cpu").loss
+                };
+                let numeric = (shifted(1e-3) - shifted(-1e-3)) / 2e-3;
+                let analytic = f64::from(cpu.gradients[slot][0]);
+                assert!(
+                    (numeric - analytic).abs() <= 0.03 * analytic.abs() + 1e-4,
+                    "sequence ratio {sequence_ratio}, parameter {slot}: finite difference {numeric} vs gradient {analytic}"
                 );
             }
         }

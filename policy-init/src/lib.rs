@@ -1,9 +1,11 @@
 //! # ponder-policy-init
 //!
-//! The policy: a Llama-family transformer in burn 0.22 ([`model`]), a KV-cached CPU decoding
-//! engine ([`engine`]) behind the [`Policy`] trait, character-level and Hugging Face
-//! tokenizers, sampling, policy initialisation (supervised training on expert traces),
-//! checkpoints, Hugging Face import/export and a remote OpenAI-compatible policy.
+//! The policy: a Llama-family transformer on the CPU ([`cpu`]: KV-cached decoding behind the
+//! [`Policy`] trait, and training) with burn 0.22's model as the reference and second training
+//! backend ([`model`], [`backend`]), the host-side trainer and AdamW ([`trainer`], [`optim`]),
+//! character-level and Hugging Face tokenizers, sampling, policy initialisation (supervised
+//! training on expert traces), checkpoints, Hugging Face import/export and a remote
+//! OpenAI-compatible policy.
 //!
 //! | feature | effect |
 //! |---|---|
@@ -11,17 +13,16 @@
 //! | `ndarray` | burn's `ndarray` backend as well (`run.device = "ndarray"`) |
 //! | `cuda` | burn's CUDA backend (needs internet at build time; never in CI) |
 
+pub mod backend;
 pub mod checkpoint;
 pub mod config;
-pub mod engine;
+pub mod cpu;
 pub mod error;
 pub mod eval;
 pub mod evaluate;
 pub mod hf;
-pub mod linalg;
 pub mod metrics;
 pub mod model;
-pub mod native_train;
 pub mod optim;
 pub mod policy;
 pub mod prefix_cache;

@@ -1,16 +1,20 @@
-//! The transformer in burn tensor operations: one implementation for every device (flex on the
-//! CPU, cuda on a GPU). Training runs here; its full-sequence forward is also the reference
-//! the CPU decoding engine (`engine.rs`) is tested against.
+//! The transformer in burn tensor operations, for every burn device (flex or ndarray on the
+//! CPU, cuda on a GPU): the reference ponder's CPU transformer (`cpu/`) is tested against
+//! (logits and gradients), and the `burn` training backend, which runs an objective's
+//! [`SequenceLoss`] on this model's outputs and its autodiff for the gradients.
 //!
 //! Parameters are kept under their Hugging Face names and layouts (`[out, in]` matrices), as
 //! rank-2 tensors (vectors as `[1, n]`), so import and export are a rename-free copy.
 
-use burn::tensor::activation::{log_softmax, silu};
+use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use crate::backend::PassModel;
 use crate::config::ModelConfig;
+use crate::cpu::layers::rope_tables;
+use crate::cpu::{Gradients, ScalarHead, SeqOutputs, SequenceLoss};
 use crate::weights::{HostTensor, HostWeights, Layout};
 
 /// The model's parameters on a device.
@@ -25,57 +29,6 @@ pub struct Transformer {
     sin: Tensor<2>,
 }
 
-/// A batch of token sequences, right-padded, with the positions whose prediction is trained.
-#[derive(Clone, Debug)]
-pub struct TokenBatch {
-    pub batch: usize,
-    pub len: usize,
-    /// `[batch * len]` input ids.
-    pub inputs: Vec<i32>,
-    /// `[batch * len]` next-token targets.
-    pub targets: Vec<i32>,
-    /// `[batch * len]` 1.0 where the target counts in the loss.
-    pub mask: Vec<f32>,
-}
-
-impl TokenBatch {
-    /// Builds a batch from `(tokens, first_trained_target)` pairs: targets at positions
-    /// `>= first_trained_target - 1` (the predictions of tokens from that index on) count.
-    pub fn new(sequences: &[(Vec<u32>, usize)], pad: u32) -> TokenBatch {
-        let len = sequences
-            .iter()
-            .map(|(s, _)| s.len().saturating_sub(1))
-            .max()
-            .unwrap_or(0)
-            .max(1);
-        let batch = sequences.len();
-        let mut inputs = vec![pad as i32; batch * len];
-        let mut targets = vec![pad as i32; batch * len];
-        let mut mask = vec![0.0; batch * len];
-        for (b, (tokens, first)) in sequences.iter().enumerate() {
-            for t in 0..tokens.len().saturating_sub(1) {
-                inputs[b * len + t] = tokens[t] as i32;
-                targets[b * len + t] = tokens[t + 1] as i32;
-                if t + 1 >= *first {
-                    mask[b * len + t] = 1.0;
-                }
-            }
-        }
-        TokenBatch {
-            batch,
-            len,
-            inputs,
-            targets,
-            mask,
-        }
-    }
-
-    /// Trained target tokens.
-    pub fn trained_tokens(&self) -> usize {
-        self.mask.iter().filter(|&&m| m > 0.0).count()
-    }
-}
-
 fn to_tensor(t: &HostTensor, device: &Device) -> Tensor<2> {
     let shape = match t.shape[..] {
         [n] => [1, n],
@@ -83,26 +36,6 @@ fn to_tensor(t: &HostTensor, device: &Device) -> Tensor<2> {
         _ => [1, t.data.len()],
     };
     Tensor::from_data(TensorData::new(t.data.clone(), shape), device)
-}
-
-/// Rotary tables for positions `0..len`: `[len, head_dim]`, rotate-half layout.
-pub fn rope_tables(config: &ModelConfig, len: usize) -> (Vec<f32>, Vec<f32>) {
-    let dh = config.head_dim();
-    let half = dh / 2;
-    let mut cos = vec![0.0f32; len * dh];
-    let mut sin = vec![0.0f32; len * dh];
-    for pos in 0..len {
-        for i in 0..half {
-            let freq = (config.rope_theta as f64).powf(-(2.0 * i as f64) / dh as f64);
-            let angle = pos as f64 * freq;
-            let (s, c) = angle.sin_cos();
-            for j in [i, i + half] {
-                cos[pos * dh + j] = c as f32;
-                sin[pos * dh + j] = s as f32;
-            }
-        }
-    }
-    (cos, sin)
 }
 
 impl Transformer {
@@ -144,18 +77,6 @@ impl Transformer {
 
     pub fn device(&self) -> Device {
         self.cos.device()
-    }
-
-    /// A trainer over this model's parameters (Hugging Face names; decay on matrices).
-    pub fn trainer(&self, config: crate::trainer::TrainerConfig) -> crate::trainer::Trainer {
-        let decay = (0..self.params.len()).map(|i| self.layout.decays(i)).collect();
-        crate::trainer::Trainer::new(
-            config,
-            self.layout.names.clone(),
-            self.layout.shapes.clone(),
-            decay,
-            self.params.clone(),
-        )
     }
 
     /// The same model with other parameter values (same layout).
@@ -267,44 +188,105 @@ impl Transformer {
         }
         self.rms_norm(x, self.layout.final_norm)
     }
+}
 
-    /// Mean cross-entropy over the batch's trained positions, and how many there were.
-    pub fn loss(&self, batch: &TokenBatch) -> (Tensor<1>, usize) {
-        let device = self.device();
-        let n = batch.batch * batch.len;
-        let logits = self.forward(&batch.inputs, batch.batch, batch.len);
-        let logp = log_softmax(logits, 1);
-        let targets = Tensor::<2, Int>::from_data(TensorData::new(batch.targets.clone(), [n, 1]), &device);
-        let mask = Tensor::<2>::from_data(TensorData::new(batch.mask.clone(), [n, 1]), &device);
-        let count = batch.trained_tokens().max(1);
-        let picked = logp.gather(1, targets) * mask;
-        (picked.sum().neg().div_scalar(count as f32), count)
+/// One training pass on burn: the model's outputs for a right-padded batch through autodiff,
+/// the loss and its output gradients from `loss` on the host (as the CPU path computes them),
+/// then the gradients of the parameters by backpropagating the surrogate
+/// `Σ logits·dlogits + Σ values·dvalues`, whose gradient is the loss's.
+pub fn autodiff_loss_and_gradients(
+    model: PassModel<'_>,
+    sequences: &[&[u32]],
+    loss: &dyn SequenceLoss,
+    device: &Device,
+) -> (f64, Gradients) {
+    let weights = HostWeights {
+        config: model.config.clone(),
+        tensors: model.tensors.to_vec(),
+    };
+    let transformer = Transformer::from_host(&weights, device).trainable();
+    let device = transformer.device();
+    let (batch, len) = (
+        sequences.len(),
+        sequences.iter().map(|s| s.len()).max().unwrap_or(1).max(1),
+    );
+    let mut inputs = vec![0i32; batch * len];
+    for (b, s) in sequences.iter().enumerate() {
+        for (t, &tok) in s.iter().enumerate() {
+            inputs[b * len + t] = tok as i32;
+        }
     }
-
-    /// Per-position log-probabilities of the targets `[batch * len]` (no gradient tracking
-    /// unless the parameters are trainable).
-    pub fn target_logprobs(&self, batch: &TokenBatch) -> Tensor<2> {
-        let device = self.device();
-        let n = batch.batch * batch.len;
-        let logits = self.forward(&batch.inputs, batch.batch, batch.len);
-        let targets = Tensor::<2, Int>::from_data(TensorData::new(batch.targets.clone(), [n, 1]), &device);
-        log_softmax(logits, 1).gather(1, targets)
+    let hidden = transformer.forward_hidden(&inputs, batch, len);
+    let leaf = |data: Vec<f32>, dims: [usize; 2]| {
+        Tensor::<2>::from_data(TensorData::new(data, dims), &device)
+            .autodiff()
+            .require_grad()
+    };
+    let head = model
+        .head
+        .map(|h| (leaf(h.weight.clone(), [1, h.weight.len()]), leaf(vec![h.bias], [1, 1])));
+    let logits = model.lm.then(|| transformer.logits(hidden.clone()));
+    let values = head
+        .as_ref()
+        .map(|(w, b)| hidden.clone().matmul(w.clone().transpose()) + b.clone());
+    let host = |t: &Option<Tensor<2>>| -> Vec<f32> {
+        t.as_ref()
+            .map(|t| {
+                t.clone()
+                    .inner()
+                    .into_data()
+                    .try_into_vec_as::<f32>()
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default()
+    };
+    let (logits_host, values_host) = (host(&logits), host(&values));
+    let vocab = model.config.vocab_size;
+    let mut dlogits = vec![0.0f32; logits_host.len()];
+    let mut dvalues = vec![0.0f32; values_host.len()];
+    let mut total = 0.0;
+    // Sequence b's rows are `b * len .. b * len + its length`; padding rows get no gradient.
+    for (b, s) in sequences.iter().enumerate() {
+        let rows = b * len..b * len + s.len();
+        let wide = rows.start * vocab..rows.end * vocab;
+        total += loss.loss(
+            b,
+            SeqOutputs {
+                logits: model.lm.then(|| &logits_host[wide.clone()]),
+                values: head.as_ref().map(|_| &values_host[rows.clone()]),
+                dlogits: if model.lm { Some(&mut dlogits[wide]) } else { None },
+                dvalues: if head.is_some() { Some(&mut dvalues[rows]) } else { None },
+            },
+        );
     }
+    let weigh = |t: Tensor<2>, g: Vec<f32>| {
+        let dims = t.dims();
+        (t * Tensor::<2>::from_data(TensorData::new(g, dims), &device)).sum()
+    };
+    let mut surrogate = Tensor::<1>::zeros([1], &device);
+    if let Some(logits) = logits {
+        surrogate = surrogate + weigh(logits, dlogits);
+    }
+    if let Some(values) = values {
+        surrogate = surrogate + weigh(values, dvalues);
+    }
+    let grads = surrogate.backward();
+    let read = |t: &Tensor<2>| -> Vec<f32> {
+        t.grad(&grads)
+            .map(|g| g.into_data().try_into_vec_as::<f32>().unwrap_or_default())
+            .unwrap_or_else(|| vec![0.0; t.dims().iter().product()])
+    };
+    let tensors = transformer.params.iter().map(read).collect();
+    let head = head.map(|(w, b)| ScalarHead {
+        weight: read(&w),
+        bias: read(&b).first().copied().unwrap_or(0.0),
+    });
+    (total, Gradients { tensors, head })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn batch_masks_only_the_trace() {
-        // tokens: bos p p t t ; trace starts at index 3
-        let b = TokenBatch::new(&[(vec![1, 10, 11, 20, 21], 3), (vec![1, 10, 20], 2)], 0);
-        assert_eq!(b.len, 4);
-        assert_eq!(b.inputs, vec![1, 10, 11, 20, 1, 10, 0, 0]);
-        assert_eq!(b.targets, vec![10, 11, 20, 21, 10, 20, 0, 0]);
-        assert_eq!(b.mask, vec![0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0]);
-    }
 
     #[test]
     fn host_round_trip_is_exact() {

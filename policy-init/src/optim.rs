@@ -1,10 +1,12 @@
 //! AdamW with decoupled weight decay, global gradient-norm clipping (as PyTorch's
 //! `clip_grad_norm_`: burn's `GradientClippingConfig::Norm` clips each tensor on its own), and
-//! a warmup + cosine learning-rate schedule. The state is plain tensors, saved with the
-//! checkpoint, so a resumed run continues bit for bit.
+//! a warmup + cosine learning-rate schedule, on host memory beside the parameters. The state
+//! is plain vectors, saved with the checkpoint, so a resumed run continues bit for bit.
 
-use burn::tensor::Tensor;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+
+use crate::weights::HostTensor;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -73,19 +75,19 @@ pub struct UpdateStats {
     pub lr: f64,
 }
 
-/// AdamW's moments for a list of parameters (on the non-autodiff device).
+/// AdamW's moments for a list of parameters, on the host beside them.
 #[derive(Clone, Debug)]
 pub struct AdamW {
     pub config: OptimConfig,
-    pub m: Vec<Tensor<2>>,
-    pub v: Vec<Tensor<2>>,
+    pub m: Vec<Vec<f32>>,
+    pub v: Vec<Vec<f32>>,
     /// Updates done so far (for bias correction).
     pub t: u64,
 }
 
 impl AdamW {
-    pub fn new(config: OptimConfig, params: &[Tensor<2>]) -> AdamW {
-        let zeros = |p: &Tensor<2>| Tensor::<2>::zeros(p.dims(), &p.device().inner());
+    pub fn new(config: OptimConfig, params: &[HostTensor]) -> AdamW {
+        let zeros = |p: &HostTensor| vec![0.0f32; p.data.len()];
         AdamW {
             config,
             m: params.iter().map(zeros).collect(),
@@ -95,24 +97,24 @@ impl AdamW {
     }
 
     /// The global norm of a set of gradients.
-    pub fn global_norm(grads: &[Tensor<2>]) -> f64 {
+    pub fn global_norm(grads: &[Vec<f32>]) -> f64 {
         let total: f64 = grads
-            .iter()
-            .map(|g| {
-                let s: f32 = g.clone().square().sum().into_scalar();
-                f64::from(s)
-            })
+            .par_iter()
+            .map(|g| g.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>())
+            .collect::<Vec<f64>>()
+            .into_iter()
             .sum();
         total.sqrt()
     }
 
-    /// Applies one update to `params` (non-autodiff tensors) given their gradients.
-    /// `decay[i]` says whether parameter i gets weight decay; `lr_scale[i]` multiplies the
-    /// learning rate for parameter i (1 where the slice is shorter).
+    /// Applies one update to `params` given their gradients. `decay[i]` says whether parameter
+    /// i gets weight decay; `lr_scale[i]` multiplies the learning rate for parameter i (1 where
+    /// the slice is shorter). Tensors are updated in parallel, each element on its own, so the
+    /// result does not depend on the thread count.
     pub fn step(
         &mut self,
-        params: &mut [Tensor<2>],
-        grads: &[Tensor<2>],
+        params: &mut [HostTensor],
+        grads: &[Vec<f32>],
         decay: &[bool],
         lr_scale: &[f64],
         lr: f64,
@@ -126,23 +128,31 @@ impl AdamW {
         };
         self.t += 1;
         let (b1, b2) = (c.beta1, c.beta2);
-        let bias1 = 1.0 - b1.powi(self.t as i32);
-        let bias2 = 1.0 - b2.powi(self.t as i32);
-        for i in 0..params.len() {
-            let g = grads[i].clone().mul_scalar(clip as f32);
-            let m = self.m[i].clone().mul_scalar(b1 as f32) + g.clone().mul_scalar((1.0 - b1) as f32);
-            let v = self.v[i].clone().mul_scalar(b2 as f32) + g.square().mul_scalar((1.0 - b2) as f32);
-            let denom = v.clone().div_scalar(bias2 as f32).sqrt().add_scalar(c.eps as f32);
-            let update = m.clone().div_scalar(bias1 as f32) / denom;
-            let lr = lr * lr_scale.get(i).copied().unwrap_or(1.0);
-            let mut p = params[i].clone();
-            if decay[i] && c.weight_decay > 0.0 {
-                p = p.mul_scalar((1.0 - lr * c.weight_decay) as f32);
-            }
-            params[i] = p - update.mul_scalar(lr as f32);
-            self.m[i] = m;
-            self.v[i] = v;
-        }
+        let bias1 = (1.0 - b1.powi(self.t as i32)) as f32;
+        let bias2 = (1.0 - b2.powi(self.t as i32)) as f32;
+        let (clip, b1, b2, eps) = (clip as f32, b1 as f32, b2 as f32, c.eps as f32);
+        let weight_decay = c.weight_decay;
+        params
+            .par_iter_mut()
+            .zip(self.m.par_iter_mut())
+            .zip(self.v.par_iter_mut())
+            .enumerate()
+            .for_each(|(i, ((p, m), v))| {
+                let lr = lr * lr_scale.get(i).copied().unwrap_or(1.0);
+                let shrink = if decay.get(i).copied().unwrap_or(false) && weight_decay > 0.0 {
+                    (1.0 - lr * weight_decay) as f32
+                } else {
+                    1.0
+                };
+                let lr = lr as f32;
+                for (((p, m), v), &g) in p.data.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(&grads[i]) {
+                    let g = g * clip;
+                    *m = *m * b1 + g * (1.0 - b1);
+                    *v = *v * b2 + g * g * (1.0 - b2);
+                    let update = (*m / bias1) / ((*v / bias2).sqrt() + eps);
+                    *p = *p * shrink - update * lr;
+                }
+            });
         UpdateStats { grad_norm: norm, lr }
     }
 }
@@ -150,7 +160,6 @@ impl AdamW {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Device, TensorData};
 
     #[test]
     fn schedule_warms_up_then_decays_to_the_floor() {
@@ -169,31 +178,33 @@ mod tests {
 
     #[test]
     fn matches_a_hand_computed_adamw_step_with_global_clipping() {
-        let dev = Device::flex();
-        let p = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, -2.0], [1, 2]), &dev);
-        let q = Tensor::<2>::from_data(TensorData::new(vec![0.5f32], [1, 1]), &dev);
+        let tensor = |data: Vec<f32>| HostTensor {
+            shape: vec![data.len()],
+            data,
+        };
         // Gradients (3, 4) and (12): global norm 13, clipped to 1.3.
-        let g1 = Tensor::<2>::from_data(TensorData::new(vec![3.0f32, 4.0], [1, 2]), &dev);
-        let g2 = Tensor::<2>::from_data(TensorData::new(vec![12.0f32], [1, 1]), &dev);
         let config = OptimConfig {
             grad_clip: 1.3,
             weight_decay: 0.5,
             eps: 0.0,
             ..OptimConfig::default()
         };
-        let mut params = vec![p, q];
+        let mut params = vec![tensor(vec![1.0, -2.0]), tensor(vec![0.5])];
         let mut opt = AdamW::new(config, &params);
         // q learns at twice the rate.
-        let stats = opt.step(&mut params, &[g1, g2], &[true, false], &[1.0, 2.0], 0.1);
+        let grads = [vec![3.0, 4.0], vec![12.0]];
+        let stats = opt.step(&mut params, &grads, &[true, false], &[1.0, 2.0], 0.1);
         assert!((stats.grad_norm - 13.0).abs() < 1e-5);
         // After one step Adam's normalised update is sign(g): p - lr*wd*p - lr*sign(g).
-        let p: Vec<f32> = params[0].clone().into_data().try_into_vec_as().expect("data");
+        let p = &params[0].data;
         assert!((p[0] - (1.0 * (1.0 - 0.05) - 0.1)).abs() < 1e-5, "{p:?}");
         assert!((p[1] - (-2.0 * (1.0 - 0.05) - 0.1)).abs() < 1e-5, "{p:?}");
-        let q: Vec<f32> = params[1].clone().into_data().try_into_vec_as().expect("data");
+        let q = &params[1].data;
         assert!(
             (q[0] - (0.5 - 0.2)).abs() < 1e-5,
             "no decay on q, twice the rate: {q:?}"
         );
+        // The moments are the clipped gradient's: m = (1 - b1) g, v = (1 - b2) g².
+        assert!((opt.m[1][0] - 0.1 * 1.2).abs() < 1e-6 && (opt.v[1][0] - 0.05 * 1.44).abs() < 1e-6);
     }
 }

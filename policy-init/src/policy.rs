@@ -15,6 +15,9 @@ pub enum Stop {
     TraceEnd,
     /// Only at the token limit or an end-of-sequence token.
     Never,
+    /// Only at the token limit: an end-of-sequence token is generated like any other (a fixed
+    /// number of tokens, as benchmarks decode).
+    Length,
 }
 
 /// How the next token is drawn. `temperature == 0` is greedy.

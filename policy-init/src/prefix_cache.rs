@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use crate::engine::KvCache;
+use crate::cpu::KvCache;
 
 struct Snapshot {
     tokens: Vec<u32>,

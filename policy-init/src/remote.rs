@@ -113,23 +113,33 @@ struct Call {
     n: usize,
 }
 
+/// An HTTP client with a timeout, and the bearer token in the environment variable
+/// `api_key_env` names (none without one); the error names a variable that is not set.
+pub fn http_client(
+    api_key_env: Option<&str>,
+    timeout_seconds: f64,
+) -> Result<(reqwest::Client, Option<String>), String> {
+    let api_key = match api_key_env {
+        Some(var) => {
+            Some(std::env::var(var).map_err(|_| format!("api_key_env: environment variable {var} is not set"))?)
+        }
+        None => None,
+    };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs_f64(timeout_seconds.max(0.1)))
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
+    Ok((client, api_key))
+}
+
 impl RemotePolicy {
     pub fn new(config: RemoteConfig) -> Result<RemotePolicy, PolicyError> {
         let problems = config.validate();
         if !problems.is_empty() {
             return Err(PolicyError::Config(problems.join("; ")));
         }
-        let api_key = match &config.api_key_env {
-            Some(var) => Some(
-                std::env::var(var)
-                    .map_err(|_| PolicyError::Config(format!("api_key_env: environment variable {var} is not set")))?,
-            ),
-            None => None,
-        };
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs_f64(config.timeout_seconds.max(0.1)))
-            .build()
-            .map_err(|e| PolicyError::Remote(e.to_string()))?;
+        let (client, api_key) =
+            http_client(config.api_key_env.as_deref(), config.timeout_seconds).map_err(PolicyError::Config)?;
         Ok(RemotePolicy {
             config,
             client,
@@ -222,7 +232,8 @@ impl RemotePolicy {
         let first_stop = match r.stop {
             Stop::StepEnd => vec!["\n".to_string()],
             Stop::TraceEnd => vec![ANSWER_PREFIX.to_string()],
-            Stop::Never => vec![],
+            // An OpenAI-compatible server stops at its end-of-sequence token in both.
+            Stop::Never | Stop::Length => vec![],
         };
         let call = Call {
             prompt: r.prompt.clone(),

@@ -1,18 +1,18 @@
 //! Policy initialisation: supervised training on expert traces, with the loss on the trace
 //! only (never the prompt).
 
-use burn::tensor::{Device, Tensor, TensorData};
 use ponder_datagen::Example;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
+use crate::backend::{Backend, PassModel};
+use crate::config::ModelConfig;
+use crate::cpu::CrossEntropy;
 use crate::error::PolicyError;
-use crate::model::{TokenBatch, Transformer};
-use crate::native_train::{CrossEntropy, NativeModel};
 use crate::tokenizer::Tokenizer;
-use crate::trainer::{Objective, StepInfo};
-use crate::weights::HostWeights;
+use crate::trainer::{Objective, StepInfo, StepOutput};
+use crate::weights::{HostTensor, HostWeights};
 
 /// Tokenized training sequences: `[bos] prompt completion`, and the index of the first
 /// completion token (the first trained target).
@@ -79,9 +79,14 @@ pub fn epoch_batches(count: usize, batch_size: usize, seed: u64, epoch: usize) -
 }
 
 /// The mean next-token cross-entropy over the trace tokens of `(tokens, first_trained)`
-/// sequences and its gradients, on the CPU training path. Returns the loss, the gradients in
-/// layout order and the input tokens processed.
-pub fn cross_entropy_gradients(weights: &HostWeights, sequences: &[(Vec<u32>, usize)]) -> (f64, Vec<Vec<f32>>, usize) {
+/// sequences and its gradients, on `backend`. Returns the loss, the gradients in layout order
+/// and the input tokens processed.
+pub fn cross_entropy_gradients(
+    config: &ModelConfig,
+    tensors: &[HostTensor],
+    sequences: &[(Vec<u32>, usize)],
+    backend: &Backend,
+) -> (f64, Vec<Vec<f32>>, usize) {
     let tokens: Vec<Vec<u32>> = sequences.iter().map(|(t, _)| t.clone()).collect();
     let firsts: Vec<usize> = sequences.iter().map(|(_, f)| *f).collect();
     let count: usize = sequences.iter().map(|(t, f)| t.len().saturating_sub(*f)).sum();
@@ -91,8 +96,13 @@ pub fn cross_entropy_gradients(weights: &HostWeights, sequences: &[(Vec<u32>, us
         first_trained: &firsts,
         count,
     };
-    let model = NativeModel::new(weights, None, true);
-    let (value, grads) = model.loss_and_gradients(&inputs, &loss, rayon::current_num_threads());
+    let model = PassModel {
+        config,
+        tensors,
+        head: None,
+        lm: true,
+    };
+    let (value, grads) = backend.loss_and_gradients(model, &inputs, &loss);
     (value, grads.tensors, inputs.iter().map(|i| i.len()).sum())
 }
 
@@ -101,23 +111,21 @@ pub type EvalHook = Box<dyn FnMut(&HostWeights, usize) -> Result<serde_json::Val
 
 /// Next-token cross-entropy on the trace tokens of expert examples.
 pub struct SftObjective {
-    template: Transformer,
+    config: ModelConfig,
     sequences: Sequences,
     batch_size: usize,
     seed: u64,
-    pad: u32,
     epoch: Option<(usize, Vec<Vec<usize>>)>,
     eval: Option<EvalHook>,
 }
 
 impl SftObjective {
-    pub fn new(template: Transformer, sequences: Sequences, batch_size: usize, seed: u64, pad: u32) -> SftObjective {
+    pub fn new(config: ModelConfig, sequences: Sequences, batch_size: usize, seed: u64) -> SftObjective {
         SftObjective {
-            template,
+            config,
             sequences,
             batch_size,
             seed,
-            pad,
             epoch: None,
             eval: None,
         }
@@ -126,12 +134,6 @@ impl SftObjective {
     pub fn with_eval(mut self, hook: EvalHook) -> SftObjective {
         self.eval = Some(hook);
         self
-    }
-
-    /// The batch of step `step`, padded for the burn model.
-    pub fn batch(&mut self, step: usize) -> Result<TokenBatch, PolicyError> {
-        let picked = self.picked(step)?;
-        Ok(TokenBatch::new(&picked, self.pad))
     }
 
     /// The sequences of step `step`.
@@ -157,57 +159,27 @@ impl SftObjective {
             .map(|&i| self.sequences.items[i].clone())
             .collect())
     }
-
-    fn model_with(&self, params: &[Tensor<2>]) -> Transformer {
-        self.template.with_params(params.to_vec())
-    }
 }
 
 impl Objective for SftObjective {
-    fn loss(&mut self, params: &[Tensor<2>], step: usize) -> Result<(Tensor<1>, StepInfo), PolicyError> {
-        let batch = self.batch(step)?;
-        let model = self.model_with(params);
-        let (loss, trained) = model.loss(&batch);
-        let tokens = batch.mask.len() - batch.inputs.iter().filter(|&&t| t == self.pad as i32).count();
-        Ok((
+    fn step(&mut self, params: &[HostTensor], step: usize, backend: &Backend) -> Result<StepOutput, PolicyError> {
+        let picked = self.picked(step)?;
+        let (loss, gradients, tokens) = cross_entropy_gradients(&self.config, params, &picked, backend);
+        Ok(StepOutput {
             loss,
-            StepInfo {
+            gradients,
+            info: StepInfo {
                 tokens,
-                scalars: vec![("trained_tokens".into(), trained as f64)],
+                scalars: Vec::new(),
             },
-        ))
+        })
     }
 
-    fn host_step(
-        &mut self,
-        params: &[Tensor<2>],
-        step: usize,
-    ) -> Option<Result<(f64, Vec<Tensor<2>>, StepInfo), PolicyError>> {
-        if params.first()?.device() != Device::flex() {
-            return None;
-        }
-        Some(self.picked(step).map(|picked| {
-            let weights = self.model_with(params).to_host();
-            let (loss, grads, tokens) = cross_entropy_gradients(&weights, &picked);
-            let device = params[0].device();
-            let grads = grads
-                .into_iter()
-                .zip(params)
-                .map(|(g, p)| Tensor::from_data(TensorData::new(g, p.dims()), &device))
-                .collect();
-            (
-                loss,
-                grads,
-                StepInfo {
-                    tokens,
-                    scalars: Vec::new(),
-                },
-            )
-        }))
-    }
-
-    fn evaluate(&mut self, params: &[Tensor<2>], step: usize) -> Result<serde_json::Value, PolicyError> {
-        let weights = self.model_with(params).to_host();
+    fn evaluate(&mut self, params: &[HostTensor], step: usize) -> Result<serde_json::Value, PolicyError> {
+        let weights = HostWeights {
+            config: self.config.clone(),
+            tensors: params.to_vec(),
+        };
         match &mut self.eval {
             Some(hook) => hook(&weights, step),
             None => Ok(serde_json::Value::Null),

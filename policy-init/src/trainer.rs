@@ -10,15 +10,15 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::backend::Backend;
 use crate::checkpoint::Checkpointer;
 use crate::error::PolicyError;
 use crate::metrics::MetricsLog;
 use crate::optim::{AdamW, OptimConfig};
-use crate::weights::{HostTensor, load_safetensors, save_safetensors};
+use crate::weights::{HostTensor, HostWeights, load_safetensors, save_safetensors};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -42,10 +42,6 @@ pub struct TrainerConfig {
     /// 0.03. RL surrogate losses hover around zero with large relative swings, so RL sets a
     /// floor of the loss's natural scale (1.0).
     pub divergence_floor: f64,
-    /// Compute gradients with burn's autodiff even where the objective has a hand-written CPU
-    /// training step (`Objective::host_step`: the same gradients, several times faster), as
-    /// `run.autodiff` asks; the reference the CPU path is tested against.
-    pub autodiff: bool,
 }
 
 impl Default for TrainerConfig {
@@ -58,7 +54,6 @@ impl Default for TrainerConfig {
             eval_every: 0,
             divergence_factor: 8.0,
             divergence_floor: 0.1,
-            autodiff: false,
         }
     }
 }
@@ -72,23 +67,24 @@ pub struct StepInfo {
     pub scalars: Vec<(String, f64)>,
 }
 
-/// A training objective: the loss of step `step` given the parameters (autodiff leaves).
+/// What one step of an objective gives: the loss, the gradient of every parameter (in the
+/// trainer's order, each as long as its parameter) and what to log.
+#[derive(Clone, Debug, Default)]
+pub struct StepOutput {
+    pub loss: f64,
+    pub gradients: Vec<Vec<f32>>,
+    pub info: StepInfo,
+}
+
+/// A training objective: the loss of step `step` and its gradients, given the current
+/// parameters, computed by `backend` (ponder's CPU transformer, or burn's autodiff as the
+/// reference). Every objective is written once, as a [`crate::cpu::SequenceLoss`] on the
+/// model's outputs, whichever backend runs the model.
 pub trait Objective {
-    fn loss(&mut self, params: &[Tensor<2>], step: usize) -> Result<(Tensor<1>, StepInfo), PolicyError>;
+    fn step(&mut self, params: &[HostTensor], step: usize, backend: &Backend) -> Result<StepOutput, PolicyError>;
 
-    /// The loss and the gradients of step `step` computed without burn's autodiff (the CPU
-    /// training path, `native_train.rs`), given the current (non-autodiff) parameters.
-    /// `None` when this objective has no such path; the trainer then uses [`Objective::loss`].
-    fn host_step(
-        &mut self,
-        _params: &[Tensor<2>],
-        _step: usize,
-    ) -> Option<Result<(f64, Vec<Tensor<2>>, StepInfo), PolicyError>> {
-        None
-    }
-
-    /// An evaluation of the current parameters (non-autodiff), logged as one record.
-    fn evaluate(&mut self, _params: &[Tensor<2>], _step: usize) -> Result<serde_json::Value, PolicyError> {
+    /// An evaluation of the current parameters, logged as one record.
+    fn evaluate(&mut self, _params: &[HostTensor], _step: usize) -> Result<serde_json::Value, PolicyError> {
         Ok(serde_json::Value::Null)
     }
 }
@@ -118,18 +114,18 @@ pub struct TrainSummary {
     pub resumed_from: Option<usize>,
 }
 
-/// Named parameters and their optimizer.
+/// Named parameters and their optimizer, on the host.
 pub struct Trainer {
     pub config: TrainerConfig,
+    /// Where the objectives' forward and backward passes run.
+    pub backend: Backend,
     pub names: Vec<String>,
-    /// Shapes as saved (a `[1, n]` tensor saved as `[n]` when listed so).
-    pub saved_shapes: Vec<Vec<usize>>,
     pub decay: Vec<bool>,
     /// Per-parameter learning-rate multipliers (1 for all by default; PPO's critic head
     /// learns faster than the backbone).
     pub lr_scale: Vec<f64>,
-    /// Current parameters, on the non-autodiff device.
-    pub params: Vec<Tensor<2>>,
+    /// Current parameters, under their saved shapes.
+    pub params: Vec<HostTensor>,
     pub optimizer: AdamW,
     pub step: usize,
     pub tokens: u64,
@@ -149,38 +145,15 @@ impl std::fmt::Debug for Trainer {
     }
 }
 
-fn to_host(t: &Tensor<2>, shape: &[usize]) -> HostTensor {
-    HostTensor {
-        shape: shape.to_vec(),
-        data: t
-            .clone()
-            .inner()
-            .into_data()
-            .try_into_vec_as::<f32>()
-            .unwrap_or_default(),
-    }
-}
-
-fn from_host(t: &HostTensor, dims: [usize; 2], device: &Device) -> Tensor<2> {
-    Tensor::from_data(TensorData::new(t.data.clone(), dims), device)
-}
-
 impl Trainer {
-    /// `params` on any device (moved to its non-autodiff form); `saved_shapes` the shapes under
-    /// which they are written; `decay` which get weight decay.
-    pub fn new(
-        config: TrainerConfig,
-        names: Vec<String>,
-        saved_shapes: Vec<Vec<usize>>,
-        decay: Vec<bool>,
-        params: Vec<Tensor<2>>,
-    ) -> Trainer {
-        let params: Vec<Tensor<2>> = params.into_iter().map(|p| p.inner()).collect();
+    /// `params` under `names` (and their shapes) as checkpoints save them; `decay` says which
+    /// get weight decay. Trains on ponder's CPU transformer until [`Trainer::with_backend`].
+    pub fn new(config: TrainerConfig, names: Vec<String>, decay: Vec<bool>, params: Vec<HostTensor>) -> Trainer {
         let optimizer = AdamW::new(config.optim.clone(), &params);
         Trainer {
             config,
+            backend: Backend::default(),
             names,
-            saved_shapes,
             decay,
             lr_scale: vec![1.0; params.len()],
             params,
@@ -194,6 +167,19 @@ impl Trainer {
             loss_mean: None,
             last_loss: f64::NAN,
         }
+    }
+
+    /// A trainer over a model's weights (Hugging Face names; decay on matrices).
+    pub fn for_weights(config: TrainerConfig, weights: &HostWeights) -> Trainer {
+        let layout = weights.layout();
+        let decay = (0..layout.names.len()).map(|i| layout.decays(i)).collect();
+        Trainer::new(config, layout.names, decay, weights.tensors.clone())
+    }
+
+    /// Runs the objectives' passes on `backend`.
+    pub fn with_backend(mut self, backend: Backend) -> Trainer {
+        self.backend = backend;
+        self
     }
 
     /// Checkpoints go under `dir`; metrics records to `metrics`.
@@ -240,14 +226,9 @@ impl Trainer {
         self.metrics = metrics;
     }
 
-    /// Host copies of the parameters under their names and saved shapes.
-    pub fn named_params(&self) -> BTreeMap<String, HostTensor> {
-        self.names
-            .iter()
-            .zip(&self.params)
-            .zip(&self.saved_shapes)
-            .map(|((n, p), s)| (n.clone(), to_host(p, s)))
-            .collect()
+    /// The parameters under their names.
+    pub fn named_params(&self) -> BTreeMap<String, &HostTensor> {
+        self.names.iter().cloned().zip(&self.params).collect()
     }
 
     /// Loads the latest checkpoint, if there is one; returns its step.
@@ -258,21 +239,20 @@ impl Trainer {
         let Some((step, dir)) = checkpointer.latest()? else {
             return Ok(None);
         };
-        let device = self.params.first().map(|p| p.device()).unwrap_or_else(Device::flex);
-        let params = load_safetensors(&dir.join("model.safetensors"))?;
-        let moments = load_safetensors(&dir.join("optimizer.safetensors"))?;
+        let mut params = load_safetensors(&dir.join("model.safetensors"))?;
+        let mut moments = load_safetensors(&dir.join("optimizer.safetensors"))?;
         for i in 0..self.names.len() {
-            let dims = self.params[i].dims();
-            let get = |map: &BTreeMap<String, HostTensor>, key: &str| {
-                map.get(key)
-                    .filter(|t| t.data.len() == dims[0] * dims[1])
-                    .map(|t| from_host(t, dims, &device))
+            let size = self.params[i].data.len();
+            let take = |map: &mut BTreeMap<String, HostTensor>, key: &str| {
+                map.remove(key)
+                    .filter(|t| t.data.len() == size)
+                    .map(|t| t.data)
                     .ok_or_else(|| PolicyError::Format(format!("{}: `{key}` is missing or misshapen", dir.display())))
             };
-            let name = &self.names[i];
-            self.params[i] = get(&params, name)?;
-            self.optimizer.m[i] = get(&moments, &format!("m.{name}"))?;
-            self.optimizer.v[i] = get(&moments, &format!("v.{name}"))?;
+            let name = self.names[i].clone();
+            self.params[i].data = take(&mut params, &name)?;
+            self.optimizer.m[i] = take(&mut moments, &format!("m.{name}"))?;
+            self.optimizer.v[i] = take(&mut moments, &format!("v.{name}"))?;
         }
         let state_path = dir.join("trainer.json");
         let state: serde_json::Value = std::fs::read_to_string(&state_path)
@@ -299,20 +279,14 @@ impl Trainer {
         let Some((step, dir)) = Checkpointer::new(checkpoints, 2).latest()? else {
             return Ok(None);
         };
-        let moments = load_safetensors(&dir.join("optimizer.safetensors"))?;
+        let mut moments = load_safetensors(&dir.join("optimizer.safetensors"))?;
         for i in 0..self.names.len() {
-            let dims = self.params[i].dims();
-            let device = self.params[i].device();
-            let get = |key: String| {
-                moments
-                    .get(&key)
-                    .filter(|t| t.data.len() == dims[0] * dims[1])
-                    .map(|t| from_host(t, dims, &device))
-            };
-            if let Some(m) = get(format!("m.{}", self.names[i])) {
+            let size = self.params[i].data.len();
+            let mut take = |key: String| moments.remove(&key).filter(|t| t.data.len() == size).map(|t| t.data);
+            if let Some(m) = take(format!("m.{}", self.names[i])) {
                 self.optimizer.m[i] = m;
             }
-            if let Some(v) = get(format!("v.{}", self.names[i])) {
+            if let Some(v) = take(format!("v.{}", self.names[i])) {
                 self.optimizer.v[i] = v;
             }
         }
@@ -333,14 +307,19 @@ impl Trainer {
         };
         let params = self.named_params();
         let mut moments: BTreeMap<String, HostTensor> = BTreeMap::new();
-        for ((name, m), (v, shape)) in self
+        for (((name, m), v), p) in self
             .names
             .iter()
             .zip(&self.optimizer.m)
-            .zip(self.optimizer.v.iter().zip(&self.saved_shapes))
+            .zip(&self.optimizer.v)
+            .zip(&self.params)
         {
-            moments.insert(format!("m.{name}"), to_host(m, shape));
-            moments.insert(format!("v.{name}"), to_host(v, shape));
+            let moment = |data: &Vec<f32>| HostTensor {
+                shape: p.shape.clone(),
+                data: data.clone(),
+            };
+            moments.insert(format!("m.{name}"), moment(m));
+            moments.insert(format!("v.{name}"), moment(v));
         }
         let state = json!({
             "step": self.step,
@@ -353,7 +332,7 @@ impl Trainer {
         checkpointer.save(self.step, |dir| {
             save_safetensors(
                 &dir.join("model.safetensors"),
-                params.iter().map(|(k, v)| (k.clone(), v)),
+                params.iter().map(|(k, v)| (k.clone(), *v)),
                 None,
             )?;
             save_safetensors(
@@ -382,35 +361,20 @@ impl Trainer {
         while self.step < total {
             let started = Instant::now();
             let lr = self.config.optim.lr_at(self.step, total);
-            let host = if !self.config.autodiff {
-                objective.host_step(&self.params, self.step)
-            } else {
-                None
-            };
-            let (loss_value, grads, info) = match host {
-                Some(result) => {
-                    let (loss, grads, info) = result?;
-                    self.guard(loss)?;
-                    (loss, grads, info)
-                }
-                None => {
-                    let trainable: Vec<Tensor<2>> = self
-                        .params
-                        .iter()
-                        .map(|p| p.clone().autodiff().require_grad())
-                        .collect();
-                    let (loss, info) = objective.loss(&trainable, self.step)?;
-                    let loss_value = f64::from(loss.clone().into_scalar::<f32>());
-                    self.guard(loss_value)?;
-                    let grads = loss.backward();
-                    let grads: Vec<Tensor<2>> = trainable
-                        .iter()
-                        .zip(&self.params)
-                        .map(|(t, p)| t.grad(&grads).unwrap_or_else(|| p.zeros_like()))
-                        .collect();
-                    (loss_value, grads, info)
-                }
-            };
+            let StepOutput {
+                loss: loss_value,
+                gradients: grads,
+                info,
+            } = objective.step(&self.params, self.step, &self.backend)?;
+            self.guard(loss_value)?;
+            if grads.len() != self.params.len() || grads.iter().zip(&self.params).any(|(g, p)| g.len() != p.data.len())
+            {
+                return Err(PolicyError::Config(format!(
+                    "step {}: the objective gave gradients that do not match the {} parameters",
+                    self.step,
+                    self.params.len()
+                )));
+            }
             let stats = self
                 .optimizer
                 .step(&mut self.params, &grads, &self.decay, &self.lr_scale, lr);

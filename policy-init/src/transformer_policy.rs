@@ -11,7 +11,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::ModelConfig;
-use crate::engine::{Engine, KvCache, Want};
+use crate::cpu::{Engine, KvCache, Want};
 use crate::error::PolicyError;
 use crate::policy::{Finish, GenRequest, Generation, Policy, Stop};
 use crate::prefix_cache::PrefixCache;
@@ -284,7 +284,7 @@ impl TransformerPolicy {
     }
 
     fn stop_reason(&self, seq: &mut Sequence, token: u32, r: &GenRequest, max_seq: usize) -> Option<Finish> {
-        if Some(token) == self.tokenizer.eos_id {
+        if Some(token) == self.tokenizer.eos_id && r.stop != Stop::Length {
             return Some(Finish::EndOfSequence);
         }
         let piece = self.tokenizer.piece(token);

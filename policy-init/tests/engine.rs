@@ -1,7 +1,8 @@
-//! The CPU decoding engine against the burn forward: same logits, cached or not.
+//! The CPU decoding engine against the burn forward (same logits, cached or not), and decoding
+//! a fixed number of tokens.
 
 use burn::tensor::Device;
-use ponder_policy_init::engine::{Engine, Want};
+use ponder_policy_init::cpu::{Engine, Want};
 use ponder_policy_init::model::Transformer;
 use ponder_policy_init::{HostWeights, ModelConfig};
 
@@ -64,4 +65,30 @@ fn cached_decoding_matches_the_burn_forward() {
         ..tiny
     };
     check(variant, 2);
+}
+
+#[test]
+fn stop_length_decodes_a_fixed_number_of_tokens_through_end_of_sequence() {
+    use ponder_policy_init::{Finish, GenRequest, Policy, Sampling, Stop, Tokenizer, TransformerPolicy};
+    // An untrained model samples its end-of-sequence token about once in a vocabulary's worth
+    // of tokens at temperature 1: with 120 new tokens most sequences meet one.
+    let tokenizer = Tokenizer::chars();
+    let config = ModelConfig::preset("tiny", tokenizer.vocab_size()).expect("preset");
+    let weights = HostWeights::init(&config, 9).expect("init");
+    let policy = TransformerPolicy::new(&weights, tokenizer);
+    let requests = |stop| -> Vec<GenRequest> {
+        (0..16)
+            .map(|i| GenRequest::new("12 3\n", stop, 120, Sampling::default(), i))
+            .collect()
+    };
+    let never = futures::executor::block_on(policy.generate(&requests(Stop::Never))).expect("generates");
+    assert!(
+        never.iter().any(|g| g.finish == Finish::EndOfSequence),
+        "no sequence met its end-of-sequence token: the comparison below would be empty"
+    );
+    let length = futures::executor::block_on(policy.generate(&requests(Stop::Length))).expect("generates");
+    for g in &length {
+        assert_eq!(g.finish, Finish::Length);
+        assert_eq!(g.tokens(), 120, "{:?}", g.finish);
+    }
 }

@@ -1,15 +1,16 @@
 //! Policy initialisation end to end on a micro model: the loss falls, and a run killed after a
 //! checkpoint and resumed ends with the same weights, bit for bit.
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 use ponder_datagen::arithmetic::{Arithmetic, ArithmeticConfig};
 use ponder_datagen::dataset::{GenerateSpec, generate};
 use ponder_datagen::{Example, TraceStyle};
+use ponder_policy_init::backend::Backend;
 use ponder_policy_init::checkpoint::Checkpointer;
 use ponder_policy_init::metrics::MetricsLog;
-use ponder_policy_init::model::Transformer;
-use ponder_policy_init::sft::{Sequences, SftObjective};
-use ponder_policy_init::trainer::{Objective, Silent, StepInfo, TrainerConfig};
+use ponder_policy_init::sft::{Sequences, SftObjective, cross_entropy_gradients};
+use ponder_policy_init::trainer::{Objective, Silent, StepOutput, Trainer, TrainerConfig};
+use ponder_policy_init::weights::HostTensor;
 use ponder_policy_init::{HostWeights, ModelConfig, PolicyError, Tokenizer};
 
 fn micro() -> ModelConfig {
@@ -35,9 +36,9 @@ fn examples(n: usize) -> Vec<Example> {
         .expect("examples")
 }
 
-fn objective(model: &Transformer, tokenizer: &Tokenizer) -> SftObjective {
+fn objective(tokenizer: &Tokenizer) -> SftObjective {
     let seqs = Sequences::from_examples(&examples(400), tokenizer, micro().max_seq_len);
-    SftObjective::new(model.clone(), seqs, 16, 11, tokenizer.pad_id)
+    SftObjective::new(micro(), seqs, 16, 11)
 }
 
 fn config(steps: usize) -> TrainerConfig {
@@ -51,26 +52,25 @@ fn config(steps: usize) -> TrainerConfig {
     c
 }
 
-fn host(params: &[Tensor<2>]) -> Vec<Vec<f32>> {
-    params
-        .iter()
-        .map(|p| p.clone().into_data().try_into_vec_as::<f32>().expect("data"))
-        .collect()
+fn host(params: &[HostTensor]) -> Vec<Vec<f32>> {
+    params.iter().map(|p| p.data.clone()).collect()
+}
+
+fn new_trainer(weights: &HostWeights, steps: usize) -> Trainer {
+    Trainer::for_weights(config(steps), weights)
 }
 
 #[test]
 fn loss_falls_on_expert_traces() {
     let tokenizer = Tokenizer::chars();
     let weights = HostWeights::init(&micro(), 1).expect("init");
-    let model = Transformer::from_host(&weights, &Device::flex());
-    let mut obj = objective(&model, &tokenizer);
-    let batch = obj.batch(0).expect("batch");
-    let (before, _) = model.loss(&batch);
-    let before: f32 = before.into_scalar();
-    let mut trainer = model.trainer(config(60));
+    let mut obj = objective(&tokenizer);
+    let batch = obj.picked(0).expect("batch");
+    let loss = |tensors: &[HostTensor]| cross_entropy_gradients(&micro(), tensors, &batch, &Backend::default()).0;
+    let before = loss(&weights.tensors);
+    let mut trainer = new_trainer(&weights, 60);
     let summary = trainer.run(&mut obj, &Silent, &|_| Ok(())).expect("trains");
-    let (after, _) = model.with_params(trainer.params.clone()).loss(&batch);
-    let after: f32 = after.into_scalar();
+    let after = loss(&trainer.params);
     assert!(before > 4.0, "starts near ln(100): {before}");
     assert!(after < 0.5 * before, "loss {before} -> {after}");
     assert!(summary.tokens > 0 && summary.tokens_per_second > 0.0);
@@ -83,22 +83,11 @@ struct KillAt<'a> {
 }
 
 impl Objective for KillAt<'_> {
-    fn loss(&mut self, params: &[Tensor<2>], step: usize) -> Result<(Tensor<1>, StepInfo), PolicyError> {
+    fn step(&mut self, params: &[HostTensor], step: usize, backend: &Backend) -> Result<StepOutput, PolicyError> {
         if step == self.at {
             return Err(PolicyError::Config("killed".into()));
         }
-        self.inner.loss(params, step)
-    }
-
-    fn host_step(
-        &mut self,
-        params: &[Tensor<2>],
-        step: usize,
-    ) -> Option<Result<(f64, Vec<Tensor<2>>, StepInfo), PolicyError>> {
-        if step == self.at {
-            return Some(Err(PolicyError::Config("killed".into())));
-        }
-        self.inner.host_step(params, step)
+        self.inner.step(params, step, backend)
     }
 }
 
@@ -106,12 +95,11 @@ impl Objective for KillAt<'_> {
 fn resume_after_a_kill_reproduces_the_weights_bit_for_bit() {
     let tokenizer = Tokenizer::chars();
     let weights = HostWeights::init(&micro(), 2).expect("init");
-    let model = Transformer::from_host(&weights, &Device::flex());
     let dir = tempfile::tempdir().expect("tempdir");
 
-    let mut straight = model.trainer(config(30));
+    let mut straight = new_trainer(&weights, 30);
     straight
-        .run(&mut objective(&model, &tokenizer), &Silent, &|_| Ok(()))
+        .run(&mut objective(&tokenizer), &Silent, &|_| Ok(()))
         .expect("trains");
 
     let outputs = |name: &str| {
@@ -121,8 +109,8 @@ fn resume_after_a_kill_reproduces_the_weights_bit_for_bit() {
         )
     };
     let (ckpt, log) = outputs("killed");
-    let mut first = model.trainer(config(30)).with_outputs(ckpt, log);
-    let mut obj = objective(&model, &tokenizer);
+    let mut first = new_trainer(&weights, 30).with_outputs(ckpt, log);
+    let mut obj = objective(&tokenizer);
     let killed = first.run(
         &mut KillAt {
             inner: &mut obj,
@@ -135,10 +123,10 @@ fn resume_after_a_kill_reproduces_the_weights_bit_for_bit() {
 
     let ckpt = Checkpointer::new(dir.path().join("killed"), 2);
     let log = MetricsLog::open(&dir.path().join("metrics.jsonl"), "killed", Some(10)).expect("log");
-    let mut resumed = model.trainer(config(30)).with_outputs(ckpt, log);
+    let mut resumed = new_trainer(&weights, 30).with_outputs(ckpt, log);
     assert_eq!(resumed.resume().expect("resumes"), Some(10));
     let summary = resumed
-        .run(&mut objective(&model, &tokenizer), &Silent, &|_| Ok(()))
+        .run(&mut objective(&tokenizer), &Silent, &|_| Ok(()))
         .expect("trains");
     assert_eq!(summary.resumed_from, Some(10));
     assert_eq!(host(&resumed.params), host(&straight.params), "bit-identical weights");
@@ -155,7 +143,6 @@ fn resume_after_a_kill_reproduces_the_weights_bit_for_bit() {
 
 #[test]
 fn the_cpu_training_path_matches_burn_autodiff() {
-    use ponder_policy_init::sft::cross_entropy_gradients;
     let tokenizer = Tokenizer::chars();
     let base = micro();
     for config in [
@@ -180,32 +167,16 @@ fn the_cpu_training_path_matches_burn_autodiff() {
             }
         }
         let sequences = Sequences::from_examples(&examples(3), &tokenizer, config.max_seq_len).items;
-        let model = Transformer::from_host(&weights, &Device::flex());
-        let trainable = model.trainable();
-        let batch = ponder_policy_init::model::TokenBatch::new(&sequences, tokenizer.pad_id);
-        let (loss, _) = trainable.loss(&batch);
-        let burn_loss: f32 = loss.clone().into_scalar();
-        let grads = loss.backward();
-        let burn_grads: Vec<Vec<f32>> = trainable
-            .params
-            .iter()
-            .map(|p| {
-                p.grad(&grads)
-                    .expect("grad")
-                    .into_data()
-                    .try_into_vec_as::<f32>()
-                    .expect("data")
-            })
-            .collect();
-        let (native_loss, native_grads, _) = cross_entropy_gradients(&weights, &sequences);
-        assert!(
-            (native_loss - f64::from(burn_loss)).abs() < 1e-4,
-            "{native_loss} vs {burn_loss}"
-        );
-        for ((name, a), b) in weights.layout().names.iter().zip(&native_grads).zip(&burn_grads) {
+        let run = |backend: Backend| cross_entropy_gradients(&config, &weights.tensors, &sequences, &backend);
+        let (burn_loss, burn_grads, burn_tokens) = run(Backend::Burn(Device::flex()));
+        let (cpu_loss, cpu_grads, cpu_tokens) = run(Backend::default());
+        assert_eq!(burn_tokens, cpu_tokens);
+        assert!((cpu_loss - burn_loss).abs() < 1e-4, "{cpu_loss} vs {burn_loss}");
+        for ((name, a), b) in weights.layout().names.iter().zip(&cpu_grads).zip(&burn_grads) {
             let scale = b.iter().map(|x| x.abs()).fold(1e-6f32, f32::max);
             let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
             assert!(diff <= 1e-4 * scale.max(1.0), "{name}: max diff {diff} (scale {scale})");
+            assert!(scale > 1e-5, "{name}: a gradient to compare");
         }
     }
 }
@@ -218,28 +189,12 @@ struct BlowUpAt<'a> {
 }
 
 impl Objective for BlowUpAt<'_> {
-    fn loss(&mut self, params: &[Tensor<2>], step: usize) -> Result<(Tensor<1>, StepInfo), PolicyError> {
-        let (loss, info) = self.inner.loss(params, step)?;
-        Ok(if step == self.at {
-            (loss.mul_scalar(self.factor as f32), info)
-        } else {
-            (loss, info)
-        })
-    }
-
-    fn host_step(
-        &mut self,
-        params: &[Tensor<2>],
-        step: usize,
-    ) -> Option<Result<(f64, Vec<Tensor<2>>, StepInfo), PolicyError>> {
-        let result = self.inner.host_step(params, step)?;
-        Some(result.map(|(loss, grads, info)| {
-            if step == self.at {
-                (loss * self.factor, grads, info)
-            } else {
-                (loss, grads, info)
-            }
-        }))
+    fn step(&mut self, params: &[HostTensor], step: usize, backend: &Backend) -> Result<StepOutput, PolicyError> {
+        let mut out = self.inner.step(params, step, backend)?;
+        if step == self.at {
+            out.loss *= self.factor;
+        }
+        Ok(out)
     }
 }
 
@@ -247,13 +202,12 @@ impl Objective for BlowUpAt<'_> {
 fn an_exploding_or_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     let tokenizer = Tokenizer::chars();
     let weights = HostWeights::init(&micro(), 3).expect("init");
-    let model = Transformer::from_host(&weights, &Device::flex());
     for (name, factor, message) in [("explodes", 1e4, "jumped"), ("nan", f64::NAN, "NaN")] {
         let dir = tempfile::tempdir().expect("tempdir");
         let ckpt = Checkpointer::new(dir.path().join(name), 2);
         let log = MetricsLog::open(&dir.path().join("metrics.jsonl"), name, None).expect("log");
-        let mut trainer = model.trainer(config(30)).with_outputs(ckpt, log);
-        let mut obj = objective(&model, &tokenizer);
+        let mut trainer = new_trainer(&weights, 30).with_outputs(ckpt, log);
+        let mut obj = objective(&tokenizer);
         let err = trainer
             .run(
                 &mut BlowUpAt {
@@ -271,7 +225,7 @@ fn an_exploding_or_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
         // The checkpoint of step 20 is there and loads; the bad step was never applied.
         let latest = Checkpointer::new(dir.path().join(name), 2).latest().expect("reads");
         assert_eq!(latest.map(|(s, _)| s), Some(20));
-        let mut resumed = model.trainer(config(30)).with_outputs(
+        let mut resumed = new_trainer(&weights, 30).with_outputs(
             Checkpointer::new(dir.path().join(name), 2),
             MetricsLog::open(&dir.path().join("metrics.jsonl"), name, Some(20)).expect("log"),
         );
@@ -284,31 +238,28 @@ fn an_exploding_or_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
 fn a_warm_start_takes_the_optimizer_moments_of_another_runs_checkpoint_and_keeps_the_weights() {
     let tokenizer = Tokenizer::chars();
     let weights = HostWeights::init(&micro(), 4).expect("init");
-    let model = Transformer::from_host(&weights, &Device::flex());
     let dir = tempfile::tempdir().expect("tempdir");
     let log = MetricsLog::open(&dir.path().join("metrics.jsonl"), "first", None).expect("log");
-    let mut first = model
-        .trainer(config(20))
-        .with_outputs(Checkpointer::new(dir.path().join("first"), 2), log);
+    let mut first = new_trainer(&weights, 20).with_outputs(Checkpointer::new(dir.path().join("first"), 2), log);
     first
-        .run(&mut objective(&model, &tokenizer), &Silent, &|_| Ok(()))
+        .run(&mut objective(&tokenizer), &Silent, &|_| Ok(()))
         .expect("trains");
 
-    let mut fresh = model.trainer(config(20));
+    let mut fresh = new_trainer(&weights, 20);
     let start = host(&fresh.params);
     assert_eq!(
         fresh.warm_start_from(&dir.path().join("none")).expect("reads"),
         None,
         "no checkpoint, nothing to start from"
     );
-    assert!(host(&fresh.optimizer.m).iter().flatten().all(|&x| x == 0.0));
+    assert!(fresh.optimizer.m.iter().flatten().all(|&x| x == 0.0));
     assert_eq!(
         fresh.warm_start_from(&dir.path().join("first")).expect("reads"),
         Some(20)
     );
-    assert_eq!(host(&fresh.optimizer.m), host(&first.optimizer.m), "first moments");
-    assert_eq!(host(&fresh.optimizer.v), host(&first.optimizer.v), "second moments");
-    assert!(host(&fresh.optimizer.v).iter().flatten().any(|&x| x > 0.0));
+    assert_eq!(fresh.optimizer.m, first.optimizer.m, "first moments");
+    assert_eq!(fresh.optimizer.v, first.optimizer.v, "second moments");
+    assert!(fresh.optimizer.v.iter().flatten().any(|&x| x > 0.0));
     assert_eq!(host(&fresh.params), start, "the weights stay this trainer's own");
     assert_eq!(fresh.optimizer.t, 10_000);
 }

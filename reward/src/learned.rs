@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use ponder_datagen::{Problem, Trace};
 use ponder_policy_init::Tokenizer;
-use ponder_policy_init::engine::{Engine, KvCache, Want};
+use ponder_policy_init::cpu::{Engine, KvCache, Want};
 use ponder_policy_init::prefix_cache::PrefixCache;
 use ponder_policy_init::transformer_policy::default_prefix_cache_tokens;
 
@@ -39,16 +39,16 @@ impl LearnedReward {
     pub fn new(weights: &RewardWeights, tokenizer: Tokenizer) -> LearnedReward {
         // With the likelihood feature the scoring head's rows are the reward head and then the
         // language-model head: one pass gives the score and the next-token logits.
-        let (head, bias, rows) = if weights.likelihood_weight != 0.0 {
+        let (head, bias) = if weights.likelihood_weight != 0.0 {
             let vocab = weights.backbone.config.vocab_size;
             let mut bias = vec![0.0; vocab + 1];
             bias[0] = weights.bias;
-            ([weights.head.as_slice(), weights.lm_head()].concat(), bias, vocab + 1)
+            ([weights.head.as_slice(), weights.lm_head()].concat(), bias)
         } else {
-            (weights.head.clone(), vec![weights.bias], 1)
+            (weights.head.clone(), vec![weights.bias])
         };
         let params_per_token = (weights.backbone.params() + head.len() + bias.len()) as f64;
-        let engine = Engine::new(&weights.backbone).with_scoring_head(head, bias, rows);
+        let engine = Engine::new(&weights.backbone).with_scoring_head(head, bias);
         let kv = engine.config.kv_dim();
         LearnedReward {
             label: format!(

@@ -61,17 +61,9 @@ impl RemoteReward {
                 settings.endpoint
             )));
         }
-        let api_key = match &settings.api_key_env {
-            Some(var) => Some(
-                std::env::var(var)
-                    .map_err(|_| RewardError::Remote(format!("environment variable {var} is not set")))?,
-            ),
-            None => None,
-        };
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs_f64(settings.timeout_seconds.max(0.1)))
-            .build()
-            .map_err(|e| RewardError::Remote(e.to_string()))?;
+        let (client, api_key) =
+            ponder_policy_init::remote::http_client(settings.api_key_env.as_deref(), settings.timeout_seconds)
+                .map_err(RewardError::Remote)?;
         Ok(RemoteReward {
             settings,
             client,

@@ -18,12 +18,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use burn::tensor::{Device, Tensor, TensorData};
 use ponder_datagen::trace::answer_line;
 use ponder_datagen::{Problem, Trace};
-use ponder_policy_init::model::Transformer;
-use ponder_policy_init::native_train::{NativeModel, ScalarHead, SeqOutputs, SequenceLoss};
-use ponder_policy_init::trainer::{Objective, StepInfo, Trainer, TrainerConfig};
+use ponder_policy_init::backend::{Backend, PassModel};
+use ponder_policy_init::cpu::{ScalarHead, SeqOutputs, SequenceLoss};
+use ponder_policy_init::trainer::{Objective, StepInfo, StepOutput, Trainer, TrainerConfig};
 use ponder_policy_init::weights::{HostTensor, load_safetensors, save_safetensors};
 use ponder_policy_init::{HostWeights, ModelConfig, PolicyError, Tokenizer};
 use rand::SeedableRng;
@@ -274,11 +273,11 @@ impl RewardWeights {
 
 /// Binary cross-entropy of a reward head over labelled positions.
 pub struct RewardObjective {
-    template: Transformer,
+    /// The backbone's architecture (its parameters are the trainer's first ones).
+    config: ModelConfig,
     examples: Vec<RewardExample>,
     batch_size: usize,
     seed: u64,
-    pad: u32,
     epoch: Option<(usize, Vec<Vec<usize>>)>,
     eval: Option<Box<dyn FnMut(&RewardWeights, usize) -> Result<serde_json::Value, PolicyError>>>,
     granularity: Granularity,
@@ -287,23 +286,21 @@ pub struct RewardObjective {
 
 impl RewardObjective {
     pub fn new(
-        template: Transformer,
+        config: ModelConfig,
         examples: Vec<RewardExample>,
         batch_size: usize,
         seed: u64,
-        pad: u32,
         granularity: Granularity,
         aggregation: Aggregation,
     ) -> RewardObjective {
         // Sequences longer than the model's context cannot be trained on: they are left out.
-        let max = template.config.max_seq_len;
+        let max = config.max_seq_len;
         let examples: Vec<RewardExample> = examples.into_iter().filter(|e| e.tokens.len() <= max).collect();
         RewardObjective {
-            template,
+            config,
             examples,
             batch_size,
             seed,
-            pad,
             epoch: None,
             eval: None,
             granularity,
@@ -319,22 +316,22 @@ impl RewardObjective {
         self
     }
 
+    /// The parameters of the backbone (the trainer's first ones).
+    fn backbone_params(&self) -> usize {
+        ponder_policy_init::weights::Layout::new(&self.config).names.len()
+    }
+
     /// Host weights from the trainer's parameter list (backbone, then head and bias, then the
     /// likelihood feature's weight when it is on).
-    pub fn weights(&self, params: &[Tensor<2>]) -> RewardWeights {
-        let n = self.template.params.len();
-        let backbone = self.template.with_params(params[..n].to_vec()).to_host();
-        let read = |t: &Tensor<2>| {
-            t.clone()
-                .inner()
-                .into_data()
-                .try_into_vec_as::<f32>()
-                .unwrap_or_default()
-        };
-        let scalar = |t: Option<&Tensor<2>>| t.and_then(|t| read(t).first().copied()).unwrap_or(0.0);
+    pub fn weights(&self, params: &[HostTensor]) -> RewardWeights {
+        let n = self.backbone_params();
+        let scalar = |t: Option<&HostTensor>| t.and_then(|t| t.data.first().copied()).unwrap_or(0.0);
         RewardWeights {
-            backbone,
-            head: read(&params[n]),
+            backbone: HostWeights {
+                config: self.config.clone(),
+                tensors: params[..n].to_vec(),
+            },
+            head: params[n].data.clone(),
             bias: scalar(params.get(n + 1)),
             likelihood_weight: scalar(params.get(n + 2)),
             granularity: self.granularity,
@@ -361,135 +358,62 @@ impl RewardObjective {
 
 /// The trainer for a reward model: backbone parameters plus `score.weight`, `score.bias` and,
 /// with the likelihood feature, `score.likelihood_weight`.
-pub fn reward_trainer(template: &Transformer, start: &RewardWeights, config: TrainerConfig) -> Trainer {
-    let device = template.device();
-    let d = template.config.d_model;
-    let mut names = template.layout.names.clone();
-    let mut shapes = template.layout.shapes.clone();
-    let mut decay: Vec<bool> = (0..names.len()).map(|i| template.layout.decays(i)).collect();
-    let mut params = template.params.clone();
+pub fn reward_trainer(start: &RewardWeights, config: TrainerConfig) -> Trainer {
+    let layout = start.backbone.layout();
+    let d = start.backbone.config.d_model;
+    let mut names = layout.names.clone();
+    let mut decay: Vec<bool> = (0..names.len()).map(|i| layout.decays(i)).collect();
+    let mut params = start.backbone.tensors.clone();
+    let tensor = |shape: Vec<usize>, data: Vec<f32>| HostTensor { shape, data };
     names.extend(["score.weight".to_string(), "score.bias".to_string()]);
-    shapes.extend([vec![1, d], vec![1]]);
     decay.extend([false, false]);
-    params.push(Tensor::from_data(TensorData::new(start.head.clone(), [1, d]), &device));
-    params.push(Tensor::from_data(TensorData::new(vec![start.bias], [1, 1]), &device));
+    params.push(tensor(vec![1, d], start.head.clone()));
+    params.push(tensor(vec![1], vec![start.bias]));
     if start.likelihood_weight != 0.0 {
         names.push("score.likelihood_weight".to_string());
-        shapes.push(vec![1]);
         decay.push(false);
-        params.push(Tensor::from_data(
-            TensorData::new(vec![start.likelihood_weight], [1, 1]),
-            &device,
-        ));
+        params.push(tensor(vec![1], vec![start.likelihood_weight]));
     }
-    Trainer::new(config, names, shapes, decay, params)
+    Trainer::new(config, names, decay, params)
 }
 
 impl Objective for RewardObjective {
-    fn loss(&mut self, params: &[Tensor<2>], step: usize) -> Result<(Tensor<1>, StepInfo), PolicyError> {
+    fn step(&mut self, params: &[HostTensor], step: usize, backend: &Backend) -> Result<StepOutput, PolicyError> {
         if self.examples.is_empty() {
             return Err(PolicyError::Config("no reward-model training examples".into()));
         }
         let picked = self.batch_indices(step);
-        let len = picked.iter().map(|&i| self.examples[i].tokens.len()).max().unwrap_or(1);
-        let batch = picked.len();
-        let vocab = self.template.config.vocab_size;
-        let likelihood = params.get(self.template.params.len() + 2);
-        let mut inputs = vec![self.pad as i32; batch * len];
-        let mut mask = vec![0.0f32; batch * len];
-        let mut targets = vec![0.0f32; batch * len];
-        // One-hot rows picking, at each position from the prompt's end on, the next token.
-        let mut next = vec![0.0f32; if likelihood.is_some() { batch * len * vocab } else { 0 }];
-        let mut tokens = 0;
-        for (b, &i) in picked.iter().enumerate() {
-            let e = &self.examples[i];
-            tokens += e.tokens.len();
-            for (t, &tok) in e.tokens.iter().enumerate() {
-                inputs[b * len + t] = tok as i32;
-                if likelihood.is_some() && t > e.prompt_end {
-                    next[((b * len) + t - 1) * vocab + (tok as usize).min(vocab - 1)] = 1.0;
-                }
-            }
-            for (&p, &y) in e.positions.iter().zip(&e.targets) {
-                mask[b * len + p] = 1.0;
-                targets[b * len + p] = y;
-            }
-        }
-        let n = self.template.params.len();
-        let model = self.template.with_params(params[..n].to_vec());
-        let device = model.device();
-        let hidden = model.forward_hidden(&inputs, batch, len);
-        let mut z = hidden.clone().matmul(params[n].clone().transpose()) + params[n + 1].clone();
-        if let Some(weight) = likelihood {
-            // Log-probability of each next token, summed up to each position by an upper
-            // triangular matrix: `loglik[b, p] = sum over t < p of next_logp[b, t]`.
-            let logp = burn::tensor::activation::log_softmax(model.logits(hidden), 1);
-            let pick = Tensor::<2>::from_data(TensorData::new(next, [batch * len, vocab]), &device);
-            let next_logp = (logp * pick).sum_dim(1).reshape([batch, len]);
-            let upper: Vec<f32> = (0..len * len).map(|i| f32::from(u8::from(i / len < i % len))).collect();
-            let upper = Tensor::<2>::from_data(TensorData::new(upper, [len, len]), &device);
-            let loglik = next_logp.matmul(upper).reshape([batch * len, 1]);
-            z = z + loglik.matmul(weight.clone());
-        }
-        let y = Tensor::<2>::from_data(TensorData::new(targets, [batch * len, 1]), &device);
-        let m = Tensor::<2>::from_data(TensorData::new(mask.clone(), [batch * len, 1]), &device);
-        let count = mask.iter().filter(|&&v| v > 0.0).count().max(1);
-        let bce = z.clone().clamp_min(0.0) - z.clone() * y + z.abs().neg().exp().add_scalar(1.0).log();
-        let loss = (bce * m).sum().div_scalar(count as f32);
-        Ok((
-            loss,
-            StepInfo {
-                tokens,
-                scalars: vec![("labels".into(), count as f64)],
-            },
-        ))
-    }
-
-    fn host_step(
-        &mut self,
-        params: &[Tensor<2>],
-        step: usize,
-    ) -> Option<Result<(f64, Vec<Tensor<2>>, StepInfo), PolicyError>> {
-        if params.first()?.device() != burn::tensor::Device::flex() || self.examples.is_empty() {
-            return None;
-        }
-        let picked = self.batch_indices(step);
-        let weights = self.weights(params);
+        let n = self.backbone_params();
         let head = ScalarHead {
-            weight: weights.head.clone(),
-            bias: weights.bias,
+            weight: params[n].data.clone(),
+            bias: params[n + 1].data.first().copied().unwrap_or(0.0),
         };
         let examples: Vec<&RewardExample> = picked.iter().map(|&i| &self.examples[i]).collect();
         let sequences: Vec<&[u32]> = examples.iter().map(|e| e.tokens.as_slice()).collect();
         let count = examples.iter().map(|e| e.positions.len()).sum::<usize>().max(1);
         // The feature is on when its weight is a parameter (even if it has trained to 0).
-        let likelihood = params.len() > self.template.params.len() + 2;
+        let likelihood = params.len() > n + 2;
         let loss = BinaryCrossEntropy {
             examples: &examples,
             count,
             likelihood,
-            likelihood_weight: weights.likelihood_weight,
+            likelihood_weight: params.get(n + 2).and_then(|t| t.data.first().copied()).unwrap_or(0.0),
             likelihood_grads: std::sync::Mutex::new(vec![0.0; examples.len()]),
         };
-        let model = NativeModel::new(&weights.backbone, Some(&head), likelihood);
-        let (value, grads) = model.loss_and_gradients(&sequences, &loss, rayon::current_num_threads());
-        let device = params[0].device();
-        let mut tensors: Vec<Tensor<2>> = grads
-            .tensors
-            .into_iter()
-            .zip(params)
-            .map(|(g, p)| Tensor::from_data(TensorData::new(g, p.dims()), &device))
-            .collect();
+        let model = PassModel {
+            config: &self.config,
+            tensors: &params[..n],
+            head: Some(&head),
+            lm: likelihood,
+        };
+        let (value, grads) = backend.loss_and_gradients(model, &sequences, &loss);
+        let mut gradients = grads.tensors;
         let head_grad = grads.head.unwrap_or(ScalarHead {
             weight: vec![0.0; head.weight.len()],
             bias: 0.0,
         });
-        let d = head_grad.weight.len();
-        tensors.push(Tensor::from_data(TensorData::new(head_grad.weight, [1, d]), &device));
-        tensors.push(Tensor::from_data(
-            TensorData::new(vec![head_grad.bias], [1, 1]),
-            &device,
-        ));
+        gradients.push(head_grad.weight);
+        gradients.push(vec![head_grad.bias]);
         if likelihood {
             // Summed in sequence order, so a step's result does not depend on thread timing.
             let g = loss
@@ -497,20 +421,20 @@ impl Objective for RewardObjective {
                 .lock()
                 .map(|g| g.iter().sum::<f64>())
                 .unwrap_or(0.0) as f32;
-            tensors.push(Tensor::from_data(TensorData::new(vec![g], [1, 1]), &device));
+            gradients.push(vec![g]);
         }
         let tokens = sequences.iter().map(|s| s.len()).sum();
-        Some(Ok((
-            value,
-            tensors,
-            StepInfo {
+        Ok(StepOutput {
+            loss: value,
+            gradients,
+            info: StepInfo {
                 tokens,
                 scalars: vec![("labels".into(), count as f64)],
             },
-        )))
+        })
     }
 
-    fn evaluate(&mut self, params: &[Tensor<2>], step: usize) -> Result<serde_json::Value, PolicyError> {
+    fn evaluate(&mut self, params: &[HostTensor], step: usize) -> Result<serde_json::Value, PolicyError> {
         let weights = self.weights(params);
         match &mut self.eval {
             Some(hook) => hook(&weights, step),
@@ -519,7 +443,7 @@ impl Objective for RewardObjective {
     }
 }
 
-/// Binary cross-entropy with logits on the labelled positions, for the CPU training path; with
+/// Binary cross-entropy with logits on the labelled positions (the reward objective); with
 /// the likelihood feature the logit at `p` adds `likelihood_weight` times the trace's
 /// log-likelihood up to `p`, whose gradient flows into the language-model logits.
 struct BinaryCrossEntropy<'a> {
@@ -589,9 +513,4 @@ impl SequenceLoss for BinaryCrossEntropy<'_> {
         }
         total
     }
-}
-
-/// Starts a reward model from a policy's weights (a tied head-less backbone).
-pub fn backbone_from_policy(policy: &HostWeights, device: &Device) -> Transformer {
-    Transformer::from_host(policy, device)
 }

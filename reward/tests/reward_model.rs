@@ -1,10 +1,12 @@
-//! Reward models on a micro backbone: the CPU training path matches burn's autodiff, scoring
+//! Reward models on a micro backbone: the CPU training path matches burn's autodiff and finite
+//! differences, scoring
 //! matches the burn forward, a PRM trained on exact labels separates right from wrong steps,
 //! and saved models load back identically.
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 use ponder_datagen::arithmetic::{Arithmetic, ArithmeticConfig};
 use ponder_datagen::{Problem, Task, TaskRng, Trace, TraceStyle};
+use ponder_policy_init::backend::Backend;
 use ponder_policy_init::model::Transformer;
 use ponder_policy_init::trainer::{Objective, Silent, TrainerConfig};
 use ponder_policy_init::{HostWeights, ModelConfig, Tokenizer};
@@ -105,38 +107,42 @@ fn check_training_and_scoring(likelihood: bool, tied: bool) {
     let template = Transformer::from_host(&weights.backbone, &Device::flex());
     let items = labelled(6, 2);
     let mut objective = RewardObjective::new(
-        template.clone(),
+        weights.backbone.config.clone(),
         examples(&items, &tokenizer),
         6,
         3,
-        0,
         Granularity::Process,
         Aggregation::Last,
     );
-    let trainer = reward_trainer(&template, &weights, TrainerConfig::default());
-    let trainable: Vec<Tensor<2>> = trainer
-        .params
-        .iter()
-        .map(|p| p.clone().autodiff().require_grad())
-        .collect();
-    assert_eq!(trainable.len(), template.params.len() + 2 + usize::from(likelihood));
-    let (loss, _) = objective.loss(&trainable, 0).expect("loss");
-    let burn_loss: f32 = loss.clone().into_scalar();
-    let grads = loss.backward();
-    let (host_loss, host_grads, _) = objective.host_step(&trainer.params, 0).expect("cpu path").expect("ok");
-    assert!(
-        (host_loss - f64::from(burn_loss)).abs() < 1e-4,
-        "{host_loss} vs {burn_loss}"
-    );
-    for (i, (t, h)) in trainable.iter().zip(&host_grads).enumerate() {
-        let a: Vec<f32> = t
-            .grad(&grads)
-            .map(|g| g.into_data().try_into_vec_as().expect("data"))
-            .unwrap_or_else(|| vec![0.0; h.dims()[0] * h.dims()[1]]);
-        let b: Vec<f32> = h.clone().into_data().try_into_vec_as().expect("data");
+    let trainer = reward_trainer(&weights, TrainerConfig::default());
+    let n = weights.backbone.tensors.len();
+    assert_eq!(trainer.params.len(), n + 2 + usize::from(likelihood));
+    let mut step = |params: &[ponder_policy_init::weights::HostTensor], backend: &Backend| {
+        objective.step(params, 0, backend).expect("step")
+    };
+    let burn = step(&trainer.params, &Backend::Burn(Device::flex()));
+    let cpu = step(&trainer.params, &Backend::default());
+    assert!((cpu.loss - burn.loss).abs() < 1e-4, "{} vs {}", cpu.loss, burn.loss);
+    for (i, (a, b)) in burn.gradients.iter().zip(&cpu.gradients).enumerate() {
         let scale = a.iter().map(|x| x.abs()).fold(1e-6f32, f32::max).max(1.0);
-        let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
         assert!(diff <= 1e-4 * scale, "parameter {i}: {diff}");
+    }
+    // The loss's own parts against finite differences: the head's bias and, with the feature,
+    // its weight (whose gradient the loss computes itself, on the host).
+    let scalars = if likelihood { vec![n + 1, n + 2] } else { vec![n + 1] };
+    for slot in scalars {
+        let mut shifted = |by: f32| {
+            let mut params = trainer.params.clone();
+            params[slot].data[0] += by;
+            step(&params, &Backend::default()).loss
+        };
+        let numeric = (shifted(1e-2) - shifted(-1e-2)) / 2e-2;
+        let analytic = f64::from(cpu.gradients[slot][0]);
+        assert!(
+            (numeric - analytic).abs() <= 1e-2 * analytic.abs().max(1e-2),
+            "parameter {slot}: finite difference {numeric} vs gradient {analytic}"
+        );
     }
     // Scoring: sigmoid of the head over the burn forward's hidden states at step ends, plus
     // the weighted log-likelihood of the trace so far from the burn forward's logits.
@@ -195,14 +201,12 @@ fn learns_to_separate(likelihood_weight: f32) {
     let likelihood = likelihood_weight != 0.0;
     let tokenizer = Tokenizer::chars();
     let weights = start(5, likelihood_weight, !likelihood);
-    let template = Transformer::from_host(&weights.backbone, &Device::flex());
     let train = labelled(600, 10);
     let mut objective = RewardObjective::new(
-        template.clone(),
+        weights.backbone.config.clone(),
         examples(&train, &tokenizer),
         32,
         4,
-        0,
         Granularity::Process,
         Aggregation::Last,
     );
@@ -212,7 +216,7 @@ fn learns_to_separate(likelihood_weight: f32) {
         ..TrainerConfig::default()
     };
     config.optim.warmup_steps = 10;
-    let mut trainer = reward_trainer(&template, &weights, config);
+    let mut trainer = reward_trainer(&weights, config);
     trainer.run(&mut objective, &Silent, &|_| Ok(())).expect("trains");
     let trained = objective.weights(&trainer.params);
     let dir = tempfile::tempdir().expect("tempdir");

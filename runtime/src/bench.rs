@@ -17,10 +17,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use ponder_policy_init::engine::{Engine, Want};
-use ponder_policy_init::model::Transformer;
+use ponder_policy_init::cpu::{Engine, Want};
 use ponder_policy_init::sft::{Sequences, SftObjective};
-use ponder_policy_init::trainer::{Silent, TrainerConfig};
+use ponder_policy_init::trainer::{Silent, Trainer, TrainerConfig};
 use ponder_policy_init::{GenRequest, HostWeights, ModelConfig, Policy, Sampling, Stop, Tokenizer, TransformerPolicy};
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
@@ -57,15 +56,13 @@ pub fn peak_matmul_flops() -> f64 {
     let mut best = f64::INFINITY;
     for _ in 0..4 {
         let t = Instant::now();
-        ponder_policy_init::linalg::matmul(&a, n, n, &b, n, &mut c, false, threads);
+        ponder_policy_init::cpu::linalg::matmul(&a, n, n, &b, n, &mut c, false, threads);
         best = best.min(t.elapsed().as_secs_f64());
     }
     2.0 * (n as f64).powi(3) / best
 }
 
 fn train_tokens_per_s(weights: &HostWeights, tokenizer: &Tokenizer, seconds: f64) -> anyhow::Result<f64> {
-    let device = burn::tensor::Device::flex();
-    let model = Transformer::from_host(weights, &device);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
     let vocab = tokenizer.vocab_size() as u32;
     let items: Vec<(Vec<u32>, usize)> = (0..BATCH * 4)
@@ -74,13 +71,14 @@ fn train_tokens_per_s(weights: &HostWeights, tokenizer: &Tokenizer, seconds: f64
     let sequences = Sequences { items, dropped: 0 };
     // A short run to calibrate, then one long enough to measure.
     let run = |steps: usize| -> anyhow::Result<f64> {
-        let mut trainer = model.trainer(TrainerConfig {
+        let config = TrainerConfig {
             steps,
             log_every: 0,
             checkpoint_every: 0,
             ..TrainerConfig::default()
-        });
-        let mut objective = SftObjective::new(model.clone(), sequences.clone(), BATCH, 3, tokenizer.pad_id);
+        };
+        let mut trainer = Trainer::for_weights(config, weights);
+        let mut objective = SftObjective::new(weights.config.clone(), sequences.clone(), BATCH, 3);
         let t = Instant::now();
         let summary = trainer.run(&mut objective, &Silent, &|_| Ok(()))?;
         Ok(summary.tokens as f64 / t.elapsed().as_secs_f64())
@@ -94,13 +92,13 @@ fn generate_tokens_per_s(policy: &TransformerPolicy, batch: usize, seconds: f64)
     let sampling = Sampling::default();
     let mut seed = 0u64;
     let mut failure = None;
-    // Tokens actually generated (a sequence may end early on its end-of-sequence token; the
-    // first, warm-up call is not timed and not counted).
+    // Tokens generated: `GEN_TOKENS` per sequence, end-of-sequence tokens decoded like any
+    // other, as the PyTorch reference does (the first, warm-up call is not timed or counted).
     let mut generated = 0usize;
     let mut calls = 0usize;
     let (_, elapsed) = timed(seconds, || {
         let requests: Vec<GenRequest> = (0..batch)
-            .map(|i| GenRequest::new("12 3\n", Stop::Never, GEN_TOKENS, sampling, seed + i as u64))
+            .map(|i| GenRequest::new("12 3\n", Stop::Length, GEN_TOKENS, sampling, seed + i as u64))
             .collect();
         seed += batch as u64;
         match futures::executor::block_on(policy.generate(&requests)) {

@@ -338,7 +338,7 @@ pub fn register(registry: &mut Registry) {
         ),
         registry.policies.add::<TransformerSettings>(
             "transformer",
-            "a Llama-family transformer in burn (presets tiny/small, or a Hugging Face folder)",
+            "a Llama-family transformer on ponder's CPU engine (presets tiny/small, or a Hugging Face folder)",
             ORIGIN,
         ),
         registry.policies.add::<RemoteConfig>(

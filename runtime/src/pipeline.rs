@@ -96,8 +96,10 @@ pub fn run(config: &RunConfig, registry: &Registry, resume: bool) -> anyhow::Res
     let _log_guard = tracing::subscriber::set_default(subscriber);
     tracing::info!(run = %config.run.name, resume, "pipeline starts");
 
-    let device = ponder_policy_init::settings::device_from_name(&config.run.device)?;
-    device.seed(config.run.seed);
+    let backend = ponder_policy_init::backend::Backend::from_names(&config.run.backend, &config.run.device)?;
+    if let ponder_policy_init::backend::Backend::Burn(device) = &backend {
+        device.seed(config.run.seed);
+    }
     let task = config.task.build(&())?;
     let stages: Vec<String> = STAGES
         .iter()
@@ -114,6 +116,7 @@ pub fn run(config: &RunConfig, registry: &Registry, resume: bool) -> anyhow::Res
             "config_hash": format!("{:016x}", stable_hash(resolved.as_bytes())),
             "seed": config.run.seed,
             "device": config.run.device,
+            "backend": config.run.backend,
             "machine": machine(),
             "stages": records.iter().map(|(k, r)| (k.clone(), json!({"seconds": r.seconds}))).collect::<serde_json::Map<_, _>>(),
             "wall_seconds": records.values().map(|r| r.seconds).sum::<f64>(),
@@ -135,7 +138,7 @@ pub fn run(config: &RunConfig, registry: &Registry, resume: bool) -> anyhow::Res
             registry,
             dir: &dir,
             task: task.as_ref(),
-            device: device.clone(),
+            backend: backend.clone(),
             resume,
             progress: &bar,
             earlier: &records,

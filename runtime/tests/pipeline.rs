@@ -538,12 +538,12 @@ fn prorl_resets_start_the_kl_afresh_and_a_killed_run_resumes_with_them() {
 }
 
 #[test]
-fn autodiff_training_reaches_the_cpu_training_paths_loss() {
+fn the_burn_backend_reaches_the_cpu_backends_loss() {
     ok(&run(
         "autodiff",
         &[
             "--set",
-            "run.autodiff=true",
+            "run.backend=\"burn\"",
             "--set",
             "pipeline.stages=[\"datagen\",\"init\"]",
         ],
@@ -557,7 +557,7 @@ fn autodiff_training_reaches_the_cpu_training_paths_loss() {
         (autodiff - native).abs() < 1e-2 * native.abs(),
         "autodiff {autodiff} vs native {native}"
     );
-    assert_ne!(autodiff, native, "run.autodiff made no difference");
+    assert_ne!(autodiff, native, "run.backend made no difference");
 }
 
 #[test]

@@ -37,7 +37,12 @@ fn run_dir() -> &'static Path {
 
 /// Starts a server on a free loopback port; it runs until `stop` is dropped or sent.
 fn start() -> (String, tokio::sync::oneshot::Sender<()>) {
-    let state = Arc::new(state_from_run(run_dir(), &Registry::builtin(), &[]).expect("server state"));
+    start_with(&[])
+}
+
+/// [`start`] with config overrides (`key=value`) on the served run's config.
+fn start_with(overrides: &[String]) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let state = Arc::new(state_from_run(run_dir(), &Registry::builtin(), overrides).expect("server state"));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -143,6 +148,49 @@ fn chat_answers_without_the_chain_of_thought_and_thinks_longer_at_higher_effort(
         hidden[0] < hidden[1] && hidden[1] < hidden[2],
         "reasoning tokens by effort: {hidden:?}"
     );
+}
+
+#[test]
+fn a_request_without_an_effort_searches_with_the_runs_searcher_at_the_default_budget() {
+    // `low` is set to the run's `[search]` at budget 3, `medium` to it at budget 1: a request
+    // naming no effort must answer as `low` does, seed for seed, whatever the defaults say.
+    // (Overrides merge into the tables they name, so every table names its selection.)
+    let search = "{search = {kind = \"best-of-n\", selection = \"majority\"}, budget = 3}";
+    let (url, _stop) = start_with(&[
+        "search={kind=\"best-of-n\", selection=\"majority\"}".into(),
+        "serve.default_budget=3".into(),
+        format!("serve.efforts.low={search}"),
+        format!("serve.efforts.medium={}", search.replace("budget = 3", "budget = 1")),
+    ]);
+    let ask = |effort: Option<&str>, seed: u64| {
+        let mut body = json!({"model": model(), "messages": [{"role": "user", "content": problem(5)}], "seed": seed});
+        if let Some(e) = effort {
+            body["reasoning_effort"] = json!(e);
+        }
+        let r = client()
+            .post(format!("{url}/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .expect("request");
+        assert_eq!(r.status().as_u16(), 200);
+        let v: Value = r.json().expect("json");
+        (v["choices"][0]["message"]["content"].clone(), v["usage"].clone())
+    };
+    let reasoning = |usage: &Value| {
+        usage["completion_tokens_details"]["reasoning_tokens"]
+            .as_u64()
+            .expect("tokens")
+    };
+    for seed in [11, 12] {
+        let (default, low, medium) = (ask(None, seed), ask(Some("low"), seed), ask(Some("medium"), seed));
+        assert_eq!(default, low, "seed {seed}: no effort vs the run's searcher at budget 3");
+        assert!(
+            reasoning(&default.1) > reasoning(&medium.1),
+            "seed {seed}: budget 3 thinks longer than budget 1: {} vs {}",
+            reasoning(&default.1),
+            reasoning(&medium.1)
+        );
+    }
 }
 
 #[test]

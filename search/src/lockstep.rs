@@ -11,6 +11,8 @@ use ponder_datagen::{Problem, Trace};
 use ponder_policy_init::{GenRequest, Generation, Policy, PolicyError};
 use ponder_reward::{Aggregation, Granularity, RewardError, RewardModel, StepScores};
 
+use crate::{Budget, SearchEnv, SearchError, SearchOutcome, Searcher};
+
 enum Call {
     Generate(Vec<GenRequest>),
     Score(Problem, Vec<Trace>),
@@ -30,6 +32,40 @@ struct Pending {
 struct State {
     live: usize,
     pending: Vec<Pending>,
+}
+
+/// Runs `searcher` on every problem at once at `budget`, their policy and reward calls batched
+/// in lockstep through `env`'s policy and reward model. Each search gets `env` (task, limits,
+/// sampling, seed, recording) as `per_problem` adjusts it for its index (its own seed, say).
+pub async fn search_all(
+    searcher: &dyn Searcher,
+    env: &SearchEnv<'_>,
+    problems: &[Problem],
+    budget: &Budget,
+    per_problem: impl Fn(usize, &mut SearchEnv<'_>),
+) -> Vec<Result<SearchOutcome, SearchError>> {
+    let lockstep = Lockstep::new(env.policy, env.reward, problems.len());
+    let runs = problems.iter().enumerate().map(|(i, p)| {
+        let (lockstep, per_problem) = (&lockstep, &per_problem);
+        async move {
+            let me = lockstep.participant(i);
+            let mut own = SearchEnv {
+                policy: &me,
+                reward: &me,
+                task: env.task,
+                seed: env.seed,
+                max_step_tokens: env.max_step_tokens,
+                max_trace_tokens: env.max_trace_tokens,
+                sampling: env.sampling,
+                record: env.record,
+            };
+            per_problem(i, &mut own);
+            let out = searcher.search(p, &own, budget).await;
+            lockstep.leave().await;
+            out
+        }
+    });
+    futures::future::join_all(runs).await
 }
 
 /// Shares one policy and one reward model among `tasks` concurrent searches.

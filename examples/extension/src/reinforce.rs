@@ -69,7 +69,7 @@ impl Learner for Reinforce {
         batch: &Experience,
         progress: &dyn Progress,
     ) -> Result<LearnStats, LearnError> {
-        let max = policy.template.config.max_seq_len + 1;
+        let max = policy.config.max_seq_len + 1;
         let kept: Vec<(f32, (Vec<u32>, usize))> = batch
             .samples
             .iter()

@@ -50,7 +50,11 @@ pub struct ServeSection {
     pub timeout_seconds: f64,
     /// How long the batcher waits for more requests before running a batch.
     pub batch_window_ms: u64,
+    /// `reasoning_effort` low, medium and high: a searcher and budget each.
     pub efforts: std::collections::BTreeMap<String, Effort>,
+    /// A request that names no `reasoning_effort` searches with the run's `[search]` searcher
+    /// at this budget.
+    pub default_budget: usize,
 }
 
 impl Default for ServeSection {
@@ -66,6 +70,7 @@ impl Default for ServeSection {
             queue: 512,
             timeout_seconds: 60.0,
             batch_window_ms: 2,
+            default_budget: 8,
             efforts: [
                 (
                     "low".to_string(),
@@ -90,15 +95,17 @@ pub struct RunSection {
     pub name: String,
     /// The seed every stochastic part derives its own from.
     pub seed: u64,
-    /// `cpu` (burn flex), `ndarray`, or `cuda` / `cuda:N` (needs the `cuda` feature).
+    /// burn's device for `backend = "burn"`: `cpu` (flex), `ndarray`, or `cuda` / `cuda:N`
+    /// (the cargo features of the same names); `cpu` with ponder's own backend.
     pub device: String,
     pub out_dir: String,
-    /// Worker threads for the CPU backend; 0 uses every core.
+    /// Worker threads (decoding, and training on the `cpu` backend); 0 uses every core.
     pub threads: usize,
-    /// Train with burn's autodiff even where ponder's hand-written CPU training path applies:
-    /// the same gradients to float rounding, several times slower. For checking the fast path
-    /// and for measuring what it saves.
-    pub autodiff: bool,
+    /// Where training's forward and backward passes run: `cpu`, ponder's CPU transformer, or
+    /// `burn`, burn's model and autodiff on `device` (the reference the CPU path is tested
+    /// against: the same gradients to float rounding, several times slower on the CPU).
+    /// Decoding runs on ponder's CPU engine either way.
+    pub backend: String,
 }
 
 impl Default for RunSection {
@@ -109,7 +116,7 @@ impl Default for RunSection {
             device: "cpu".into(),
             out_dir: "runs".into(),
             threads: 0,
-            autodiff: false,
+            backend: "cpu".into(),
         }
     }
 }
@@ -142,6 +149,21 @@ impl RunSection {
                 "run.device",
                 format!("unknown device `{}`: cpu, ndarray, cuda or cuda:N", self.device),
             ));
+        }
+        match self.backend.as_str() {
+            "burn" => {}
+            "cpu" if !device_ok || self.device == "cpu" => {}
+            "cpu" => errors.push(ConfigError::new(
+                "run.device",
+                format!(
+                    "`{}` is a burn device: set run.backend = \"burn\" to train on it",
+                    self.device
+                ),
+            )),
+            other => errors.push(ConfigError::new(
+                "run.backend",
+                format!("unknown backend `{other}`: cpu (ponder's CPU transformer) or burn"),
+            )),
         }
         errors
     }

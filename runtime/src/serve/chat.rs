@@ -179,15 +179,17 @@ pub(super) async fn chat(state: &AppState, body: Result<Bytes, BytesRejection>) 
         })
         .ok_or_else(|| ApiError::bad_request("no user message with content", Some("messages")))?;
     let problem = state.problem(&text)?;
-    let effort_name = request.reasoning_effort.as_deref().unwrap_or("medium");
-    let effort = state.efforts.get(effort_name).ok_or_else(|| {
-        let mut known: Vec<&str> = state.efforts.keys().map(String::as_str).collect();
-        known.sort_unstable();
-        ApiError::bad_request(
-            format!("reasoning_effort `{effort_name}` is not one of {}", known.join(", ")),
-            Some("reasoning_effort"),
-        )
-    })?;
+    let effort = match request.reasoning_effort.as_deref() {
+        None => &state.default_effort,
+        Some(name) => state.efforts.get(name).ok_or_else(|| {
+            let mut known: Vec<&str> = state.efforts.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            ApiError::bad_request(
+                format!("reasoning_effort `{name}` is not one of {}", known.join(", ")),
+                Some("reasoning_effort"),
+            )
+        })?,
+    };
     let n = request.n.unwrap_or(1);
     if !(1..=16).contains(&n) {
         return Err(ApiError::bad_request("n must be 1 to 16", Some("n")));

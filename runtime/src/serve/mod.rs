@@ -2,7 +2,8 @@
 //!
 //! - `POST /v1/chat/completions`: the last user message is the problem; the model thinks in a
 //!   hidden chain of thought, searching as `reasoning_effort` (low, medium, high: a searcher
-//!   and budget from `[serve.efforts]`) asks, and returns only the answer. Usage reports the
+//!   and budget from `[serve.efforts]`; without one, the run's `[search]` searcher at
+//!   `serve.default_budget`) asks, and returns only the answer. Usage reports the
 //!   hidden tokens as `completion_tokens_details.reasoning_tokens`. `n`, `seed`,
 //!   `max_completion_tokens`, `temperature`, streaming (server-sent events).
 //! - `POST /v1/completions`: plain continuations with `stop`, `n`, `seed`, `logprobs`,
@@ -100,6 +101,8 @@ pub struct AppState {
     batcher: Batcher,
     tokenizer: Tokenizer,
     efforts: HashMap<String, Effort>,
+    /// For requests without `reasoning_effort`: the run's `[search]` at `serve.default_budget`.
+    default_effort: Effort,
     settings: ServeSection,
     api_key: Option<String>,
     metrics: Metrics,
@@ -162,6 +165,10 @@ pub fn state_from_run(run_dir: &Path, registry: &Registry, overrides: &[String])
         );
     }
     let settings = config.serve.clone();
+    let default_effort = Effort {
+        searcher: config.search.build(&())?,
+        budget: settings.default_budget.max(1),
+    };
     let api_key = match &settings.api_key_env {
         Some(var) => Some(std::env::var(var).map_err(|_| anyhow::anyhow!("serve.api_key_env: {var} is not set"))?),
         None => None,
@@ -177,6 +184,7 @@ pub fn state_from_run(run_dir: &Path, registry: &Registry, overrides: &[String])
         batcher,
         tokenizer,
         efforts,
+        default_effort,
         slots: Semaphore::new(settings.concurrency.max(1)),
         settings,
         api_key,

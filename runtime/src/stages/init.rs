@@ -5,10 +5,9 @@
 
 use ponder_datagen::{Problem, Task};
 use ponder_policy_init::evaluate::{EvalSettings, evaluate};
-use ponder_policy_init::model::Transformer;
 use ponder_policy_init::settings::TransformerSettings;
 use ponder_policy_init::sft::{Sequences, SftObjective};
-use ponder_policy_init::trainer::TrainerConfig;
+use ponder_policy_init::trainer::{Trainer, TrainerConfig};
 use ponder_policy_init::{HostWeights, Tokenizer, TransformerPolicy};
 use serde_json::json;
 
@@ -63,7 +62,6 @@ pub fn run(ctx: &Context) -> anyhow::Result<serde_json::Value> {
         0 => trace_token_limit(&train, &tokenizer, max_seq_len),
         n => n,
     };
-    let model = Transformer::from_host(&start, &ctx.device);
     let steps = match s.train_tokens {
         0 => s.steps,
         budget => {
@@ -77,13 +75,11 @@ pub fn run(ctx: &Context) -> anyhow::Result<serde_json::Value> {
         checkpoint_every: s.checkpoint_every,
         log_every: 10,
         eval_every: s.eval_every,
-        autodiff: ctx.config.run.autodiff,
         ..TrainerConfig::default()
     };
-    let mut trainer =
-        model
-            .trainer(trainer_config)
-            .open(&ctx.dir.checkpoints("init"), &ctx.dir.metrics(), "init", ctx.resume)?;
+    let mut trainer = Trainer::for_weights(trainer_config, &start)
+        .with_backend(ctx.backend.clone())
+        .open(&ctx.dir.checkpoints("init"), &ctx.dir.metrics(), "init", ctx.resume)?;
     if let Some(step) = trainer.resumed_from() {
         tracing::info!(step, "policy initialisation resumed");
     }
@@ -104,9 +100,8 @@ pub fn run(ctx: &Context) -> anyhow::Result<serde_json::Value> {
             futures::executor::block_on(evaluate(&policy, curve_task.as_ref(), &curve_problems, &curve_settings))?;
         Ok(json!({"pass@1_greedy": report.pass1_greedy.value, "problems": report.problems}))
     });
-    let pad = tokenizer.pad_id;
     let mut objective =
-        SftObjective::new(model.clone(), sequences, s.batch_size, ctx.seed("init-batches"), pad).with_eval(hook);
+        SftObjective::new(start.config.clone(), sequences, s.batch_size, ctx.seed("init-batches")).with_eval(hook);
     let extra_tokenizer = tokenizer.clone();
     let config = start.config.clone();
     let summary = trainer.run(&mut objective, ctx.progress, &move |dir| {
@@ -115,7 +110,10 @@ pub fn run(ctx: &Context) -> anyhow::Result<serde_json::Value> {
             .map_err(|e| ponder_policy_init::PolicyError::io(dir, e))?;
         extra_tokenizer.save(dir)
     })?;
-    let weights = model.with_params(trainer.params.clone()).to_host();
+    let weights = HostWeights {
+        config: start.config.clone(),
+        tensors: trainer.params.clone(),
+    };
     ponder_policy_init::hf::save_pretrained(&ctx.dir.policy("init"), &weights, &tokenizer)?;
     ctx.progress.set(steps, steps, "evaluating");
     let report = evaluate_policy(ctx, &weights, &tokenizer, &test, s.samples, max_tokens, "init-eval")?;

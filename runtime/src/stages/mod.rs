@@ -13,8 +13,8 @@ pub mod search_trees;
 
 use std::collections::BTreeMap;
 
-use burn::tensor::Device;
 use ponder_datagen::{Example, Task};
+use ponder_policy_init::backend::Backend;
 
 use crate::config::RunConfig;
 use crate::progress::StageBar;
@@ -29,7 +29,8 @@ pub struct Context<'a> {
     pub registry: &'a Registry,
     pub dir: &'a RunDir,
     pub task: &'a dyn Task,
-    pub device: Device,
+    /// Where training passes run (`run.backend`, `run.device`).
+    pub backend: Backend,
     /// Continue an interrupted stage from its last checkpoint instead of starting it over.
     pub resume: bool,
     pub progress: &'a StageBar,

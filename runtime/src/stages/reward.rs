@@ -11,7 +11,6 @@
 //! 3. On held-out problems, the measures of [`super::reward_quality`].
 
 use ponder_datagen::{Problem, Task, Trace};
-use ponder_policy_init::model::Transformer;
 use ponder_policy_init::trainer::TrainerConfig;
 use ponder_policy_init::{Tokenizer, TransformerPolicy};
 use ponder_reward::datasets::{ProcessExample, write_process};
@@ -56,26 +55,23 @@ fn train_model(
 ) -> anyhow::Result<(RewardWeights, Value)> {
     let s = &ctx.config.pipeline.reward;
     let (granularity, aggregation) = (start.granularity, start.aggregation);
-    let template = Transformer::from_host(&start.backbone, &ctx.device);
     let config = TrainerConfig {
         optim: s.optim.clone(),
         steps: s.steps,
         checkpoint_every: (s.steps / 2).max(1),
         log_every: 10,
-        autodiff: ctx.config.run.autodiff,
         ..TrainerConfig::default()
     };
     let count = examples.len();
     let mut objective = RewardObjective::new(
-        template.clone(),
+        start.backbone.config.clone(),
         examples,
         s.batch_size,
         ctx.seed(&format!("{name}-batches")),
-        tokenizer.pad_id,
         granularity,
         aggregation,
     );
-    let mut trainer = reward_trainer(&template, &start, config).open(
+    let mut trainer = reward_trainer(&start, config).with_backend(ctx.backend.clone()).open(
         &ctx.dir.checkpoints(name),
         &ctx.dir.metrics(),
         name,

@@ -127,11 +127,10 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
     let mut state = TrainablePolicy::new(
         &start,
         tokenizer.clone(),
-        &ctx.device,
+        ctx.backend.clone(),
         learner.optim(),
         learner.value_head_lr(),
     );
-    state.trainer.config.autodiff = ctx.config.run.autodiff;
     // Continue with the moments AdamW had at the end of policy initialisation: a fresh AdamW
     // moves every weight by about the learning rate on its first steps whatever its gradient,
     // which on a converged small model undoes more than the first updates teach.

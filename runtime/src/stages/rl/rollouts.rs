@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use ponder_datagen::{Problem, Task, Trace};
 use ponder_policy_init::{Policy, Sampling, TransformerPolicy};
 use ponder_reward::RewardModel;
-use ponder_search::lockstep::Lockstep;
+use ponder_search::lockstep::search_all;
 use ponder_search::{Budget, SearchEnv};
 
 use crate::stages::Context;
@@ -70,31 +70,25 @@ pub(super) async fn collect(
     if s.use_search {
         let searcher = ctx.config.search.build(&())?;
         let reward = reward.context("search inside RL needs the [reward] model")?;
-        let lockstep = Lockstep::new(policy, reward, problems.len());
         let budget = Budget {
             generations: s.samples_per_problem,
             tokens_per_generation: tokens_per_generation(ctx.earlier.get("init").map(|r| &r.results), max_tokens),
         };
-        let runs = problems.iter().enumerate().map(|(i, p)| {
-            let (lockstep, searcher, task) = (&lockstep, searcher.as_ref(), task.as_ref());
-            async move {
-                let me = lockstep.participant(i);
-                let env = SearchEnv {
-                    policy: &me,
-                    reward: &me,
-                    task,
-                    seed: seed ^ i as u64,
-                    max_step_tokens: max_tokens,
-                    max_trace_tokens: max_tokens,
-                    sampling: Sampling::default(),
-                    record: false,
-                };
-                let r = searcher.search(p, &env, &budget).await;
-                lockstep.leave().await;
-                r
-            }
-        });
-        for (i, outcome) in futures::future::join_all(runs).await.into_iter().enumerate() {
+        let env = SearchEnv {
+            policy,
+            reward,
+            task: task.as_ref(),
+            seed,
+            max_step_tokens: max_tokens,
+            max_trace_tokens: max_tokens,
+            sampling: Sampling::default(),
+            record: false,
+        };
+        let outcomes = search_all(searcher.as_ref(), &env, problems, &budget, |i, env| {
+            env.seed = seed ^ i as u64
+        })
+        .await;
+        for (i, outcome) in outcomes.into_iter().enumerate() {
             let outcome = outcome?;
             if let Some(trace) = outcome.trace {
                 out.push(Collected {

@@ -17,7 +17,7 @@ use ponder_datagen::{Problem, Task, Trace};
 use ponder_policy_init::{Policy, Sampling};
 use ponder_reward::RewardModel;
 use ponder_search::best_of_n::{BestOfN, BestOfNSettings};
-use ponder_search::lockstep::Lockstep;
+use ponder_search::lockstep::search_all;
 use ponder_search::{Budget, BudgetNesting, Cost, SearchEnv, SearchOutcome, Searcher, Selection};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -44,39 +44,43 @@ struct Generation {
     sampling: Sampling,
 }
 
-/// Runs one searcher on all problems at one budget, in lockstep.
+impl Generation {
+    /// The search environment of these limits and sampling over the given models and seed.
+    fn env<'a>(
+        &self,
+        policy: &'a dyn Policy,
+        reward: &'a dyn RewardModel,
+        task: &'a dyn Task,
+        seed: u64,
+    ) -> SearchEnv<'a> {
+        SearchEnv {
+            policy,
+            reward,
+            task,
+            seed,
+            max_step_tokens: self.max_step_tokens,
+            max_trace_tokens: self.max_trace_tokens,
+            sampling: self.sampling,
+            record: false,
+        }
+    }
+}
+
+/// Runs one searcher on all problems at one budget, in lockstep: problem `i` searches with its
+/// own seed drawn from `env`'s and is recorded when `i < record_first`.
 async fn run_budget(
     searcher: &dyn Searcher,
-    policy: &dyn Policy,
-    reward: &dyn RewardModel,
-    task: &dyn Task,
+    env: SearchEnv<'_>,
     problems: &[Problem],
     budget: Budget,
-    generation: Generation,
-    seed: u64,
     record_first: usize,
 ) -> anyhow::Result<Vec<SearchOutcome>> {
-    let lockstep = Lockstep::new(policy, reward, problems.len());
-    let runs = problems.iter().enumerate().map(|(i, p)| {
-        let lockstep = &lockstep;
-        async move {
-            let me = lockstep.participant(i);
-            let env = SearchEnv {
-                policy: &me,
-                reward: &me,
-                task,
-                seed: seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
-                max_step_tokens: generation.max_step_tokens,
-                max_trace_tokens: generation.max_trace_tokens,
-                sampling: generation.sampling,
-                record: i < record_first,
-            };
-            let out = searcher.search(p, &env, &budget).await;
-            lockstep.leave().await;
-            out
-        }
-    });
-    let outcomes = futures::future::join_all(runs).await;
+    let seed = env.seed;
+    let outcomes = search_all(searcher, &env, problems, &budget, |i, env| {
+        env.seed = seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        env.record = i < record_first;
+    })
+    .await;
     Ok(outcomes.into_iter().collect::<Result<Vec<_>, _>>()?)
 }
 
@@ -268,18 +272,8 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                         ..BestOfNSettings::default()
                     },
                 };
-                let outcomes = run_budget(
-                    &sampler,
-                    policy.as_ref(),
-                    reward_model,
-                    task.as_ref(),
-                    &problems,
-                    budget,
-                    generation,
-                    best_of_n_seed,
-                    0,
-                )
-                .await?;
+                let env = generation.env(policy.as_ref(), reward_model, task.as_ref(), best_of_n_seed);
+                let outcomes = run_budget(&sampler, env, &problems, budget, 0).await?;
                 let samples = problems
                     .iter()
                     .zip(outcomes)
@@ -310,18 +304,8 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                 None => (built.as_ref(), seed),
             };
             let before_run = ComputeReading::now(policy.as_ref(), reward_model);
-            let outcomes = run_budget(
-                runner,
-                policy.as_ref(),
-                reward_model,
-                task.as_ref(),
-                &problems,
-                budget,
-                generation,
-                run_seed,
-                record_first,
-            )
-            .await?;
+            let env = generation.env(policy.as_ref(), reward_model, task.as_ref(), run_seed);
+            let outcomes = run_budget(runner, env, &problems, budget, record_first).await?;
             // The shared samples are charged to every rule that selects from them, with the
             // rule's own scoring; another searcher pays for what its run computed.
             let (cost, run_flops) = match &rescore {
@@ -370,18 +354,8 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                 let (policy, reward_model) = (fresh_policy()?, fresh_reward(reward)?);
                 let reward_model = reward_model.as_ref();
                 let reading = ComputeReading::now(policy.as_ref(), reward_model);
-                let outcomes = run_budget(
-                    built.as_ref(),
-                    policy.as_ref(),
-                    reward_model,
-                    task.as_ref(),
-                    &problems,
-                    budget,
-                    generation,
-                    seed,
-                    record_first,
-                )
-                .await?;
+                let env = generation.env(policy.as_ref(), reward_model, task.as_ref(), seed);
+                let outcomes = run_budget(built.as_ref(), env, &problems, budget, record_first).await?;
                 let run_flops = ComputeReading::now(policy.as_ref(), reward_model).since(reading, policy_params);
                 let mut cost = Cost::default();
                 for o in &outcomes {

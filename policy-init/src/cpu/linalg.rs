@@ -262,6 +262,99 @@ impl WithSimd for FewRows<'_> {
     }
 }
 
+/// A matrix operand of gemm: its data and the strides, in elements, between its columns and
+/// between its rows.
+struct Operand<'a> {
+    data: &'a [f32],
+    column_stride: usize,
+    row_stride: usize,
+}
+
+impl Operand<'_> {
+    /// Whether every element of a `rows x columns` view lies inside the data.
+    fn holds(&self, rows: usize, columns: usize) -> bool {
+        rows == 0 || columns == 0 || (rows - 1) * self.row_stride + (columns - 1) * self.column_stride < self.data.len()
+    }
+}
+
+/// `out[rows, columns] (+)= lhs[rows, inner] · rhs[inner, columns]` with `out` row-major,
+/// through gemm (on `threads` threads). `accumulate` adds to `out` instead of overwriting it.
+///
+/// # Panics
+/// If an operand or `out` is shorter than its shape (a bug in the caller, never user input).
+fn gemm_into(
+    rows: usize,
+    columns: usize,
+    inner: usize,
+    out: &mut [f32],
+    lhs: Operand<'_>,
+    rhs: Operand<'_>,
+    accumulate: bool,
+    threads: usize,
+) {
+    assert!(
+        out.len() >= rows * columns && lhs.holds(rows, inner) && rhs.holds(inner, columns),
+        "matmul shapes"
+    );
+    if rows == 0 || columns == 0 {
+        return;
+    }
+    if inner == 0 {
+        if !accumulate {
+            out[..rows * columns].fill(0.0);
+        }
+        return;
+    }
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the assert above bounds every index gemm touches: dst is rows x columns with row
+    // stride `columns`, and each operand's last element lies inside its slice.
+    unsafe {
+        gemm::gemm(
+            rows,
+            columns,
+            inner,
+            out.as_mut_ptr(),
+            1,
+            columns as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.column_stride as isize,
+            lhs.row_stride as isize,
+            rhs.data.as_ptr(),
+            rhs.column_stride as isize,
+            rhs.row_stride as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// A row-major `[_, width]` matrix as an operand.
+fn row_major(data: &[f32], width: usize) -> Operand<'_> {
+    Operand {
+        data,
+        column_stride: 1,
+        row_stride: width,
+    }
+}
+
+/// The transpose of a row-major `[_, width]` matrix as an operand.
+fn transposed(data: &[f32], width: usize) -> Operand<'_> {
+    Operand {
+        data,
+        column_stride: width,
+        row_stride: 1,
+    }
+}
+
 /// `out[n, m] (+)= x[n, k] · w[m, k]ᵀ` for row-major slices: a linear layer with weights in
 /// the `[out, in]` layout. `accumulate` adds to `out` instead of overwriting it.
 ///
@@ -277,96 +370,12 @@ pub fn matmul_transposed(
     accumulate: bool,
     threads: usize,
 ) {
-    assert!(
-        x.len() >= n * k && w.len() >= m * k && out.len() >= n * m,
-        "matmul shapes"
-    );
-    if n == 0 || m == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            out[..n * m].fill(0.0);
-        }
-        return;
-    }
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the asserts above bound every index gemm touches: dst is n x m with row stride
-    // m, lhs is n x k with row stride k, rhs (wᵀ) is k x m read from w[m, k] with column
-    // stride k and row stride 1.
-    unsafe {
-        gemm::gemm(
-            n,
-            m,
-            k,
-            out.as_mut_ptr(),
-            1,
-            m as isize,
-            accumulate,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
+    gemm_into(n, m, k, out, row_major(x, k), transposed(w, k), accumulate, threads);
 }
 
 /// `out[n, m] (+)= x[n, k] · w[k, m]` for row-major slices.
 pub fn matmul(x: &[f32], n: usize, k: usize, w: &[f32], m: usize, out: &mut [f32], accumulate: bool, threads: usize) {
-    assert!(
-        x.len() >= n * k && w.len() >= k * m && out.len() >= n * m,
-        "matmul shapes"
-    );
-    if n == 0 || m == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            out[..n * m].fill(0.0);
-        }
-        return;
-    }
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: as above, with rhs w[k, m] row-major (row stride m, column stride 1).
-    unsafe {
-        gemm::gemm(
-            n,
-            m,
-            k,
-            out.as_mut_ptr(),
-            1,
-            m as isize,
-            accumulate,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            1,
-            m as isize,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
+    gemm_into(n, m, k, out, row_major(x, k), row_major(w, m), accumulate, threads);
 }
 
 /// `out[k, m] (+)= x[n, k]ᵀ · y[n, m]`: the weight gradient of a linear layer.
@@ -380,49 +389,7 @@ pub fn matmul_lhs_transposed(
     accumulate: bool,
     threads: usize,
 ) {
-    assert!(
-        x.len() >= n * k && y.len() >= n * m && out.len() >= k * m,
-        "matmul shapes"
-    );
-    if k == 0 || m == 0 {
-        return;
-    }
-    if n == 0 {
-        if !accumulate {
-            out[..k * m].fill(0.0);
-        }
-        return;
-    }
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: dst k x m (row stride m); lhs = xᵀ is k x n read from x[n, k] (column stride k,
-    // row stride 1); rhs y is n x m (row stride m).
-    unsafe {
-        gemm::gemm(
-            k,
-            m,
-            n,
-            out.as_mut_ptr(),
-            1,
-            m as isize,
-            accumulate,
-            x.as_ptr(),
-            k as isize,
-            1,
-            y.as_ptr(),
-            1,
-            m as isize,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
+    gemm_into(k, m, n, out, transposed(x, k), row_major(y, m), accumulate, threads);
 }
 
 #[cfg(test)]

@@ -1,28 +1,29 @@
-//! The CPU training path: forward and backward of the transformer written out by hand on host
-//! memory, for the shapes of small models where burn's op-by-op autodiff spends most of its time
-//! outside the matrix products (in a profile of burn's training step, element-wise ops on one
-//! thread, copies and page faults took most of the time beside matrix products at ~37%).
+//! Training on the CPU: the decoder's forward pass ([`super::forward`], from empty caches,
+//! recording activations) and the backward pass written out by hand on host memory, for the
+//! shapes of small models where burn's op-by-op autodiff spends most of its time outside the
+//! matrix products (in a profile of burn's training step, element-wise ops on one thread,
+//! copies and page faults took most of the time beside matrix products at ~37%).
 //!
 //! - Sequences are packed without padding: the linear layers see all tokens of a batch as one
-//!   matrix; attention runs per sequence.
+//!   matrix; attention runs per sequence (its backward per head, on gathered heads).
 //! - The batch is split across threads by token count; each thread runs forward and backward
 //!   on its sequences with single-threaded matrix products, and the weight gradients are summed
 //!   in thread order (deterministic for a given thread count).
 //! - The loss is a callback on each sequence's logits (and optional scalar head), so supervised
 //!   training, reward models and the RL losses share one engine.
 //!
-//! Gradients match burn's autodiff on the same model to float rounding (tested).
+//! Gradients match burn's autodiff on the same model to float rounding (tested through
+//! [`crate::backend::Backend`], which runs either).
 
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
 use crate::config::ModelConfig;
-use crate::linalg::{
-    dot, fast_exp, lane_dot, lane_dot3, lane_max, lane_sum, lane_sum_exp, matmul, matmul_lhs_transposed,
-    matmul_transposed,
-};
-use crate::model::rope_tables;
-use crate::weights::{HostWeights, Layout};
+use crate::cpu::decode::KvCache;
+use crate::cpu::forward::{LayerActs, PassWeights, blocks};
+use crate::cpu::layers::{Stacked, rms_norm, rms_norm_backward, rotate, swiglu_backward};
+use crate::cpu::linalg::{dot, fast_exp, lane_max, lane_sum_exp, matmul, matmul_lhs_transposed, matmul_transposed};
+use crate::weights::{HostTensor, Layout};
 
 /// A scalar head read at every position: `h · weight + bias` (a value or reward head).
 #[derive(Clone, Debug, PartialEq)]
@@ -57,9 +58,9 @@ pub struct Gradients {
 }
 
 impl Gradients {
-    fn zeros(weights: &HostWeights, head: Option<&ScalarHead>) -> Gradients {
+    fn zeros(tensors: &[HostTensor], head: Option<&ScalarHead>) -> Gradients {
         Gradients {
-            tensors: weights.tensors.iter().map(|t| vec![0.0; t.data.len()]).collect(),
+            tensors: tensors.iter().map(|t| vec![0.0; t.data.len()]).collect(),
             head: head.map(|h| ScalarHead {
                 weight: vec![0.0; h.weight.len()],
                 bias: 0.0,
@@ -82,64 +83,16 @@ impl Gradients {
     }
 }
 
-/// The model, ready for training steps.
-pub struct NativeModel<'a> {
+/// The model, ready for training steps: parameters borrowed from the trainer, the projections
+/// stacked as the decoder stacks them.
+pub struct TrainingPass<'a> {
     config: &'a ModelConfig,
-    weights: &'a HostWeights,
+    tensors: &'a [HostTensor],
     layout: Layout,
     head: Option<&'a ScalarHead>,
     /// Whether the language-model head (and its logits) is computed.
     lm: bool,
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-    /// Stacked q/k/v and gate/up weights per layer.
-    qkv: Vec<Vec<f32>>,
-    qkv_bias: Vec<Option<Vec<f32>>>,
-    gate_up: Vec<Vec<f32>>,
-}
-
-struct LayerActs {
-    x_in: Vec<f32>,
-    r1: Vec<f32>,
-    a: Vec<f32>,
-    qkv: Vec<f32>,
-    /// Per sequence, per head, `[len, len]` attention probabilities (causal).
-    probs: Vec<Vec<f32>>,
-    o: Vec<f32>,
-    x_mid: Vec<f32>,
-    r2: Vec<f32>,
-    m: Vec<f32>,
-    gate_up: Vec<f32>,
-    act: Vec<f32>,
-}
-
-fn rms_forward(x: &[f32], d: usize, gamma: &[f32], eps: f32, out: &mut [f32], r: &mut [f32]) {
-    for ((row, o), r) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)).zip(r.iter_mut()) {
-        let ms = lane_dot(row, row) / d as f32;
-        *r = 1.0 / (ms + eps).sqrt();
-        for ((o, &v), &g) in o.iter_mut().zip(row).zip(gamma) {
-            *o = v * *r * g;
-        }
-    }
-}
-
-/// Adds to `dx` the gradient through `y = x * r * gamma`; adds `dgamma`.
-fn rms_backward(dy: &[f32], x: &[f32], r: &[f32], gamma: &[f32], d: usize, dx: &mut [f32], dgamma: &mut [f32]) {
-    for (((dy, x), &r), dx) in dy
-        .chunks_exact(d)
-        .zip(x.chunks_exact(d))
-        .zip(r)
-        .zip(dx.chunks_exact_mut(d))
-    {
-        let t = lane_dot3(dy, gamma, x);
-        for j in 0..d {
-            dgamma[j] += dy[j] * x[j] * r;
-        }
-        let c = r * r * r * t / d as f32;
-        for j in 0..d {
-            dx[j] += r * dy[j] * gamma[j] - x[j] * c;
-        }
-    }
+    stacked: Stacked,
 }
 
 /// Columns `offset..offset + width` of rows `base..base + t` of a row-major `[_, stride]`
@@ -152,26 +105,11 @@ fn gather_head(x: &[f32], stride: usize, base: usize, t: usize, offset: usize, w
     out
 }
 
-fn scatter_head(head: &[f32], x: &mut [f32], stride: usize, base: usize, t: usize, offset: usize, width: usize) {
-    for (i, row) in head.chunks_exact(width).enumerate().take(t) {
-        let r = base + i;
-        x[r * stride + offset..r * stride + offset + width].copy_from_slice(row);
-    }
-}
-
 fn accumulate_head(head: &[f32], x: &mut [f32], stride: usize, base: usize, t: usize, offset: usize, width: usize) {
     for (i, row) in head.chunks_exact(width).enumerate().take(t) {
         let r = base + i;
         for (a, b) in x[r * stride + offset..r * stride + offset + width].iter_mut().zip(row) {
             *a += b;
-        }
-    }
-}
-
-fn add_bias(x: &mut [f32], bias: &[f32]) {
-    for row in x.chunks_exact_mut(bias.len()) {
-        for (v, b) in row.iter_mut().zip(bias) {
-            *v += b;
         }
     }
 }
@@ -184,43 +122,23 @@ fn column_sums(x: &[f32], width: usize, out: &mut [f32]) {
     }
 }
 
-impl<'a> NativeModel<'a> {
-    pub fn new(weights: &'a HostWeights, head: Option<&'a ScalarHead>, lm: bool) -> NativeModel<'a> {
-        let config = &weights.config;
-        let layout = weights.layout();
-        let (cos_full, sin_full) = rope_tables(config, config.max_seq_len);
-        let (dh, half) = (config.head_dim(), config.head_dim() / 2);
-        let halve = |full: Vec<f32>| -> Vec<f32> { full.chunks_exact(dh).flat_map(|r| r[..half].to_vec()).collect() };
-        let t = |slot: usize| -> &[f32] { weights.tensors[slot].data.as_slice() };
-        let qkv = layout
-            .layers
-            .iter()
-            .map(|l| [t(l.q), t(l.k), t(l.v)].concat())
-            .collect();
-        let zeros = vec![0.0f32; config.kv_dim()];
-        let qkv_bias = layout
-            .layers
-            .iter()
-            .map(|l| {
-                l.q_bias.map(|q| {
-                    let k = l.k_bias.map_or(zeros.clone(), |b| t(b).to_vec());
-                    let v = l.v_bias.map_or(zeros.clone(), |b| t(b).to_vec());
-                    [t(q), k.as_slice(), v.as_slice()].concat()
-                })
-            })
-            .collect();
-        let gate_up = layout.layers.iter().map(|l| [t(l.gate), t(l.up)].concat()).collect();
-        NativeModel {
+impl<'a> TrainingPass<'a> {
+    /// `tensors` in the [`Layout`] of `config`.
+    pub fn new(
+        config: &'a ModelConfig,
+        tensors: &'a [HostTensor],
+        head: Option<&'a ScalarHead>,
+        lm: bool,
+    ) -> TrainingPass<'a> {
+        let layout = Layout::new(config);
+        let stacked = Stacked::new(config, &layout, tensors);
+        TrainingPass {
             config,
-            weights,
+            tensors,
             layout,
             head,
             lm,
-            cos: halve(cos_full),
-            sin: halve(sin_full),
-            qkv,
-            qkv_bias,
-            gate_up,
+            stacked,
         }
     }
 
@@ -256,7 +174,7 @@ impl<'a> NativeModel<'a> {
             })
             .collect();
         let mut total_loss = 0.0;
-        let mut grads = Gradients::zeros(self.weights, self.head);
+        let mut grads = Gradients::zeros(self.tensors, self.head);
         for (l, g) in &parts {
             total_loss += l;
             grads.add(g);
@@ -266,7 +184,7 @@ impl<'a> NativeModel<'a> {
 }
 
 struct Group<'m, 'a, 's> {
-    model: &'m NativeModel<'a>,
+    model: &'m TrainingPass<'a>,
     sequences: &'s [&'s [u32]],
     first: usize,
     loss: &'s dyn SequenceLoss,
@@ -281,13 +199,13 @@ impl WithSimd for Group<'_, '_, '_> {
     }
 }
 
-impl NativeModel<'_> {
+impl TrainingPass<'_> {
     #[inline(always)]
     fn group<S: Simd>(&self, simd: S, sequences: &[&[u32]], first: usize, loss: &dyn SequenceLoss) -> (f64, Gradients) {
         let c = self.config;
         let (d, kv, f, v) = (c.d_model, c.kv_dim(), c.ffn_hidden, c.vocab_size);
         let (h, kvh, dh) = (c.n_heads, c.n_kv_heads, c.head_dim());
-        let (half, group) = (dh / 2, h / kvh);
+        let group = h / kvh;
         let qw = d + 2 * kv;
         let scale = 1.0 / (dh as f32).sqrt();
         let eps = c.rms_eps;
@@ -297,109 +215,26 @@ impl NativeModel<'_> {
         for s in sequences {
             offsets.push(offsets.last().copied().unwrap_or(0) + s.len());
         }
-        let w = |slot: usize| self.weights.tensors[slot].data.as_slice();
+        let w = |slot: usize| self.tensors[slot].data.as_slice();
         let embed_slot = self.layout.embed;
-        // ---- forward ----
-        let mut x = vec![0.0f32; n * d];
+        // ---- forward: the decoder's, from empty caches, recording activations ----
         let tokens: Vec<usize> = sequences
             .iter()
             .flat_map(|s| s.iter().map(|&t| (t as usize).min(v - 1)))
             .collect();
-        for (r, &tok) in tokens.iter().enumerate() {
-            x[r * d..(r + 1) * d].copy_from_slice(&w(embed_slot)[tok * d..(tok + 1) * d]);
-        }
+        let mut caches: Vec<KvCache> = sequences.iter().map(|_| KvCache::new(c.n_layers)).collect();
         let mut acts: Vec<LayerActs> = Vec::with_capacity(self.layout.layers.len());
-        for (li, l) in self.layout.layers.iter().enumerate() {
-            let x_in = x.clone();
-            let mut r1 = vec![0.0f32; n];
-            let mut a = vec![0.0f32; n * d];
-            rms_forward(&x_in, d, w(l.input_norm), eps, &mut a, &mut r1);
-            let mut qkv = vec![0.0f32; n * qw];
-            matmul_transposed(&a, n, d, &self.qkv[li], qw, &mut qkv, false, 1);
-            if let Some(b) = &self.qkv_bias[li] {
-                add_bias(&mut qkv, b);
-            }
-            for (s, seq) in sequences.iter().enumerate() {
-                for p in 0..seq.len() {
-                    let row = &mut qkv[(offsets[s] + p) * qw..(offsets[s] + p + 1) * qw];
-                    let (cos, sin) = (&self.cos[p * half..(p + 1) * half], &self.sin[p * half..(p + 1) * half]);
-                    for head in row[..d + kv].chunks_exact_mut(dh) {
-                        for i in 0..half {
-                            let (x1, x2) = (head[i], head[i + half]);
-                            head[i] = x1 * cos[i] - x2 * sin[i];
-                            head[i + half] = x2 * cos[i] + x1 * sin[i];
-                        }
-                    }
-                }
-            }
-            let mut o = vec![0.0f32; n * d];
-            let mut probs: Vec<Vec<f32>> = Vec::with_capacity(sequences.len() * h);
-            for (s, seq) in sequences.iter().enumerate() {
-                let (t, base) = (seq.len(), offsets[s]);
-                for hh in 0..h {
-                    let (qo, ko, vo) = (hh * dh, d + (hh / group) * dh, d + kv + (hh / group) * dh);
-                    let qh = gather_head(&qkv, qw, base, t, qo, dh);
-                    let kh = gather_head(&qkv, qw, base, t, ko, dh);
-                    let vh = gather_head(&qkv, qw, base, t, vo, dh);
-                    // S = Q Kᵀ · scale, causal softmax by rows, O = P V.
-                    let mut p = vec![0.0f32; t * t];
-                    matmul_transposed(&qh, t, dh, &kh, t, &mut p, false, 1);
-                    for i in 0..t {
-                        let (live, masked) = p[i * t..(i + 1) * t].split_at_mut(i + 1);
-                        for v in live.iter_mut() {
-                            *v *= scale;
-                        }
-                        let max = lane_max(live);
-                        for v in live.iter_mut() {
-                            *v = fast_exp(*v - max);
-                        }
-                        let inv = 1.0 / lane_sum(live);
-                        for v in live.iter_mut() {
-                            *v *= inv;
-                        }
-                        masked.fill(0.0);
-                    }
-                    let mut oh = vec![0.0f32; t * dh];
-                    matmul(&p, t, t, &vh, dh, &mut oh, false, 1);
-                    scatter_head(&oh, &mut o, d, base, t, qo, dh);
-                    probs.push(p);
-                }
-            }
-            matmul_transposed(&o, n, d, w(l.o), d, &mut x, true, 1);
-            if let Some(b) = l.o_bias {
-                add_bias(&mut x, w(b));
-            }
-            let x_mid = x.clone();
-            let mut r2 = vec![0.0f32; n];
-            let mut m = vec![0.0f32; n * d];
-            rms_forward(&x_mid, d, w(l.post_norm), eps, &mut m, &mut r2);
-            let mut gu = vec![0.0f32; n * 2 * f];
-            matmul_transposed(&m, n, d, &self.gate_up[li], 2 * f, &mut gu, false, 1);
-            let mut act = vec![0.0f32; n * f];
-            for (row, a) in gu.chunks_exact(2 * f).zip(act.chunks_exact_mut(f)) {
-                let (g, u) = row.split_at(f);
-                for ((a, &g), &u) in a.iter_mut().zip(g).zip(u) {
-                    *a = g / (1.0 + fast_exp(-g)) * u;
-                }
-            }
-            matmul_transposed(&act, n, f, w(l.down), d, &mut x, true, 1);
-            acts.push(LayerActs {
-                x_in,
-                r1,
-                a,
-                qkv,
-                probs,
-                o,
-                x_mid,
-                r2,
-                m,
-                gate_up: gu,
-                act,
-            });
-        }
+        let weights = PassWeights {
+            config: c,
+            layout: &self.layout,
+            tensors: self.tensors,
+            stacked: &self.stacked,
+        };
+        let x = blocks(simd, weights, &mut caches, sequences, 1, Some(&mut acts));
+        drop(caches);
         let mut rf = vec![0.0f32; n];
         let mut hidden = vec![0.0f32; n * d];
-        rms_forward(&x, d, w(self.layout.final_norm), eps, &mut hidden, &mut rf);
+        rms_norm(&x, d, w(self.layout.final_norm), eps, &mut hidden, Some(&mut rf));
         // ---- heads and loss ----
         let lm_slot = self.layout.lm_head.unwrap_or(embed_slot);
         let mut logits = Vec::new();
@@ -435,7 +270,7 @@ impl NativeModel<'_> {
             total_loss += loss.loss(first + s, outputs);
         }
         // ---- backward ----
-        let mut grads = Gradients::zeros(self.weights, self.head);
+        let mut grads = Gradients::zeros(self.tensors, self.head);
         let mut dh_ = vec![0.0f32; n * d];
         if self.lm {
             matmul(&dlogits, n, v, w(lm_slot), d, &mut dh_, false, 1);
@@ -451,7 +286,7 @@ impl NativeModel<'_> {
             }
         }
         let mut dx = vec![0.0f32; n * d];
-        rms_backward(
+        rms_norm_backward(
             &dh_,
             &x,
             &rf,
@@ -467,21 +302,8 @@ impl NativeModel<'_> {
             let mut dact = vec![0.0f32; n * f];
             matmul(&dx, n, d, w(l.down), f, &mut dact, false, 1);
             let mut dgu = vec![0.0f32; n * 2 * f];
-            for ((row, da), dg) in acts
-                .gate_up
-                .chunks_exact(2 * f)
-                .zip(dact.chunks_exact(f))
-                .zip(dgu.chunks_exact_mut(2 * f))
-            {
-                let (g, u) = row.split_at(f);
-                let (dgate, dup) = dg.split_at_mut(f);
-                for j in 0..f {
-                    let sig = 1.0 / (1.0 + fast_exp(-g[j]));
-                    let silu = g[j] * sig;
-                    dup[j] = da[j] * silu;
-                    dgate[j] = da[j] * u[j] * sig * (1.0 + g[j] * (1.0 - sig));
-                }
-            }
+            swiglu_backward(&acts.gate_up, &dact, f, &mut dgu);
+            let stacked = &self.stacked.layers[li];
             let mut dgate_up_w = vec![0.0f32; 2 * f * d];
             matmul_lhs_transposed(&dgu, n, 2 * f, &acts.m, d, &mut dgate_up_w, false, 1);
             for (dst, src) in [(l.gate, 0), (l.up, f * d)] {
@@ -490,9 +312,9 @@ impl NativeModel<'_> {
                 }
             }
             let mut dm = vec![0.0f32; n * d];
-            matmul(&dgu, n, 2 * f, &self.gate_up[li], d, &mut dm, false, 1);
+            matmul(&dgu, n, 2 * f, &stacked.gate_up, d, &mut dm, false, 1);
             let mut dx_mid = dx.clone();
-            rms_backward(
+            rms_norm_backward(
                 &dm,
                 &acts.x_mid,
                 &acts.r2,
@@ -543,17 +365,7 @@ impl NativeModel<'_> {
                 // Rotary positions backward: rotate the q and k gradients back.
                 for pidx in 0..t {
                     let row = &mut dqkv[(base + pidx) * qw..(base + pidx + 1) * qw];
-                    let (cos, sin) = (
-                        &self.cos[pidx * half..(pidx + 1) * half],
-                        &self.sin[pidx * half..(pidx + 1) * half],
-                    );
-                    for head in row[..d + kv].chunks_exact_mut(dh) {
-                        for i in 0..half {
-                            let (g1, g2) = (head[i], head[i + half]);
-                            head[i] = g1 * cos[i] + g2 * sin[i];
-                            head[i + half] = g2 * cos[i] - g1 * sin[i];
-                        }
-                    }
+                    rotate(&mut row[..d + kv], dh, &self.stacked, pidx, true);
                 }
             }
             let mut dqkv_w = vec![0.0f32; qw * d];
@@ -575,9 +387,9 @@ impl NativeModel<'_> {
                 }
             }
             let mut da = vec![0.0f32; n * d];
-            matmul(&dqkv, n, qw, &self.qkv[li], d, &mut da, false, 1);
+            matmul(&dqkv, n, qw, &stacked.qkv, d, &mut da, false, 1);
             dx = dx_mid;
-            rms_backward(
+            rms_norm_backward(
                 &da,
                 &acts.x_in,
                 &acts.r1,
@@ -633,5 +445,38 @@ impl SequenceLoss for CrossEntropy<'_> {
             drow[target] -= norm;
         }
         total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cross_entropy_matches_a_hand_computation_on_the_trained_positions_only() {
+        // Tokens 0 1 2, the trace starting at index 2: only the prediction of token 2 (read at
+        // position 1) is trained. Its logits (0, ln 2, 0) give log Z = ln 4 and a loss of ln 4.
+        let tokens = vec![vec![0u32, 1, 2]];
+        let loss = CrossEntropy {
+            tokens: &tokens,
+            first_trained: &[2],
+            count: 1,
+        };
+        let logits = [5.0f32, -1.0, 0.0, 0.0, std::f32::consts::LN_2, 0.0];
+        let mut dlogits = [0.0f32; 6];
+        let value = loss.loss(
+            0,
+            SeqOutputs {
+                logits: Some(&logits),
+                values: None,
+                dlogits: Some(&mut dlogits),
+                dvalues: None,
+            },
+        );
+        assert!((value - 4f64.ln()).abs() < 1e-6, "{value}");
+        let expected = [0.0f32, 0.0, 0.0, 0.25, 0.5, -0.75];
+        for (got, want) in dlogits.iter().zip(expected) {
+            assert!((got - want).abs() < 1e-6, "{dlogits:?}");
+        }
     }
 }

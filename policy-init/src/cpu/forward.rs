@@ -1,0 +1,203 @@
+//! The transformer's forward pass on the CPU, written once for decoding and training: the
+//! embedding and every block (RMSNorm, stacked q/k/v projection, rotary positions, causal
+//! attention over the sequence's KV cache, output projection, RMSNorm, SwiGLU MLP), for the
+//! new tokens of several sequences at once. Decoding appends one or a few tokens to caches
+//! that already hold the prefix; training runs whole sequences from empty caches and records
+//! what the backward pass reads ([`LayerActs`]). The final norm and the heads are the
+//! callers': decoding reads the rows it wants, training every row.
+
+use pulp::Simd;
+
+use crate::config::ModelConfig;
+use crate::cpu::decode::KvCache;
+use crate::cpu::layers::{Stacked, add_bias, rms_norm, rotate, swiglu};
+use crate::cpu::linalg::{dot, fast_exp, linear};
+use crate::weights::{HostTensor, Layout};
+
+/// The weights one pass reads: the parameters in [`Layout`] order and their stacked form.
+#[derive(Clone, Copy)]
+pub struct PassWeights<'a> {
+    pub config: &'a ModelConfig,
+    pub layout: &'a Layout,
+    pub tensors: &'a [HostTensor],
+    pub stacked: &'a Stacked,
+}
+
+impl PassWeights<'_> {
+    pub fn tensor(&self, slot: usize) -> &[f32] {
+        &self.tensors[slot].data
+    }
+}
+
+/// What training's backward pass reads of one layer, for the rows of a pass.
+pub struct LayerActs {
+    /// The residual stream entering the layer.
+    pub x_in: Vec<f32>,
+    /// The input norm's `1 / rms` per row, and its output.
+    pub r1: Vec<f32>,
+    pub a: Vec<f32>,
+    /// Stacked q, k, v per row, after the rotary positions.
+    pub qkv: Vec<f32>,
+    /// Per sequence, per head: the attention probabilities of its new rows over its cache,
+    /// `[new, cached + new]` (causal, zero above the diagonal); `[t, t]` from an empty cache.
+    pub probs: Vec<Vec<f32>>,
+    /// The attention output before the output projection.
+    pub o: Vec<f32>,
+    /// The residual stream after attention, the post-attention norm's `1 / rms` and output.
+    pub x_mid: Vec<f32>,
+    pub r2: Vec<f32>,
+    pub m: Vec<f32>,
+    /// Stacked gate and up projections, and `silu(gate) · up`.
+    pub gate_up: Vec<f32>,
+    pub act: Vec<f32>,
+}
+
+/// Embeds `tokens[s]` and runs every block, each new token attending to sequence `s`'s cache
+/// (which the pass extends). Returns the residual stream after the last block, `[rows, d]`,
+/// rows in sequence order. With `record`, pushes each layer's [`LayerActs`]. Matrix products
+/// use up to `threads` threads.
+#[inline(always)]
+pub fn blocks<S: Simd>(
+    simd: S,
+    w: PassWeights<'_>,
+    caches: &mut [KvCache],
+    tokens: &[&[u32]],
+    threads: usize,
+    mut record: Option<&mut Vec<LayerActs>>,
+) -> Vec<f32> {
+    let c = w.config;
+    let (d, kv, f, v) = (c.d_model, c.kv_dim(), c.ffn_hidden, c.vocab_size);
+    let (h, kvh, dh) = (c.n_heads, c.n_kv_heads, c.head_dim());
+    let group = h / kvh;
+    let scale = 1.0 / (dh as f32).sqrt();
+    let total: usize = tokens.iter().map(|t| t.len()).sum();
+    let qkv_width = d + 2 * kv;
+    // Row -> (sequence, position, index among the sequence's new rows).
+    let mut rows: Vec<(usize, usize, usize)> = Vec::with_capacity(total);
+    for (s, t) in tokens.iter().enumerate() {
+        let start = caches[s].len;
+        rows.extend((0..t.len()).map(|j| (s, start + j, j)));
+    }
+    let embed = w.tensor(w.layout.embed);
+    let mut x = vec![0.0f32; total * d];
+    for (r, &tok) in tokens.iter().flat_map(|t| t.iter()).enumerate() {
+        let tok = (tok as usize).min(v - 1);
+        x[r * d..(r + 1) * d].copy_from_slice(&embed[tok * d..(tok + 1) * d]);
+    }
+    let recording = record.is_some();
+    let rows_if = |n: usize| if recording { n } else { 0 };
+    let mut normed = vec![0.0f32; total * d];
+    let mut r1 = vec![0.0f32; rows_if(total)];
+    let mut r2 = vec![0.0f32; rows_if(total)];
+    let mut qkv = vec![0.0f32; total * qkv_width];
+    let mut attn = vec![0.0f32; total * d];
+    let mut gate_up = vec![0.0f32; total * 2 * f];
+    let mut act = vec![0.0f32; total * f];
+    let max_len = rows.iter().map(|&(_, p, _)| p + 1).max().unwrap_or(1);
+    let mut scores = vec![0.0f32; max_len];
+    for (li, (l, stacked)) in w.layout.layers.iter().zip(&w.stacked.layers).enumerate() {
+        let x_in = recording.then(|| x.clone());
+        rms_norm(
+            &x,
+            d,
+            w.tensor(l.input_norm),
+            c.rms_eps,
+            &mut normed,
+            recording.then_some(r1.as_mut_slice()),
+        );
+        linear(&normed, total, d, &stacked.qkv, qkv_width, &mut qkv, false, threads);
+        if let Some(b) = &stacked.qkv_bias {
+            add_bias(&mut qkv, b);
+        }
+        // Rotary positions on q and k, then append k and v to the caches.
+        for (r, &(s, pos, _)) in rows.iter().enumerate() {
+            let row = &mut qkv[r * qkv_width..(r + 1) * qkv_width];
+            rotate(&mut row[..d + kv], dh, w.stacked, pos, false);
+            caches[s].keys[li].extend_from_slice(&row[d..d + kv]);
+            caches[s].values[li].extend_from_slice(&row[d + kv..]);
+        }
+        let mut probs: Vec<Vec<f32>> = Vec::new();
+        if recording {
+            for (s, t) in tokens.iter().enumerate() {
+                let width = caches[s].keys[li].len() / kv.max(1);
+                probs.extend((0..h).map(|_| vec![0.0f32; t.len() * width]));
+            }
+        }
+        // Causal attention of each new row over its sequence's cache.
+        for (r, &(s, pos, j)) in rows.iter().enumerate() {
+            let keys = &caches[s].keys[li];
+            let values = &caches[s].values[li];
+            let width = keys.len() / kv.max(1);
+            let q_row = &qkv[r * qkv_width..r * qkv_width + d];
+            let out = &mut attn[r * d..(r + 1) * d];
+            for head in 0..h {
+                let kvo = (head / group) * dh;
+                let q = &q_row[head * dh..(head + 1) * dh];
+                let mut max = f32::NEG_INFINITY;
+                for t in 0..=pos {
+                    let k = &keys[t * kv + kvo..t * kv + kvo + dh];
+                    let dot = dot(simd, q, k) * scale;
+                    scores[t] = dot;
+                    max = max.max(dot);
+                }
+                let mut sum = 0.0f32;
+                for s in scores[..=pos].iter_mut() {
+                    *s = fast_exp(*s - max);
+                    sum += *s;
+                }
+                let inv = 1.0 / sum;
+                for s in scores[..=pos].iter_mut() {
+                    *s *= inv;
+                }
+                let o = &mut out[head * dh..(head + 1) * dh];
+                o.fill(0.0);
+                for t in 0..=pos {
+                    let p = scores[t];
+                    let vrow = &values[t * kv + kvo..t * kv + kvo + dh];
+                    for (o, &vv) in o.iter_mut().zip(vrow) {
+                        *o += p * vv;
+                    }
+                }
+                if recording {
+                    probs[s * h + head][j * width..j * width + pos + 1].copy_from_slice(&scores[..=pos]);
+                }
+            }
+        }
+        linear(&attn, total, d, w.tensor(l.o), d, &mut x, true, threads);
+        if let Some(b) = l.o_bias {
+            add_bias(&mut x, w.tensor(b));
+        }
+        let x_mid = recording.then(|| x.clone());
+        let a = recording.then(|| normed.clone());
+        rms_norm(
+            &x,
+            d,
+            w.tensor(l.post_norm),
+            c.rms_eps,
+            &mut normed,
+            recording.then_some(r2.as_mut_slice()),
+        );
+        linear(&normed, total, d, &stacked.gate_up, 2 * f, &mut gate_up, false, threads);
+        swiglu(&gate_up, f, &mut act);
+        linear(&act, total, f, w.tensor(l.down), d, &mut x, true, threads);
+        if let (Some(acts), Some(x_in), Some(x_mid), Some(a)) = (record.as_deref_mut(), x_in, x_mid, a) {
+            acts.push(LayerActs {
+                x_in,
+                r1: r1.clone(),
+                a,
+                qkv: qkv.clone(),
+                probs,
+                o: attn.clone(),
+                x_mid,
+                r2: r2.clone(),
+                m: normed.clone(),
+                gate_up: gate_up.clone(),
+                act: act.clone(),
+            });
+        }
+    }
+    for (s, t) in tokens.iter().enumerate() {
+        caches[s].len += t.len();
+    }
+    x
+}
