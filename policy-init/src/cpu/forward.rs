@@ -11,8 +11,34 @@ use pulp::Simd;
 use crate::config::ModelConfig;
 use crate::cpu::decode::KvCache;
 use crate::cpu::layers::{Stacked, add_bias, rms_norm, rotate, swiglu};
-use crate::cpu::linalg::{dot, fast_exp, linear};
+use crate::cpu::linalg::{dot, fast_exp, lane_max, lane_sum, linear, matmul, matmul_transposed};
 use crate::weights::{HostTensor, Layout};
+
+/// From this many new rows of a sequence on, its attention runs as matrix products per head.
+const MATRIX_ATTENTION_ROWS: usize = 8;
+
+/// A softmax in place.
+#[inline(always)]
+fn softmax(x: &mut [f32]) {
+    let max = lane_max(x);
+    for v in x.iter_mut() {
+        *v = fast_exp(*v - max);
+    }
+    let inv = 1.0 / lane_sum(x);
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// Columns `offset..offset + width` of rows `first..first + rows` of a row-major `[_, stride]`
+/// matrix, as a contiguous `[rows, width]` matrix (one attention head's q, k or v).
+pub fn gather_columns(x: &[f32], stride: usize, first: usize, rows: usize, offset: usize, width: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows * width);
+    for r in first..first + rows {
+        out.extend_from_slice(&x[r * stride + offset..r * stride + offset + width]);
+    }
+    out
+}
 
 /// The weights one pass reads: the parameters in [`Layout`] order and their stacked form.
 #[derive(Clone, Copy)]
@@ -72,11 +98,11 @@ pub fn blocks<S: Simd>(
     let scale = 1.0 / (dh as f32).sqrt();
     let total: usize = tokens.iter().map(|t| t.len()).sum();
     let qkv_width = d + 2 * kv;
-    // Row -> (sequence, position, index among the sequence's new rows).
-    let mut rows: Vec<(usize, usize, usize)> = Vec::with_capacity(total);
+    // Row -> (sequence, position).
+    let mut rows: Vec<(usize, usize)> = Vec::with_capacity(total);
     for (s, t) in tokens.iter().enumerate() {
         let start = caches[s].len;
-        rows.extend((0..t.len()).map(|j| (s, start + j, j)));
+        rows.extend((0..t.len()).map(|j| (s, start + j)));
     }
     let embed = w.tensor(w.layout.embed);
     let mut x = vec![0.0f32; total * d];
@@ -93,7 +119,7 @@ pub fn blocks<S: Simd>(
     let mut attn = vec![0.0f32; total * d];
     let mut gate_up = vec![0.0f32; total * 2 * f];
     let mut act = vec![0.0f32; total * f];
-    let max_len = rows.iter().map(|&(_, p, _)| p + 1).max().unwrap_or(1);
+    let max_len = rows.iter().map(|&(_, p)| p + 1).max().unwrap_or(1);
     let mut scores = vec![0.0f32; max_len];
     for (li, (l, stacked)) in w.layout.layers.iter().zip(&w.stacked.layers).enumerate() {
         let x_in = recording.then(|| x.clone());
@@ -110,7 +136,7 @@ pub fn blocks<S: Simd>(
             add_bias(&mut qkv, b);
         }
         // Rotary positions on q and k, then append k and v to the caches.
-        for (r, &(s, pos, _)) in rows.iter().enumerate() {
+        for (r, &(s, pos)) in rows.iter().enumerate() {
             let row = &mut qkv[r * qkv_width..(r + 1) * qkv_width];
             rotate(&mut row[..d + kv], dh, w.stacked, pos, false);
             caches[s].keys[li].extend_from_slice(&row[d..d + kv]);
@@ -123,45 +149,68 @@ pub fn blocks<S: Simd>(
                 probs.extend((0..h).map(|_| vec![0.0f32; t.len() * width]));
             }
         }
-        // Causal attention of each new row over its sequence's cache.
-        for (r, &(s, pos, j)) in rows.iter().enumerate() {
-            let keys = &caches[s].keys[li];
-            let values = &caches[s].values[li];
+        // Causal attention of each new row over its sequence's cache: as matrix products per
+        // head for many new rows (training, a prompt), row by row for a few (decoding).
+        let mut base = 0;
+        for (s, t) in tokens.iter().enumerate() {
+            let (keys, values) = (&caches[s].keys[li], &caches[s].values[li]);
             let width = keys.len() / kv.max(1);
-            let q_row = &qkv[r * qkv_width..r * qkv_width + d];
-            let out = &mut attn[r * d..(r + 1) * d];
+            let (new, start) = (t.len(), width - t.len());
             for head in 0..h {
-                let kvo = (head / group) * dh;
-                let q = &q_row[head * dh..(head + 1) * dh];
-                let mut max = f32::NEG_INFINITY;
-                for t in 0..=pos {
-                    let k = &keys[t * kv + kvo..t * kv + kvo + dh];
-                    let dot = dot(simd, q, k) * scale;
-                    scores[t] = dot;
-                    max = max.max(dot);
+                let (qo, kvo) = (head * dh, (head / group) * dh);
+                let record_to = if recording {
+                    Some(&mut probs[s * h + head])
+                } else {
+                    None
+                };
+                if new >= MATRIX_ATTENTION_ROWS {
+                    let q = gather_columns(&qkv, qkv_width, base, new, qo, dh);
+                    let (k, vv) = (
+                        gather_columns(keys, kv, 0, width, kvo, dh),
+                        gather_columns(values, kv, 0, width, kvo, dh),
+                    );
+                    let mut p = vec![0.0f32; new * width];
+                    matmul_transposed(&q, new, dh, &k, width, &mut p, false, 1);
+                    for (j, row) in p.chunks_exact_mut(width).enumerate() {
+                        let (live, masked) = row.split_at_mut(start + j + 1);
+                        for v in live.iter_mut() {
+                            *v *= scale;
+                        }
+                        softmax(live);
+                        masked.fill(0.0);
+                    }
+                    let mut o = vec![0.0f32; new * dh];
+                    matmul(&p, new, width, &vv, dh, &mut o, false, 1);
+                    for (j, row) in o.chunks_exact(dh).enumerate() {
+                        attn[(base + j) * d + qo..(base + j) * d + qo + dh].copy_from_slice(row);
+                    }
+                    if let Some(to) = record_to {
+                        *to = p;
+                    }
+                    continue;
                 }
-                let mut sum = 0.0f32;
-                for s in scores[..=pos].iter_mut() {
-                    *s = fast_exp(*s - max);
-                    sum += *s;
-                }
-                let inv = 1.0 / sum;
-                for s in scores[..=pos].iter_mut() {
-                    *s *= inv;
-                }
-                let o = &mut out[head * dh..(head + 1) * dh];
-                o.fill(0.0);
-                for t in 0..=pos {
-                    let p = scores[t];
-                    let vrow = &values[t * kv + kvo..t * kv + kvo + dh];
-                    for (o, &vv) in o.iter_mut().zip(vrow) {
-                        *o += p * vv;
+                let mut record_to = record_to;
+                for j in 0..new {
+                    let (r, pos) = (base + j, start + j);
+                    let q = &qkv[r * qkv_width + qo..r * qkv_width + qo + dh];
+                    for t in 0..=pos {
+                        scores[t] = dot(simd, q, &keys[t * kv + kvo..t * kv + kvo + dh]) * scale;
+                    }
+                    softmax(&mut scores[..=pos]);
+                    let o = &mut attn[r * d + qo..r * d + qo + dh];
+                    o.fill(0.0);
+                    for t in 0..=pos {
+                        let p = scores[t];
+                        for (o, &vv) in o.iter_mut().zip(&values[t * kv + kvo..t * kv + kvo + dh]) {
+                            *o += p * vv;
+                        }
+                    }
+                    if let Some(to) = record_to.as_deref_mut() {
+                        to[j * width..j * width + pos + 1].copy_from_slice(&scores[..=pos]);
                     }
                 }
-                if recording {
-                    probs[s * h + head][j * width..j * width + pos + 1].copy_from_slice(&scores[..=pos]);
-                }
             }
+            base += new;
         }
         linear(&attn, total, d, w.tensor(l.o), d, &mut x, true, threads);
         if let Some(b) = l.o_bias {

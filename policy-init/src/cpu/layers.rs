@@ -3,9 +3,8 @@
 //! one `[2 f, d]`, so each is one matrix product), the rotary tables at half width, and the
 //! row kernels of a Llama block (RMSNorm forward and backward, rotary positions, biases,
 //! SwiGLU), inlined into the callers' `pulp`-dispatched kernels so they compile for the CPU's
-//! vector instructions there. Attention is the one part written twice: decoding attends new tokens to a KV cache
-//! ([`super::decode`]), training runs whole sequences and keeps the probabilities for the
-//! backward pass ([`super::train`]).
+//! vector instructions there. The forward pass that strings them together is
+//! [`super::forward`].
 
 use crate::config::ModelConfig;
 use crate::cpu::linalg::{fast_exp, lane_dot, lane_dot3};

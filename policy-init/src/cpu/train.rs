@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use crate::config::ModelConfig;
 use crate::cpu::decode::KvCache;
-use crate::cpu::forward::{LayerActs, PassWeights, blocks};
+use crate::cpu::forward::{LayerActs, PassWeights, blocks, gather_columns};
 use crate::cpu::layers::{Stacked, rms_norm, rms_norm_backward, rotate, swiglu_backward};
 use crate::cpu::linalg::{dot, fast_exp, lane_max, lane_sum_exp, matmul, matmul_lhs_transposed, matmul_transposed};
 use crate::weights::{HostTensor, Layout};
@@ -93,16 +93,6 @@ pub struct TrainingPass<'a> {
     /// Whether the language-model head (and its logits) is computed.
     lm: bool,
     stacked: Stacked,
-}
-
-/// Columns `offset..offset + width` of rows `base..base + t` of a row-major `[_, stride]`
-/// matrix, as a contiguous `[t, width]` matrix.
-fn gather_head(x: &[f32], stride: usize, base: usize, t: usize, offset: usize, width: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(t * width);
-    for r in base..base + t {
-        out.extend_from_slice(&x[r * stride + offset..r * stride + offset + width]);
-    }
-    out
 }
 
 fn accumulate_head(head: &[f32], x: &mut [f32], stride: usize, base: usize, t: usize, offset: usize, width: usize) {
@@ -336,10 +326,10 @@ impl TrainingPass<'_> {
                 for hh in 0..h {
                     let p = &acts.probs[s * h + hh];
                     let (qo, ko, vo) = (hh * dh, d + (hh / group) * dh, d + kv + (hh / group) * dh);
-                    let qh = gather_head(&acts.qkv, qw, base, t, qo, dh);
-                    let kh = gather_head(&acts.qkv, qw, base, t, ko, dh);
-                    let vh = gather_head(&acts.qkv, qw, base, t, vo, dh);
-                    let doh = gather_head(&do_, d, base, t, qo, dh);
+                    let qh = gather_columns(&acts.qkv, qw, base, t, qo, dh);
+                    let kh = gather_columns(&acts.qkv, qw, base, t, ko, dh);
+                    let vh = gather_columns(&acts.qkv, qw, base, t, vo, dh);
+                    let doh = gather_columns(&do_, d, base, t, qo, dh);
                     // dV = Pᵀ dO; dP = dO Vᵀ; dS = P ∘ (dP - rowsum(P ∘ dP)) · scale;
                     // dQ = dS K; dK = dSᵀ Q.
                     let mut dvh = vec![0.0f32; t * dh];
