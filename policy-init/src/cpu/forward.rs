@@ -17,6 +17,11 @@ use crate::weights::{HostTensor, Layout};
 /// From this many new rows of a sequence on, its attention runs as matrix products per head.
 const MATRIX_ATTENTION_ROWS: usize = 8;
 
+/// The buffer's contents, leaving a zeroed buffer of the same length in its place.
+fn fresh(buffer: &mut Vec<f32>) -> Vec<f32> {
+    std::mem::replace(buffer, vec![0.0; buffer.len()])
+}
+
 /// A softmax in place.
 #[inline(always)]
 fn softmax(x: &mut [f32]) {
@@ -217,7 +222,9 @@ pub fn blocks<S: Simd>(
             add_bias(&mut x, w.tensor(b));
         }
         let x_mid = recording.then(|| x.clone());
-        let a = recording.then(|| normed.clone());
+        // Recorded buffers move into the record and are replaced by fresh ones (every pass
+        // overwrites them whole), rather than copied.
+        let a = recording.then(|| fresh(&mut normed));
         rms_norm(
             &x,
             d,
@@ -232,16 +239,16 @@ pub fn blocks<S: Simd>(
         if let (Some(acts), Some(x_in), Some(x_mid), Some(a)) = (record.as_deref_mut(), x_in, x_mid, a) {
             acts.push(LayerActs {
                 x_in,
-                r1: r1.clone(),
+                r1: fresh(&mut r1),
                 a,
-                qkv: qkv.clone(),
+                qkv: fresh(&mut qkv),
                 probs,
-                o: attn.clone(),
+                o: fresh(&mut attn),
                 x_mid,
-                r2: r2.clone(),
-                m: normed.clone(),
-                gate_up: gate_up.clone(),
-                act: act.clone(),
+                r2: fresh(&mut r2),
+                m: fresh(&mut normed),
+                gate_up: fresh(&mut gate_up),
+                act: fresh(&mut act),
             });
         }
     }
