@@ -19,9 +19,9 @@ pub trait CriticFree: Clone + Send + Sync + 'static {
     fn describe(&self) -> String;
     fn lr(&self) -> f64;
     fn update(&self) -> CriticFreeUpdate;
-    /// The advantage of each sample given the samples and their completion lengths in
-    /// tokens; `None` leaves a sample out.
-    fn advantages(&self, samples: &[&Sample], lengths: &[usize]) -> Vec<Option<f32>>;
+    /// The advantage of each sample given each sample's `(group, reward)` and completion
+    /// length in tokens; `None` leaves a sample out.
+    fn advantages(&self, rewards: &[(usize, f32)], lengths: &[usize]) -> Vec<Option<f32>>;
 }
 
 /// A critic-free learner: its settings and the seed that shuffles its minibatches.
@@ -46,9 +46,7 @@ impl<S: CriticFree> Learner for CriticFreeLearner<S> {
         batch: &Experience,
         progress: &dyn Progress,
     ) -> Result<LearnStats, LearnError> {
-        let settings = &self.settings;
-        let rule = |samples: &[&Sample], lengths: &[usize]| settings.advantages(samples, lengths);
-        critic_free_update(policy, batch, progress, settings.update(), &mut self.seed, &rule)
+        critic_free_update(policy, batch, progress, &self.settings, &mut self.seed)
     }
 }
 
@@ -63,22 +61,19 @@ pub struct CriticFreeUpdate {
     pub token_level: bool,
 }
 
-/// The advantage of each sample (one for all its tokens), given the samples and their
-/// completion lengths in tokens; `None` leaves a sample out of the update.
-pub type AdvantageRule<'a> = dyn Fn(&[&Sample], &[usize]) -> Vec<Option<f32>> + 'a;
-
-/// Trains `policy` on `batch` once: samples longer than the model's context are skipped, the
-/// rest weighted by `advantages`. The stats' `extra` counts the samples the rule left out
+/// Trains `policy` on `batch` once as `settings` say: samples longer than the model's context
+/// are skipped, the rest weighted by the settings' advantages (one for all of a sample's
+/// tokens). The stats' `extra` counts the samples the rule left out
 /// (`left_out`), when it left any.
 /// `seed` shuffles the minibatches; it moves on by one for every update that trains.
 pub fn critic_free_update(
     policy: &mut TrainablePolicy,
     batch: &Experience,
     progress: &dyn Progress,
-    update: CriticFreeUpdate,
+    settings: &impl CriticFree,
     seed: &mut u64,
-    advantages: &AdvantageRule<'_>,
 ) -> Result<LearnStats, LearnError> {
+    let update = settings.update();
     let max = policy.config.max_seq_len + 1;
     let (samples, sequences): (Vec<&Sample>, Vec<(Vec<u32>, usize)>) = batch
         .samples
@@ -87,7 +82,8 @@ pub fn critic_free_update(
         .filter(|(_, (tokens, first))| tokens.len() <= max && *first < tokens.len())
         .unzip();
     let lengths: Vec<usize> = sequences.iter().map(|(tokens, first)| tokens.len() - first).collect();
-    let chosen = advantages(&samples, &lengths);
+    let rewards: Vec<(usize, f32)> = samples.iter().map(|x| (x.group, x.reward)).collect();
+    let chosen = settings.advantages(&rewards, &lengths);
     let left_out = chosen.iter().filter(|a| a.is_none()).count();
     let (mut kept, mut kept_sequences, mut advantages) = (Vec::new(), Vec::new(), Vec::new());
     for ((x, sequence), a) in samples.into_iter().zip(sequences).zip(chosen) {

@@ -17,7 +17,6 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Sample;
 use crate::critic_free::{CriticFree, CriticFreeLearner, CriticFreeUpdate, check_update_settings};
 use crate::grpo::group_advantages;
 use crate::token_loss::LossSettings;
@@ -155,9 +154,8 @@ impl CriticFree for DapoSettings {
         }
     }
 
-    fn advantages(&self, samples: &[&Sample], lengths: &[usize]) -> Vec<Option<f32>> {
-        let rewards: Vec<(usize, f32)> = samples.iter().map(|x| (x.group, x.reward)).collect();
-        dapo_advantages(self, &rewards, lengths)
+    fn advantages(&self, rewards: &[(usize, f32)], lengths: &[usize]) -> Vec<Option<f32>> {
+        dapo_advantages(self, rewards, lengths)
     }
 }
 

@@ -5,7 +5,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::Sample;
 use crate::critic_free::{CriticFree, CriticFreeLearner, CriticFreeUpdate};
 use crate::token_loss::LossSettings;
 
@@ -85,11 +84,7 @@ impl CriticFree for GrpoSettings {
         }
     }
 
-    fn advantages(&self, samples: &[&Sample], _: &[usize]) -> Vec<Option<f32>> {
-        let rewards: Vec<(usize, f32)> = samples.iter().map(|x| (x.group, x.reward)).collect();
-        group_advantages(&rewards, !self.dr_grpo)
-            .into_iter()
-            .map(Some)
-            .collect()
+    fn advantages(&self, rewards: &[(usize, f32)], _: &[usize]) -> Vec<Option<f32>> {
+        group_advantages(rewards, !self.dr_grpo).into_iter().map(Some).collect()
     }
 }

@@ -6,7 +6,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::Sample;
 use crate::critic_free::{CriticFree, CriticFreeLearner, CriticFreeUpdate, check_update_settings};
 use crate::grpo::group_advantages;
 use crate::token_loss::LossSettings;
@@ -77,8 +76,7 @@ impl CriticFree for GspoSettings {
         }
     }
 
-    fn advantages(&self, samples: &[&Sample], _: &[usize]) -> Vec<Option<f32>> {
-        let rewards: Vec<(usize, f32)> = samples.iter().map(|x| (x.group, x.reward)).collect();
-        group_advantages(&rewards, true).into_iter().map(Some).collect()
+    fn advantages(&self, rewards: &[(usize, f32)], _: &[usize]) -> Vec<Option<f32>> {
+        group_advantages(rewards, true).into_iter().map(Some).collect()
     }
 }

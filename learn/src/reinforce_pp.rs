@@ -6,7 +6,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::Sample;
 use crate::critic_free::{CriticFree, CriticFreeLearner, CriticFreeUpdate, check_update_settings};
 use crate::grpo::group_advantages;
 use crate::token_loss::LossSettings;
@@ -87,9 +86,8 @@ impl CriticFree for ReinforcePlusPlusSettings {
         }
     }
 
-    fn advantages(&self, samples: &[&Sample], lengths: &[usize]) -> Vec<Option<f32>> {
-        let rewards: Vec<(usize, f32)> = samples.iter().map(|x| (x.group, x.reward)).collect();
-        batch_normalised_advantages(&rewards, lengths)
+    fn advantages(&self, rewards: &[(usize, f32)], lengths: &[usize]) -> Vec<Option<f32>> {
+        batch_normalised_advantages(rewards, lengths)
             .into_iter()
             .map(Some)
             .collect()
