@@ -17,8 +17,9 @@ pub type Refresh = Box<dyn FnMut(&[HostTensor], &[usize], &mut [TokenTerms]) -> 
 
 /// Per-token terms served in minibatches, one per optimizer step from `start`.
 pub struct TermsObjective {
-    /// The policy's architecture (its parameters are the trainer's first ones).
+    /// The policy's architecture: its `policy_params` parameters are the trainer's first.
     pub config: ModelConfig,
+    pub policy_params: usize,
     pub terms: Vec<TokenTerms>,
     pub minibatches: Vec<Vec<usize>>,
     /// The trainer step of the first minibatch.
@@ -43,6 +44,7 @@ impl TermsObjective {
         value_head: bool,
     ) -> TermsObjective {
         TermsObjective {
+            policy_params: ponder_policy_init::weights::Layout::new(&config).names.len(),
             config,
             terms,
             minibatches,
@@ -76,17 +78,12 @@ impl TermsObjective {
         }
         Ok(picked)
     }
-
-    /// The policy's parameters (the trainer's first ones).
-    fn policy_params(&self) -> usize {
-        ponder_policy_init::weights::Layout::new(&self.config).names.len()
-    }
 }
 
 impl Objective for TermsObjective {
     fn step(&mut self, params: &[HostTensor], step: usize, backend: &Backend) -> Result<StepOutput, PolicyError> {
         let picked = self.minibatch(params, step)?;
-        let n = self.policy_params();
+        let n = self.policy_params;
         let head = self.value_head.then(|| ScalarHead {
             weight: params[n].data.clone(),
             bias: params[n + 1].data.first().copied().unwrap_or(0.0),

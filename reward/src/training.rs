@@ -273,8 +273,9 @@ impl RewardWeights {
 
 /// Binary cross-entropy of a reward head over labelled positions.
 pub struct RewardObjective {
-    /// The backbone's architecture (its parameters are the trainer's first ones).
+    /// The backbone's architecture: its `backbone_params` parameters are the trainer's first.
     config: ModelConfig,
+    backbone_params: usize,
     examples: Vec<RewardExample>,
     batch_size: usize,
     seed: u64,
@@ -297,6 +298,7 @@ impl RewardObjective {
         let max = config.max_seq_len;
         let examples: Vec<RewardExample> = examples.into_iter().filter(|e| e.tokens.len() <= max).collect();
         RewardObjective {
+            backbone_params: ponder_policy_init::weights::Layout::new(&config).names.len(),
             config,
             examples,
             batch_size,
@@ -316,15 +318,10 @@ impl RewardObjective {
         self
     }
 
-    /// The parameters of the backbone (the trainer's first ones).
-    fn backbone_params(&self) -> usize {
-        ponder_policy_init::weights::Layout::new(&self.config).names.len()
-    }
-
     /// Host weights from the trainer's parameter list (backbone, then head and bias, then the
     /// likelihood feature's weight when it is on).
     pub fn weights(&self, params: &[HostTensor]) -> RewardWeights {
-        let n = self.backbone_params();
+        let n = self.backbone_params;
         let scalar = |t: Option<&HostTensor>| t.and_then(|t| t.data.first().copied()).unwrap_or(0.0);
         RewardWeights {
             backbone: HostWeights {
@@ -383,7 +380,7 @@ impl Objective for RewardObjective {
             return Err(PolicyError::Config("no reward-model training examples".into()));
         }
         let picked = self.batch_indices(step);
-        let n = self.backbone_params();
+        let n = self.backbone_params;
         let head = ScalarHead {
             weight: params[n].data.clone(),
             bias: params[n + 1].data.first().copied().unwrap_or(0.0),

@@ -147,13 +147,8 @@ pub fn blocks<S: Simd>(
             caches[s].keys[li].extend_from_slice(&row[d..d + kv]);
             caches[s].values[li].extend_from_slice(&row[d + kv..]);
         }
-        let mut probs: Vec<Vec<f32>> = Vec::new();
-        if recording {
-            for (s, t) in tokens.iter().enumerate() {
-                let width = caches[s].keys[li].len() / kv.max(1);
-                probs.extend((0..h).map(|_| vec![0.0f32; t.len() * width]));
-            }
-        }
+        // One entry per sequence and head, filled by whichever kernel attends it.
+        let mut probs: Vec<Vec<f32>> = vec![Vec::new(); if recording { tokens.len() * h } else { 0 }];
         // Causal attention of each new row over its sequence's cache: as matrix products per
         // head for many new rows (training, a prompt), row by row for a few (decoding).
         let mut base = 0;
@@ -194,7 +189,10 @@ pub fn blocks<S: Simd>(
                     }
                     continue;
                 }
-                let mut record_to = record_to;
+                let mut record_to = record_to.map(|to| {
+                    *to = vec![0.0f32; new * width];
+                    to
+                });
                 for j in 0..new {
                     let (r, pos) = (base + j, start + j);
                     let q = &qkv[r * qkv_width + qo..r * qkv_width + qo + dh];
