@@ -73,11 +73,7 @@ impl Instance {
     }
 
     fn parse(problem: &Problem) -> Result<Instance, TaskError> {
-        let bad = |reason: &str| TaskError::BadPrompt {
-            task: NAME.into(),
-            id: problem.id.clone(),
-            reason: reason.into(),
-        };
+        let bad = |reason: &str| TaskError::bad_prompt(NAME, problem, reason);
         let line = problem.prompt.trim_end_matches('\n');
         let (mul, rest, sep) = if let Some(r) = line.strip_prefix("add ") {
             (false, r, '+')

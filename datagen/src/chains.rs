@@ -126,11 +126,7 @@ impl Instance {
     }
 
     pub fn parse(problem: &Problem) -> Result<Instance, TaskError> {
-        let bad = |reason: &str| TaskError::BadPrompt {
-            task: NAME.into(),
-            id: problem.id.clone(),
-            reason: reason.into(),
-        };
+        let bad = |reason: &str| TaskError::bad_prompt(NAME, problem, reason);
         let line = problem.prompt.trim_end_matches('\n');
         let rest = line
             .strip_prefix("chains mod ")

@@ -303,11 +303,7 @@ impl Instance {
     }
 
     pub fn parse(problem: &Problem) -> Result<Instance, TaskError> {
-        let bad = |reason: &str| TaskError::BadPrompt {
-            task: NAME.into(),
-            id: problem.id.clone(),
-            reason: reason.into(),
-        };
+        let bad = |reason: &str| TaskError::bad_prompt(NAME, problem, reason);
         let line = problem.prompt.trim_end_matches('\n');
         let rest = line
             .strip_prefix("countdown ")
@@ -474,20 +470,24 @@ impl ExprParser {
     }
 
     fn sum(&mut self, depth: usize) -> Option<Expr> {
-        let mut left = self.product(depth)?;
-        while let Some(op @ (Op::Add | Op::Sub)) = self.peek().and_then(Op::from_symbol) {
-            self.pos += 1;
-            let right = self.product(depth)?;
-            left = Expr::Bin(op, Box::new(left), Box::new(right));
-        }
-        Some(left)
+        self.left_associative(depth, [Op::Add, Op::Sub], Self::product)
     }
 
     fn product(&mut self, depth: usize) -> Option<Expr> {
-        let mut left = self.atom(depth)?;
-        while let Some(op @ (Op::Mul | Op::Div)) = self.peek().and_then(Op::from_symbol) {
+        self.left_associative(depth, [Op::Mul, Op::Div], Self::atom)
+    }
+
+    /// `operand (op operand)*` for the two operators of one precedence level, left to right.
+    fn left_associative(
+        &mut self,
+        depth: usize,
+        ops: [Op; 2],
+        operand: fn(&mut Self, usize) -> Option<Expr>,
+    ) -> Option<Expr> {
+        let mut left = operand(self, depth)?;
+        while let Some(op) = self.peek().and_then(Op::from_symbol).filter(|op| ops.contains(op)) {
             self.pos += 1;
-            let right = self.atom(depth)?;
+            let right = operand(self, depth)?;
             left = Expr::Bin(op, Box::new(left), Box::new(right));
         }
         Some(left)
@@ -720,11 +720,7 @@ impl Task for Countdown {
         let instance = Instance::parse(problem)?;
         let mut solver = Solver::new(instance.target);
         if !solver.reachable(&instance.numbers) {
-            return Err(TaskError::BadPrompt {
-                task: NAME.into(),
-                id: problem.id.clone(),
-                reason: "the target cannot be reached".into(),
-            });
+            return Err(TaskError::bad_prompt(NAME, problem, "the target cannot be reached"));
         }
         let mut steps = Vec::new();
         let answer = match style {
@@ -732,7 +728,7 @@ impl Task for Countdown {
             TraceStyle::Search => depth_first(self, &tag(&instance.numbers), instance.target, &mut steps, rng)
                 .map(|e| e.render())
                 .unwrap_or_default(),
-            TraceStyle::Retry { rate } => self.retry(&instance, &mut solver, rate, &mut steps, rng),
+            TraceStyle::Retry { rate } => self.retry(&instance, &mut solver, Some(rate), &mut steps, rng),
         };
         Ok(Trace::new(steps, answer))
     }
@@ -786,30 +782,17 @@ impl Countdown {
     /// A random solution path: at each state a uniformly chosen move that keeps the target
     /// reachable. Returns the answer expression; pushes the steps.
     fn optimal(&self, instance: &Instance, solver: &mut Solver, steps: &mut Vec<String>, rng: &mut TaskRng) -> String {
-        let mut tagged = tag(&instance.numbers);
-        let mut state = instance.numbers.clone();
-        while state.len() > 1 {
-            let good: Vec<Move> = moves(&state)
-                .into_iter()
-                .filter(|m| solver.reachable(&m.next))
-                .collect();
-            let Some(m) = good.get(rng.random_range(0..good.len().max(1))).cloned() else {
-                break;
-            };
-            steps.push(m.render());
-            tagged = apply_tagged(&tagged, &m);
-            state = m.next;
-        }
-        tagged.first().map(|(_, e)| e.render()).unwrap_or_default()
+        self.retry(instance, solver, None, steps, rng)
     }
 
     /// The optimal path with, before each step, a wrong move and a `back to` line with
-    /// probability `rate` (where a wrong move exists).
+    /// probability `rate` (where a wrong move exists; no rate draws nothing for them: that is
+    /// [`Self::optimal`]).
     fn retry(
         &self,
         instance: &Instance,
         solver: &mut Solver,
-        rate: f64,
+        rate: Option<f64>,
         steps: &mut Vec<String>,
         rng: &mut TaskRng,
     ) -> String {
@@ -818,7 +801,10 @@ impl Countdown {
         while state.len() > 1 {
             let (good, bad): (Vec<Move>, Vec<Move>) =
                 moves(&state).into_iter().partition(|m| solver.reachable(&m.next));
-            if !bad.is_empty() && rng.random_bool(rate.clamp(0.0, 1.0)) {
+            if let Some(rate) = rate
+                && !bad.is_empty()
+                && rng.random_bool(rate.clamp(0.0, 1.0))
+            {
                 steps.push(bad[rng.random_range(0..bad.len())].render());
                 steps.push(format!("back to {}", join(&state)));
             }

@@ -104,6 +104,17 @@ pub enum TaskError {
     BadSettings { task: String, reason: String },
 }
 
+impl TaskError {
+    /// `problem`'s prompt is not a `task` prompt, for `reason`.
+    pub fn bad_prompt(task: &str, problem: &Problem, reason: &str) -> TaskError {
+        TaskError::BadPrompt {
+            task: task.into(),
+            id: problem.id.clone(),
+            reason: reason.into(),
+        }
+    }
+}
+
 /// A family of verifiable problems. Implementations are deterministic given the RNG, and every
 /// method that reads model output accepts any text without panicking.
 pub trait Task: Send + Sync {

@@ -78,13 +78,7 @@ impl Learner for BehaviourCloning {
             .iter()
             .map(|(p, c)| encode_sample(&policy.tokenizer, p, c))
             .filter(|(tokens, first)| tokens.len() <= max && *first < tokens.len())
-            .map(|(tokens, first)| TokenTerms {
-                advantages: vec![1.0; tokens.len() - first],
-                tokens,
-                first,
-                weight: 1.0,
-                ..TokenTerms::default()
-            })
+            .map(|(tokens, first)| TokenTerms::uniform(tokens, first, 1.0, 1.0))
             .collect();
         if terms.is_empty() {
             return Ok(LearnStats::default());

@@ -13,15 +13,20 @@ use crate::{
     sample_tokens,
 };
 
-/// What one critic-free learner is, besides the update they share: its name, learning rate,
-/// loss settings and advantage rule. [`CriticFreeLearner`] makes it a [`Learner`].
+/// What one critic-free learner is, besides the update they share: its name, learning rate
+/// and loss settings, and advantage rule. [`CriticFreeLearner`] makes it a [`Learner`].
 pub trait CriticFree: Clone + Send + Sync + 'static {
     fn describe(&self) -> String;
-    fn lr(&self) -> f64;
     fn update(&self) -> CriticFreeUpdate;
     /// The advantage of each sample given each sample's `(group, reward)` and completion
     /// length in tokens; `None` leaves a sample out.
     fn advantages(&self, rewards: &[(usize, f32)], lengths: &[usize]) -> Vec<Option<f32>>;
+
+    /// One message per bad setting, each starting with the field name: by default the
+    /// update's ([`CriticFreeUpdate::problems`]).
+    fn validate(&self) -> Vec<String> {
+        self.update().problems()
+    }
 }
 
 /// A critic-free learner: its settings and the seed that shuffles its minibatches.
@@ -37,7 +42,7 @@ impl<S: CriticFree> Learner for CriticFreeLearner<S> {
     }
 
     fn optim(&self) -> OptimConfig {
-        crate::fine_tuning_optim(self.settings.lr(), Some(0.0))
+        crate::fine_tuning_optim(self.settings.update().lr, Some(0.0))
     }
 
     fn learn(
@@ -53,6 +58,7 @@ impl<S: CriticFree> Learner for CriticFreeLearner<S> {
 /// How one critic-free update trains, besides the advantages.
 #[derive(Clone, Copy, Debug)]
 pub struct CriticFreeUpdate {
+    pub lr: f64,
     pub loss: LossSettings,
     pub minibatch: usize,
     pub epochs: usize,
@@ -110,15 +116,15 @@ pub fn critic_free_update(
         .zip(advantages)
         .zip(old.into_iter().zip(reference))
         .map(|(((tokens, first), a), (old, reference))| {
-            let len = tokens.len() - first;
+            let weight = if update.token_level {
+                1.0
+            } else {
+                1.0 / (tokens.len() - first) as f32
+            };
             TokenTerms {
-                advantages: vec![a; len],
                 old_logprobs: old,
                 ref_logprobs: reference,
-                weight: if update.token_level { 1.0 } else { 1.0 / len as f32 },
-                tokens,
-                first,
-                ..TokenTerms::default()
+                ..TokenTerms::uniform(tokens, first, a, weight)
             }
         })
         .collect();
@@ -130,29 +136,58 @@ pub fn critic_free_update(
     Ok(with_left_out(out))
 }
 
-/// The checks the critic-free learners' settings share, one message per problem, each
-/// starting with the field name: `lr` in (0, 1], the lower clip range in [0, 1) (`clip_low`,
-/// or `clip` without an upper one), the upper one at least 0, a minibatch and an epoch.
-pub fn check_update_settings(
-    lr: f64,
-    clip_low: f32,
-    clip_high: Option<f32>,
-    minibatch: usize,
-    epochs: usize,
-) -> Vec<String> {
-    let mut problems = Vec::new();
-    if !(1e-8..=1.0).contains(&lr) {
-        problems.push(format!("lr: must be in [1e-8, 1], not {lr}"));
+impl CriticFreeUpdate {
+    /// The ratio clipped to `[1 − clip, 1 + clip]`, a KL penalty to the reference and an
+    /// entropy bonus; every token counting the same (`token_level`) or every sequence.
+    pub fn clipped(
+        lr: f64,
+        clip: f32,
+        kl: f32,
+        entropy: f32,
+        minibatch: usize,
+        epochs: usize,
+        token_level: bool,
+    ) -> Self {
+        CriticFreeUpdate {
+            lr,
+            loss: LossSettings {
+                clip: Some(clip),
+                kl_coef: kl,
+                entropy_coef: entropy,
+                ..LossSettings::default()
+            },
+            minibatch,
+            epochs,
+            token_level,
+        }
     }
-    let low = if clip_high.is_some() { "clip_low" } else { "clip" };
-    if !(0.0..1.0).contains(&clip_low) {
-        problems.push(format!("{low}: must be in [0, 1), not {clip_low}"));
+
+    /// The upper clip range set apart from the lower one (`clip_low`, `clip_high`).
+    pub fn clip_high(mut self, high: f32) -> Self {
+        self.loss.clip_high = Some(high);
+        self
     }
-    if let Some(high) = clip_high.filter(|h| *h < 0.0) {
-        problems.push(format!("clip_high: must be at least 0, not {high}"));
+
+    /// One message per problem, each starting with the settings' field name: `lr` in
+    /// [1e-8, 1], the lower clip range in [0, 1) (`clip_low`, or `clip` without an upper one),
+    /// the upper one at least 0, a minibatch and an epoch.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let lr = self.lr;
+        if !(1e-8..=1.0).contains(&lr) {
+            problems.push(format!("lr: must be in [1e-8, 1], not {lr}"));
+        }
+        let (clip_low, clip_high) = (self.loss.clip.unwrap_or(0.0), self.loss.clip_high);
+        let low = if clip_high.is_some() { "clip_low" } else { "clip" };
+        if !(0.0..1.0).contains(&clip_low) {
+            problems.push(format!("{low}: must be in [0, 1), not {clip_low}"));
+        }
+        if let Some(high) = clip_high.filter(|h| *h < 0.0) {
+            problems.push(format!("clip_high: must be at least 0, not {high}"));
+        }
+        if self.minibatch == 0 || self.epochs == 0 {
+            problems.push("minibatch: it and epochs must be at least 1".into());
+        }
+        problems
     }
-    if minibatch == 0 || epochs == 0 {
-        problems.push("minibatch: it and epochs must be at least 1".into());
-    }
-    problems
 }

@@ -17,9 +17,8 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::critic_free::{CriticFree, CriticFreeLearner, CriticFreeUpdate, check_update_settings};
+use crate::critic_free::{CriticFree, CriticFreeLearner, CriticFreeUpdate};
 use crate::grpo::group_advantages;
-use crate::token_loss::LossSettings;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -52,26 +51,6 @@ impl Default for DapoSettings {
             max_length: 0,
             overlong_buffer: 0,
         }
-    }
-}
-
-impl DapoSettings {
-    /// One message per bad setting, each starting with the field name.
-    pub fn validate(&self) -> Vec<String> {
-        let mut problems = check_update_settings(
-            self.lr,
-            self.clip_low,
-            Some(self.clip_high),
-            self.minibatch,
-            self.epochs,
-        );
-        if self.max_length > 0 && self.overlong_buffer > self.max_length {
-            problems.push(format!(
-                "overlong_buffer: must be at most max_length ({}), not {}",
-                self.max_length, self.overlong_buffer
-            ));
-        }
-        problems
     }
 }
 
@@ -136,22 +115,21 @@ impl CriticFree for DapoSettings {
         )
     }
 
-    fn lr(&self) -> f64 {
-        self.lr
+    /// No KL term; every token counts the same.
+    fn update(&self) -> CriticFreeUpdate {
+        let s = self;
+        CriticFreeUpdate::clipped(s.lr, s.clip_low, 0.0, s.entropy, s.minibatch, s.epochs, true).clip_high(s.clip_high)
     }
 
-    fn update(&self) -> CriticFreeUpdate {
-        CriticFreeUpdate {
-            loss: LossSettings {
-                clip: Some(self.clip_low),
-                clip_high: Some(self.clip_high),
-                entropy_coef: self.entropy,
-                ..LossSettings::default()
-            },
-            minibatch: self.minibatch,
-            epochs: self.epochs,
-            token_level: true,
+    fn validate(&self) -> Vec<String> {
+        let mut problems = self.update().problems();
+        if self.max_length > 0 && self.overlong_buffer > self.max_length {
+            problems.push(format!(
+                "overlong_buffer: must be at most max_length ({}), not {}",
+                self.max_length, self.overlong_buffer
+            ));
         }
+        problems
     }
 
     fn advantages(&self, rewards: &[(usize, f32)], lengths: &[usize]) -> Vec<Option<f32>> {

@@ -119,21 +119,20 @@ impl Learner for Dpo {
                 ]
             })
             .collect();
-        let reference: Vec<f32> = completion_logprobs(&policy.reference, &policy.tokenizer, &sequences)
-            .iter()
-            .map(|l| l.iter().sum())
-            .collect();
+        let reference: Vec<f32> = completion_logprobs(
+            &policy.reference,
+            &policy.tokenizer,
+            &sequences,
+            &policy.trainer.backend,
+        )
+        .iter()
+        .map(|l| l.iter().sum())
+        .collect();
         let terms: Vec<TokenTerms> = sequences
             .iter()
             .map(|(p, c)| {
                 let (tokens, first) = encode_sample(&policy.tokenizer, p, c);
-                TokenTerms {
-                    advantages: vec![0.0; tokens.len() - first],
-                    tokens,
-                    first,
-                    weight: 1.0,
-                    ..TokenTerms::default()
-                }
+                TokenTerms::uniform(tokens, first, 0.0, 1.0)
             })
             .collect();
         self.seed = self.seed.wrapping_add(1);
@@ -157,6 +156,7 @@ impl Learner for Dpo {
         let losses = Arc::new(Mutex::new(Vec::<f32>::new()));
         let margins = Arc::new(Mutex::new(Vec::<f32>::new()));
         let (config, tokenizer, beta) = (policy.config.clone(), policy.tokenizer.clone(), s.beta);
+        let backend = policy.trainer.backend.clone();
         let owned: Vec<(String, String)> = sequences.iter().map(|(p, c)| (p.to_string(), c.to_string())).collect();
         let (loss_log, margin_log) = (losses.clone(), margins.clone());
         let n_policy = ponder_policy_init::weights::Layout::new(&config).names.len();
@@ -170,7 +170,7 @@ impl Learner for Dpo {
                     .iter()
                     .map(|&i| (owned[i].0.as_str(), owned[i].1.as_str()))
                     .collect();
-                let current: Vec<f32> = completion_logprobs(&weights, &tokenizer, &pairs)
+                let current: Vec<f32> = completion_logprobs(&weights, &tokenizer, &pairs, &backend)
                     .iter()
                     .map(|l| l.iter().sum())
                     .collect();

@@ -6,7 +6,6 @@
 use serde::{Deserialize, Serialize};
 
 use crate::critic_free::{CriticFree, CriticFreeLearner, CriticFreeUpdate};
-use crate::token_loss::LossSettings;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -66,22 +65,9 @@ impl CriticFree for GrpoSettings {
         if self.dr_grpo { "Dr. GRPO" } else { "GRPO" }.into()
     }
 
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-
     fn update(&self) -> CriticFreeUpdate {
-        CriticFreeUpdate {
-            loss: LossSettings {
-                clip: Some(self.clip),
-                kl_coef: self.kl,
-                entropy_coef: self.entropy,
-                ..LossSettings::default()
-            },
-            minibatch: self.minibatch,
-            epochs: self.epochs,
-            token_level: self.dr_grpo,
-        }
+        let s = self;
+        CriticFreeUpdate::clipped(s.lr, s.clip, s.kl, s.entropy, s.minibatch, s.epochs, s.dr_grpo)
     }
 
     fn advantages(&self, rewards: &[(usize, f32)], _: &[usize]) -> Vec<Option<f32>> {

@@ -6,9 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::critic_free::{CriticFree, CriticFreeLearner, CriticFreeUpdate, check_update_settings};
+use crate::critic_free::{CriticFree, CriticFreeLearner, CriticFreeUpdate};
 use crate::grpo::group_advantages;
-use crate::token_loss::LossSettings;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -36,19 +35,6 @@ impl Default for GspoSettings {
     }
 }
 
-impl GspoSettings {
-    /// One message per bad setting, each starting with the field name.
-    pub fn validate(&self) -> Vec<String> {
-        check_update_settings(
-            self.lr,
-            self.clip_low,
-            Some(self.clip_high),
-            self.minibatch,
-            self.epochs,
-        )
-    }
-}
-
 pub type Gspo = CriticFreeLearner<GspoSettings>;
 
 impl CriticFree for GspoSettings {
@@ -56,24 +42,13 @@ impl CriticFree for GspoSettings {
         format!("GSPO (sequence ratio, clip {}/{})", self.clip_low, self.clip_high)
     }
 
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-
+    /// One ratio per sequence, each sequence counting once.
     fn update(&self) -> CriticFreeUpdate {
-        CriticFreeUpdate {
-            loss: LossSettings {
-                clip: Some(self.clip_low),
-                clip_high: Some(self.clip_high),
-                sequence_ratio: true,
-                kl_coef: self.kl,
-                entropy_coef: self.entropy,
-                ..LossSettings::default()
-            },
-            minibatch: self.minibatch,
-            epochs: self.epochs,
-            token_level: false,
-        }
+        let s = self;
+        let mut update = CriticFreeUpdate::clipped(s.lr, s.clip_low, s.kl, s.entropy, s.minibatch, s.epochs, false)
+            .clip_high(s.clip_high);
+        update.loss.sequence_ratio = true;
+        update
     }
 
     fn advantages(&self, rewards: &[(usize, f32)], _: &[usize]) -> Vec<Option<f32>> {

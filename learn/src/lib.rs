@@ -280,20 +280,28 @@ impl std::fmt::Debug for dyn Learner {
     }
 }
 
-/// Log-probabilities of each completion token under `weights`, batched on the CPU engine.
-pub fn completion_logprobs(weights: &HostWeights, tokenizer: &Tokenizer, pairs: &[(&str, &str)]) -> Vec<Vec<f32>> {
-    let policy = ponder_policy_init::TransformerPolicy::new(weights, tokenizer.clone()).with_prefix_cache(0);
+/// Log-probabilities of each completion token under `weights`, batched on `backend`.
+pub fn completion_logprobs(
+    weights: &HostWeights,
+    tokenizer: &Tokenizer,
+    pairs: &[(&str, &str)],
+    backend: &Backend,
+) -> Vec<Vec<f32>> {
+    let policy =
+        ponder_policy_init::TransformerPolicy::on_backend(weights, tokenizer.clone(), backend).with_prefix_cache(0);
     pairs.chunks(256).flat_map(|chunk| policy.score(chunk)).collect()
 }
 
 /// Log-probabilities of the tokens from `first` on of each token sequence under `weights`,
-/// batched on the CPU engine.
+/// batched on `backend`.
 pub fn sequence_logprobs(
     weights: &HostWeights,
     tokenizer: &Tokenizer,
     sequences: &[(Vec<u32>, usize)],
+    backend: &Backend,
 ) -> Vec<Vec<f32>> {
-    let policy = ponder_policy_init::TransformerPolicy::new(weights, tokenizer.clone()).with_prefix_cache(0);
+    let policy =
+        ponder_policy_init::TransformerPolicy::on_backend(weights, tokenizer.clone(), backend).with_prefix_cache(0);
     sequences
         .chunks(256)
         .flat_map(|chunk| policy.score_tokens(chunk))
@@ -330,7 +338,7 @@ pub fn old_logprobs(
     let mut computed = if missing.is_empty() {
         Vec::new()
     } else {
-        sequence_logprobs(&policy.weights(), &policy.tokenizer, &missing)
+        sequence_logprobs(&policy.weights(), &policy.tokenizer, &missing, &policy.trainer.backend)
     }
     .into_iter();
     let old = samples
@@ -354,7 +362,7 @@ pub fn reference_logprobs(policy: &TrainablePolicy, sequences: &[(Vec<u32>, usiz
     }
     let tokens = sequences.iter().map(|(t, _)| t.len() as u64).sum();
     (
-        sequence_logprobs(&policy.reference, &policy.tokenizer, sequences),
+        sequence_logprobs(&policy.reference, &policy.tokenizer, sequences, &policy.trainer.backend),
         tokens,
     )
 }

@@ -6,9 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::critic_free::{CriticFree, CriticFreeLearner, CriticFreeUpdate, check_update_settings};
+use crate::critic_free::{CriticFree, CriticFreeLearner, CriticFreeUpdate};
 use crate::grpo::group_advantages;
-use crate::token_loss::LossSettings;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -31,13 +30,6 @@ impl Default for ReinforcePlusPlusSettings {
             epochs: 1,
             minibatch: 64,
         }
-    }
-}
-
-impl ReinforcePlusPlusSettings {
-    /// One message per bad setting, each starting with the field name.
-    pub fn validate(&self) -> Vec<String> {
-        check_update_settings(self.lr, self.clip, None, self.minibatch, self.epochs)
     }
 }
 
@@ -68,22 +60,10 @@ impl CriticFree for ReinforcePlusPlusSettings {
         "REINFORCE++ (group baseline, batch-normalised advantages)".into()
     }
 
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-
+    /// Every token counts the same.
     fn update(&self) -> CriticFreeUpdate {
-        CriticFreeUpdate {
-            loss: LossSettings {
-                clip: Some(self.clip),
-                kl_coef: self.kl,
-                entropy_coef: self.entropy,
-                ..LossSettings::default()
-            },
-            minibatch: self.minibatch,
-            epochs: self.epochs,
-            token_level: true,
-        }
+        let s = self;
+        CriticFreeUpdate::clipped(s.lr, s.clip, s.kl, s.entropy, s.minibatch, s.epochs, true)
     }
 
     fn advantages(&self, rewards: &[(usize, f32)], lengths: &[usize]) -> Vec<Option<f32>> {

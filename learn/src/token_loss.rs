@@ -33,6 +33,18 @@ pub struct TokenTerms {
 }
 
 impl TokenTerms {
+    /// A sequence whose completion tokens all have `advantage`, each weighing `weight` in the
+    /// batch loss (no ratio, reference or critic terms yet).
+    pub fn uniform(tokens: Vec<u32>, first: usize, advantage: f32, weight: f32) -> TokenTerms {
+        TokenTerms {
+            advantages: vec![advantage; tokens.len().saturating_sub(first)],
+            tokens,
+            first,
+            weight,
+            ..TokenTerms::default()
+        }
+    }
+
     pub fn completion_len(&self) -> usize {
         self.tokens.len().saturating_sub(self.first)
     }

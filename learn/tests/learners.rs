@@ -129,7 +129,7 @@ fn likelihoods(weights: &HostWeights, tokenizer: &Tokenizer, batch: &Experience)
         .iter()
         .map(|s| (s.prompt.as_str(), s.completion.as_str()))
         .collect();
-    let lps = ponder_learn::completion_logprobs(weights, tokenizer, &pairs);
+    let lps = ponder_learn::completion_logprobs(weights, tokenizer, &pairs, &Backend::default());
     let (mut right, mut wrong) = ((0.0, 0), (0.0, 0));
     for (s, lp) in batch.samples.iter().zip(lps) {
         let total: f32 = lp.iter().sum();
@@ -240,7 +240,7 @@ fn updates_train_on_the_sampled_tokens_with_the_behaviour_log_probs() {
     // Recorded: nothing is recomputed, and the recorded log-probs are what the weights give.
     let (old, computed) = ponder_learn::old_logprobs(&state, &samples, &sequences);
     assert_eq!(computed, 0);
-    let recomputed = ponder_learn::sequence_logprobs(&weights, &tokenizer, &sequences);
+    let recomputed = ponder_learn::sequence_logprobs(&weights, &tokenizer, &sequences, &Backend::default());
     for (a, b) in old.iter().zip(&recomputed) {
         assert_eq!(a.len(), b.len());
         assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-3), "{a:?} vs {b:?}");
@@ -266,13 +266,8 @@ fn the_token_loss_gradient_matches_autodiff_and_finite_differences() {
     use ponder_policy_init::trainer::Objective;
     let tokenizer = Tokenizer::chars();
     let config = ModelConfig {
-        d_model: 32,
-        n_layers: 2,
-        n_heads: 2,
-        n_kv_heads: 1,
-        ffn_hidden: 64,
         max_seq_len: 96,
-        ..ModelConfig::preset("tiny", 100).expect("preset")
+        ..ModelConfig::preset("micro", 100).expect("preset")
     };
     let mut weights = HostWeights::init(&config, 3).expect("init");
     for t in &mut weights.tensors {

@@ -32,7 +32,8 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    /// Presets: `tiny` (about 1M parameters, the CPU default) and `small` (about 10M).
+    /// Presets: `tiny` (about 1M parameters, the CPU default), `small` (about 10M) and `micro`
+    /// (for tests).
     pub fn preset(name: &str, vocab_size: usize) -> Result<ModelConfig, PolicyError> {
         let base = ModelConfig {
             vocab_size,
@@ -58,8 +59,19 @@ impl ModelConfig {
                 ffn_hidden: 768,
                 ..base
             }),
+            // For tests and quick checks: a few thousand parameters plus the embeddings, with
+            // grouped-query attention.
+            "micro" => Ok(ModelConfig {
+                d_model: 32,
+                n_layers: 2,
+                n_heads: 2,
+                n_kv_heads: 1,
+                ffn_hidden: 64,
+                max_seq_len: 128,
+                ..base
+            }),
             other => Err(PolicyError::Config(format!(
-                "unknown preset `{other}`: tiny (about 1M parameters) or small (about 10M)"
+                "unknown preset `{other}`: tiny (about 1M parameters), small (about 10M) or micro (for tests)"
             ))),
         }
     }

@@ -1,8 +1,8 @@
 //! # ponder-policy-init
 //!
 //! The policy: a Llama-family transformer on the CPU ([`cpu`]: KV-cached decoding behind the
-//! [`Policy`] trait, and training) with burn 0.22's model as the reference and second training
-//! backend ([`model`], [`backend`]), the host-side trainer and AdamW ([`trainer`], [`optim`]),
+//! [`Policy`] trait, and training) with burn 0.22's model as the reference and second backend
+//! for training and KV-cached decoding ([`model`], [`backend`], [`burn_decode`]), the host-side trainer and AdamW ([`trainer`], [`optim`]),
 //! character-level and Hugging Face tokenizers, sampling, policy initialisation (supervised
 //! training on expert traces), checkpoints, Hugging Face import/export and a remote
 //! OpenAI-compatible policy.
@@ -14,6 +14,7 @@
 //! | `cuda` | burn's CUDA backend (needs internet at build time; never in CI) |
 
 pub mod backend;
+pub mod burn_decode;
 pub mod checkpoint;
 pub mod config;
 pub mod cpu;

@@ -25,8 +25,8 @@ pub struct Transformer {
     /// In layout order; vectors are `[1, n]`.
     pub params: Vec<Tensor<2>>,
     /// Rotary tables `[max_seq_len, head_dim]` (each frequency twice, rotate-half layout).
-    cos: Tensor<2>,
-    sin: Tensor<2>,
+    pub(crate) cos: Tensor<2>,
+    pub(crate) sin: Tensor<2>,
 }
 
 fn to_tensor(t: &HostTensor, device: &Device) -> Tensor<2> {
@@ -97,12 +97,12 @@ impl Transformer {
         t
     }
 
-    fn p(&self, slot: usize) -> Tensor<2> {
+    pub(crate) fn p(&self, slot: usize) -> Tensor<2> {
         self.params[slot].clone()
     }
 
     /// `x [n, in] @ w[out, in]ᵀ (+ b)`.
-    fn linear(&self, x: Tensor<2>, weight: usize, bias: Option<usize>) -> Tensor<2> {
+    pub(crate) fn linear(&self, x: Tensor<2>, weight: usize, bias: Option<usize>) -> Tensor<2> {
         let y = x.matmul(self.p(weight).transpose());
         match bias {
             Some(b) => y + self.p(b),
@@ -110,7 +110,7 @@ impl Transformer {
         }
     }
 
-    fn rms_norm(&self, x: Tensor<2>, gamma: usize) -> Tensor<2> {
+    pub(crate) fn rms_norm(&self, x: Tensor<2>, gamma: usize) -> Tensor<2> {
         let scale = x
             .clone()
             .square()
@@ -122,7 +122,7 @@ impl Transformer {
     }
 
     /// Rotary positions on `[b, h, t, dh]` with tables `[b or 1, 1, t, dh]`.
-    fn rope(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
+    pub(crate) fn rope(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
         let [b, h, t, dh] = x.dims();
         let half = dh / 2;
         let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..half]);
@@ -164,14 +164,8 @@ impl Transformer {
             let mut v = heads(v, kvh);
             if kvh != h {
                 // Autodiff's attention needs equal head counts: repeat each kv head.
-                let rep = h / kvh;
-                let expand = |t: Tensor<4>| -> Tensor<4> {
-                    t.unsqueeze_dim::<5>(2)
-                        .expand([batch, kvh, rep, len, dh])
-                        .reshape([batch, h, len, dh])
-                };
-                k = expand(k);
-                v = expand(v);
+                k = repeat_kv_heads(k, h);
+                v = repeat_kv_heads(v, h);
             }
             let options = AttentionModuleOptions {
                 scale: None,
@@ -188,6 +182,18 @@ impl Transformer {
         }
         self.rms_norm(x, self.layout.final_norm)
     }
+}
+
+/// `[b, kv_heads, t, dh]` with each key-value head repeated for the query heads that share it:
+/// `[b, heads, t, dh]`.
+pub(crate) fn repeat_kv_heads(t: Tensor<4>, heads: usize) -> Tensor<4> {
+    let [b, kvh, len, dh] = t.dims();
+    if kvh == heads {
+        return t;
+    }
+    t.unsqueeze_dim::<5>(2)
+        .expand([b, kvh, heads / kvh, len, dh])
+        .reshape([b, heads, len, dh])
 }
 
 /// One training pass on burn: the model's outputs for a right-padded batch through autodiff,

@@ -11,7 +11,7 @@ use crate::error::PolicyError;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TransformerSettings {
-    /// `tiny` (about 1M parameters) or `small` (about 10M).
+    /// `tiny` (about 1M parameters), `small` (about 10M) or `micro` (for tests).
     pub preset: String,
     pub d_model: Option<usize>,
     pub n_layers: Option<usize>,
@@ -28,10 +28,15 @@ pub struct TransformerSettings {
 }
 
 impl TransformerSettings {
-    /// The CPU policy for these weights, with `prefix_cache_tokens` applied where it is set
-    /// (else the engine's default memory budget).
-    pub fn policy(&self, weights: &crate::HostWeights, tokenizer: crate::Tokenizer) -> crate::TransformerPolicy {
-        let policy = crate::TransformerPolicy::new(weights, tokenizer);
+    /// The policy for these weights decoding on `backend`, with `prefix_cache_tokens` applied
+    /// where it is set (else the default memory budget).
+    pub fn policy(
+        &self,
+        weights: &crate::HostWeights,
+        tokenizer: crate::Tokenizer,
+        backend: &crate::backend::Backend,
+    ) -> crate::TransformerPolicy {
+        let policy = crate::TransformerPolicy::on_backend(weights, tokenizer, backend);
         match self.prefix_cache_tokens {
             Some(tokens) => policy.with_prefix_cache(tokens),
             None => policy,

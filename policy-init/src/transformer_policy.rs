@@ -1,5 +1,6 @@
-//! The transformer as a [`Policy`]: batched, KV-cached generation on the CPU engine, with
-//! prefix reuse across calls and per-request seeded sampling.
+//! The transformer as a [`Policy`]: batched, KV-cached generation on the CPU engine (or, with
+//! the burn backend, burn's decoder), with prefix reuse across calls and per-request seeded
+//! sampling.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -10,6 +11,8 @@ use ponder_datagen::ANSWER_PREFIX;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::backend::Backend;
+use crate::burn_decode::BurnDecoder;
 use crate::config::ModelConfig;
 use crate::cpu::{Engine, KvCache, Want};
 use crate::error::PolicyError;
@@ -29,8 +32,36 @@ pub fn default_prefix_cache_tokens(config: &ModelConfig) -> usize {
     DEFAULT_PREFIX_CACHE_BYTES / per_token.max(1)
 }
 
+/// What runs the passes: the CPU engine or burn's decoder (same caches, same logits to
+/// float rounding).
+#[derive(Debug)]
+enum Decoder {
+    Cpu(Box<Engine>),
+    Burn(Box<BurnDecoder>),
+}
+
+impl Decoder {
+    fn config(&self) -> &ModelConfig {
+        match self {
+            Decoder::Cpu(engine) => &engine.config,
+            Decoder::Burn(burn) => burn.config(),
+        }
+    }
+
+    fn new_cache(&self) -> KvCache {
+        KvCache::new(self.config().n_layers)
+    }
+
+    fn forward(&self, caches: &mut [KvCache], tokens: &[&[u32]], want: &[Want]) -> Vec<Vec<f32>> {
+        match self {
+            Decoder::Cpu(engine) => engine.forward(caches, tokens, want),
+            Decoder::Burn(burn) => burn.forward(caches, tokens, want),
+        }
+    }
+}
+
 pub struct TransformerPolicy {
-    engine: Engine,
+    decoder: Decoder,
     tokenizer: Tokenizer,
     prefix_cache: Mutex<PrefixCache>,
     computed: AtomicU64,
@@ -60,8 +91,25 @@ const GENERATE_CHUNK: usize = 1024;
 
 impl TransformerPolicy {
     pub fn new(weights: &HostWeights, tokenizer: Tokenizer) -> TransformerPolicy {
-        let engine = Engine::new(weights);
-        let kv_dim = engine.config.kv_dim();
+        Self::with_decoder(Decoder::Cpu(Box::new(Engine::new(weights))), weights, tokenizer)
+    }
+
+    /// The policy decoding on `backend`: the CPU engine on its threads, or burn's decoder on
+    /// its device.
+    pub fn on_backend(weights: &HostWeights, tokenizer: Tokenizer, backend: &Backend) -> TransformerPolicy {
+        match backend {
+            Backend::Cpu { threads: 0 } => Self::new(weights, tokenizer),
+            Backend::Cpu { threads } => Self::new(weights, tokenizer).with_threads(*threads),
+            Backend::Burn(device) => Self::with_decoder(
+                Decoder::Burn(Box::new(BurnDecoder::new(weights, device))),
+                weights,
+                tokenizer,
+            ),
+        }
+    }
+
+    fn with_decoder(decoder: Decoder, weights: &HostWeights, tokenizer: Tokenizer) -> TransformerPolicy {
+        let kv_dim = weights.config.kv_dim();
         TransformerPolicy {
             label: format!(
                 "transformer ({:.2}M parameters, d={}, {} layers)",
@@ -69,7 +117,7 @@ impl TransformerPolicy {
                 weights.config.d_model,
                 weights.config.n_layers
             ),
-            engine,
+            decoder,
             tokenizer,
             prefix_cache: Mutex::new(PrefixCache::new(default_prefix_cache_tokens(&weights.config), kv_dim)),
             computed: AtomicU64::new(0),
@@ -79,22 +127,26 @@ impl TransformerPolicy {
 
     /// Bounds the prefix cache (0 disables it).
     pub fn with_prefix_cache(self, tokens: usize) -> TransformerPolicy {
-        let kv_dim = self.engine.config.kv_dim();
+        let kv_dim = self.decoder.config().kv_dim();
         TransformerPolicy {
             prefix_cache: Mutex::new(PrefixCache::new(tokens, kv_dim)),
             ..self
         }
     }
 
+    /// Sets the CPU engine's threads (burn's decoder runs as its device does).
     pub fn with_threads(self, threads: usize) -> TransformerPolicy {
-        TransformerPolicy {
-            engine: self.engine.with_threads(threads),
-            ..self
+        match self.decoder {
+            Decoder::Cpu(engine) => TransformerPolicy {
+                decoder: Decoder::Cpu(Box::new(engine.with_threads(threads))),
+                ..self
+            },
+            Decoder::Burn(_) => self,
         }
     }
 
-    pub fn engine(&self) -> &Engine {
-        &self.engine
+    pub fn config(&self) -> &ModelConfig {
+        self.decoder.config()
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -138,7 +190,7 @@ impl TransformerPolicy {
             // Keep at least the last token to compute: its logits start the generation.
             let cache = self
                 .lookup(p, p.len().saturating_sub(1))
-                .unwrap_or_else(|| self.engine.new_cache());
+                .unwrap_or_else(|| self.decoder.new_cache());
             rests.push(&p[cache.len..]);
             caches.push(cache);
         }
@@ -146,7 +198,7 @@ impl TransformerPolicy {
         self.computed
             .fetch_add(computed.iter().sum::<usize>() as u64, Ordering::Relaxed);
         let want = vec![Want::Last; prompts.len()];
-        let logits = self.engine.forward(&mut caches, &rests, &want);
+        let logits = self.decoder.forward(&mut caches, &rests, &want);
         caches
             .into_iter()
             .zip(logits)
@@ -166,7 +218,7 @@ impl TransformerPolicy {
     }
 
     fn generate_batch(&self, requests: &[GenRequest]) -> Vec<Generation> {
-        let max_seq = self.engine.config.max_seq_len;
+        let max_seq = self.decoder.config().max_seq_len;
         // Distinct prompts, computed once each.
         let mut distinct: Vec<Vec<u32>> = Vec::new();
         let mut by_prompt: HashMap<&str, usize> = HashMap::new();
@@ -243,7 +295,7 @@ impl TransformerPolicy {
                 .unzip();
             let token_slices: Vec<&[u32]> = inputs.iter().map(std::slice::from_ref).collect();
             let want = vec![Want::Last; caches.len()];
-            logits = self.engine.forward(&mut caches, &token_slices, &want);
+            logits = self.decoder.forward(&mut caches, &token_slices, &want);
             for (seq, cache) in sequences.iter_mut().filter(|s| s.finish.is_none()).zip(caches) {
                 seq.cache = cache;
             }
@@ -326,7 +378,7 @@ impl TransformerPolicy {
     /// continuation, as the policy sampled them), each given the tokens before it; sequences
     /// longer than the context are cut to it.
     pub fn score_tokens(&self, sequences: &[(Vec<u32>, usize)]) -> Vec<Vec<f32>> {
-        let max_seq = self.engine.config.max_seq_len;
+        let max_seq = self.decoder.config().max_seq_len;
         let mut caches = Vec::new();
         let mut inputs: Vec<&[u32]> = Vec::new();
         let mut meta = Vec::new();
@@ -335,15 +387,15 @@ impl TransformerPolicy {
             let first = (*first).clamp(1, tokens.len());
             let cache = self
                 .lookup(&tokens[..first], first - 1)
-                .unwrap_or_else(|| self.engine.new_cache());
+                .unwrap_or_else(|| self.decoder.new_cache());
             let start = cache.len.min(all.len());
             meta.push((first, all.len().saturating_sub(first), start, tokens));
             inputs.push(&all[start..]);
             caches.push(cache);
         }
         let want = vec![Want::All; caches.len()];
-        let logits = self.engine.forward(&mut caches, &inputs, &want);
-        let v = self.engine.config.vocab_size;
+        let logits = self.decoder.forward(&mut caches, &inputs, &want);
+        let v = self.decoder.config().vocab_size;
         meta.into_iter()
             .zip(logits)
             .map(|((first, n, start, tokens), l)| {
@@ -377,7 +429,7 @@ impl Policy for TransformerPolicy {
     }
 
     fn params(&self) -> Option<usize> {
-        Some(self.engine.config.params())
+        Some(self.decoder.config().params())
     }
 
     async fn generate(&self, requests: &[GenRequest]) -> Result<Vec<Generation>, PolicyError> {

@@ -15,13 +15,8 @@ use ponder_policy_init::{HostWeights, ModelConfig, PolicyError, Tokenizer};
 
 fn micro() -> ModelConfig {
     ModelConfig {
-        d_model: 32,
-        n_layers: 2,
-        n_heads: 2,
-        n_kv_heads: 1,
-        ffn_hidden: 64,
         max_seq_len: 96,
-        ..ModelConfig::preset("tiny", 100).expect("preset")
+        ..ModelConfig::preset("micro", 100).expect("preset")
     }
 }
 

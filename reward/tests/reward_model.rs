@@ -19,15 +19,7 @@ use ponder_reward::{Aggregation, Granularity};
 use rand::SeedableRng;
 
 fn micro() -> ModelConfig {
-    ModelConfig {
-        d_model: 32,
-        n_layers: 2,
-        n_heads: 2,
-        n_kv_heads: 1,
-        ffn_hidden: 64,
-        max_seq_len: 128,
-        ..ModelConfig::preset("tiny", 100).expect("preset")
-    }
+    ModelConfig::preset("micro", 100).expect("preset")
 }
 
 /// Retry traces (with wrong steps) and their exact labels.

@@ -23,6 +23,7 @@ use ponder_search::{BudgetNesting, SearchCapabilities, Searcher};
 
 use ponder_learn::Learner;
 use ponder_learn::bc::{BcSettings, BehaviourCloning};
+use ponder_learn::critic_free::CriticFree;
 use ponder_learn::dapo::{Dapo, DapoSettings};
 use ponder_learn::dpo::{Dpo, DpoSettings};
 use ponder_learn::grpo::{Grpo, GrpoSettings};
@@ -64,7 +65,7 @@ impl Kind<LearnCategory> for PpoSettings {
 
 impl Kind<LearnCategory> for DapoSettings {
     fn validate(&self) -> Vec<String> {
-        DapoSettings::validate(self)
+        CriticFree::validate(self)
     }
 
     fn build(&self, seed: &u64) -> anyhow::Result<Box<dyn Learner>> {
@@ -77,7 +78,7 @@ impl Kind<LearnCategory> for DapoSettings {
 
 impl Kind<LearnCategory> for GspoSettings {
     fn validate(&self) -> Vec<String> {
-        GspoSettings::validate(self)
+        CriticFree::validate(self)
     }
 
     fn build(&self, seed: &u64) -> anyhow::Result<Box<dyn Learner>> {
@@ -90,7 +91,7 @@ impl Kind<LearnCategory> for GspoSettings {
 
 impl Kind<LearnCategory> for ReinforcePlusPlusSettings {
     fn validate(&self) -> Vec<String> {
-        ReinforcePlusPlusSettings::validate(self)
+        CriticFree::validate(self)
     }
 
     fn build(&self, seed: &u64) -> anyhow::Result<Box<dyn Learner>> {
@@ -102,6 +103,10 @@ impl Kind<LearnCategory> for ReinforcePlusPlusSettings {
 }
 
 impl Kind<LearnCategory> for GrpoSettings {
+    fn validate(&self) -> Vec<String> {
+        CriticFree::validate(self)
+    }
+
     fn build(&self, seed: &u64) -> anyhow::Result<Box<dyn Learner>> {
         Ok(Box::new(Grpo {
             settings: self.clone(),
@@ -298,7 +303,7 @@ impl Kind<PolicyCategory> for TransformerSettings {
                 (HostWeights::init(&config, context.seed)?, tokenizer)
             }
         };
-        Ok(Box::new(self.policy(&weights, tokenizer)))
+        Ok(Box::new(self.policy(&weights, tokenizer, &context.backend)))
     }
 
     fn capabilities(&self) -> PolicyCapabilities {

@@ -224,6 +224,8 @@ pub struct PolicyContext {
     pub trained: Option<(ponder_policy_init::HostWeights, ponder_policy_init::Tokenizer)>,
     /// Seed for fresh weights.
     pub seed: u64,
+    /// Where the policy's passes run (`run.backend`).
+    pub backend: ponder_policy_init::backend::Backend,
 }
 
 impl Category for PolicyCategory {

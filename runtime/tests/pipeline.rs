@@ -539,8 +539,8 @@ fn prorl_resets_start_the_kl_afresh_and_a_killed_run_resumes_with_them() {
 
 #[test]
 fn the_burn_backend_runs_the_smoke_pipeline_and_reaches_the_cpu_backends_losses() {
-    // Every training stage (init, reward, RL) on burn's autodiff; decoding stays on the CPU
-    // engine.
+    // Every training stage (init, reward, RL) on burn's autodiff, and every policy's decoding
+    // (curves, Monte-Carlo labels, search, rollouts) on burn's KV-cached decoder.
     ok(&run("burn", &["--set", "run.backend=\"burn\""], &[]));
     let (burn, cpu) = (results("burn"), reference());
     // Same gradients up to float rounding: close, but not bit-equal (which would mean the

@@ -134,12 +134,11 @@ impl Searcher for BeamSearch {
                 .iter()
                 .enumerate()
                 .map(|(i, b)| {
-                    GenRequest::new(
+                    env.request(
                         continuation_prompt(problem, &b.steps),
                         Stop::StepEnd,
-                        env.max_step_tokens,
-                        env.sampling,
-                        env.request_seed(round as u64, i as u64),
+                        round as u64,
+                        i as u64,
                     )
                 })
                 .collect();
@@ -240,13 +239,8 @@ impl Searcher for BeamSearch {
             live = if finished.len() >= n { Vec::new() } else { next };
         }
         let mut out = outcome(env.task, problem, finished, self.settings.selection(), cost);
-        if let Some(mut r) = record {
-            let chosen = out.chosen_candidate();
-            if let Some(&node) = chosen.and_then(|i| finished_nodes.get(i)) {
-                r.choose(node);
-            }
-            out.record = Some(r.finish(cost));
-        }
+        let chosen = out.chosen_candidate();
+        out.record = record.map(|r| r.finish_choosing(&finished_nodes, chosen, cost));
         Ok(out)
     }
 }

@@ -39,15 +39,7 @@ pub async fn sample_traces(
     cost: &mut Cost,
 ) -> Result<Vec<(Trace, u64)>, SearchError> {
     let requests: Vec<GenRequest> = (0..n)
-        .map(|i| {
-            GenRequest::new(
-                &problem.prompt,
-                Stop::TraceEnd,
-                env.max_trace_tokens,
-                env.sampling,
-                env.request_seed(0, i as u64),
-            )
-        })
+        .map(|i| env.request(&problem.prompt, Stop::TraceEnd, 0, i as u64))
         .collect();
     Ok(env
         .generate(&requests, cost)

@@ -188,6 +188,16 @@ impl SearchEnv<'_> {
         x.wrapping_mul(0x94d0_49bb_1331_11eb)
     }
 
+    /// Request `i` of round `round`: `prompt` continued until `stop` at the env's sampling, with
+    /// the step token limit for [`Stop::StepEnd`] and the trace limit otherwise.
+    pub fn request(&self, prompt: impl Into<String>, stop: Stop, round: u64, i: u64) -> GenRequest {
+        let max_tokens = match stop {
+            Stop::StepEnd => self.max_step_tokens,
+            _ => self.max_trace_tokens,
+        };
+        GenRequest::new(prompt, stop, max_tokens, self.sampling, self.request_seed(round, i))
+    }
+
     /// Generates and accounts.
     pub async fn generate(&self, requests: &[GenRequest], cost: &mut Cost) -> Result<Vec<Generation>, SearchError> {
         if requests.is_empty() {

@@ -317,14 +317,7 @@ impl Mcts {
         for (li, &leaf) in to_expand.iter().enumerate() {
             let prompt = continuation_prompt(problem, &tree.nodes[leaf].steps);
             for j in 0..k {
-                let seed = env.request_seed(round, (li * k + j) as u64);
-                requests.push(GenRequest::new(
-                    prompt.clone(),
-                    Stop::StepEnd,
-                    env.max_step_tokens,
-                    env.sampling,
-                    seed,
-                ));
+                requests.push(env.request(prompt.clone(), Stop::StepEnd, round, (li * k + j) as u64));
             }
         }
         let generations = env.generate(&requests, cost).await?;

@@ -161,6 +161,15 @@ impl TreeRecorder {
         }
     }
 
+    /// [`Self::finish`] after marking the path to `nodes[chosen]`: the node of the candidate a
+    /// search returned, when it returned one.
+    pub fn finish_choosing(mut self, nodes: &[usize], chosen: Option<usize>, cost: Cost) -> SearchRecord {
+        if let Some(&node) = chosen.and_then(|i| nodes.get(i)) {
+            self.choose(node);
+        }
+        self.finish(cost)
+    }
+
     /// The record, cut to [`MAX_NODES`] (the chosen path is always kept).
     pub fn finish(mut self, cost: Cost) -> SearchRecord {
         let mut truncated = 0;

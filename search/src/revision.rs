@@ -76,13 +76,7 @@ impl Searcher for Revision {
                     let history = &histories[c];
                     let kept = &history[history.len().saturating_sub(s.window)..];
                     let prompt = format!("{}{}", problem.prompt, revision_context(kept));
-                    GenRequest::new(
-                        prompt,
-                        Stop::TraceEnd,
-                        env.max_trace_tokens,
-                        env.sampling,
-                        env.request_seed(round as u64, c as u64),
-                    )
+                    env.request(prompt, Stop::TraceEnd, round as u64, c as u64)
                 })
                 .collect();
             let generations = env.generate(&requests, &mut cost).await?;

@@ -103,16 +103,7 @@ impl Searcher for AdaptiveConsistency {
         while candidates.len() < limit {
             let n = self.settings.round.min(limit - candidates.len());
             let requests: Vec<GenRequest> = (0..n)
-                .map(|i| {
-                    let seed = env.request_seed(round, (candidates.len() + i) as u64);
-                    GenRequest::new(
-                        &problem.prompt,
-                        Stop::TraceEnd,
-                        env.max_trace_tokens,
-                        env.sampling,
-                        seed,
-                    )
-                })
+                .map(|i| env.request(&problem.prompt, Stop::TraceEnd, round, (candidates.len() + i) as u64))
                 .collect();
             for g in env.generate(&requests, &mut cost).await? {
                 let trace = Trace::parse(&g.text);
@@ -148,14 +139,11 @@ impl Searcher for AdaptiveConsistency {
             }
         }
         let mut out = outcome(env.task, problem, candidates, Selection::Majority, cost);
-        if let Some(mut r) = record {
+        let chosen = out.chosen_candidate();
+        out.record = record.map(|mut r| {
             r.node_mut(TreeRecorder::ROOT).visits = leaves.len() as u32;
-            let chosen = out.chosen_candidate();
-            if let Some(&leaf) = chosen.and_then(|i| leaves.get(i)) {
-                r.choose(leaf);
-            }
-            out.record = Some(r.finish(cost));
-        }
+            r.finish_choosing(&leaves, chosen, cost)
+        });
         Ok(out)
     }
 }

@@ -82,13 +82,7 @@ impl Learner for Reinforce {
         let baseline = kept.iter().map(|(r, _)| r).sum::<f32>() / kept.len() as f32;
         let terms: Vec<TokenTerms> = kept
             .into_iter()
-            .map(|(reward, (tokens, first))| TokenTerms {
-                advantages: vec![reward - baseline; tokens.len() - first],
-                tokens,
-                first,
-                weight: 1.0,
-                ..TokenTerms::default()
-            })
+            .map(|(reward, (tokens, first))| TokenTerms::uniform(tokens, first, reward - baseline, 1.0))
             .collect();
         self.seed = self.seed.wrapping_add(1);
         let batches = minibatches(terms.len(), self.settings.minibatch, 1, self.seed);

@@ -101,10 +101,11 @@ pub struct RunSection {
     pub out_dir: String,
     /// Worker threads (decoding, and training on the `cpu` backend); 0 uses every core.
     pub threads: usize,
-    /// Where training's forward and backward passes run: `cpu`, ponder's CPU transformer, or
-    /// `burn`, burn's model and autodiff on `device` (the reference the CPU path is tested
-    /// against: the same gradients to float rounding, several times slower on the CPU).
-    /// Decoding runs on ponder's CPU engine either way.
+    /// Where the policy's passes run: `cpu`, ponder's CPU transformer, or `burn`, burn's model
+    /// on `device`, training through its autodiff and decoding with its KV-cached decoder (the
+    /// reference the CPU path is tested against: the same gradients and logits to float
+    /// rounding, several times slower on the CPU). Reward models score on the CPU engine
+    /// either way.
     pub backend: String,
 }
 

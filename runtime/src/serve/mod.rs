@@ -173,7 +173,8 @@ pub fn state_from_run(run_dir: &Path, registry: &Registry, overrides: &[String])
         Some(var) => Some(std::env::var(var).map_err(|_| anyhow::anyhow!("serve.api_key_env: {var} is not set"))?),
         None => None,
     };
-    let policy = Arc::new(TransformerPolicy::new(&weights, tokenizer.clone()));
+    let backend = ponder_policy_init::backend::Backend::from_names(&config.run.backend, &config.run.device)?;
+    let policy = Arc::new(TransformerPolicy::on_backend(&weights, tokenizer.clone(), &backend));
     let batcher = Batcher::start(policy, reward, Duration::from_millis(settings.batch_window_ms));
     Ok(AppState {
         model: settings

@@ -19,11 +19,12 @@ pub fn load_policy(dir: &Path) -> anyhow::Result<(HostWeights, Tokenizer)> {
     Ok(ponder_policy_init::hf::load_pretrained(dir)?)
 }
 
-/// The CPU policy for a stage's sampling and search, as `[policy]` configures it.
+/// The policy for a stage's sampling and search, as `[policy]` configures it, decoding on the
+/// run's backend.
 pub fn stage_policy(ctx: &Context, weights: &HostWeights, tokenizer: &Tokenizer) -> TransformerPolicy {
     match ctx.config.policy.capabilities().trainable {
-        Some(settings) => settings.policy(weights, tokenizer.clone()),
-        None => TransformerPolicy::new(weights, tokenizer.clone()),
+        Some(settings) => settings.policy(weights, tokenizer.clone(), &ctx.backend),
+        None => TransformerPolicy::on_backend(weights, tokenizer.clone(), &ctx.backend),
     }
 }
 

@@ -87,6 +87,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<serde_json::Value> {
     let curve_task = ctx.config.task.build(&())?;
     let curve_problems: Vec<Problem> = test.iter().take(s.curve_problems).cloned().collect();
     let curve_tokenizer = tokenizer.clone();
+    let curve_backend = ctx.backend.clone();
     let curve_settings = EvalSettings {
         samples: 0,
         ks: vec![],
@@ -95,7 +96,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<serde_json::Value> {
         ..EvalSettings::default()
     };
     let hook = Box::new(move |weights: &HostWeights, _step: usize| {
-        let policy = TransformerPolicy::new(weights, curve_tokenizer.clone());
+        let policy = TransformerPolicy::on_backend(weights, curve_tokenizer.clone(), &curve_backend);
         let report =
             futures::executor::block_on(evaluate(&policy, curve_task.as_ref(), &curve_problems, &curve_settings))?;
         Ok(json!({"pass@1_greedy": report.pass1_greedy.value, "problems": report.problems}))
@@ -162,7 +163,7 @@ pub fn evaluate_policy(
     max_tokens: usize,
     purpose: &str,
 ) -> anyhow::Result<ponder_policy_init::evaluate::EvalReport> {
-    let policy = TransformerPolicy::new(weights, tokenizer.clone());
+    let policy = TransformerPolicy::on_backend(weights, tokenizer.clone(), &ctx.backend);
     let ks: Vec<usize> = [1, 4, 8, 16, 32, 64].into_iter().filter(|&k| k <= samples).collect();
     let settings = EvalSettings {
         samples,

@@ -204,7 +204,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
     let flops =
         |train: u64, sample: u64, scored: u64| 6.0 * params * train as f64 + 2.0 * params * (sample + scored) as f64;
     if curve.is_empty() {
-        let policy = TransformerPolicy::new(&start, tokenizer.clone());
+        let policy = TransformerPolicy::on_backend(&start, tokenizer.clone(), &ctx.backend);
         let r = evaluate_weights(&policy, task.as_ref(), &test, 0, max_tokens, ctx.seed("rl-curve")).await?;
         curve.push(curve_point(0, 0.0, &r.pass1_greedy));
     }
@@ -321,7 +321,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         }
         metrics.write(record)?;
         if (iteration + 1) % s.eval_every.max(1) == 0 || iteration + 1 == s.iterations {
-            let policy = TransformerPolicy::new(&state.weights(), tokenizer.clone());
+            let policy = TransformerPolicy::on_backend(&state.weights(), tokenizer.clone(), &ctx.backend);
             let r = evaluate_weights(&policy, task.as_ref(), &test, 0, max_tokens, ctx.seed("rl-curve")).await?;
             curve.push(curve_point(
                 iteration + 1,
@@ -350,7 +350,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
     let weights = state.weights();
     ponder_policy_init::hf::save_pretrained(&ctx.dir.policy("rl"), &weights, &tokenizer)?;
     ctx.progress.set(s.iterations, s.iterations, "final evaluation");
-    let policy = TransformerPolicy::new(&weights, tokenizer.clone());
+    let policy = TransformerPolicy::on_backend(&weights, tokenizer.clone(), &ctx.backend);
     let all_test: Vec<Problem> = ctx.held_out_examples()?.into_iter().map(|e| e.problem).collect();
     let after = evaluate_weights(
         &policy,

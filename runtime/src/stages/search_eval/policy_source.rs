@@ -22,6 +22,7 @@ fn untrained(ctx: &Context) -> PolicyContext {
     PolicyContext {
         trained: None,
         seed: ctx.seed("search-eval-policy"),
+        backend: ctx.backend.clone(),
     }
 }
 

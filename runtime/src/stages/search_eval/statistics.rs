@@ -249,16 +249,8 @@ pub(super) fn compute_optimal_vs_reference(
     let gain = paired_change(bottom, top, seed);
     let mut gain_over_budget = change_json(bottom, top, &gain);
     gain_over_budget["significant"] = json!(gain.low > 0.0);
-    let reference = json!({
-        "searcher": label,
-        "budget": top.budget,
-        "accuracy": top.accuracy,
-        "low": top.low,
-        "high": top.high,
-        "tokens_per_problem": top.tokens_per_problem,
-        "flops_per_problem": top.flops_per_problem,
-        "gain_over_budget": gain_over_budget,
-    });
+    let mut reference = point_json(label, top);
+    reference["gain_over_budget"] = gain_over_budget;
     // Undefined when the reference solved nothing: every curve "matches" zero.
     let first_match = (top.accuracy > 0.0)
         .then(|| optimal.iter().find(|o| o.accuracy() >= top.accuracy))
@@ -365,15 +357,21 @@ pub(super) fn top_budget_json(ctx: &Context, label: &str, top: &Point, problems:
         let e = bootstrap_difference(&top.scores(), &g, seed);
         json!({"greedy_pass@1": g.iter().sum::<f64>() / g.len().max(1) as f64, "value": e.value, "low": e.low, "high": e.high})
     });
+    let mut point = point_json(label, top);
+    point["gain_over_greedy"] = json!(gain);
+    point
+}
+
+/// A searcher's point: its budget, accuracy with interval and compute per problem.
+fn point_json(label: &str, point: &Point) -> Value {
     json!({
         "searcher": label,
-        "budget": top.budget,
-        "accuracy": top.accuracy,
-        "low": top.low,
-        "high": top.high,
-        "tokens_per_problem": top.tokens_per_problem,
-        "flops_per_problem": top.flops_per_problem,
-        "gain_over_greedy": gain,
+        "budget": point.budget,
+        "accuracy": point.accuracy,
+        "low": point.low,
+        "high": point.high,
+        "tokens_per_problem": point.tokens_per_problem,
+        "flops_per_problem": point.flops_per_problem,
     })
 }
 
