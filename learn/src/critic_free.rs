@@ -22,6 +22,12 @@ pub trait CriticFree: Clone + Send + Sync + 'static {
     /// length in tokens; `None` leaves a sample out.
     fn advantages(&self, rewards: &[(usize, f32)], lengths: &[usize]) -> Vec<Option<f32>>;
 
+    /// Whether groups whose rewards are all equal are left out and replaced by other problems'
+    /// ([`Learner::refills_uniform_groups`]).
+    fn refills_uniform_groups(&self) -> bool {
+        false
+    }
+
     /// One message per bad setting, each starting with the field name: by default the
     /// update's ([`CriticFreeUpdate::problems`]).
     fn validate(&self) -> Vec<String> {
@@ -43,6 +49,10 @@ impl<S: CriticFree> Learner for CriticFreeLearner<S> {
 
     fn optim(&self) -> OptimConfig {
         crate::fine_tuning_optim(self.settings.update().lr, Some(0.0))
+    }
+
+    fn refills_uniform_groups(&self) -> bool {
+        self.settings.refills_uniform_groups()
     }
 
     fn learn(

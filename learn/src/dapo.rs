@@ -5,10 +5,12 @@
 //! - token-level loss normalisation: every token of the minibatch counts the same, so a long
 //!   response's tokens are not discounted against a short one's;
 //! - dynamic sampling: a group whose samples all earned the same reward carries no signal and
-//!   is left out of the update (the batch is not refilled with new samples here; the stats
-//!   count what was left out). The reward compared is the shaped one, not correctness alone
-//!   as in the paper: all-wrong samples that differ in the verifier's format reward (0.1) or in
-//!   their overlong penalty still carry a signal and stay;
+//!   is left out of the update (the stats count what was left out), and the RL stage refills
+//!   the batch: it samples fresh problems for the missing groups, up to
+//!   `pipeline.rl.refill_rounds` more rounds, counting their compute. The reward compared is
+//!   the shaped one, not correctness alone as in the paper: all-wrong samples that differ in
+//!   the verifier's format reward (0.1) or in their overlong penalty still carry a signal and
+//!   stay (the refill judges the verifier's reward, before overlong shaping);
 //! - overlong reward shaping: a completion within `overlong_buffer` tokens of `max_length`
 //!   loses reward linearly up to 1, and one longer than `max_length` loses 1 (off with
 //!   `max_length = 0`, the default: set it to the RL stage's token limit).
@@ -119,6 +121,10 @@ impl CriticFree for DapoSettings {
     fn update(&self) -> CriticFreeUpdate {
         let s = self;
         CriticFreeUpdate::clipped(s.lr, s.clip_low, 0.0, s.entropy, s.minibatch, s.epochs, true).clip_high(s.clip_high)
+    }
+
+    fn refills_uniform_groups(&self) -> bool {
+        self.dynamic_sampling
     }
 
     fn validate(&self) -> Vec<String> {

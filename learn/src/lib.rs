@@ -266,6 +266,13 @@ pub trait Learner: Send {
     /// The optimizer settings this learner trains with.
     fn optim(&self) -> OptimConfig;
 
+    /// Whether the learner leaves out groups whose samples all earned the same reward and
+    /// wants the batch refilled with other problems' groups (DAPO's dynamic sampling); the RL
+    /// stage then samples more problems, up to `pipeline.rl.refill_rounds` times.
+    fn refills_uniform_groups(&self) -> bool {
+        false
+    }
+
     fn learn(
         &mut self,
         policy: &mut TrainablePolicy,

@@ -2,7 +2,8 @@
 //! estimation per token, the clipped ratio, a KL penalty to the reference and an entropy
 //! bonus. Rewards: the outcome at the last token and, with `process_rewards`, the process
 //! model's step scores at every step end — as score differences `s_i − s_{i−1}` (potential
-//! shaping from `s_0 = 0.5`), so a long trace cannot collect step rewards for length.
+//! shaping from `s_0 = 0.5`), so a long trace cannot collect step rewards for length
+//! ([`process_rewards`]: step `j`'s score on the completion's `j`-th line, in any trace).
 
 use ponder_policy_init::cpu::{Engine, Want};
 use ponder_policy_init::optim::OptimConfig;
@@ -148,20 +149,11 @@ impl Learner for Ppo {
                 .map(|k| cache.scores.get(first + k - 1).copied().unwrap_or(0.0))
                 .collect();
             let mut rewards = vec![0.0f32; len];
-            rewards[len - 1] += x.reward;
             if s.process_rewards {
-                let mut previous = 0.5f32;
-                let mut step = 0;
-                for k in 0..len {
-                    if policy.tokenizer.ends_line(tokens[first + k]) {
-                        if let Some(&score) = x.step_rewards.get(step) {
-                            rewards[k] += s.process_coef * (score - previous);
-                            previous = score;
-                        }
-                        step += 1;
-                    }
-                }
+                let pieces: Vec<&str> = tokens[*first..].iter().map(|&t| policy.tokenizer.piece(t)).collect();
+                rewards = process_rewards(&pieces, &x.step_rewards, s.process_coef);
             }
+            rewards[len - 1] += x.reward;
             let (advantages, returns) = gae(&rewards, &values, s.gamma, s.lambda);
             terms.push(TokenTerms {
                 tokens: tokens.clone(),
@@ -199,9 +191,60 @@ impl Learner for Ppo {
     }
 }
 
+/// The process rewards of a completion's tokens (their text `pieces`): step `j`'s score
+/// difference `coef · (s_j − s_{j−1})`, from `s_{−1} = 0.5`, at the token that ends the
+/// completion's `j`-th line. Lines are numbered as `Trace::parse` numbers steps, blank and
+/// malformed lines included, so step scores stay on their own lines in any trace. A token
+/// holding several line ends takes each of their differences. The answer line has no step
+/// score. A last step the completion does not end (a trace cut at its token limit) is credited
+/// at the last token.
+pub fn process_rewards(pieces: &[&str], step_scores: &[f32], coef: f32) -> Vec<f32> {
+    let mut rewards = vec![0.0f32; pieces.len()];
+    let (mut previous, mut step) = (0.5f32, 0usize);
+    for (k, piece) in pieces.iter().enumerate() {
+        for _ in 0..piece.matches('\n').count() {
+            if let Some(&score) = step_scores.get(step) {
+                rewards[k] += coef * (score - previous);
+                previous = score;
+            }
+            step += 1;
+        }
+    }
+    let unterminated = pieces.last().is_some_and(|p| !p.ends_with('\n'));
+    if let (true, Some(last), Some(&score)) = (unterminated, rewards.last_mut(), step_scores.get(step)) {
+        *last += coef * (score - previous);
+    }
+    rewards
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn chars(text: &str) -> Vec<String> {
+        text.chars().map(String::from).collect()
+    }
+
+    #[test]
+    fn step_scores_land_on_their_own_lines_in_malformed_traces() {
+        let close = |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6);
+        // A blank line is a step of its own (as `Trace::parse` reads it); the answer line has
+        // no step score.
+        let text = chars("a\n\nb\nAnswer: 3\n");
+        let pieces: Vec<&str> = text.iter().map(String::as_str).collect();
+        let r = process_rewards(&pieces, &[0.9, 0.2, 0.8], 2.0);
+        let mut expected = vec![0.0; pieces.len()];
+        expected[1] = 2.0 * (0.9 - 0.5);
+        expected[2] = 2.0 * (0.2 - 0.9);
+        expected[4] = 2.0 * (0.8 - 0.2);
+        assert!(close(&r, &expected), "{r:?}");
+        // A token holding two line ends takes both differences; a cut last step is credited
+        // at the last token.
+        let r = process_rewards(&["a\n\n", "b"], &[0.9, 0.2, 0.6], 1.0);
+        assert!(close(&r, &[0.4 - 0.7, 0.4]), "{r:?}");
+        // Without step scores, nothing.
+        assert!(process_rewards(&["a\n", "b"], &[], 1.0).iter().all(|&x| x == 0.0));
+    }
 
     #[test]
     fn gae_with_lambda_one_is_the_return_minus_the_value() {

@@ -109,10 +109,12 @@ pub fn run(config: &RunConfig, registry: &Registry, resume: bool) -> anyhow::Res
     let started = Instant::now();
     let display = Display::new(stages.len());
     let mut records = dir.records(&stages)?;
+    // The commit checked out when the run started (later commits must not relabel it).
+    let commit = git_commit();
     let manifest = |records: &BTreeMap<String, StageRecord>| {
         json!({
             "ponder_version": env!("CARGO_PKG_VERSION"),
-            "git_commit": git_commit(),
+            "git_commit": commit,
             "config_hash": format!("{:016x}", stable_hash(resolved.as_bytes())),
             "seed": config.run.seed,
             "device": config.run.device,

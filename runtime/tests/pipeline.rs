@@ -497,14 +497,33 @@ fn search_eval_runs_against_a_remote_policy_served_by_another_ponder_process() {
     assert_eq!(search["run_searcher_at_top_budget"]["searcher"], "majority", "{search}");
 }
 
-/// Each RL iteration's KL to the reference, from a run's metrics.
-fn rl_kl(name: &str) -> Vec<f64> {
+/// Each RL iteration's `key` from a run's metrics.
+fn rl_metric(name: &str, key: &str) -> Vec<f64> {
     let text = std::fs::read_to_string(out_dir().join(name).join("metrics.jsonl")).expect("metrics");
     text.lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["stage"] == "rl")
-        .filter_map(|v| v["kl"].as_f64())
+        .filter_map(|v| v[key].as_f64())
         .collect()
+}
+
+#[test]
+fn dapo_refills_its_batch_with_fresh_problems_for_the_groups_without_signal() {
+    // The smoke policy answers almost nothing right, so most groups' rewards are all equal.
+    let dapo = ["--set", "learn.kind=\"dapo\""];
+    ok(&run("dapo", &dapo, &[]));
+    let mut without = dapo.to_vec();
+    without.extend(["--set", "pipeline.rl.refill_rounds=0"]);
+    ok(&run("dapo-no-refill", &without, &[]));
+    assert_eq!(rl_metric("dapo-no-refill", "refill_rounds"), vec![0.0, 0.0]);
+    assert_eq!(rl_metric("dapo-no-refill", "groups"), vec![8.0, 8.0]);
+    let (rounds, groups) = (rl_metric("dapo", "refill_rounds"), rl_metric("dapo", "groups"));
+    assert_eq!(rounds.len(), 2, "{rounds:?}");
+    assert!(rounds.iter().all(|&r| (1.0..=3.0).contains(&r)), "{rounds:?}");
+    assert!(groups.iter().all(|&g| g > 8.0), "{groups:?}");
+    // The refill's samples are counted: the first iteration sampled more than without it.
+    let sampled = |name: &str| rl_metric(name, "sample_tokens")[0];
+    assert!(sampled("dapo") > sampled("dapo-no-refill"));
 }
 
 #[test]
@@ -519,7 +538,7 @@ fn prorl_resets_start_the_kl_afresh_and_a_killed_run_resumes_with_them() {
     // After the first iteration the reference is the policy that samples the second, so the
     // second iteration's KL starts from 0 instead of from the initialisation's distance.
     reference();
-    let (with, without) = (rl_kl("resets"), rl_kl("reference"));
+    let (with, without) = (rl_metric("resets", "kl"), rl_metric("reference", "kl"));
     assert!(with.len() == 2 && without.len() == 2, "{with:?} {without:?}");
     assert_eq!(with[0], without[0], "the first iteration is the same");
     assert!(with[1] < without[1], "KL with a reset {with:?}, without {without:?}");
@@ -533,7 +552,11 @@ fn prorl_resets_start_the_kl_afresh_and_a_killed_run_resumes_with_them() {
     assert_eq!(results("resets-killed"), results("resets"), "resumed results differ");
     // The smoke policy answers nothing right, so the update's own numbers are the check that
     // the resumed iteration ran against the reset reference.
-    assert_eq!(rl_kl("resets-killed"), rl_kl("resets"), "the resumed KL differs");
+    assert_eq!(
+        rl_metric("resets-killed", "kl"),
+        rl_metric("resets", "kl"),
+        "the resumed KL differs"
+    );
     assert_eq!(results("resets")["learn"]["grpo"]["reset_reference_every"], 1);
 }
 

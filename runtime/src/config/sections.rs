@@ -373,6 +373,11 @@ pub struct RlStage {
     /// a fresh AdamW, the first steps after a reset move every weight by about the learning
     /// rate, whatever its gradient.
     pub reset_optimizer_every: usize,
+    /// With a learner that leaves out groups whose samples all earned the same reward (DAPO's
+    /// dynamic sampling), up to this many more sampling rounds per iteration, each on as many
+    /// fresh problems as groups are missing, until `problems_per_iteration` groups carry a
+    /// signal (their samples' compute is counted). 0: no refill.
+    pub refill_rounds: usize,
 }
 
 impl Default for RlStage {
@@ -387,6 +392,7 @@ impl Default for RlStage {
             final_samples: 32,
             reset_reference_every: 0,
             reset_optimizer_every: 0,
+            refill_rounds: 3,
         }
     }
 }

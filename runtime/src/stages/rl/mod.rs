@@ -8,12 +8,14 @@
 
 mod rollouts;
 
-use rollouts::{Collected, collect, process_scores};
+use rollouts::{Round, informative_groups};
+
+use std::collections::HashSet;
 
 use anyhow::Context as _;
 
 use ponder_datagen::{Problem, Task};
-use ponder_learn::{Experience, Sample, TrainablePolicy};
+use ponder_learn::{Experience, TrainablePolicy};
 use ponder_policy_init::TransformerPolicy;
 use ponder_policy_init::checkpoint::Checkpointer;
 use ponder_policy_init::evaluate::{EvalSettings, evaluate};
@@ -218,59 +220,50 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
             .collect();
         let weights = state.weights();
         let policy = stage_policy(ctx, &weights, &tokenizer);
-        let (collected, computed) = collect(
+        let round = Round {
             ctx,
-            &policy,
-            &task,
-            reward_model.as_deref(),
-            &problems,
+            policy: &policy,
+            task: &task,
+            reward_model: reward_model.as_deref(),
+            needs_process,
+            verifier: &verifier,
             max_tokens,
-            ctx.seed("rl-samples") ^ (iteration as u64) << 24,
-        )
-        .await?;
-        sample_tokens += computed;
-        let step_scores = match reward_model.as_deref().filter(|_| needs_process) {
-            Some(model) => process_scores(model, &problems, &collected).await?,
-            None => vec![Vec::new(); collected.len()],
         };
-        let mut samples = Vec::with_capacity(collected.len());
-        let (mut rewards, mut right, mut length) = (0.0, 0usize, 0usize);
-        for (
-            Collected {
-                group: i,
-                trace,
-                generation,
-            },
-            steps,
-        ) in collected.into_iter().zip(step_scores)
-        {
-            let problem = &problems[i];
-            let reward = verifier.reward(problem, &trace)?;
-            let correct = task.verify(problem, &trace)?.correct;
-            rewards += f64::from(reward);
-            right += usize::from(correct);
-            // The update trains on what the policy sampled, token for token, with the
-            // behaviour log-probs recorded then; a searcher's chosen trace is rendered.
-            let (completion, completion_tokens, logprobs) = match generation {
-                Some(g) => (g.text, g.token_ids, g.logprobs),
-                None => (trace.render(), Vec::new(), Vec::new()),
-            };
-            length += if completion_tokens.is_empty() {
-                tokenizer.encode(&completion).len()
-            } else {
-                completion_tokens.len()
-            };
-            samples.push(Sample {
-                prompt: problem.prompt.clone(),
-                completion,
-                completion_tokens,
-                logprobs,
-                reward,
-                step_rewards: steps,
-                correct,
-                group: i,
-            });
+        let seed = ctx.seed("rl-samples") ^ (iteration as u64) << 24;
+        let (mut samples, computed) = round.samples(&problems, 0, seed).await?;
+        sample_tokens += computed;
+        // DAPO's dynamic sampling: fresh problems for the groups that carry no signal.
+        let mut refills = 0usize;
+        let mut groups = problems.len();
+        if learner.refills_uniform_groups() {
+            let mut used: HashSet<String> = problems.iter().map(|p| p.id.clone()).collect();
+            while refills < s.refill_rounds {
+                let missing = s.problems_per_iteration.saturating_sub(informative_groups(&samples));
+                let unused: Vec<&Problem> = train_problems.iter().filter(|p| !used.contains(&p.id)).collect();
+                let fresh: Vec<Problem> = unused
+                    .choose_multiple(&mut rng, missing)
+                    .map(|p| (*p).clone())
+                    .collect();
+                if fresh.is_empty() {
+                    break;
+                }
+                refills += 1;
+                used.extend(fresh.iter().map(|p| p.id.clone()));
+                let (more, computed) = round.samples(&fresh, groups, seed ^ (refills as u64) << 48).await?;
+                sample_tokens += computed;
+                samples.extend(more);
+                groups += fresh.len();
+            }
         }
+        let rewards: f64 = samples.iter().map(|x| f64::from(x.reward)).sum();
+        let right = samples.iter().filter(|x| x.correct).count();
+        let length: usize = samples
+            .iter()
+            .map(|x| match x.completion_tokens.len() {
+                0 => tokenizer.encode(&x.completion).len(),
+                n => n,
+            })
+            .sum();
         let n = samples.len().max(1) as f64;
         let experience = Experience {
             samples,
@@ -306,6 +299,10 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
             "scored_tokens": scored_tokens,
             "flops": flops(train_tokens, sample_tokens, scored_tokens),
         });
+        if learner.refills_uniform_groups() {
+            record["refill_rounds"] = json!(refills);
+            record["groups"] = json!(groups);
+        }
         for (k, v) in &stats.extra {
             record[k] = json!(v);
         }

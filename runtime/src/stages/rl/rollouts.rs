@@ -1,13 +1,16 @@
 //! One RL iteration's experience: samples from the policy (or the run's searcher's answers),
 //! the verifier's reward at the end, and a process model's step scores where the learner asks.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 
 use ponder_datagen::{Problem, Task, Trace};
+use ponder_learn::Sample;
 use ponder_policy_init::{Policy, Sampling, TransformerPolicy};
 use ponder_reward::RewardModel;
+use ponder_reward::verifier::VerifierReward;
 use ponder_search::lockstep::search_all;
 use ponder_search::{Budget, SearchEnv};
 
@@ -16,7 +19,7 @@ use crate::stages::common::{sample_generations, tokens_per_generation};
 
 /// Step scores of every collected trace, in order: one `score_many` call with the traces grouped
 /// by problem (one request per problem for a remote model).
-pub(super) async fn process_scores(
+async fn process_scores(
     model: &dyn RewardModel,
     problems: &[Problem],
     collected: &[Collected],
@@ -44,18 +47,101 @@ pub(super) async fn process_scores(
     Ok(scored.into_iter().flatten().map(|s| s.steps).collect())
 }
 
+/// What one sampling round of an iteration reads: the policy, the task and its verifier, and
+/// the run's reward model (for search inside RL, and for step rewards when the learner asks).
+pub(super) struct Round<'a> {
+    pub(super) ctx: &'a Context<'a>,
+    pub(super) policy: &'a TransformerPolicy,
+    pub(super) task: &'a Arc<dyn Task>,
+    pub(super) reward_model: Option<&'a dyn RewardModel>,
+    pub(super) needs_process: bool,
+    pub(super) verifier: &'a VerifierReward,
+    pub(super) max_tokens: usize,
+}
+
+impl Round<'_> {
+    /// The learner's samples of `problems` (groups numbered from `first_group`), each with the
+    /// verifier's reward and, where the learner asks, the process model's step scores; and the
+    /// tokens the policy computed and generated for them.
+    pub(super) async fn samples(
+        &self,
+        problems: &[Problem],
+        first_group: usize,
+        seed: u64,
+    ) -> anyhow::Result<(Vec<Sample>, u64)> {
+        let (collected, computed) = collect(
+            self.ctx,
+            self.policy,
+            self.task,
+            self.reward_model,
+            problems,
+            self.max_tokens,
+            seed,
+        )
+        .await?;
+        let step_scores = match self.reward_model.filter(|_| self.needs_process) {
+            Some(model) => process_scores(model, problems, &collected).await?,
+            None => vec![Vec::new(); collected.len()],
+        };
+        let mut samples = Vec::with_capacity(collected.len());
+        for (
+            Collected {
+                group: i,
+                trace,
+                generation,
+            },
+            steps,
+        ) in collected.into_iter().zip(step_scores)
+        {
+            let problem = &problems[i];
+            let reward = self.verifier.reward(problem, &trace)?;
+            let correct = self.task.verify(problem, &trace)?.correct;
+            // The update trains on what the policy sampled, token for token, with the
+            // behaviour log-probs recorded then; a searcher's chosen trace is rendered.
+            let (completion, completion_tokens, logprobs) = match generation {
+                Some(g) => (g.text, g.token_ids, g.logprobs),
+                None => (trace.render(), Vec::new(), Vec::new()),
+            };
+            samples.push(Sample {
+                prompt: problem.prompt.clone(),
+                completion,
+                completion_tokens,
+                logprobs,
+                reward,
+                step_rewards: steps,
+                correct,
+                group: first_group + i,
+            });
+        }
+        Ok((samples, computed))
+    }
+}
+
+/// Groups (with at least two samples) whose samples did not all earn the same reward: the
+/// ones a group-relative advantage learns from.
+pub(super) fn informative_groups(samples: &[Sample]) -> usize {
+    let mut rewards: HashMap<usize, Vec<f32>> = HashMap::new();
+    for x in samples {
+        rewards.entry(x.group).or_default().push(x.reward);
+    }
+    rewards
+        .values()
+        .filter(|r| r.len() > 1 && r.iter().any(|&x| x != r[0]))
+        .count()
+}
+
 /// One trace collected for an update: the problem's index in the batch, the trace, and the
 /// generation it was parsed from (text, sampled token ids, behaviour log-probs) when it was
 /// sampled whole from the policy; a searcher's chosen trace has none.
-pub(super) struct Collected {
-    pub(super) group: usize,
-    pub(super) trace: Trace,
-    pub(super) generation: Option<ponder_policy_init::Generation>,
+struct Collected {
+    group: usize,
+    trace: Trace,
+    generation: Option<ponder_policy_init::Generation>,
 }
 
 /// Samples for one iteration: plain samples, or the searcher's chosen traces (guided by
 /// `reward`, the run's `[reward]` model, built once for the stage).
-pub(super) async fn collect(
+async fn collect(
     ctx: &Context<'_>,
     policy: &TransformerPolicy,
     task: &Arc<dyn Task>,
@@ -110,4 +196,40 @@ pub(super) async fn collect(
     }
     let after = policy.compute_counters();
     Ok((out, (after.0 - before.0) + (after.1 - before.1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(group: usize, reward: f32) -> Sample {
+        Sample {
+            prompt: String::new(),
+            completion: String::new(),
+            completion_tokens: Vec::new(),
+            logprobs: Vec::new(),
+            reward,
+            step_rewards: Vec::new(),
+            correct: reward == 1.0,
+            group,
+        }
+    }
+
+    #[test]
+    fn a_group_informs_when_its_rewards_differ() {
+        let samples = [
+            // Group 0 all right, 1 mixed, 2 all wrong, 3 format reward against none, 4 alone.
+            sample(0, 1.0),
+            sample(0, 1.0),
+            sample(1, 1.0),
+            sample(1, 0.0),
+            sample(2, 0.0),
+            sample(2, 0.0),
+            sample(3, 0.1),
+            sample(3, 0.0),
+            sample(4, 1.0),
+        ];
+        assert_eq!(informative_groups(&samples), 2);
+        assert_eq!(informative_groups(&samples[..2]), 0);
+    }
 }
