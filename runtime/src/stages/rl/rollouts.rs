@@ -1,5 +1,6 @@
-//! One RL iteration's experience: samples from the policy (or the run's searcher's answers),
-//! the verifier's reward at the end, and a process model's step scores where the learner asks.
+//! An RL iteration's experience, one sampling round at a time: samples from the policy (or
+//! the run's searcher's answers), the verifier's reward at the end, and a process model's step
+//! scores where the learner asks; and which groups carry a signal (for DAPO's refill rounds).
 
 use std::collections::HashMap;
 use std::sync::Arc;
