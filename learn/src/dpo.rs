@@ -159,7 +159,7 @@ impl Learner for Dpo {
         let backend = policy.trainer.backend.clone();
         let owned: Vec<(String, String)> = sequences.iter().map(|(p, c)| (p.to_string(), c.to_string())).collect();
         let (loss_log, margin_log) = (losses.clone(), margins.clone());
-        let n_policy = ponder_policy_init::weights::Layout::new(&config).names.len();
+        let n_policy = ponder_policy_init::weights::Layout::tensor_count(&config);
         let refresh =
             move |params: &[ponder_policy_init::weights::HostTensor], members: &[usize], terms: &mut [TokenTerms]| {
                 let weights = ponder_policy_init::HostWeights {

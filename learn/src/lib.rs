@@ -138,23 +138,26 @@ impl TrainablePolicy {
         value_head_lr: Option<f64>,
     ) -> TrainablePolicy {
         let d = weights.config.d_model;
-        let layout = weights.layout();
-        let mut names = layout.names.clone();
-        let mut decay: Vec<bool> = (0..names.len()).map(|i| layout.decays(i)).collect();
-        let mut params = weights.tensors.clone();
         let value_head = value_head_lr.is_some();
-        if value_head {
-            names.extend(["value_head.weight".to_string(), "value_head.bias".to_string()]);
-            decay.extend([false, false]);
-            params.push(HostTensor {
-                shape: vec![1, d],
-                data: vec![0.0; d],
-            });
-            params.push(HostTensor {
-                shape: vec![1],
-                data: vec![0.0],
-            });
-        }
+        let heads = match value_head {
+            true => vec![
+                (
+                    "value_head.weight",
+                    HostTensor {
+                        shape: vec![1, d],
+                        data: vec![0.0; d],
+                    },
+                ),
+                (
+                    "value_head.bias",
+                    HostTensor {
+                        shape: vec![1],
+                        data: vec![0.0],
+                    },
+                ),
+            ],
+            false => Vec::new(),
+        };
         let config = TrainerConfig {
             optim: OptimConfig {
                 min_lr_ratio: 1.0,
@@ -167,7 +170,7 @@ impl TrainablePolicy {
             ..TrainerConfig::default()
         };
         let lr = config.optim.lr;
-        let mut trainer = Trainer::new(config, names, decay, params).with_backend(backend);
+        let mut trainer = Trainer::for_weights_and_heads(config, weights, heads).with_backend(backend);
         if let Some(head_lr) = value_head_lr {
             let n = trainer.lr_scale.len();
             trainer.lr_scale[n - 2..].fill(head_lr / lr);
@@ -182,7 +185,7 @@ impl TrainablePolicy {
     }
 
     fn policy_params(&self) -> usize {
-        ponder_policy_init::weights::Layout::new(&self.config).names.len()
+        ponder_policy_init::weights::Layout::tensor_count(&self.config)
     }
 
     /// The current policy weights.

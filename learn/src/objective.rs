@@ -44,7 +44,7 @@ impl TermsObjective {
         value_head: bool,
     ) -> TermsObjective {
         TermsObjective {
-            policy_params: ponder_policy_init::weights::Layout::new(&config).names.len(),
+            policy_params: ponder_policy_init::weights::Layout::tensor_count(&config),
             config,
             terms,
             minibatches,

@@ -179,8 +179,9 @@ impl BurnDecoder {
             caches[s].len += t.len();
         }
         let mut logits = Vec::new();
-        if !wanted.is_empty() {
-            let rows = Tensor::<1, Int>::from_data(TensorData::new(wanted.clone(), [wanted.len()]), &device);
+        let rows_wanted = wanted.len();
+        if rows_wanted > 0 {
+            let rows = Tensor::<1, Int>::from_data(TensorData::new(wanted, [rows_wanted]), &device);
             logits = host(m.logits(m.rms_norm(x.select(0, rows), m.layout.final_norm)));
         }
         let mut out = Vec::with_capacity(b);

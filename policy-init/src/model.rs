@@ -79,13 +79,6 @@ impl Transformer {
         self.cos.device()
     }
 
-    /// The same model with other parameter values (same layout).
-    pub fn with_params(&self, params: Vec<Tensor<2>>) -> Transformer {
-        let mut m = self.clone();
-        m.params = params;
-        m
-    }
-
     /// The same parameters as trainable leaves on the autodiff version of the device.
     pub fn trainable(&self) -> Transformer {
         let mut t = self.clone();

@@ -171,9 +171,26 @@ impl Trainer {
 
     /// A trainer over a model's weights (Hugging Face names; decay on matrices).
     pub fn for_weights(config: TrainerConfig, weights: &HostWeights) -> Trainer {
+        Trainer::for_weights_and_heads(config, weights, Vec::new())
+    }
+
+    /// [`Trainer::for_weights`] with more named tensors after the model's (a value or reward
+    /// head), which get no weight decay.
+    pub fn for_weights_and_heads(
+        config: TrainerConfig,
+        weights: &HostWeights,
+        heads: Vec<(&str, HostTensor)>,
+    ) -> Trainer {
         let layout = weights.layout();
-        let decay = (0..layout.names.len()).map(|i| layout.decays(i)).collect();
-        Trainer::new(config, layout.names, decay, weights.tensors.clone())
+        let mut decay: Vec<bool> = (0..layout.names.len()).map(|i| layout.decays(i)).collect();
+        let mut names = layout.names;
+        let mut params = weights.tensors.clone();
+        for (name, tensor) in heads {
+            names.push(name.to_string());
+            decay.push(false);
+            params.push(tensor);
+        }
+        Trainer::new(config, names, decay, params)
     }
 
     /// Runs the objectives' passes on `backend`.
@@ -184,8 +201,7 @@ impl Trainer {
 
     /// Checkpoints go under `dir`; metrics records to `metrics`.
     pub fn with_outputs(mut self, checkpoints: Checkpointer, metrics: MetricsLog) -> Trainer {
-        self.checkpointer = Some(checkpoints);
-        self.metrics = metrics;
+        self.set_outputs(checkpoints, metrics);
         self
     }
 

@@ -103,6 +103,11 @@ impl Layout {
         }
     }
 
+    /// How many tensors a model of `config` has.
+    pub fn tensor_count(config: &ModelConfig) -> usize {
+        Layout::new(config).names.len()
+    }
+
     /// Whether a parameter gets weight decay: matrices do, norms and biases do not.
     pub fn decays(&self, slot: usize) -> bool {
         self.shapes[slot].len() == 2

@@ -298,7 +298,7 @@ impl RewardObjective {
         let max = config.max_seq_len;
         let examples: Vec<RewardExample> = examples.into_iter().filter(|e| e.tokens.len() <= max).collect();
         RewardObjective {
-            backbone_params: ponder_policy_init::weights::Layout::new(&config).names.len(),
+            backbone_params: ponder_policy_init::weights::Layout::tensor_count(&config),
             config,
             examples,
             batch_size,
@@ -356,22 +356,19 @@ impl RewardObjective {
 /// The trainer for a reward model: backbone parameters plus `score.weight`, `score.bias` and,
 /// with the likelihood feature, `score.likelihood_weight`.
 pub fn reward_trainer(start: &RewardWeights, config: TrainerConfig) -> Trainer {
-    let layout = start.backbone.layout();
     let d = start.backbone.config.d_model;
-    let mut names = layout.names.clone();
-    let mut decay: Vec<bool> = (0..names.len()).map(|i| layout.decays(i)).collect();
-    let mut params = start.backbone.tensors.clone();
     let tensor = |shape: Vec<usize>, data: Vec<f32>| HostTensor { shape, data };
-    names.extend(["score.weight".to_string(), "score.bias".to_string()]);
-    decay.extend([false, false]);
-    params.push(tensor(vec![1, d], start.head.clone()));
-    params.push(tensor(vec![1], vec![start.bias]));
+    let mut heads = vec![
+        ("score.weight", tensor(vec![1, d], start.head.clone())),
+        ("score.bias", tensor(vec![1], vec![start.bias])),
+    ];
     if start.likelihood_weight != 0.0 {
-        names.push("score.likelihood_weight".to_string());
-        decay.push(false);
-        params.push(tensor(vec![1], vec![start.likelihood_weight]));
+        heads.push((
+            "score.likelihood_weight",
+            tensor(vec![1], vec![start.likelihood_weight]),
+        ));
     }
-    Trainer::new(config, names, decay, params)
+    Trainer::for_weights_and_heads(config, &start.backbone, heads)
 }
 
 impl Objective for RewardObjective {

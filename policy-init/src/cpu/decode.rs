@@ -49,10 +49,6 @@ impl KvCache {
             scores: self.scores[..len * per_position].to_vec(),
         }
     }
-
-    pub fn bytes(&self) -> usize {
-        self.keys.iter().chain(&self.values).map(|v| v.len() * 4).sum()
-    }
 }
 
 /// What a forward pass should return for one sequence.
