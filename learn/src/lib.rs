@@ -14,6 +14,7 @@ pub mod grpo;
 pub mod gspo;
 pub mod objective;
 pub mod ppo;
+pub mod prime;
 pub mod reinforce_pp;
 pub mod token_loss;
 
@@ -167,6 +168,8 @@ impl TrainablePolicy {
             checkpoint_every: usize::MAX,
             log_every: usize::MAX,
             divergence_floor: 1.0,
+            // An RL step's snapshot would belong to another iteration's rollouts.
+            max_rewinds: 0,
             ..TrainerConfig::default()
         };
         let lr = config.optim.lr;

@@ -62,6 +62,16 @@ impl MetricsLog {
         })
     }
 
+    /// Drops this stage's records past `step` (a training run rewinding to it).
+    pub fn rewind_to(&mut self, step: usize) -> Result<(), PolicyError> {
+        if self.file.is_none() {
+            return Ok(());
+        }
+        self.file = None;
+        *self = MetricsLog::open(&self.path, &self.stage, Some(step))?;
+        Ok(())
+    }
+
     /// Appends one record; `stage` is added.
     pub fn write(&mut self, mut record: serde_json::Value) -> Result<(), PolicyError> {
         let Some(file) = &mut self.file else {

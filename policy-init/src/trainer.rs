@@ -42,6 +42,14 @@ pub struct TrainerConfig {
     /// 0.03. RL surrogate losses hover around zero with large relative swings, so RL sets a
     /// floor of the loss's natural scale (1.0).
     pub divergence_floor: f64,
+    /// How often to rewind when the guard fires: back to the latest in-memory snapshot, with
+    /// the learning rate halved, and train on; the run fails only after this many rewinds
+    /// (0: fail at the first). A loss spike on a noisy batch or an unstable stretch of the
+    /// schedule then costs some steps instead of the run.
+    pub max_rewinds: usize,
+    /// Keep a snapshot of the parameters and optimizer state every this many steps and at
+    /// every checkpoint (memory: three copies of the parameters).
+    pub snapshot_every: usize,
 }
 
 impl Default for TrainerConfig {
@@ -54,6 +62,8 @@ impl Default for TrainerConfig {
             eval_every: 0,
             divergence_factor: 8.0,
             divergence_floor: 0.1,
+            max_rewinds: 3,
+            snapshot_every: 100,
         }
     }
 }
@@ -112,6 +122,22 @@ pub struct TrainSummary {
     pub tokens_per_second: f64,
     pub final_loss: f64,
     pub resumed_from: Option<usize>,
+    /// Times the divergence guard rewound the run (see [`TrainerConfig::max_rewinds`]).
+    pub rewinds: usize,
+    /// The learning rate's multiplier at the end (0.5 per rewind).
+    pub lr_factor: f64,
+}
+
+/// A copy of the training state the guard can rewind to.
+struct Snapshot {
+    step: usize,
+    params: Vec<Vec<f32>>,
+    m: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    optimizer_t: u64,
+    tokens: u64,
+    loss_mean: Option<f64>,
+    last_loss: f64,
 }
 
 /// Named parameters and their optimizer, on the host.
@@ -137,6 +163,10 @@ pub struct Trainer {
     /// The loss of the last step taken (kept in checkpoints, so that a run resumed from its
     /// final checkpoint still reports it).
     last_loss: f64,
+    /// The learning rate's multiplier, halved at each rewind.
+    lr_factor: f64,
+    rewinds: usize,
+    snapshot: Option<Snapshot>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -166,6 +196,9 @@ impl Trainer {
             resumed_from: None,
             loss_mean: None,
             last_loss: f64::NAN,
+            lr_factor: 1.0,
+            rewinds: 0,
+            snapshot: None,
         }
     }
 
@@ -282,6 +315,9 @@ impl Trainer {
         self.train_seconds = state["train_seconds"].as_f64().unwrap_or(0.0);
         self.loss_mean = state["loss_mean"].as_f64();
         self.last_loss = state["last_loss"].as_f64().unwrap_or(f64::NAN);
+        self.lr_factor = state["lr_factor"].as_f64().unwrap_or(1.0);
+        self.rewinds = state["rewinds"].as_u64().unwrap_or(0) as usize;
+        self.snapshot = None;
         self.resumed_from = Some(step);
         Ok(Some(step))
     }
@@ -344,6 +380,8 @@ impl Trainer {
             "train_seconds": self.train_seconds,
             "loss_mean": self.loss_mean,
             "last_loss": self.last_loss,
+            "lr_factor": self.lr_factor,
+            "rewinds": self.rewinds,
         });
         checkpointer.save(self.step, |dir| {
             save_safetensors(
@@ -375,14 +413,25 @@ impl Trainer {
         let mut window_tokens = 0u64;
         let mut window_seconds = 0.0f64;
         while self.step < total {
+            // Checkpoint steps are snapshot steps too, so a run resumed from a checkpoint
+            // rewinds to where the uninterrupted run would have.
+            let checkpoint_every = self.config.checkpoint_every.max(1);
+            let snapshot_due = self.step.is_multiple_of(self.config.snapshot_every.max(1))
+                || (checkpoint_every != usize::MAX && self.step.is_multiple_of(checkpoint_every));
+            if self.config.max_rewinds > 0 && (self.snapshot.is_none() || snapshot_due) {
+                self.take_snapshot();
+            }
             let started = Instant::now();
-            let lr = self.config.optim.lr_at(self.step, total);
+            let lr = self.config.optim.lr_at(self.step, total) * self.lr_factor;
             let StepOutput {
                 loss: loss_value,
                 gradients: grads,
                 info,
             } = objective.step(&self.params, self.step, &self.backend)?;
-            self.guard(loss_value)?;
+            if let Err(diverged) = self.guard(loss_value) {
+                self.rewind(diverged)?;
+                continue;
+            }
             if grads.len() != self.params.len() || grads.iter().zip(&self.params).any(|(g, p)| g.len() != p.data.len())
             {
                 return Err(PolicyError::Config(format!(
@@ -395,10 +444,11 @@ impl Trainer {
                 .optimizer
                 .step(&mut self.params, &grads, &self.decay, &self.lr_scale, lr);
             if !stats.grad_norm.is_finite() {
-                return Err(PolicyError::Diverged(format!(
+                self.rewind(PolicyError::Diverged(format!(
                     "step {}: the gradient norm is {} (the last checkpoint is intact)",
                     self.step, stats.grad_norm
-                )));
+                )))?;
+                continue;
             }
             self.step += 1;
             self.tokens += info.tokens as u64;
@@ -448,7 +498,55 @@ impl Trainer {
             tokens_per_second: self.tokens as f64 / self.train_seconds.max(1e-9),
             final_loss: self.last_loss,
             resumed_from: self.resumed_from,
+            rewinds: self.rewinds,
+            lr_factor: self.lr_factor,
         })
+    }
+
+    fn take_snapshot(&mut self) {
+        self.snapshot = Some(Snapshot {
+            step: self.step,
+            params: self.params.iter().map(|p| p.data.clone()).collect(),
+            m: self.optimizer.m.clone(),
+            v: self.optimizer.v.clone(),
+            optimizer_t: self.optimizer.t,
+            tokens: self.tokens,
+            loss_mean: self.loss_mean,
+            last_loss: self.last_loss,
+        });
+    }
+
+    /// Answers the guard firing with `diverged`: back to the snapshot with half the learning
+    /// rate, or `diverged` itself once the rewinds are spent. The metrics records past the
+    /// snapshot are dropped (the run writes them again) and a record of the rewind is added.
+    fn rewind(&mut self, diverged: PolicyError) -> Result<(), PolicyError> {
+        if self.rewinds >= self.config.max_rewinds {
+            return Err(diverged);
+        }
+        let Some(snapshot) = &self.snapshot else {
+            return Err(diverged);
+        };
+        let spike_step = self.step;
+        for (param, saved) in self.params.iter_mut().zip(&snapshot.params) {
+            param.data.clone_from(saved);
+        }
+        self.optimizer.m.clone_from(&snapshot.m);
+        self.optimizer.v.clone_from(&snapshot.v);
+        self.optimizer.t = snapshot.optimizer_t;
+        self.step = snapshot.step;
+        self.tokens = snapshot.tokens;
+        self.loss_mean = snapshot.loss_mean;
+        self.last_loss = snapshot.last_loss;
+        self.lr_factor *= 0.5;
+        self.rewinds += 1;
+        self.metrics.rewind_to(self.step)?;
+        self.metrics.write(json!({
+            "step": self.step,
+            "rewind": self.rewinds,
+            "from_step": spike_step,
+            "lr_factor": self.lr_factor,
+            "reason": diverged.to_string(),
+        }))
     }
 
     fn guard(&mut self, loss: f64) -> Result<(), PolicyError> {

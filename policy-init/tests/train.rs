@@ -177,16 +177,19 @@ fn the_cpu_training_path_matches_burn_autodiff() {
 }
 
 /// Multiplies the loss of one step by `factor` (NaN for a NaN loss), as a diverging run would.
+/// Multiplies the loss of step `at` by `factor`, the first `times` times that step is taken.
 struct BlowUpAt<'a> {
     inner: &'a mut SftObjective,
     at: usize,
     factor: f64,
+    times: usize,
 }
 
 impl Objective for BlowUpAt<'_> {
     fn step(&mut self, params: &[HostTensor], step: usize, backend: &Backend) -> Result<StepOutput, PolicyError> {
         let mut out = self.inner.step(params, step, backend)?;
-        if step == self.at {
+        if step == self.at && self.times > 0 {
+            self.times -= 1;
             out.loss *= self.factor;
         }
         Ok(out)
@@ -201,7 +204,9 @@ fn an_exploding_or_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ckpt = Checkpointer::new(dir.path().join(name), 2);
         let log = MetricsLog::open(&dir.path().join("metrics.jsonl"), name, None).expect("log");
-        let mut trainer = new_trainer(&weights, 30).with_outputs(ckpt, log);
+        let mut stopping = config(30);
+        stopping.max_rewinds = 0;
+        let mut trainer = Trainer::for_weights(stopping, &weights).with_outputs(ckpt, log);
         let mut obj = objective(&tokenizer);
         let err = trainer
             .run(
@@ -209,6 +214,7 @@ fn an_exploding_or_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
                     inner: &mut obj,
                     at: 23,
                     factor,
+                    times: usize::MAX,
                 },
                 &Silent,
                 &|_| Ok(()),
@@ -227,6 +233,68 @@ fn an_exploding_or_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
         assert_eq!(resumed.resume().expect("resumes"), Some(20));
         assert!(host(&resumed.params).iter().flatten().all(|x| x.is_finite()));
     }
+}
+
+#[test]
+fn a_loss_spike_rewinds_to_the_last_snapshot_with_half_the_learning_rate() {
+    let tokenizer = Tokenizer::chars();
+    let weights = HostWeights::init(&micro(), 3).expect("init");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics = dir.path().join("metrics.jsonl");
+    let run = |times: usize| {
+        let mut c = config(30);
+        c.snapshot_every = 8;
+        c.max_rewinds = 2;
+        let log = MetricsLog::open(&metrics, "spiky", None).expect("log");
+        let mut trainer =
+            Trainer::for_weights(c, &weights).with_outputs(Checkpointer::new(dir.path().join("ckpt"), 2), log);
+        let mut obj = objective(&tokenizer);
+        let mut spiky = BlowUpAt {
+            inner: &mut obj,
+            at: 27,
+            factor: 1e4,
+            times,
+        };
+        trainer
+            .run(&mut spiky, &Silent, &|_| Ok(()))
+            .map(|summary| (summary, host(&trainer.params)))
+    };
+    let (clean, clean_params) = run(0).expect("trains");
+    assert_eq!((clean.rewinds, clean.lr_factor), (0, 1.0));
+
+    // One spike at step 27: back to the snapshot of step 24, the rest at half the rate.
+    let (once, once_params) = run(1).expect("trains through one spike");
+    assert_eq!((once.steps, once.rewinds, once.lr_factor), (30, 1, 0.5));
+    assert!(once.final_loss.is_finite());
+    assert_ne!(
+        once_params, clean_params,
+        "the steps after the rewind ran at another rate"
+    );
+    assert!(once_params.iter().flatten().all(|x| x.is_finite()));
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&metrics)
+        .expect("metrics")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let rewinds: Vec<_> = records.iter().filter(|r| r.get("rewind").is_some()).collect();
+    assert_eq!(rewinds.len(), 1, "{rewinds:?}");
+    assert_eq!(
+        (rewinds[0]["step"].as_u64(), rewinds[0]["from_step"].as_u64()),
+        (Some(24), Some(27))
+    );
+    assert!(rewinds[0]["reason"].as_str().is_some_and(|r| r.contains("jumped")));
+    // The record of step 25 from before the rewind was dropped and written again: one loss
+    // record per logged step.
+    let logged: Vec<u64> = records
+        .iter()
+        .filter(|r| r.get("loss").is_some())
+        .filter_map(|r| r["step"].as_u64())
+        .collect();
+    assert_eq!(logged, vec![5, 10, 15, 20, 25, 30]);
+
+    // The same spike on every try: the run fails once the two rewinds are spent.
+    let err = run(usize::MAX).expect_err("gives up");
+    assert!(err.to_string().contains("step 27"), "{err}");
 }
 
 #[test]

@@ -144,6 +144,51 @@ pub trait RewardModel: Send + Sync {
     fn flops(&self) -> f64 {
         0.0
     }
+
+    /// Whether the model learns during RL from the outcomes of the rollouts (PRIME's implicit
+    /// PRM); the RL stage then calls [`RewardModel::learn_outcomes`] each iteration before it
+    /// scores the iteration's rollouts, and keeps the model's state with its checkpoints.
+    fn learns_online(&self) -> bool {
+        false
+    }
+
+    /// One online update from rollouts and their verified outcomes. A model that does not learn
+    /// online does nothing.
+    fn learn_outcomes(&self, _rollouts: &[OutcomeExample]) -> Result<OnlineUpdate, RewardError> {
+        Ok(OnlineUpdate::default())
+    }
+
+    /// Writes what the model learned online under `dir` (beside a checkpoint of the run that
+    /// trains it), so that a resumed run continues from the same state.
+    fn save_online_state(&self, _dir: &std::path::Path) -> Result<(), RewardError> {
+        Ok(())
+    }
+
+    /// Restores what [`RewardModel::save_online_state`] wrote.
+    fn load_online_state(&self, _dir: &std::path::Path) -> Result<(), RewardError> {
+        Ok(())
+    }
+}
+
+/// A rollout an online reward model learns from: `[bos] prompt completion` token ids as the
+/// policy sampled them, where the completion starts, and whether its answer was right.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutcomeExample {
+    pub tokens: Vec<u32>,
+    pub first: usize,
+    pub correct: bool,
+}
+
+/// What one online update did. Its compute is counted in [`RewardModel::flops`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OnlineUpdate {
+    /// Mean loss over the update's examples before each optimizer step.
+    pub loss: f64,
+    pub optimizer_steps: usize,
+    pub examples: usize,
+    /// Share of the examples the model ranked right before the update (its implicit reward
+    /// above zero for right answers, below for wrong ones).
+    pub accuracy: f64,
 }
 
 impl std::fmt::Debug for dyn RewardModel {

@@ -29,6 +29,7 @@ use ponder_learn::dpo::{Dpo, DpoSettings};
 use ponder_learn::grpo::{Grpo, GrpoSettings};
 use ponder_learn::gspo::{Gspo, GspoSettings};
 use ponder_learn::ppo::{Ppo, PpoSettings};
+use ponder_learn::prime::{ImplicitPrm, PrimeSettings};
 use ponder_learn::reinforce_pp::{ReinforcePlusPlus, ReinforcePlusPlusSettings};
 
 use crate::registry::{
@@ -174,6 +175,30 @@ impl Kind<RewardCategory> for OutcomeRewardSettings {
         RewardCapabilities {
             trained: self.from.is_none().then(|| RewardTraining::Outcome(self.clone())),
         }
+    }
+}
+
+impl Kind<RewardCategory> for PrimeSettings {
+    fn validate(&self) -> Vec<String> {
+        PrimeSettings::validate(self)
+    }
+
+    /// From `from`, else the run's initialised policy (`policy/init`); it learns during RL.
+    fn build(&self, context: &RewardContext) -> anyhow::Result<Box<dyn RewardModel>> {
+        let dir = match (&self.from, &context.run_dir) {
+            (Some(dir), _) => std::path::PathBuf::from(dir),
+            (None, Some(run)) => run.join("policy").join("init"),
+            (None, None) => {
+                anyhow::bail!("the implicit PRM starts from a policy: run the init stage or set reward.from")
+            }
+        };
+        let (weights, tokenizer) = crate::stages::common::load_policy(&dir)?;
+        Ok(Box::new(ImplicitPrm::new(
+            &weights,
+            tokenizer,
+            ponder_policy_init::backend::Backend::default(),
+            self.clone(),
+        )))
     }
 }
 
@@ -369,6 +394,11 @@ pub fn register(registry: &mut Registry) {
         registry.rewards.add::<OutcomeRewardSettings>(
             "orm",
             "outcome reward model: transformer + head on the last token, trained on outcomes",
+            ORIGIN,
+        ),
+        registry.rewards.add::<PrimeSettings>(
+            "prime",
+            "PRIME's implicit process reward model: the log-ratio of a policy-shaped model to the initialised policy, learned online from RL's outcomes",
             ORIGIN,
         ),
         registry.rewards.add::<RemoteRewardSettings>(

@@ -341,6 +341,53 @@ fn ppo_takes_its_step_rewards_from_the_configured_process_model() {
 }
 
 #[test]
+fn ppo_with_prime_learns_the_implicit_prm_online_and_resumes_it_from_a_checkpoint() {
+    let stages = "pipeline.stages=[\"datagen\",\"init\",\"rl\"]";
+    let ppo = "learn={kind=\"ppo\",process_rewards=true}";
+    let prime = smoke_with_reward("prime", "kind = \"prime\"\nbeta = 0.5\nlr = 0.001");
+    ok(&run_config(&prime, "prime", &["--set", stages, "--set", ppo], &[]));
+    let rl = &results("prime")["learn"]["ppo"];
+    let model = &rl["reward_model"];
+    assert!(
+        model["describe"].as_str().is_some_and(|d| d.contains("PRIME")),
+        "{model}"
+    );
+    // Before RL π_φ = π_ref scores every step σ(0); after, it has learned. (The smoke policy's
+    // steps are nearly all wrong, so the AUROC itself may be undefined here.)
+    let (before, after) = (&model["step_auroc_before"], &model["step_auroc_after"]);
+    assert_eq!(before["mean_step_score"].as_f64(), Some(0.5), "{before}");
+    assert!(after["mean_step_score"].as_f64().is_some_and(|a| a != 0.5), "{after}");
+    assert!(before["labelled_steps"].as_u64().is_some_and(|n| n > 0), "{before}");
+    assert_eq!(
+        before["labelled_steps"], after["labelled_steps"],
+        "the same held-out traces"
+    );
+    // Each iteration updated it, its passes are in RL's compute.
+    assert_eq!(rl_metric("prime", "reward_model_loss").len(), 2);
+    assert!(rl["reward_flops"].as_f64().is_some_and(|f| f > 0.0), "{rl}");
+    assert!(rl["flops"].as_f64() > rl["reward_flops"].as_f64());
+    // Killed after the first iteration's checkpoint, it resumes with the model's state.
+    let crashed = run_config(
+        &prime,
+        "prime-killed",
+        &["--set", stages, "--set", ppo],
+        &[("PONDER_CRASH_AT", "rl:1")],
+    );
+    assert!(!crashed.status.success(), "the crash was not injected");
+    ok(&run_config(
+        &prime,
+        "prime-killed",
+        &["--set", stages, "--set", ppo, "--resume"],
+        &[],
+    ));
+    assert_eq!(
+        results("prime-killed")["learn"],
+        results("prime")["learn"],
+        "resumed results differ"
+    );
+}
+
+#[test]
 fn an_outcome_reward_model_config_trains_an_orm_and_nothing_else() {
     let config = smoke_with_reward("orm-only", "kind = \"orm\"\nlikelihood = false");
     let stages = "pipeline.stages=[\"datagen\",\"init\",\"reward\",\"report\"]";

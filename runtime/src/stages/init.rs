@@ -130,6 +130,8 @@ pub fn run(ctx: &Context) -> anyhow::Result<serde_json::Value> {
         "train_seconds": summary.train_seconds,
         "train_tokens_per_s": summary.tokens_per_second,
         "final_loss": summary.final_loss,
+        "rewinds": summary.rewinds,
+        "lr_factor": summary.lr_factor,
         "max_new_tokens": max_tokens,
         "eval": report.summary(),
         "pass@1": report.pass1_greedy.value,

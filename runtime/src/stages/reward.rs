@@ -81,11 +81,20 @@ fn train_model(
         tracing::info!(model = name, step, "reward model training resumed");
     }
     let summary = trainer.run(&mut objective, ctx.progress, &|_| Ok(()))?;
+    if summary.rewinds > 0 {
+        tracing::warn!(
+            model = name,
+            rewinds = summary.rewinds,
+            lr_factor = summary.lr_factor,
+            "the loss spiked; training rewound to a snapshot with a lower learning rate"
+        );
+    }
     let weights = objective.weights(&trainer.params);
     weights.save(&ctx.dir.path(&format!("reward/{name}")), tokenizer)?;
     let summary = json!({"examples": count, "steps": summary.steps, "final_loss": summary.final_loss,
                          "likelihood_weight": weights.likelihood_weight,
-                         "train_tokens": summary.tokens, "train_seconds": summary.train_seconds});
+                         "train_tokens": summary.tokens, "train_seconds": summary.train_seconds,
+                         "rewinds": summary.rewinds, "lr_factor": summary.lr_factor});
     Ok((weights, summary))
 }
 

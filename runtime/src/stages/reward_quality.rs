@@ -14,7 +14,7 @@ use ponder_reward::learned::LearnedReward;
 use ponder_reward::quality::{
     auroc, auroc_interval, calibration, calibration_interval, first_error_f1, first_error_f1_interval, label_accuracy,
 };
-use ponder_reward::{Aggregation, StepScores};
+use ponder_reward::{Aggregation, RewardModel, StepScores};
 use serde_json::{Map, Value, json};
 
 use super::Context;
@@ -83,28 +83,8 @@ pub async fn measure(
     max_tokens: usize,
     trained: Trained<'_>,
 ) -> anyhow::Result<Map<String, Value>> {
-    let s = &ctx.config.pipeline.reward;
-    let task = ctx.task;
     let mut out = Map::new();
-    let test_problems: Vec<Problem> = ctx.held_out_examples()?.into_iter().map(|e| e.problem).collect();
-    let held_out = sample_traces(
-        policy,
-        &test_problems,
-        s.best_of,
-        max_tokens,
-        1.0,
-        ctx.seed("reward-heldout"),
-    )
-    .await?;
-    let mut heldout: Vec<Vec<Labelled>> = Vec::new();
-    for (p, traces) in test_problems.iter().zip(&held_out) {
-        heldout.push(
-            traces
-                .iter()
-                .map(|(t, _)| label(task, p, t.clone()))
-                .collect::<anyhow::Result<_>>()?,
-        );
-    }
+    let heldout = held_out_traces(ctx, policy, max_tokens).await?;
     let flat: Vec<&Labelled> = heldout.iter().flatten().collect();
     out.insert("heldout_traces".into(), json!(flat.len()));
     let scored_pairs: Vec<(&Problem, &Trace)> = flat.iter().map(|l| (&l.problem, &l.trace)).collect();
@@ -120,35 +100,8 @@ pub async fn measure(
         ranges.push(start..start + traces.len());
         start += traces.len();
     }
-    // A model's step scores against the exact labels, per problem (traces whose scores do not
-    // line up with their steps are left out).
-    let lined_up = |scores: &[StepScores]| -> Vec<Vec<(Vec<f32>, Vec<bool>)>> {
-        ranges
-            .iter()
-            .map(|range| {
-                flat[range.clone()]
-                    .iter()
-                    .zip(&scores[range.clone()])
-                    .filter(|(l, sc)| sc.steps.len() == l.exact.len())
-                    .map(|(l, sc)| (sc.steps.clone(), l.exact.clone()))
-                    .collect()
-            })
-            .collect()
-    };
-    let step_groups_of = |scores: &[StepScores]| -> Vec<(Vec<f32>, Vec<bool>)> {
-        lined_up(scores)
-            .into_iter()
-            .map(|traces| {
-                traces
-                    .into_iter()
-                    .fold((Vec::new(), Vec::new()), |(mut s, mut t), (sc, ex)| {
-                        s.extend(sc);
-                        t.extend(ex);
-                        (s, t)
-                    })
-            })
-            .collect()
-    };
+    let lined_up = |scores: &[StepScores]| lined_up(&heldout, scores);
+    let step_groups_of = |scores: &[StepScores]| step_groups(lined_up(scores));
     let outcome_groups_of = |scores: &[f32]| -> Vec<(Vec<f32>, Vec<bool>)> {
         ranges
             .iter()
@@ -218,6 +171,108 @@ pub async fn measure(
     out.insert("best_of_n".into(), Value::Object(best_of));
     out.insert("best_of_n_curve".into(), Value::Array(per_n));
     Ok(out)
+}
+
+/// `pipeline.reward.best_of` traces of `policy` per held-out problem, labelled exactly (the
+/// same traces for every model measured from the same policy and seed).
+async fn held_out_traces(
+    ctx: &Context<'_>,
+    policy: &TransformerPolicy,
+    max_tokens: usize,
+) -> anyhow::Result<Vec<Vec<Labelled>>> {
+    let test_problems: Vec<Problem> = ctx.held_out_examples()?.into_iter().map(|e| e.problem).collect();
+    let sampled = sample_traces(
+        policy,
+        &test_problems,
+        ctx.config.pipeline.reward.best_of,
+        max_tokens,
+        1.0,
+        ctx.seed("reward-heldout"),
+    )
+    .await?;
+    let mut heldout = Vec::with_capacity(test_problems.len());
+    for (p, traces) in test_problems.iter().zip(&sampled) {
+        heldout.push(
+            traces
+                .iter()
+                .map(|(t, _)| label(ctx.task, p, t.clone()))
+                .collect::<anyhow::Result<_>>()?,
+        );
+    }
+    Ok(heldout)
+}
+
+/// A model's step scores beside the exact labels, per problem (`scores` in the order of the
+/// flattened traces; traces whose scores do not line up with their steps are left out).
+fn lined_up(heldout: &[Vec<Labelled>], scores: &[StepScores]) -> Vec<Vec<(Vec<f32>, Vec<bool>)>> {
+    let mut scores = scores.iter();
+    heldout
+        .iter()
+        .map(|traces| {
+            traces
+                .iter()
+                .zip(scores.by_ref())
+                .filter(|(l, sc)| sc.steps.len() == l.exact.len())
+                .map(|(l, sc)| (sc.steps.clone(), l.exact.clone()))
+                .collect()
+        })
+        .collect()
+}
+
+/// Per problem, its traces' step scores and labels as one pair.
+fn step_groups(lined: Vec<Vec<(Vec<f32>, Vec<bool>)>>) -> Vec<(Vec<f32>, Vec<bool>)> {
+    lined
+        .into_iter()
+        .map(|traces| {
+            traces
+                .into_iter()
+                .fold((Vec::new(), Vec::new()), |(mut s, mut t), (sc, ex)| {
+                    s.extend(sc);
+                    t.extend(ex);
+                    (s, t)
+                })
+        })
+        .collect()
+}
+
+/// Any process reward model's step AUROC against the exact labels on the reward stage's
+/// held-out traces of `policy` (PRIME's implicit PRM before and after RL, beside the PRM's),
+/// with its interval over problems and its outcome AUROC.
+pub async fn step_quality(
+    ctx: &Context<'_>,
+    policy: &TransformerPolicy,
+    max_tokens: usize,
+    model: &dyn RewardModel,
+) -> anyhow::Result<Value> {
+    let heldout = held_out_traces(ctx, policy, max_tokens).await?;
+    let items: Vec<(&Problem, Vec<Trace>)> = heldout
+        .iter()
+        .filter_map(|traces| {
+            Some((
+                &traces.first()?.problem,
+                traces.iter().map(|l| l.trace.clone()).collect(),
+            ))
+        })
+        .collect();
+    let borrowed: Vec<(&Problem, &[Trace])> = items.iter().map(|(p, t)| (*p, t.as_slice())).collect();
+    let scores: Vec<StepScores> = model.score_many(&borrowed).await?.into_iter().flatten().collect();
+    let groups = step_groups(lined_up(&heldout, &scores));
+    let (step_scores, step_truth) = flat_groups(&groups);
+    let outcome = heldout
+        .iter()
+        .flatten()
+        .zip(&scores)
+        .map(|(l, s)| (s.aggregate(Aggregation::Last), l.correct));
+    let (outcome_scores, outcome_truth): (Vec<f32>, Vec<bool>) = outcome.unzip();
+    Ok(json!({
+        "step_auroc": auroc(&step_scores, &step_truth),
+        "step_auroc_ci": auroc_interval(&groups, ctx.seed("reward-step-auroc")).map(|(low, high)| json!([low, high])),
+        "outcome_auroc": auroc(&outcome_scores, &outcome_truth),
+        "labelled_steps": step_truth.len(),
+        "right_steps": step_truth.iter().filter(|&&b| b).count(),
+        "mean_step_score": step_scores.iter().map(|&x| f64::from(x)).sum::<f64>() / step_scores.len().max(1) as f64,
+        "traces": scores.len(),
+    }))
 }
 
 /// Monte-Carlo label accuracy against exact labels on `pipeline.reward.accuracy_traces` of the

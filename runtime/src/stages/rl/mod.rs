@@ -8,7 +8,7 @@
 
 mod rollouts;
 
-use rollouts::{Round, informative_groups};
+use rollouts::{Round, informative_groups, learn_and_score};
 
 use std::collections::HashSet;
 
@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 
 use super::Context;
 use super::common::{distinct_problems, load_policy, shared_task, stage_policy, trace_token_limit};
+use super::reward_quality::step_quality;
 use crate::registry::RewardContext;
 use crate::run_dir::clear_dir;
 
@@ -161,6 +162,11 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
     } else {
         None
     };
+    // A reward model that learns during RL (PRIME): its own update each iteration, its state
+    // in RL's checkpoints, and its step AUROC on held-out traces before and after.
+    let online = reward_model.as_deref().filter(|m| m.learns_online());
+    let mut online_before = Value::Null;
+    let mut saved_reward_flops = 0.0;
     let mut resumed = None;
     let mut first_iteration = 0usize;
     let mut curve: Vec<Value> = Vec::new();
@@ -185,6 +191,11 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         train_tokens = saved["train_tokens"].as_u64().unwrap_or(0);
         sample_tokens = saved["sample_tokens"].as_u64().unwrap_or(0);
         scored_tokens = saved["scored_tokens"].as_u64().unwrap_or(0);
+        saved_reward_flops = saved["reward_flops"].as_f64().unwrap_or(0.0);
+        online_before = saved["reward_model_before"].clone();
+        if let Some(model) = online {
+            model.load_online_state(&dir.join("reward_model"))?;
+        }
         resumed = Some(first_iteration);
         tracing::info!(iteration = first_iteration, "RL resumed");
     } else {
@@ -201,10 +212,28 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
     if s.eval_problems > 0 {
         test.truncate(s.eval_problems);
     }
+    if let Some(model) = online
+        && resumed.is_none()
+    {
+        ctx.progress
+            .set(0, s.iterations, "the online reward model's step AUROC before RL");
+        let policy = stage_policy(ctx, &start, &tokenizer);
+        online_before = step_quality(ctx, &policy, max_tokens, model).await?;
+    }
+    // The reward model's passes during RL (step scores, an online model's updates), counted
+    // from here; a resumed run adds what the run before it spent.
+    let reward_flops_at_start = reward_model.as_deref().map_or(0.0, |m| m.flops());
+    let reward_flops = || {
+        saved_reward_flops
+            + reward_model
+                .as_deref()
+                .map_or(0.0, |m| m.flops() - reward_flops_at_start)
+    };
     // Training passes (forward and backward) at 6 FLOPs per parameter and token; sampling and the
-    // update's forward-only passes (old policy, reference, critic) at 2.
-    let flops =
-        |train: u64, sample: u64, scored: u64| 6.0 * params * train as f64 + 2.0 * params * (sample + scored) as f64;
+    // update's forward-only passes (old policy, reference, critic) at 2; and the reward model's.
+    let flops = |train: u64, sample: u64, scored: u64| {
+        6.0 * params * train as f64 + 2.0 * params * (sample + scored) as f64 + reward_flops()
+    };
     if curve.is_empty() {
         let policy = TransformerPolicy::on_backend(&start, tokenizer.clone(), &ctx.backend);
         let r = evaluate_weights(&policy, task.as_ref(), &test, 0, max_tokens, ctx.seed("rl-curve")).await?;
@@ -225,7 +254,8 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
             policy: &policy,
             task: &task,
             reward_model: reward_model.as_deref(),
-            needs_process,
+            // An online model scores after its update, below.
+            needs_process: needs_process && online.is_none(),
             verifier: &verifier,
             max_tokens,
         };
@@ -235,6 +265,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         // DAPO's dynamic sampling: fresh problems for the groups that carry no signal.
         let mut refills = 0usize;
         let mut groups = problems.len();
+        let mut batch_problems = problems.clone();
         if learner.refills_uniform_groups() {
             let mut used: HashSet<String> = problems.iter().map(|p| p.id.clone()).collect();
             while refills < s.refill_rounds {
@@ -253,8 +284,13 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                 sample_tokens += computed;
                 samples.extend(more);
                 groups += fresh.len();
+                batch_problems.extend(fresh);
             }
         }
+        let online_update = match online {
+            Some(model) => Some(learn_and_score(model, &tokenizer, &batch_problems, &mut samples).await?),
+            None => None,
+        };
         let rewards: f64 = samples.iter().map(|x| f64::from(x.reward)).sum();
         let right = samples.iter().filter(|x| x.correct).count();
         let length: usize = samples
@@ -306,6 +342,10 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         for (k, v) in &stats.extra {
             record[k] = json!(v);
         }
+        if let Some(update) = &online_update {
+            record["reward_model_loss"] = json!(update.loss);
+            record["reward_model_accuracy"] = json!(update.accuracy);
+        }
         // ProRL's stabilisers, before the checkpoint so that a resume continues from them.
         let due = |every: usize| every > 0 && (iteration + 1) % every == 0;
         if due(s.reset_reference_every) {
@@ -333,6 +373,8 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
             "train_tokens": train_tokens,
             "sample_tokens": sample_tokens,
             "scored_tokens": scored_tokens,
+            "reward_flops": reward_flops(),
+            "reward_model_before": online_before,
         });
         let reference_was_reset = s.reset_reference_every > 0 && iteration + 1 >= s.reset_reference_every;
         state.trainer.save_checkpoint(&|dir| {
@@ -341,9 +383,27 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
             if reference_was_reset {
                 ponder_policy_init::hf::save_pretrained(&dir.join("reference"), &state.reference, &tokenizer)?;
             }
+            if let Some(model) = online {
+                model
+                    .save_online_state(&dir.join("reward_model"))
+                    .map_err(|e| ponder_policy_init::PolicyError::Format(e.to_string()))?;
+            }
             Ok(())
         })?;
     }
+    let total_reward_flops = reward_flops();
+    let online_after = match online {
+        Some(model) => {
+            ctx.progress.set(
+                s.iterations,
+                s.iterations,
+                "the online reward model's step AUROC after RL",
+            );
+            let policy = stage_policy(ctx, &start, &tokenizer);
+            step_quality(ctx, &policy, max_tokens, model).await?
+        }
+        None => Value::Null,
+    };
     let weights = state.weights();
     ponder_policy_init::hf::save_pretrained(&ctx.dir.policy("rl"), &weights, &tokenizer)?;
     ctx.progress.set(s.iterations, s.iterations, "final evaluation");
@@ -378,10 +438,20 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         "train_tokens": train_tokens,
         "sample_tokens": sample_tokens,
         "scored_tokens": scored_tokens,
-        "flops": flops(train_tokens, sample_tokens, scored_tokens),
+        "flops": 6.0 * params * train_tokens as f64 + 2.0 * params * (sample_tokens + scored_tokens) as f64 + total_reward_flops,
+        "reward_flops": total_reward_flops,
         "curve": curve,
         "eval": after.summary(),
     });
+    if let Some(model) = online {
+        // Measured on the reward stage's held-out traces (the initialised policy's samples), so
+        // that the figures sit beside the trained PRM's.
+        results["reward_model"] = json!({
+            "describe": model.describe(),
+            "step_auroc_before": online_before,
+            "step_auroc_after": online_after,
+        });
+    }
     if let Some(changes) = paired_changes(ctx, &after, ctx.seed("rl-paired-change"))? {
         results["pass@1_sampled_change"] = changes.0;
         results["pass@1_change"] = changes.1;

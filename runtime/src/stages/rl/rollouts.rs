@@ -18,15 +18,16 @@ use ponder_search::{Budget, SearchEnv};
 use crate::stages::Context;
 use crate::stages::common::{sample_generations, tokens_per_generation};
 
-/// Step scores of every collected trace, in order: one `score_many` call with the traces grouped
-/// by problem (one request per problem for a remote model).
+/// Step scores of every trace, in order, each with the index of its problem in `problems`: one
+/// `score_many` call with the traces grouped by problem (one request per problem for a remote
+/// model).
 async fn process_scores(
     model: &dyn RewardModel,
     problems: &[Problem],
-    collected: &[Collected],
+    traces: &[(usize, Trace)],
 ) -> anyhow::Result<Vec<Vec<f32>>> {
     let mut groups: Vec<(usize, Vec<Trace>)> = Vec::new();
-    for Collected { group: i, trace, .. } in collected {
+    for (i, trace) in traces {
         match groups.last_mut() {
             Some((last, traces)) if last == i => traces.push(trace.clone()),
             _ => groups.push((*i, vec![trace.clone()])),
@@ -42,10 +43,38 @@ async fn process_scores(
         model.describe(),
         scored.iter().map(Vec::len).sum::<usize>(),
         scored.len(),
-        collected.len(),
+        traces.len(),
         groups.len()
     );
     Ok(scored.into_iter().flatten().map(|s| s.steps).collect())
+}
+
+/// An online reward model's turn (PRIME's implicit PRM): it learns from the samples' outcomes,
+/// then gives their step rewards, so that the update reads the scores of the model that has
+/// seen them. `problems[g]` is group `g`'s problem.
+pub(super) async fn learn_and_score(
+    model: &dyn RewardModel,
+    tokenizer: &ponder_policy_init::Tokenizer,
+    problems: &[Problem],
+    samples: &mut [Sample],
+) -> anyhow::Result<ponder_reward::OnlineUpdate> {
+    let examples: Vec<ponder_reward::OutcomeExample> = samples
+        .iter()
+        .map(|x| {
+            let (tokens, first) = ponder_learn::sample_tokens(tokenizer, x);
+            ponder_reward::OutcomeExample {
+                tokens,
+                first,
+                correct: x.correct,
+            }
+        })
+        .collect();
+    let update = model.learn_outcomes(&examples)?;
+    let traces: Vec<(usize, Trace)> = samples.iter().map(|x| (x.group, Trace::parse(&x.completion))).collect();
+    for (x, steps) in samples.iter_mut().zip(process_scores(model, problems, &traces).await?) {
+        x.step_rewards = steps;
+    }
+    Ok(update)
 }
 
 /// What one sampling round of an iteration reads: the policy, the task and its verifier, and
@@ -81,7 +110,10 @@ impl Round<'_> {
         )
         .await?;
         let step_scores = match self.reward_model.filter(|_| self.needs_process) {
-            Some(model) => process_scores(model, problems, &collected).await?,
+            Some(model) => {
+                let traces: Vec<(usize, Trace)> = collected.iter().map(|c| (c.group, c.trace.clone())).collect();
+                process_scores(model, problems, &traces).await?
+            }
             None => vec![Vec::new(); collected.len()],
         };
         let mut samples = Vec::with_capacity(collected.len());
