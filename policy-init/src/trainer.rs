@@ -42,14 +42,18 @@ pub struct TrainerConfig {
     /// 0.03. RL surrogate losses hover around zero with large relative swings, so RL sets a
     /// floor of the loss's natural scale (1.0).
     pub divergence_floor: f64,
-    /// How often to rewind when the guard fires: back to the latest in-memory snapshot, with
-    /// the learning rate halved, and train on; the run fails only after this many rewinds
-    /// (0: fail at the first). A loss spike on a noisy batch or an unstable stretch of the
+    /// How often to rewind when the guard fires past [`TrainerConfig::skip_spikes`]: back to
+    /// the latest in-memory snapshot, with the learning rate halved, and train on; the run
+    /// fails only after this many rewinds (0: at the first). An unstable stretch of the
     /// schedule then costs some steps instead of the run.
     pub max_rewinds: usize,
     /// Keep a snapshot of the parameters and optimizer state every this many steps and at
     /// every checkpoint (memory: three copies of the parameters).
     pub snapshot_every: usize,
+    /// A batch whose loss trips the guard is skipped (no update) up to this many times in a
+    /// row: one batch of unusually hard or noisy examples costs its step, not the run. Past
+    /// that, or at a non-finite gradient, the run rewinds (or stops, without rewinds left).
+    pub skip_spikes: usize,
 }
 
 impl Default for TrainerConfig {
@@ -64,6 +68,7 @@ impl Default for TrainerConfig {
             divergence_floor: 0.1,
             max_rewinds: 3,
             snapshot_every: 100,
+            skip_spikes: 3,
         }
     }
 }
@@ -126,6 +131,8 @@ pub struct TrainSummary {
     pub rewinds: usize,
     /// The learning rate's multiplier at the end (0.5 per rewind).
     pub lr_factor: f64,
+    /// Batches skipped for a loss spike (see [`TrainerConfig::skip_spikes`]).
+    pub skipped_batches: usize,
 }
 
 /// A copy of the training state the guard can rewind to.
@@ -138,6 +145,7 @@ struct Snapshot {
     tokens: u64,
     loss_mean: Option<f64>,
     last_loss: f64,
+    skipped: usize,
 }
 
 /// Named parameters and their optimizer, on the host.
@@ -167,6 +175,9 @@ pub struct Trainer {
     lr_factor: f64,
     rewinds: usize,
     snapshot: Option<Snapshot>,
+    /// Batches skipped so far, and how many of the latest steps were.
+    skipped: usize,
+    spikes_in_a_row: usize,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -199,6 +210,8 @@ impl Trainer {
             lr_factor: 1.0,
             rewinds: 0,
             snapshot: None,
+            skipped: 0,
+            spikes_in_a_row: 0,
         }
     }
 
@@ -317,6 +330,8 @@ impl Trainer {
         self.last_loss = state["last_loss"].as_f64().unwrap_or(f64::NAN);
         self.lr_factor = state["lr_factor"].as_f64().unwrap_or(1.0);
         self.rewinds = state["rewinds"].as_u64().unwrap_or(0) as usize;
+        self.skipped = state["skipped_batches"].as_u64().unwrap_or(0) as usize;
+        self.spikes_in_a_row = state["spikes_in_a_row"].as_u64().unwrap_or(0) as usize;
         self.snapshot = None;
         self.resumed_from = Some(step);
         Ok(Some(step))
@@ -382,6 +397,8 @@ impl Trainer {
             "last_loss": self.last_loss,
             "lr_factor": self.lr_factor,
             "rewinds": self.rewinds,
+            "skipped_batches": self.skipped,
+            "spikes_in_a_row": self.spikes_in_a_row,
         });
         checkpointer.save(self.step, |dir| {
             save_safetensors(
@@ -428,41 +445,66 @@ impl Trainer {
                 gradients: grads,
                 info,
             } = objective.step(&self.params, self.step, &self.backend)?;
-            if let Err(diverged) = self.guard(loss_value) {
-                self.rewind(diverged)?;
-                continue;
-            }
-            if grads.len() != self.params.len() || grads.iter().zip(&self.params).any(|(g, p)| g.len() != p.data.len())
-            {
-                return Err(PolicyError::Config(format!(
-                    "step {}: the objective gave gradients that do not match the {} parameters",
-                    self.step,
-                    self.params.len()
-                )));
-            }
-            let stats = self
-                .optimizer
-                .step(&mut self.params, &grads, &self.decay, &self.lr_scale, lr);
-            if !stats.grad_norm.is_finite() {
-                self.rewind(PolicyError::Diverged(format!(
-                    "step {}: the gradient norm is {} (the last checkpoint is intact)",
-                    self.step, stats.grad_norm
-                )))?;
-                continue;
+            // A spiking batch is skipped, a few in a row; past that the run rewinds.
+            let skipped = match self.guard(loss_value) {
+                Ok(()) => {
+                    self.spikes_in_a_row = 0;
+                    None
+                }
+                Err(spike) if self.spikes_in_a_row < self.config.skip_spikes => {
+                    self.spikes_in_a_row += 1;
+                    self.skipped += 1;
+                    Some(spike)
+                }
+                Err(diverged) => {
+                    self.rewind(diverged)?;
+                    continue;
+                }
+            };
+            let mut grad_norm = None;
+            if skipped.is_none() {
+                if grads.len() != self.params.len()
+                    || grads.iter().zip(&self.params).any(|(g, p)| g.len() != p.data.len())
+                {
+                    return Err(PolicyError::Config(format!(
+                        "step {}: the objective gave gradients that do not match the {} parameters",
+                        self.step,
+                        self.params.len()
+                    )));
+                }
+                let stats = self
+                    .optimizer
+                    .step(&mut self.params, &grads, &self.decay, &self.lr_scale, lr);
+                if !stats.grad_norm.is_finite() {
+                    self.rewind(PolicyError::Diverged(format!(
+                        "step {}: the gradient norm is {} (the last checkpoint is intact)",
+                        self.step, stats.grad_norm
+                    )))?;
+                    continue;
+                }
+                grad_norm = Some(stats.grad_norm);
+                self.tokens += info.tokens as u64;
+                window_tokens += info.tokens as u64;
+                self.last_loss = loss_value;
             }
             self.step += 1;
-            self.tokens += info.tokens as u64;
             let seconds = started.elapsed().as_secs_f64();
             self.train_seconds += seconds;
-            window_tokens += info.tokens as u64;
             window_seconds += seconds;
-            self.last_loss = loss_value;
-            if self.step.is_multiple_of(self.config.log_every.max(1)) || self.step == total {
+            if let Some(spike) = &skipped {
+                self.metrics.write(json!({
+                    "step": self.step,
+                    "skipped_batch": self.skipped,
+                    "spiking_loss": loss_value,
+                    "reason": spike.to_string(),
+                }))?;
+            }
+            if grad_norm.is_some() && (self.step.is_multiple_of(self.config.log_every.max(1)) || self.step == total) {
                 let mut record = json!({
                     "step": self.step,
                     "loss": loss_value,
                     "lr": lr,
-                    "grad_norm": stats.grad_norm,
+                    "grad_norm": grad_norm,
                     "tokens": self.tokens,
                     "tokens_per_s": window_tokens as f64 / window_seconds.max(1e-9),
                 });
@@ -500,6 +542,7 @@ impl Trainer {
             resumed_from: self.resumed_from,
             rewinds: self.rewinds,
             lr_factor: self.lr_factor,
+            skipped_batches: self.skipped,
         })
     }
 
@@ -513,6 +556,7 @@ impl Trainer {
             tokens: self.tokens,
             loss_mean: self.loss_mean,
             last_loss: self.last_loss,
+            skipped: self.skipped,
         });
     }
 
@@ -537,6 +581,8 @@ impl Trainer {
         self.tokens = snapshot.tokens;
         self.loss_mean = snapshot.loss_mean;
         self.last_loss = snapshot.last_loss;
+        self.skipped = snapshot.skipped;
+        self.spikes_in_a_row = 0;
         self.lr_factor *= 0.5;
         self.rewinds += 1;
         self.metrics.rewind_to(self.step)?;

@@ -206,6 +206,7 @@ fn an_exploding_or_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
         let log = MetricsLog::open(&dir.path().join("metrics.jsonl"), name, None).expect("log");
         let mut stopping = config(30);
         stopping.max_rewinds = 0;
+        stopping.skip_spikes = 0;
         let mut trainer = Trainer::for_weights(stopping, &weights).with_outputs(ckpt, log);
         let mut obj = objective(&tokenizer);
         let err = trainer
@@ -245,6 +246,7 @@ fn a_loss_spike_rewinds_to_the_last_snapshot_with_half_the_learning_rate() {
         let mut c = config(30);
         c.snapshot_every = 8;
         c.max_rewinds = 2;
+        c.skip_spikes = 0;
         let log = MetricsLog::open(&metrics, "spiky", None).expect("log");
         let mut trainer =
             Trainer::for_weights(c, &weights).with_outputs(Checkpointer::new(dir.path().join("ckpt"), 2), log);
@@ -295,6 +297,45 @@ fn a_loss_spike_rewinds_to_the_last_snapshot_with_half_the_learning_rate() {
     // The same spike on every try: the run fails once the two rewinds are spent.
     let err = run(usize::MAX).expect_err("gives up");
     assert!(err.to_string().contains("step 27"), "{err}");
+}
+
+#[test]
+fn a_spiking_batch_is_skipped_and_the_run_goes_on() {
+    let tokenizer = Tokenizer::chars();
+    let weights = HostWeights::init(&micro(), 3).expect("init");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics = dir.path().join("metrics.jsonl");
+    let run = |times: usize| {
+        let log = MetricsLog::open(&metrics, "spiky", None).expect("log");
+        let mut trainer =
+            Trainer::for_weights(config(30), &weights).with_outputs(Checkpointer::new(dir.path().join("ckpt"), 2), log);
+        let mut obj = objective(&tokenizer);
+        let mut spiky = BlowUpAt {
+            inner: &mut obj,
+            at: 27,
+            factor: 1e4,
+            times,
+        };
+        let summary = trainer.run(&mut spiky, &Silent, &|_| Ok(())).expect("trains");
+        (summary, host(&trainer.params))
+    };
+    let (clean, clean_params) = run(0);
+    let (spiked, spiked_params) = run(1);
+    assert_eq!((clean.skipped_batches, spiked.skipped_batches), (0, 1));
+    assert_eq!((spiked.steps, spiked.rewinds, spiked.lr_factor), (30, 0, 1.0));
+    assert!(
+        spiked.tokens < clean.tokens,
+        "the skipped batch's tokens are not counted"
+    );
+    assert_ne!(spiked_params, clean_params, "step 27's update was left out");
+    let text = std::fs::read_to_string(&metrics).expect("metrics");
+    let skips: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .filter(|r: &serde_json::Value| r.get("skipped_batch").is_some())
+        .collect();
+    assert_eq!(skips.len(), 1, "{skips:?}");
+    assert_eq!(skips[0]["step"].as_u64(), Some(28));
 }
 
 #[test]

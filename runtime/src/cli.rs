@@ -219,7 +219,7 @@ pub fn run_command(command: Command, registry: &Registry) -> Result<(), Failure>
             let sweep = crate::sweep::Sweep::load(&file, registry).map_err(Failure::Other)?;
             if dry_run {
                 sweep.write_configs().map_err(Failure::Other)?;
-                for r in sweep.base.iter().chain(&sweep.runs) {
+                for r in sweep.bases.iter().chain(&sweep.runs) {
                     println!(
                         "{}",
                         sweep.dir.join("configs").join(format!("{}.toml", r.name)).display()

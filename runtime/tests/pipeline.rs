@@ -574,6 +574,32 @@ fn dapo_refills_its_batch_with_fresh_problems_for_the_groups_without_signal() {
 }
 
 #[test]
+fn rl_stops_at_its_flops_budget() {
+    // The reference run's two iterations cost `spent`; with room for ten iterations and a
+    // budget of three quarters of that, RL stops after the second.
+    let spent = reference()["learn"]["grpo"]["flops"].as_f64().expect("flops");
+    let budget = format!("pipeline.rl.flops_budget={}", 0.75 * spent);
+    ok(&run(
+        "budget",
+        &[
+            "--set",
+            "pipeline.rl.iterations=10",
+            "--set",
+            &budget,
+            "--set",
+            "pipeline.stages=[\"datagen\",\"init\",\"rl\"]",
+        ],
+        &[],
+    ));
+    let rl = &results("budget")["learn"]["grpo"];
+    assert_eq!(rl["iterations"], 2, "{rl}");
+    assert_eq!(rl["flops"].as_f64(), Some(spent));
+    assert_eq!(rl_metric("budget", "loss").len(), 2);
+    let curve = rl["curve"].as_array().expect("curve");
+    assert_eq!(curve.last().map(|p| &p["iteration"]), Some(&serde_json::json!(2)));
+}
+
+#[test]
 fn prorl_resets_start_the_kl_afresh_and_a_killed_run_resumes_with_them() {
     let resets = [
         "--set",

@@ -378,6 +378,10 @@ pub struct RlStage {
     /// fresh problems as groups are missing, until `problems_per_iteration` groups carry a
     /// signal (their samples' compute is counted). 0: no refill.
     pub refill_rounds: usize,
+    /// Stop once RL's FLOPs (every policy and reward-model pass, as the results count them)
+    /// reach this many, at the end of an iteration; `iterations` stays the cap. For comparing
+    /// learners at equal compute. 0: no budget.
+    pub flops_budget: f64,
 }
 
 impl Default for RlStage {
@@ -393,6 +397,7 @@ impl Default for RlStage {
             reset_reference_every: 0,
             reset_optimizer_every: 0,
             refill_rounds: 3,
+            flops_budget: 0.0,
         }
     }
 }
@@ -495,6 +500,15 @@ impl PipelineSection {
             errors.push(ConfigError::new(
                 "pipeline.data.train_examples",
                 "policy initialisation needs training examples",
+            ));
+        }
+        if !(self.rl.flops_budget >= 0.0 && self.rl.flops_budget.is_finite()) {
+            errors.push(ConfigError::new(
+                "pipeline.rl.flops_budget",
+                format!(
+                    "must be 0 (no budget) or a positive number, not {}",
+                    self.rl.flops_budget
+                ),
             ));
         }
         errors

@@ -132,6 +132,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<serde_json::Value> {
         "final_loss": summary.final_loss,
         "rewinds": summary.rewinds,
         "lr_factor": summary.lr_factor,
+        "skipped_batches": summary.skipped_batches,
         "max_new_tokens": max_tokens,
         "eval": report.summary(),
         "pass@1": report.pass1_greedy.value,

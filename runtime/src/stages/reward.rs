@@ -81,12 +81,13 @@ fn train_model(
         tracing::info!(model = name, step, "reward model training resumed");
     }
     let summary = trainer.run(&mut objective, ctx.progress, &|_| Ok(()))?;
-    if summary.rewinds > 0 {
+    if summary.rewinds > 0 || summary.skipped_batches > 0 {
         tracing::warn!(
             model = name,
             rewinds = summary.rewinds,
             lr_factor = summary.lr_factor,
-            "the loss spiked; training rewound to a snapshot with a lower learning rate"
+            skipped = summary.skipped_batches,
+            "the loss spiked: batches skipped, or training rewound to a snapshot with a lower learning rate"
         );
     }
     let weights = objective.weights(&trainer.params);
@@ -94,7 +95,8 @@ fn train_model(
     let summary = json!({"examples": count, "steps": summary.steps, "final_loss": summary.final_loss,
                          "likelihood_weight": weights.likelihood_weight,
                          "train_tokens": summary.tokens, "train_seconds": summary.train_seconds,
-                         "rewinds": summary.rewinds, "lr_factor": summary.lr_factor});
+                         "rewinds": summary.rewinds, "lr_factor": summary.lr_factor,
+                         "skipped_batches": summary.skipped_batches});
     Ok((weights, summary))
 }
 

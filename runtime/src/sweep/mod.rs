@@ -9,7 +9,10 @@
 //! table value replaces the whole table at its path (`"search" = [{kind = "beam"}, ...]`).
 //!
 //! `reuse = ["datagen", "init", "reward"]` runs those stages once (in `OUT/NAME/base`) and gives
-//! every run a copy, which is only allowed when no swept key changes what they depend on.
+//! every run a copy. A variant may not change what they depend on; a grid key may, and then the
+//! shared stages run once per value of it (`base_seed-2`, ...) and each run gets its value's
+//! copy: `[grid] "run.seed" = [1, 2, 3]` with nine learner variants runs three initialisations,
+//! not twenty-seven. A shared reward stage must train every reward model a run needs.
 //!
 //! A sweep is resumable: run it again and finished stages of every run are skipped. At the end
 //! `table.md`, `table.csv` and `sweep.json` hold a row per run, and `plots/` a chart per metric
@@ -75,6 +78,8 @@ pub struct SweepRun {
     /// The swept values (grid keys and `variant`), for the table.
     pub values: Vec<(String, toml::Value)>,
     pub config: toml::Table,
+    /// The shared stages' run this run copies them from (`reuse`), by name.
+    pub base: Option<String>,
 }
 
 /// A parsed sweep file.
@@ -85,7 +90,8 @@ pub struct Sweep {
     pub parallel: usize,
     pub threads: usize,
     pub reuse: Vec<String>,
-    pub base: Option<SweepRun>,
+    /// The shared stages' runs: one, or one per value of the grid keys they depend on.
+    pub bases: Vec<SweepRun>,
     pub runs: Vec<SweepRun>,
     /// The columns the runs differ in.
     pub keys: Vec<String>,
@@ -98,7 +104,9 @@ fn stage_inputs(stage: &str) -> Vec<&'static str> {
     let own: &[(&str, &[&str])] = &[
         ("datagen", &["run.seed", "task", "pipeline.data"]),
         ("init", &["policy", "pipeline.init", "pipeline.held_out", "run.device"]),
-        ("reward", &["reward", "pipeline.reward"]),
+        // The `[reward]` table is checked by what it trains (a run may use a reward kind the
+        // shared stage need not train, such as exact labels or PRIME's).
+        ("reward", &["pipeline.reward"]),
         ("search-eval", &["search", "pipeline.search_eval"]),
         ("rl", &["learn", "pipeline.rl"]),
     ];
@@ -107,6 +115,18 @@ fn stage_inputs(stage: &str) -> Vec<&'static str> {
         .filter(|(s, _)| STAGES.iter().position(|x| x == s).is_some_and(|i| i <= upto))
         .flat_map(|(_, keys)| keys.iter().copied())
         .collect()
+}
+
+/// The shared stages' run a grid combination uses: `base`, with the values of the keys they
+/// depend on (`base_seed-2`).
+fn base_name(combo: &[(String, toml::Value)], names: &[String], base_keys: &[&str]) -> String {
+    let mut parts = vec!["base".to_string()];
+    for ((k, v), column) in combo.iter().zip(names) {
+        if base_keys.contains(&k.as_str()) {
+            parts.push(format!("{column}-{}", short(v)));
+        }
+    }
+    parts.join("_")
 }
 
 fn overlaps(a: &str, b: &str) -> bool {
@@ -237,21 +257,31 @@ impl Sweep {
                 .collect();
             variants.push((label.to_string(), sets));
         }
-        // Reused stages must not depend on anything that varies.
-        let varied: Vec<&str> = grid
-            .iter()
-            .map(|(k, _)| k.as_str())
-            .chain(variants.iter().flat_map(|(_, s)| s.iter().map(|(k, _)| k.as_str())))
-            .collect();
+        // Reused stages must not depend on what a variant changes; a grid key they depend on
+        // splits them into one shared run per value.
         for stage in &file.sweep.reuse {
             for input in stage_inputs(stage) {
-                if let Some(k) = varied.iter().find(|k| overlaps(k, input)) {
+                if let Some(k) = variants
+                    .iter()
+                    .flat_map(|(_, s)| s.iter().map(|(k, _)| k))
+                    .find(|k| overlaps(k, input))
+                {
                     return Err(err(format!(
-                        "sweep.reuse: stage {stage} is shared, but `{k}` varies and {stage} depends on `{input}`"
+                        "sweep.reuse: stage {stage} is shared, but a variant sets `{k}` and {stage} depends on `{input}`"
                     )));
                 }
             }
         }
+        let base_keys: Vec<&str> = grid
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| {
+                file.sweep
+                    .reuse
+                    .iter()
+                    .any(|stage| stage_inputs(stage).iter().any(|input| overlaps(k, input)))
+            })
+            .collect();
         let mut common = base.clone();
         for (k, v) in &file.set {
             set_path(&mut common, k, v.clone()).map_err(|e| err(format!("set: {e}")))?;
@@ -307,8 +337,10 @@ impl Sweep {
                     parts.join("_")
                 };
                 let config = finish(config, &run_name).map_err(|e| err(e.to_string()))?;
+                let base = (!file.sweep.reuse.is_empty()).then(|| base_name(combo, &names, &base_keys));
                 runs.push(SweepRun {
                     name: run_name,
+                    base,
                     values,
                     config,
                 });
@@ -316,7 +348,7 @@ impl Sweep {
         }
         let mut seen = std::collections::HashSet::new();
         for r in &runs {
-            if ["base", "configs", "logs", "plots"].contains(&r.name.as_str()) {
+            if ["configs", "logs", "plots"].contains(&r.name.as_str()) || r.name.starts_with("base") {
                 return Err(err(format!(
                     "a run may not be named `{}`: the sweep uses that directory",
                     r.name
@@ -329,26 +361,39 @@ impl Sweep {
                 )));
             }
         }
-        let base_run = if file.sweep.reuse.is_empty() {
-            None
-        } else {
-            let mut config = common.clone();
+        // The shared stages' runs: one per distinct value of the grid keys they depend on.
+        let mut bases: Vec<SweepRun> = Vec::new();
+        if !file.sweep.reuse.is_empty() {
             let stages: Vec<toml::Value> = STAGES
                 .iter()
                 .filter(|s| file.sweep.reuse.iter().any(|r| r == *s))
                 .map(|s| toml::Value::String(s.to_string()))
                 .collect();
-            set_path(&mut config, "pipeline.stages", toml::Value::Array(stages)).map_err(|e| err(e.to_string()))?;
-            Some(SweepRun {
-                name: "base".into(),
-                values: Vec::new(),
-                config: finish(config, "base").map_err(|e| err(e.to_string()))?,
-            })
-        };
+            for combo in &combos {
+                let name = base_name(combo, &names, &base_keys);
+                if bases.iter().any(|b| b.name == name) {
+                    continue;
+                }
+                let mut config = common.clone();
+                let mut values = Vec::new();
+                for (k, v) in combo.iter().filter(|(k, _)| base_keys.contains(&k.as_str())) {
+                    set_path(&mut config, k, v.clone()).map_err(|e| err(format!("grid: {e}")))?;
+                    values.push((k.clone(), v.clone()));
+                }
+                set_path(&mut config, "pipeline.stages", toml::Value::Array(stages.clone()))
+                    .map_err(|e| err(e.to_string()))?;
+                bases.push(SweepRun {
+                    config: finish(config, &name).map_err(|e| err(e.to_string()))?,
+                    name,
+                    values,
+                    base: None,
+                });
+            }
+        }
         // Validate every config now, so that a typo fails before hours of compute.
         let mut problems = Vec::new();
         let mut loaded = Vec::new();
-        for r in base_run.iter().chain(&runs) {
+        for r in bases.iter().chain(&runs) {
             let text = toml::to_string_pretty(&r.config).map_err(|e| err(e.to_string()))?;
             let layers = Layers {
                 text,
@@ -362,12 +407,13 @@ impl Sweep {
         // A shared reward stage must have trained every reward model a run uses, with the run's
         // settings (the searchers' own reward tables name them too, so a swept searcher list
         // is fine as long as the base run trains what each run needs).
-        if problems.is_empty()
-            && let Some(((_, base), rest)) = base_run.as_ref().and(loaded.split_first())
-            && file.sweep.reuse.iter().any(|s| s == "reward")
-        {
-            let trained = base.rewards_to_train()?;
-            for (name, config) in rest {
+        if problems.is_empty() && file.sweep.reuse.iter().any(|s| s == "reward") {
+            let (shared, own) = loaded.split_at(bases.len());
+            for ((name, config), run) in own.iter().zip(&runs) {
+                let Some((_, base)) = shared.iter().find(|(b, _)| Some(b) == run.base.as_ref()) else {
+                    continue;
+                };
+                let trained = base.rewards_to_train()?;
                 for needed in config.rewards_to_train()? {
                     if !trained.iter().any(|t| t.same_model(&needed)) {
                         return Err(err(format!(
@@ -408,7 +454,7 @@ impl Sweep {
             parallel: file.sweep.parallel,
             threads: file.sweep.threads,
             reuse: file.sweep.reuse,
-            base: base_run,
+            bases,
             runs,
             x: file.sweep.x.or_else(|| keys.first().cloned()),
             keys,
@@ -422,7 +468,7 @@ impl Sweep {
 
     /// Writes every run's complete TOML.
     pub fn write_configs(&self) -> anyhow::Result<()> {
-        for r in self.base.iter().chain(&self.runs) {
+        for r in self.bases.iter().chain(&self.runs) {
             let text = format!(
                 "# Run {} of sweep {}: a complete config, written by `ponder sweep`.\n{}",
                 r.name,

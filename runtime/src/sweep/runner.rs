@@ -20,12 +20,12 @@ impl Sweep {
         } else {
             (cores / self.parallel).max(1)
         };
-        if let Some(base) = &self.base {
+        for base in &self.bases {
             eprintln!(
                 "ponder sweep {}: shared stages ({}) in {}",
                 self.name,
                 self.reuse.join(", "),
-                self.dir.join("base").display()
+                self.dir.join(&base.name).display()
             );
             self.run_one(exe, base, threads)?;
         }
@@ -85,10 +85,10 @@ impl Sweep {
 
     /// Gives a run the shared stages' files, unless it has them.
     fn prepare(&self, run: &SweepRun) -> anyhow::Result<()> {
-        if self.base.is_none() {
+        let Some(base) = &run.base else {
             return Ok(());
-        }
-        let from = self.dir.join("base");
+        };
+        let from = self.dir.join(base);
         let to = self.dir.join(&run.name);
         let to_run = RunDir::new(&to);
         if self.reuse.iter().all(|s| to_run.has_record(s)) {

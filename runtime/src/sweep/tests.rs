@@ -105,10 +105,58 @@ fn a_seed_grid_gets_the_mean_and_range_of_every_metric_over_finished_seeds() {
 }
 
 #[test]
-fn reuse_is_refused_when_a_swept_key_feeds_a_shared_stage() {
-    assert!(stage_inputs("reward").iter().any(|k| overlaps("reward.kind", k)));
+fn shared_stages_split_by_the_grid_keys_they_read_and_refuse_variants_that_change_them() {
+    assert!(
+        stage_inputs("reward")
+            .iter()
+            .any(|k| overlaps("pipeline.reward.steps", k))
+    );
     assert!(!stage_inputs("reward").iter().any(|k| overlaps("learn.kind", k)));
     assert!(stage_inputs("init").iter().any(|k| overlaps("pipeline.data.style", k)));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let smoke = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/smoke.toml");
+    std::fs::copy(&smoke, dir.path().join("smoke.toml")).expect("copy");
+    let sweep = |variant: &str| {
+        let path = dir.path().join("sweep.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[sweep]\nbase = \"smoke.toml\"\nreuse = [\"datagen\", \"init\", \"reward\"]\n\n[grid]\n\"run.seed\" = [1, 2]\n\n[[variants]]\nlabel = \"grpo\"\n\"learn\" = {{ kind = \"grpo\" }}\n\n[[variants]]\nlabel = \"other\"\n{variant}\n\n[metrics]\n\"x\" = \"/learn/x\"\n"
+            ),
+        )
+        .expect("write");
+        Sweep::load(&path, &Registry::builtin())
+    };
+    // The seed feeds every shared stage: one shared run per seed, each run copying its own.
+    let s = sweep("\"learn\" = { kind = \"ppo\", process_rewards = true }\n\"reward\" = { kind = \"prime\" }")
+        .expect("PRIME needs nothing from the reward stage");
+    let names: Vec<&str> = s.bases.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["base_seed-1", "base_seed-2"]);
+    assert_eq!(s.runs.len(), 4);
+    for r in &s.runs {
+        let seed = r.config["run"]["seed"].as_integer().expect("seed");
+        assert_eq!(
+            r.base.as_deref(),
+            Some(format!("base_seed-{seed}").as_str()),
+            "{}",
+            r.name
+        );
+    }
+    for b in &s.bases {
+        assert_eq!(b.config["pipeline"]["stages"].as_array().map(Vec::len), Some(3));
+    }
+    // A variant may not change what a shared stage reads, nor need a reward model it did not train.
+    let Err(err) = sweep("\"pipeline.init.steps\" = 7") else {
+        panic!("a variant changed a shared stage's input");
+    };
+    assert!(
+        format!("{err:#}").contains("a variant sets `pipeline.init.steps`"),
+        "{err:#}"
+    );
+    let Err(err) = sweep("\"reward\" = { kind = \"prm\", labels = \"ground-truth\" }") else {
+        panic!("a run needing another PRM was allowed to share the reward stage");
+    };
+    assert!(format!("{err:#}").contains("needs reward/prm"), "{err:#}");
 }
 
 #[test]

@@ -239,7 +239,13 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         let r = evaluate_weights(&policy, task.as_ref(), &test, 0, max_tokens, ctx.seed("rl-curve")).await?;
         curve.push(curve_point(0, 0.0, &r.pass1_greedy));
     }
+    let spent =
+        |train: u64, sample: u64, scored: u64| s.flops_budget > 0.0 && flops(train, sample, scored) >= s.flops_budget;
+    let mut completed = first_iteration;
     for iteration in first_iteration..s.iterations {
+        if spent(train_tokens, sample_tokens, scored_tokens) {
+            break;
+        }
         ctx.progress
             .set(iteration, s.iterations, &format!("iteration {}", iteration + 1));
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(ctx.seed("rl-problems") ^ iteration as u64);
@@ -357,7 +363,9 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
             record["optimizer_reset"] = json!(true);
         }
         metrics.write(record)?;
-        if (iteration + 1) % s.eval_every.max(1) == 0 || iteration + 1 == s.iterations {
+        completed = iteration + 1;
+        let last = iteration + 1 == s.iterations || spent(train_tokens, sample_tokens, scored_tokens);
+        if (iteration + 1) % s.eval_every.max(1) == 0 || last {
             let policy = TransformerPolicy::on_backend(&state.weights(), tokenizer.clone(), &ctx.backend);
             let r = evaluate_weights(&policy, task.as_ref(), &test, 0, max_tokens, ctx.seed("rl-curve")).await?;
             curve.push(curve_point(
@@ -427,7 +435,8 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
     let mut results = json!({
         "learner": learner.describe(),
         "kind": ctx.config.learn.kind(),
-        "iterations": s.iterations,
+        "iterations": completed,
+        "flops_budget": s.flops_budget,
         "use_search": s.use_search,
         "reset_reference_every": s.reset_reference_every,
         "reset_optimizer_every": s.reset_optimizer_every,
