@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use ponder_policy_init::optim::OptimConfig;
 use ponder_policy_init::trainer::Progress;
+use ponder_reward::sigmoid;
 use serde::{Deserialize, Serialize};
 
 use crate::objective::{TermsObjective, minibatches};
@@ -73,10 +74,6 @@ pub fn pairs_from_samples(samples: &[crate::Sample], per_prompt: usize) -> Vec<P
         }
     }
     out
-}
-
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
 }
 
 impl Learner for Dpo {

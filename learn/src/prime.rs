@@ -26,7 +26,7 @@ use ponder_policy_init::metrics::MetricsLog;
 use ponder_policy_init::trainer::Silent;
 use ponder_policy_init::{HostWeights, Tokenizer};
 use ponder_reward::training::encode_trace;
-use ponder_reward::{Granularity, OnlineUpdate, OutcomeExample, RewardError, RewardModel, StepScores};
+use ponder_reward::{Granularity, OnlineUpdate, OutcomeExample, RewardError, RewardModel, StepScores, sigmoid};
 use serde::{Deserialize, Serialize};
 
 use crate::objective::{TermsObjective, minibatches};
@@ -86,10 +86,6 @@ pub struct ImplicitPrm {
     /// Tokens of forward-only passes (scoring: `π_φ` and `π_ref` each) and of training passes.
     forward_tokens: AtomicU64,
     train_tokens: AtomicU64,
-}
-
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
 }
 
 impl ImplicitPrm {

@@ -10,7 +10,7 @@ use ponder_learn::{encode_sample, sequence_logprobs};
 use ponder_policy_init::backend::Backend;
 use ponder_policy_init::{HostWeights, ModelConfig, Tokenizer};
 use ponder_reward::training::encode_trace;
-use ponder_reward::{OutcomeExample, RewardModel};
+use ponder_reward::{OutcomeExample, RewardModel, sigmoid};
 use rand::SeedableRng;
 
 fn micro() -> (HostWeights, Tokenizer) {
@@ -65,10 +65,6 @@ fn settings() -> PrimeSettings {
         minibatch: 64,
         from: None,
     }
-}
-
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
 }
 
 /// `q_T` of each example by hand: `β (Σ log π_φ − Σ log π_ref)` over the completion.

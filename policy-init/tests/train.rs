@@ -236,36 +236,51 @@ fn an_exploding_or_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     }
 }
 
+/// 30 steps of `config` whose step 27 has its loss multiplied by 1e4 the first `times` times
+/// it is taken, with metrics in `dir/metrics.jsonl`: the summary and the final parameters.
+fn spiky_run(
+    weights: &HostWeights,
+    dir: &std::path::Path,
+    config: TrainerConfig,
+    times: usize,
+) -> Result<(ponder_policy_init::trainer::TrainSummary, Vec<Vec<f32>>), PolicyError> {
+    let log = MetricsLog::open(&dir.join("metrics.jsonl"), "spiky", None).expect("log");
+    let mut trainer = Trainer::for_weights(config, weights).with_outputs(Checkpointer::new(dir.join("ckpt"), 2), log);
+    let mut obj = objective(&Tokenizer::chars());
+    let mut spiky = BlowUpAt {
+        inner: &mut obj,
+        at: 27,
+        factor: 1e4,
+        times,
+    };
+    trainer
+        .run(&mut spiky, &Silent, &|_| Ok(()))
+        .map(|summary| (summary, host(&trainer.params)))
+}
+
+/// The records of a metrics file that have `key`.
+fn records_with(path: &std::path::Path, key: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .expect("metrics")
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+        .filter(|r| r.get(key).is_some())
+        .collect()
+}
+
 #[test]
 fn a_loss_spike_rewinds_to_the_last_snapshot_with_half_the_learning_rate() {
-    let tokenizer = Tokenizer::chars();
     let weights = HostWeights::init(&micro(), 3).expect("init");
     let dir = tempfile::tempdir().expect("tempdir");
-    let metrics = dir.path().join("metrics.jsonl");
-    let run = |times: usize| {
-        let mut c = config(30);
-        c.snapshot_every = 8;
-        c.max_rewinds = 2;
-        c.skip_spikes = 0;
-        let log = MetricsLog::open(&metrics, "spiky", None).expect("log");
-        let mut trainer =
-            Trainer::for_weights(c, &weights).with_outputs(Checkpointer::new(dir.path().join("ckpt"), 2), log);
-        let mut obj = objective(&tokenizer);
-        let mut spiky = BlowUpAt {
-            inner: &mut obj,
-            at: 27,
-            factor: 1e4,
-            times,
-        };
-        trainer
-            .run(&mut spiky, &Silent, &|_| Ok(()))
-            .map(|summary| (summary, host(&trainer.params)))
-    };
-    let (clean, clean_params) = run(0).expect("trains");
+    let mut c = config(30);
+    c.snapshot_every = 8;
+    c.max_rewinds = 2;
+    c.skip_spikes = 0;
+    let (clean, clean_params) = spiky_run(&weights, dir.path(), c.clone(), 0).expect("trains");
     assert_eq!((clean.rewinds, clean.lr_factor), (0, 1.0));
 
     // One spike at step 27: back to the snapshot of step 24, the rest at half the rate.
-    let (once, once_params) = run(1).expect("trains through one spike");
+    let (once, once_params) = spiky_run(&weights, dir.path(), c.clone(), 1).expect("trains through one spike");
     assert_eq!((once.steps, once.rewinds, once.lr_factor), (30, 1, 0.5));
     assert!(once.final_loss.is_finite());
     assert_ne!(
@@ -273,12 +288,8 @@ fn a_loss_spike_rewinds_to_the_last_snapshot_with_half_the_learning_rate() {
         "the steps after the rewind ran at another rate"
     );
     assert!(once_params.iter().flatten().all(|x| x.is_finite()));
-    let records: Vec<serde_json::Value> = std::fs::read_to_string(&metrics)
-        .expect("metrics")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json"))
-        .collect();
-    let rewinds: Vec<_> = records.iter().filter(|r| r.get("rewind").is_some()).collect();
+    let metrics = dir.path().join("metrics.jsonl");
+    let rewinds = records_with(&metrics, "rewind");
     assert_eq!(rewinds.len(), 1, "{rewinds:?}");
     assert_eq!(
         (rewinds[0]["step"].as_u64(), rewinds[0]["from_step"].as_u64()),
@@ -287,40 +298,23 @@ fn a_loss_spike_rewinds_to_the_last_snapshot_with_half_the_learning_rate() {
     assert!(rewinds[0]["reason"].as_str().is_some_and(|r| r.contains("jumped")));
     // The record of step 25 from before the rewind was dropped and written again: one loss
     // record per logged step.
-    let logged: Vec<u64> = records
+    let logged: Vec<u64> = records_with(&metrics, "loss")
         .iter()
-        .filter(|r| r.get("loss").is_some())
         .filter_map(|r| r["step"].as_u64())
         .collect();
     assert_eq!(logged, vec![5, 10, 15, 20, 25, 30]);
 
     // The same spike on every try: the run fails once the two rewinds are spent.
-    let err = run(usize::MAX).expect_err("gives up");
+    let err = spiky_run(&weights, dir.path(), c, usize::MAX).expect_err("gives up");
     assert!(err.to_string().contains("step 27"), "{err}");
 }
 
 #[test]
 fn a_spiking_batch_is_skipped_and_the_run_goes_on() {
-    let tokenizer = Tokenizer::chars();
     let weights = HostWeights::init(&micro(), 3).expect("init");
     let dir = tempfile::tempdir().expect("tempdir");
-    let metrics = dir.path().join("metrics.jsonl");
-    let run = |times: usize| {
-        let log = MetricsLog::open(&metrics, "spiky", None).expect("log");
-        let mut trainer =
-            Trainer::for_weights(config(30), &weights).with_outputs(Checkpointer::new(dir.path().join("ckpt"), 2), log);
-        let mut obj = objective(&tokenizer);
-        let mut spiky = BlowUpAt {
-            inner: &mut obj,
-            at: 27,
-            factor: 1e4,
-            times,
-        };
-        let summary = trainer.run(&mut spiky, &Silent, &|_| Ok(())).expect("trains");
-        (summary, host(&trainer.params))
-    };
-    let (clean, clean_params) = run(0);
-    let (spiked, spiked_params) = run(1);
+    let (clean, clean_params) = spiky_run(&weights, dir.path(), config(30), 0).expect("trains");
+    let (spiked, spiked_params) = spiky_run(&weights, dir.path(), config(30), 1).expect("trains");
     assert_eq!((clean.skipped_batches, spiked.skipped_batches), (0, 1));
     assert_eq!((spiked.steps, spiked.rewinds, spiked.lr_factor), (30, 0, 1.0));
     assert!(
@@ -328,12 +322,7 @@ fn a_spiking_batch_is_skipped_and_the_run_goes_on() {
         "the skipped batch's tokens are not counted"
     );
     assert_ne!(spiked_params, clean_params, "step 27's update was left out");
-    let text = std::fs::read_to_string(&metrics).expect("metrics");
-    let skips: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json"))
-        .filter(|r: &serde_json::Value| r.get("skipped_batch").is_some())
-        .collect();
+    let skips = records_with(&dir.path().join("metrics.jsonl"), "skipped_batch");
     assert_eq!(skips.len(), 1, "{skips:?}");
     assert_eq!(skips[0]["step"].as_u64(), Some(28));
 }

@@ -14,7 +14,7 @@ use ponder_policy_init::prefix_cache::PrefixCache;
 use ponder_policy_init::transformer_policy::default_prefix_cache_tokens;
 
 use crate::training::{RewardWeights, encode_trace, prefix_loglik};
-use crate::{Aggregation, Granularity, RewardError, RewardModel, StepScores};
+use crate::{Aggregation, Granularity, RewardError, RewardModel, StepScores, sigmoid};
 
 pub struct LearnedReward {
     engine: Engine,
@@ -29,10 +29,6 @@ pub struct LearnedReward {
     /// Parameters a token passes through: the backbone and the scoring head's rows.
     params_per_token: f64,
     label: String,
-}
-
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
 }
 
 impl LearnedReward {

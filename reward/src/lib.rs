@@ -37,6 +37,11 @@ pub enum RewardError {
     },
 }
 
+/// The logistic function: a score's logit to the score.
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
 /// What a reward model says about one (possibly unfinished) trace.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepScores {

@@ -101,7 +101,7 @@ pub(super) fn section(
             writeln!(out, "![train-time scaling](plots/train_time_scaling.png)\n")?;
         }
         // Sweeps that each train policies of their own, shown when they have been run.
-        let rl_sweeps: [(&str, &str, &[(&str, &str)]); 2] = [
+        let rl_sweeps: [(&str, &str, &[(&str, &str)]); 3] = [
             (
                 "Learners side by side",
                 "Math-Shepherd: PPO with per-step PRM rewards takes GSM8K from 77.9% to 84.1%, with the outcome reward alone to 81.8%",
@@ -115,6 +115,14 @@ pub(super) fn section(
                         "every learner for 100 iterations from one initialised policy on numbers up to 30, PPO's step rewards from the exact step labels",
                     ),
                 ],
+            ),
+            (
+                "The 2025 learners at equal RL compute, and process rewards without step labels",
+                "DAPO: 50 points on AIME 2024 from Qwen2.5-32B base, above DeepSeek-R1-Zero-Qwen-32B with half its training steps; GSPO: more stable and efficient than GRPO, notably for mixture-of-experts models; PRIME: +15.1% on average over the SFT model with an implicit PRM learned online from outcome labels; ProRL: with KL control and reference resets, prolonged RL beats the base model at every pass@k, even where the base never succeeds",
+                &[(
+                    "learners_2025",
+                    "GRPO, Dr. GRPO, DAPO, GSPO, REINFORCE++, PPO with the outcome reward and PPO with step rewards from the exact labels, the Monte-Carlo PRM and PRIME's implicit PRM, and GRPO with ProRL's resets, each stopped at the same RL FLOPs, seeds 1-3; the PRIME rows give its step AUROC against the exact labels before and after RL beside the Monte-Carlo PRM's",
+                )],
             ),
             (
                 "More RL compute, problems the policy has not memorised, a longer initialisation",
