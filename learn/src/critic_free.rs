@@ -9,8 +9,8 @@ use ponder_policy_init::trainer::Progress;
 use crate::objective::minibatches;
 use crate::token_loss::{LossSettings, TokenTerms};
 use crate::{
-    Experience, LearnError, LearnStats, Learner, Sample, TrainablePolicy, old_logprobs, reference_logprobs,
-    sample_tokens,
+    Experience, LearnError, LearnStats, Learner, Sample, TrainablePolicy, reference_logprobs, sample_tokens,
+    update_logprobs,
 };
 
 /// What one critic-free learner is, besides the update they share: its name, learning rate
@@ -119,9 +119,9 @@ pub fn critic_free_update(
     if samples.is_empty() {
         return Ok(with_left_out(LearnStats::default()));
     }
-    let (old, old_tokens) = old_logprobs(policy, &samples, &sequences);
+    let (old, stale, old_tokens) = update_logprobs(policy, batch, &samples, &sequences);
     let (reference, reference_tokens) = reference_logprobs(policy, &sequences, update.loss.kl_coef);
-    let terms: Vec<TokenTerms> = sequences
+    let mut terms: Vec<TokenTerms> = sequences
         .into_iter()
         .zip(advantages)
         .zip(old.into_iter().zip(reference))
@@ -138,11 +138,17 @@ pub fn critic_free_update(
             }
         })
         .collect();
+    if let Some(stale) = &stale {
+        stale.weigh(&mut terms);
+    }
     *seed = seed.wrapping_add(1);
     let batches = minibatches(terms.len(), update.minibatch, update.epochs, *seed);
     let steps = batches.len();
     let (mut out, _) = policy.train_terms(terms, batches, update.loss, steps, progress)?;
     out.scored_tokens = old_tokens + reference_tokens;
+    if let (Some(stale), Some(cap)) = (&stale, batch.truncated_is) {
+        out.extra.extend(stale.stats(cap));
+    }
     Ok(with_left_out(out))
 }
 

@@ -76,6 +76,11 @@ pub struct Experience {
     pub demonstrations: Vec<(String, String)>,
     /// Preference pairs (DPO).
     pub preferences: Vec<Preference>,
+    /// The samples came from an older policy snapshot than the one being trained
+    /// (asynchronous rollouts): the update then corrects with truncated importance sampling,
+    /// this being the cap on each token's weight ([`StaleCorrection`]). `None`: on-policy.
+    #[serde(default)]
+    pub truncated_is: Option<f32>,
 }
 
 /// What one learning step did.
@@ -365,6 +370,87 @@ pub fn old_logprobs(
         })
         .collect();
     (old, computed_tokens)
+}
+
+/// The decoupled correction for samples of an older policy snapshot (asynchronous RL; Fu et
+/// al., AReaL, arXiv 2505.24298): the current weights are the proximal policy the clipped ratio
+/// is taken against, and each token's advantage is multiplied by its truncated importance
+/// weight `min(π_prox / π_behaviour, cap)` against the behaviour log-probs recorded at
+/// sampling. The surrogate is linear in the advantage, so scaling it is exactly weighting the
+/// token's loss.
+pub struct StaleCorrection {
+    /// The current policy's log-probs: the ratio's denominator.
+    pub proximal: Vec<Vec<f32>>,
+    /// Per token, the truncated importance weight.
+    pub weights: Vec<Vec<f32>>,
+    /// Tokens the proximal pass computed.
+    pub tokens: u64,
+}
+
+impl StaleCorrection {
+    /// For `sequences` whose behaviour log-probs are `behaviour`, under the current weights.
+    pub fn new(
+        policy: &TrainablePolicy,
+        sequences: &[(Vec<u32>, usize)],
+        behaviour: &[Vec<f32>],
+        cap: f32,
+    ) -> StaleCorrection {
+        let proximal = sequence_logprobs(&policy.weights(), &policy.tokenizer, sequences, &policy.trainer.backend);
+        let weights = proximal
+            .iter()
+            .zip(behaviour)
+            .map(|(p, b)| p.iter().zip(b).map(|(p, b)| (p - b).exp().min(cap)).collect())
+            .collect();
+        StaleCorrection {
+            proximal,
+            weights,
+            tokens: sequences.iter().map(|(t, _)| t.len() as u64).sum(),
+        }
+    }
+
+    /// Multiplies each token's advantage by its weight.
+    pub fn weigh(&self, terms: &mut [token_loss::TokenTerms]) {
+        for (t, w) in terms.iter_mut().zip(&self.weights) {
+            for (a, w) in t.advantages.iter_mut().zip(w) {
+                *a *= w;
+            }
+        }
+    }
+
+    /// The mean weight and the share of tokens at the cap, for the iteration's metrics.
+    pub fn stats(&self, cap: f32) -> Vec<(String, f64)> {
+        let all: Vec<f32> = self.weights.iter().flatten().copied().collect();
+        let n = all.len().max(1) as f64;
+        vec![
+            (
+                "tis_weight_mean".into(),
+                all.iter().map(|&w| f64::from(w)).sum::<f64>() / n,
+            ),
+            (
+                "tis_capped".into(),
+                all.iter().filter(|&&w| w >= cap).count() as f64 / n,
+            ),
+        ]
+    }
+}
+
+/// Old log-probs for an update: the behaviour log-probs ([`old_logprobs`]), or, for a stale
+/// batch, the proximal ones with the correction that goes with them.
+pub fn update_logprobs(
+    policy: &TrainablePolicy,
+    batch: &Experience,
+    samples: &[&Sample],
+    sequences: &[(Vec<u32>, usize)],
+) -> (Vec<Vec<f32>>, Option<StaleCorrection>, u64) {
+    let (old, old_tokens) = old_logprobs(policy, samples, sequences);
+    match batch.truncated_is {
+        Some(cap) => {
+            let correction = StaleCorrection::new(policy, sequences, &old, cap);
+            let tokens = old_tokens + correction.tokens;
+            (correction.proximal.clone(), Some(correction), tokens)
+        }
+        None => (old, None, old_tokens),
+    }
 }
 
 /// The reference policy's log-probs of each sequence's completion (empty when the KL term is

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::objective::minibatches;
 use crate::token_loss::{LossSettings, TokenTerms};
 use crate::{
-    Experience, LearnError, LearnStats, Learner, TrainablePolicy, old_logprobs, reference_logprobs, sample_tokens,
+    Experience, LearnError, LearnStats, Learner, TrainablePolicy, reference_logprobs, sample_tokens, update_logprobs,
 };
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -137,7 +137,7 @@ impl Learner for Ppo {
         let value_tokens: u64 = inputs.iter().map(|t| t.len() as u64).sum();
         let samples: Vec<&crate::Sample> = encoded.iter().map(|(x, _, _)| *x).collect();
         let sequences: Vec<(Vec<u32>, usize)> = encoded.iter().map(|(_, t, f)| (t.clone(), *f)).collect();
-        let (old, old_tokens) = old_logprobs(policy, &samples, &sequences);
+        let (old, stale, old_tokens) = update_logprobs(policy, batch, &samples, &sequences);
         let (reference, reference_tokens) = reference_logprobs(policy, &sequences, s.kl);
         let mut terms: Vec<TokenTerms> = Vec::with_capacity(encoded.len());
         for (((x, tokens, first), cache), (old, reference)) in
@@ -174,6 +174,9 @@ impl Learner for Ppo {
                 *a = (*a - mean) / (std + 1e-6);
             }
         }
+        if let Some(stale) = &stale {
+            stale.weigh(&mut terms);
+        }
         self.seed = self.seed.wrapping_add(1);
         let batches = minibatches(terms.len(), s.minibatch, s.epochs, self.seed);
         let steps = batches.len();
@@ -186,6 +189,9 @@ impl Learner for Ppo {
         };
         let (mut out, stats) = policy.train_terms(terms, batches, settings, steps, progress)?;
         out.extra = vec![("value_mse".into(), stats.value_error / stats.tokens.max(1.0))];
+        if let (Some(stale), Some(cap)) = (&stale, batch.truncated_is) {
+            out.extra.extend(stale.stats(cap));
+        }
         out.scored_tokens = value_tokens + old_tokens + reference_tokens;
         Ok(out)
     }

@@ -600,6 +600,42 @@ fn rl_stops_at_its_flops_budget() {
 }
 
 #[test]
+fn asynchronous_rollouts_sample_one_snapshot_behind_and_resume_with_it() {
+    let stale = [
+        "--set",
+        "pipeline.rl.max_staleness=1",
+        "--set",
+        "pipeline.rl.iterations=3",
+        "--set",
+        "pipeline.stages=[\"datagen\",\"init\",\"rl\"]",
+    ];
+    ok(&run("stale", &stale, &[]));
+    assert_eq!(rl_metric("stale", "staleness"), vec![0.0, 1.0, 1.0]);
+    // The first batch is the synchronous run's (the same weights); the later ones are corrected
+    // by truncated importance weights, which the first needs none of.
+    reference();
+    assert_eq!(rl_metric("stale", "loss")[0], rl_metric("reference", "loss")[0]);
+    let weights = rl_metric("stale", "tis_weight_mean");
+    assert_eq!(weights.len(), 2, "{weights:?}");
+    assert!(
+        weights.iter().all(|w| w.is_finite() && *w > 0.0 && *w != 1.0),
+        "{weights:?}"
+    );
+    // Killed before the third iteration, which samples with the second's weights: the resumed
+    // run takes that snapshot from the checkpoint and ends with the same results.
+    let crashed = run("stale-killed", &stale, &[("PONDER_CRASH_AT", "rl:2")]);
+    assert!(!crashed.status.success(), "the crash was not injected");
+    let mut resume = stale.to_vec();
+    resume.push("--resume");
+    ok(&run("stale-killed", &resume, &[]));
+    assert_eq!(
+        results("stale-killed")["learn"],
+        results("stale")["learn"],
+        "resumed results differ"
+    );
+}
+
+#[test]
 fn prorl_resets_start_the_kl_afresh_and_a_killed_run_resumes_with_them() {
     let resets = [
         "--set",

@@ -382,6 +382,14 @@ pub struct RlStage {
     /// reach this many, at the end of an iteration; `iterations` stays the cap. For comparing
     /// learners at equal compute. 0: no budget.
     pub flops_budget: f64,
+    /// Asynchronous rollouts: iteration i samples with the weights of iteration i - k (at most
+    /// k updates stale; earlier iterations with the first weights), so that the next batch is
+    /// sampled while the current one trains. 0: synchronous, every batch from the weights it
+    /// updates.
+    pub max_staleness: usize,
+    /// With stale rollouts, the cap of each token's truncated importance weight
+    /// `min(π_current / π_behaviour, cap)` in the update.
+    pub tis_cap: f32,
 }
 
 impl Default for RlStage {
@@ -398,6 +406,8 @@ impl Default for RlStage {
             reset_optimizer_every: 0,
             refill_rounds: 3,
             flops_budget: 0.0,
+            max_staleness: 0,
+            tis_cap: 2.0,
         }
     }
 }
@@ -500,6 +510,12 @@ impl PipelineSection {
             errors.push(ConfigError::new(
                 "pipeline.data.train_examples",
                 "policy initialisation needs training examples",
+            ));
+        }
+        if !(self.rl.tis_cap >= 1.0 && self.rl.tis_cap.is_finite()) {
+            errors.push(ConfigError::new(
+                "pipeline.rl.tis_cap",
+                format!("must be a number of at least 1, not {}", self.rl.tis_cap),
             ));
         }
         if !(self.rl.flops_budget >= 0.0 && self.rl.flops_budget.is_finite()) {

@@ -8,22 +8,20 @@
 
 mod rollouts;
 
-use rollouts::{Round, informative_groups, learn_and_score};
+use rollouts::{IterationSampler, Sampled, learn_and_score};
 
-use std::collections::HashSet;
+use std::collections::VecDeque;
 
 use anyhow::Context as _;
 
 use ponder_datagen::{Problem, Task};
 use ponder_learn::{Experience, TrainablePolicy};
-use ponder_policy_init::TransformerPolicy;
 use ponder_policy_init::checkpoint::Checkpointer;
 use ponder_policy_init::evaluate::{EvalSettings, evaluate};
 use ponder_policy_init::metrics::MetricsLog;
+use ponder_policy_init::{HostWeights, TransformerPolicy};
 use ponder_reward::Granularity;
 use ponder_reward::verifier::{VerifierReward, VerifierSettings};
-use rand::SeedableRng;
-use rand::seq::IndexedRandom;
 use serde_json::{Value, json};
 
 use super::Context;
@@ -31,6 +29,15 @@ use super::common::{distinct_problems, load_policy, shared_task, stage_policy, t
 use super::reward_quality::step_quality;
 use crate::registry::RewardContext;
 use crate::run_dir::clear_dir;
+
+/// The snapshot of the weights iteration `at` started from.
+fn snapshot(snapshots: &VecDeque<(usize, HostWeights)>, at: usize) -> anyhow::Result<&HostWeights> {
+    snapshots
+        .iter()
+        .find(|(j, _)| *j == at)
+        .map(|(_, w)| w)
+        .with_context(|| format!("no snapshot of the weights of iteration {}", at + 1))
+}
 
 /// Greedy pass@1 (and, with samples, pass@k) of weights on problems.
 async fn evaluate_weights(
@@ -167,6 +174,9 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
     let online = reward_model.as_deref().filter(|m| m.learns_online());
     let mut online_before = Value::Null;
     let mut saved_reward_flops = 0.0;
+    let k = s.max_staleness;
+    let mut snapshots: VecDeque<(usize, HostWeights)> = VecDeque::new();
+    let mut prefetched: Option<(usize, anyhow::Result<Sampled>)> = None;
     let mut resumed = None;
     let mut first_iteration = 0usize;
     let mut curve: Vec<Value> = Vec::new();
@@ -195,6 +205,9 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         online_before = saved["reward_model_before"].clone();
         if let Some(model) = online {
             model.load_online_state(&dir.join("reward_model"))?;
+        }
+        for j in first_iteration.saturating_sub(s.max_staleness)..first_iteration {
+            snapshots.push_back((j, load_policy(&dir.join(format!("behaviour-{j}")))?.0));
         }
         resumed = Some(first_iteration);
         tracing::info!(iteration = first_iteration, "RL resumed");
@@ -241,6 +254,18 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
     }
     let spent =
         |train: u64, sample: u64, scored: u64| s.flops_budget > 0.0 && flops(train, sample, scored) >= s.flops_budget;
+    let sampler = IterationSampler {
+        ctx,
+        task: &task,
+        tokenizer: &tokenizer,
+        reward_model: reward_model.as_deref(),
+        // An online model scores after its update, below.
+        needs_process: needs_process && online.is_none(),
+        verifier: &verifier,
+        max_tokens,
+        train_problems: &train_problems,
+        refills: learner.refills_uniform_groups(),
+    };
     let mut completed = first_iteration;
     for iteration in first_iteration..s.iterations {
         if spent(train_tokens, sample_tokens, scored_tokens) {
@@ -248,51 +273,25 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         }
         ctx.progress
             .set(iteration, s.iterations, &format!("iteration {}", iteration + 1));
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(ctx.seed("rl-problems") ^ iteration as u64);
-        let problems: Vec<Problem> = train_problems
-            .choose_multiple(&mut rng, s.problems_per_iteration.min(train_problems.len()))
-            .cloned()
-            .collect();
-        let weights = state.weights();
-        let policy = stage_policy(ctx, &weights, &tokenizer);
-        let round = Round {
-            ctx,
-            policy: &policy,
-            task: &task,
-            reward_model: reward_model.as_deref(),
-            // An online model scores after its update, below.
-            needs_process: needs_process && online.is_none(),
-            verifier: &verifier,
-            max_tokens,
-        };
-        let seed = ctx.seed("rl-samples") ^ (iteration as u64) << 24;
-        let (mut samples, computed) = round.samples(&problems, 0, seed).await?;
-        sample_tokens += computed;
-        // DAPO's dynamic sampling: fresh problems for the groups that carry no signal.
-        let mut refills = 0usize;
-        let mut groups = problems.len();
-        let mut batch_problems = problems.clone();
-        if learner.refills_uniform_groups() {
-            let mut used: HashSet<String> = problems.iter().map(|p| p.id.clone()).collect();
-            while refills < s.refill_rounds {
-                let missing = s.problems_per_iteration.saturating_sub(informative_groups(&samples));
-                let unused: Vec<&Problem> = train_problems.iter().filter(|p| !used.contains(&p.id)).collect();
-                let fresh: Vec<Problem> = unused
-                    .choose_multiple(&mut rng, missing)
-                    .map(|p| (*p).clone())
-                    .collect();
-                if fresh.is_empty() {
-                    break;
-                }
-                refills += 1;
-                used.extend(fresh.iter().map(|p| p.id.clone()));
-                let (more, computed) = round.samples(&fresh, groups, seed ^ (refills as u64) << 48).await?;
-                sample_tokens += computed;
-                samples.extend(more);
-                groups += fresh.len();
-                batch_problems.extend(fresh);
-            }
+        // Asynchronous rollouts: iteration i samples with the weights iteration i - k started
+        // from (k = max_staleness), which were ready while iteration i - 1 trained.
+        snapshots.push_back((iteration, state.weights()));
+        while snapshots.front().is_some_and(|(j, _)| j + k < iteration) {
+            snapshots.pop_front();
         }
+        let behaviour_at = iteration.saturating_sub(k);
+        let sampled = match prefetched.take() {
+            Some((i, sampled)) if i == iteration => sampled?,
+            _ => sampler.sample(iteration, snapshot(&snapshots, behaviour_at)?).await?,
+        };
+        let Sampled {
+            mut samples,
+            problems: batch_problems,
+            tokens,
+            refills,
+            groups,
+        } = sampled;
+        sample_tokens += tokens;
         let online_update = match online {
             Some(model) => Some(learn_and_score(model, &tokenizer, &batch_problems, &mut samples).await?),
             None => None,
@@ -307,8 +306,10 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
             })
             .sum();
         let n = samples.len().max(1) as f64;
+        let staleness = iteration - behaviour_at;
         let experience = Experience {
             samples,
+            truncated_is: (staleness > 0).then_some(s.tis_cap),
             ..Experience::default()
         };
         let within = WithinIteration {
@@ -316,7 +317,22 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
             iteration,
             iterations: s.iterations,
         };
-        let stats = learner.learn(&mut state, &experience, &within)?;
+        // The update, and meanwhile the next iteration's sampling when it may be stale.
+        let next = iteration + 1;
+        let (stats, next_sampled) = std::thread::scope(|scope| {
+            let ahead = (k > 0 && next < s.iterations)
+                .then(|| snapshot(&snapshots, next - k).map(|w| (w, &sampler)))
+                .transpose()?
+                .map(|(w, sampler)| scope.spawn(move || crate::block_on(sampler.sample(next, w))));
+            let stats = learner.learn(&mut state, &experience, &within);
+            let next_sampled = ahead.map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("iteration {}: the sampling thread panicked", next + 1)))
+            });
+            anyhow::Ok((stats, next_sampled))
+        })?;
+        prefetched = next_sampled.map(|r| (next, r));
+        let stats = stats?;
         if !stats.loss.is_finite() {
             anyhow::bail!(
                 "iteration {}: the loss is {}; the last good checkpoint (iteration {iteration}) is intact",
@@ -344,6 +360,9 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         if learner.refills_uniform_groups() {
             record["refill_rounds"] = json!(refills);
             record["groups"] = json!(groups);
+        }
+        if k > 0 {
+            record["staleness"] = json!(staleness);
         }
         for (k, v) in &stats.extra {
             record[k] = json!(v);
@@ -395,6 +414,11 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
                 model
                     .save_online_state(&dir.join("reward_model"))
                     .map_err(|e| ponder_policy_init::PolicyError::Format(e.to_string()))?;
+            }
+            // The snapshots later iterations sample with (the current weights are the
+            // checkpoint's own).
+            for (j, weights) in snapshots.iter().filter(|(j, _)| j + k > iteration) {
+                ponder_policy_init::hf::save_pretrained(&dir.join(format!("behaviour-{j}")), weights, &tokenizer)?;
             }
             Ok(())
         })?;

@@ -2,7 +2,7 @@
 //! the run's searcher's answers), the verifier's reward at the end, and a process model's step
 //! scores where the learner asks; and which groups carry a signal (for DAPO's refill rounds).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -15,8 +15,11 @@ use ponder_reward::verifier::VerifierReward;
 use ponder_search::lockstep::search_all;
 use ponder_search::{Budget, SearchEnv};
 
+use rand::SeedableRng;
+use rand::seq::IndexedRandom;
+
 use crate::stages::Context;
-use crate::stages::common::{sample_generations, tokens_per_generation};
+use crate::stages::common::{sample_generations, stage_policy, tokens_per_generation};
 
 /// Step scores of every trace, in order, each with the index of its problem in `problems`: one
 /// `score_many` call with the traces grouped by problem (one request per problem for a remote
@@ -77,9 +80,94 @@ pub(super) async fn learn_and_score(
     Ok(update)
 }
 
+/// One iteration's samples: the batch's problems (group `g`'s is `problems[g]`), the tokens
+/// the policy computed and generated for them, and DAPO's refill rounds and groups.
+pub(super) struct Sampled {
+    pub(super) samples: Vec<Sample>,
+    pub(super) problems: Vec<Problem>,
+    pub(super) tokens: u64,
+    pub(super) refills: usize,
+    pub(super) groups: usize,
+}
+
+/// What an iteration's sampling reads, apart from the weights it samples with: so that the
+/// next iteration can sample on another thread while this one trains (asynchronous rollouts).
+pub(super) struct IterationSampler<'a> {
+    pub(super) ctx: &'a Context<'a>,
+    pub(super) task: &'a Arc<dyn Task>,
+    pub(super) tokenizer: &'a ponder_policy_init::Tokenizer,
+    pub(super) reward_model: Option<&'a dyn RewardModel>,
+    pub(super) needs_process: bool,
+    pub(super) verifier: &'a VerifierReward,
+    pub(super) max_tokens: usize,
+    pub(super) train_problems: &'a [Problem],
+    /// The learner leaves out groups without signal: refill them (DAPO's dynamic sampling).
+    pub(super) refills: bool,
+}
+
+impl IterationSampler<'_> {
+    /// Iteration `iteration`'s problems (drawn by its own seed) and their samples from
+    /// `weights`; with refills, fresh problems for the groups that carry no signal.
+    pub(super) async fn sample(
+        &self,
+        iteration: usize,
+        weights: &ponder_policy_init::HostWeights,
+    ) -> anyhow::Result<Sampled> {
+        let (ctx, s) = (self.ctx, &self.ctx.config.pipeline.rl);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(ctx.seed("rl-problems") ^ iteration as u64);
+        let problems: Vec<Problem> = self
+            .train_problems
+            .choose_multiple(&mut rng, s.problems_per_iteration.min(self.train_problems.len()))
+            .cloned()
+            .collect();
+        let policy = stage_policy(ctx, weights, self.tokenizer);
+        let round = Round {
+            ctx,
+            policy: &policy,
+            task: self.task,
+            reward_model: self.reward_model,
+            needs_process: self.needs_process,
+            verifier: self.verifier,
+            max_tokens: self.max_tokens,
+        };
+        let seed = ctx.seed("rl-samples") ^ (iteration as u64) << 24;
+        let (mut samples, mut tokens) = round.samples(&problems, 0, seed).await?;
+        let (mut refills, mut groups) = (0usize, problems.len());
+        let mut batch = problems;
+        if self.refills {
+            let mut used: HashSet<String> = batch.iter().map(|p| p.id.clone()).collect();
+            while refills < s.refill_rounds {
+                let missing = s.problems_per_iteration.saturating_sub(informative_groups(&samples));
+                let unused: Vec<&Problem> = self.train_problems.iter().filter(|p| !used.contains(&p.id)).collect();
+                let fresh: Vec<Problem> = unused
+                    .choose_multiple(&mut rng, missing)
+                    .map(|p| (*p).clone())
+                    .collect();
+                if fresh.is_empty() {
+                    break;
+                }
+                refills += 1;
+                used.extend(fresh.iter().map(|p| p.id.clone()));
+                let (more, computed) = round.samples(&fresh, groups, seed ^ (refills as u64) << 48).await?;
+                tokens += computed;
+                samples.extend(more);
+                groups += fresh.len();
+                batch.extend(fresh);
+            }
+        }
+        Ok(Sampled {
+            samples,
+            problems: batch,
+            tokens,
+            refills,
+            groups,
+        })
+    }
+}
+
 /// What one sampling round of an iteration reads: the policy, the task and its verifier, and
 /// the run's reward model (for search inside RL, and for step rewards when the learner asks).
-pub(super) struct Round<'a> {
+struct Round<'a> {
     pub(super) ctx: &'a Context<'a>,
     pub(super) policy: &'a TransformerPolicy,
     pub(super) task: &'a Arc<dyn Task>,
@@ -93,12 +181,7 @@ impl Round<'_> {
     /// The learner's samples of `problems` (groups numbered from `first_group`), each with the
     /// verifier's reward and, where the learner asks, the process model's step scores; and the
     /// tokens the policy computed and generated for them.
-    pub(super) async fn samples(
-        &self,
-        problems: &[Problem],
-        first_group: usize,
-        seed: u64,
-    ) -> anyhow::Result<(Vec<Sample>, u64)> {
+    async fn samples(&self, problems: &[Problem], first_group: usize, seed: u64) -> anyhow::Result<(Vec<Sample>, u64)> {
         let (collected, computed) = collect(
             self.ctx,
             self.policy,
