@@ -456,8 +456,8 @@ impl Trainer {
                     self.skipped += 1;
                     Some(spike)
                 }
-                Err(diverged) => {
-                    self.rewind(diverged)?;
+                Err(spike) => {
+                    self.rewind(spike)?;
                     continue;
                 }
             };
@@ -476,10 +476,7 @@ impl Trainer {
                     .optimizer
                     .step(&mut self.params, &grads, &self.decay, &self.lr_scale, lr);
                 if !stats.grad_norm.is_finite() {
-                    self.rewind(PolicyError::Diverged(format!(
-                        "step {}: the gradient norm is {} (the last checkpoint is intact)",
-                        self.step, stats.grad_norm
-                    )))?;
+                    self.rewind(format!("step {}: the gradient norm is {}", self.step, stats.grad_norm))?;
                     continue;
                 }
                 grad_norm = Some(stats.grad_norm);
@@ -496,7 +493,7 @@ impl Trainer {
                     "step": self.step,
                     "skipped_batch": self.skipped,
                     "spiking_loss": loss_value,
-                    "reason": spike.to_string(),
+                    "reason": spike,
                 }))?;
             }
             if grad_norm.is_some() && (self.step.is_multiple_of(self.config.log_every.max(1)) || self.step == total) {
@@ -560,15 +557,16 @@ impl Trainer {
         });
     }
 
-    /// Answers the guard firing with `diverged`: back to the snapshot with half the learning
-    /// rate, or `diverged` itself once the rewinds are spent. The metrics records past the
+    /// Answers the guard firing for `reason`: back to the snapshot with half the learning
+    /// rate, or the run stops once the rewinds are spent. The metrics records past the
     /// snapshot are dropped (the run writes them again) and a record of the rewind is added.
-    fn rewind(&mut self, diverged: PolicyError) -> Result<(), PolicyError> {
+    fn rewind(&mut self, reason: String) -> Result<(), PolicyError> {
+        let diverged = || PolicyError::Diverged(format!("{reason} (the last checkpoint is intact)"));
         if self.rewinds >= self.config.max_rewinds {
-            return Err(diverged);
+            return Err(diverged());
         }
         let Some(snapshot) = &self.snapshot else {
-            return Err(diverged);
+            return Err(diverged());
         };
         let spike_step = self.step;
         for (param, saved) in self.params.iter_mut().zip(&snapshot.params) {
@@ -591,26 +589,24 @@ impl Trainer {
             "rewind": self.rewinds,
             "from_step": spike_step,
             "lr_factor": self.lr_factor,
-            "reason": diverged.to_string(),
+            "reason": reason,
         }))
     }
 
-    fn guard(&mut self, loss: f64) -> Result<(), PolicyError> {
+    /// `Err` with what is wrong when the loss spiked or is not finite.
+    fn guard(&mut self, loss: f64) -> Result<(), String> {
         if !loss.is_finite() {
-            return Err(PolicyError::Diverged(format!(
-                "step {}: the loss is {loss} (the last checkpoint is intact)",
-                self.step
-            )));
+            return Err(format!("step {}: the loss is {loss}", self.step));
         }
         if let Some(mean) = self.loss_mean
             && self.step > self.config.optim.warmup_steps
             && loss.abs() > self.config.divergence_factor * mean.max(self.config.divergence_floor)
         {
-            return Err(PolicyError::Diverged(format!(
-                "step {}: the loss jumped to {loss:.4}, {:.1}x its running mean magnitude {mean:.4} (the last checkpoint is intact)",
+            return Err(format!(
+                "step {}: the loss jumped to {loss:.4}, {:.1}x its running mean magnitude {mean:.4}",
                 self.step,
                 loss.abs() / mean.max(1e-12)
-            )));
+            ));
         }
         self.loss_mean = Some(match self.loss_mean {
             Some(m) => 0.95 * m + 0.05 * loss.abs(),
