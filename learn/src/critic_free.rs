@@ -138,17 +138,16 @@ pub fn critic_free_update(
             }
         })
         .collect();
-    if let Some(stale) = &stale {
-        stale.weigh(&mut terms);
-    }
+    let stale_stats = stale
+        .as_ref()
+        .map(|c| c.weigh(&mut terms, update.loss.sequence_ratio))
+        .unwrap_or_default();
     *seed = seed.wrapping_add(1);
     let batches = minibatches(terms.len(), update.minibatch, update.epochs, *seed);
     let steps = batches.len();
     let (mut out, _) = policy.train_terms(terms, batches, update.loss, steps, progress)?;
     out.scored_tokens = old_tokens + reference_tokens;
-    if let (Some(stale), Some(cap)) = (&stale, batch.truncated_is) {
-        out.extra.extend(stale.stats(cap));
-    }
+    out.extra.extend(stale_stats);
     Ok(with_left_out(out))
 }
 

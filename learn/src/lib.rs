@@ -173,8 +173,10 @@ impl TrainablePolicy {
             checkpoint_every: usize::MAX,
             log_every: usize::MAX,
             divergence_floor: 1.0,
-            // An RL step's snapshot would belong to another iteration's rollouts.
+            // An RL step's snapshot would belong to another iteration's rollouts, and a skipped
+            // minibatch would go unreported: the update fails instead.
             max_rewinds: 0,
+            skip_spikes: 0,
             ..TrainerConfig::default()
         };
         let lr = config.optim.lr;
@@ -381,8 +383,9 @@ pub fn old_logprobs(
 pub struct StaleCorrection {
     /// The current policy's log-probs: the ratio's denominator.
     pub proximal: Vec<Vec<f32>>,
-    /// Per token, the truncated importance weight.
-    pub weights: Vec<Vec<f32>>,
+    /// Per token, `log π_prox − log π_behaviour`.
+    pub log_ratios: Vec<Vec<f32>>,
+    pub cap: f32,
     /// Tokens the proximal pass computed.
     pub tokens: u64,
 }
@@ -396,30 +399,46 @@ impl StaleCorrection {
         cap: f32,
     ) -> StaleCorrection {
         let proximal = sequence_logprobs(&policy.weights(), &policy.tokenizer, sequences, &policy.trainer.backend);
-        let weights = proximal
+        let log_ratios = proximal
             .iter()
             .zip(behaviour)
-            .map(|(p, b)| p.iter().zip(b).map(|(p, b)| (p - b).exp().min(cap)).collect())
+            .map(|(p, b)| p.iter().zip(b).map(|(p, b)| p - b).collect())
             .collect();
         StaleCorrection {
             proximal,
-            weights,
+            log_ratios,
+            cap,
             tokens: sequences.iter().map(|(t, _)| t.len() as u64).sum(),
         }
     }
 
-    /// Multiplies each token's advantage by its weight.
-    pub fn weigh(&self, terms: &mut [token_loss::TokenTerms]) {
-        for (t, w) in terms.iter_mut().zip(&self.weights) {
+    /// Per sequence, each token's truncated weight; with one ratio per sequence (GSPO, which
+    /// reads a sequence's advantage from its first token), the sequence's
+    /// `min(exp(mean(log π_prox − log π_behaviour)), cap)` on every token.
+    pub fn weights(&self, sequence_ratio: bool) -> Vec<Vec<f32>> {
+        self.log_ratios
+            .iter()
+            .map(|r| {
+                if sequence_ratio {
+                    let mean = r.iter().sum::<f32>() / r.len().max(1) as f32;
+                    vec![mean.exp().min(self.cap); r.len()]
+                } else {
+                    r.iter().map(|d| d.exp().min(self.cap)).collect()
+                }
+            })
+            .collect()
+    }
+
+    /// Multiplies each token's advantage by its weight ([`StaleCorrection::weights`]); returns
+    /// the mean weight and the share of weights at the cap, for the iteration's metrics.
+    pub fn weigh(&self, terms: &mut [token_loss::TokenTerms], sequence_ratio: bool) -> Vec<(String, f64)> {
+        let weights = self.weights(sequence_ratio);
+        for (t, w) in terms.iter_mut().zip(&weights) {
             for (a, w) in t.advantages.iter_mut().zip(w) {
                 *a *= w;
             }
         }
-    }
-
-    /// The mean weight and the share of tokens at the cap, for the iteration's metrics.
-    pub fn stats(&self, cap: f32) -> Vec<(String, f64)> {
-        let all: Vec<f32> = self.weights.iter().flatten().copied().collect();
+        let all: Vec<f32> = weights.into_iter().flatten().collect();
         let n = all.len().max(1) as f64;
         vec![
             (
@@ -428,7 +447,7 @@ impl StaleCorrection {
             ),
             (
                 "tis_capped".into(),
-                all.iter().filter(|&&w| w >= cap).count() as f64 / n,
+                all.iter().filter(|&&w| w >= self.cap).count() as f64 / n,
             ),
         ]
     }

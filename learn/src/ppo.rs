@@ -174,9 +174,7 @@ impl Learner for Ppo {
                 *a = (*a - mean) / (std + 1e-6);
             }
         }
-        if let Some(stale) = &stale {
-            stale.weigh(&mut terms);
-        }
+        let stale_stats = stale.as_ref().map(|c| c.weigh(&mut terms, false)).unwrap_or_default();
         self.seed = self.seed.wrapping_add(1);
         let batches = minibatches(terms.len(), s.minibatch, s.epochs, self.seed);
         let steps = batches.len();
@@ -189,9 +187,7 @@ impl Learner for Ppo {
         };
         let (mut out, stats) = policy.train_terms(terms, batches, settings, steps, progress)?;
         out.extra = vec![("value_mse".into(), stats.value_error / stats.tokens.max(1.0))];
-        if let (Some(stale), Some(cap)) = (&stale, batch.truncated_is) {
-            out.extra.extend(stale.stats(cap));
-        }
+        out.extra.extend(stale_stats);
         out.scored_tokens = value_tokens + old_tokens + reference_tokens;
         Ok(out)
     }

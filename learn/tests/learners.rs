@@ -388,3 +388,34 @@ fn the_token_loss_gradient_matches_autodiff_and_finite_differences() {
         }
     }
 }
+
+#[test]
+fn stale_samples_are_weighed_by_truncated_importance_ratios() {
+    use ponder_learn::StaleCorrection;
+    use ponder_learn::token_loss::TokenTerms;
+    let correction = StaleCorrection {
+        proximal: vec![vec![-1.0, -2.0], vec![-0.5]],
+        log_ratios: vec![vec![0.5f32.ln(), 3.0f32.ln()], vec![0.0]],
+        cap: 2.0,
+        tokens: 0,
+    };
+    let close = |a: &[Vec<f32>], b: &[Vec<f32>]| {
+        a.iter()
+            .flatten()
+            .zip(b.iter().flatten())
+            .all(|(x, y)| (x - y).abs() < 1e-6)
+    };
+    // Per token: the ratio, capped at 2; per sequence (GSPO): the geometric mean, capped.
+    assert!(close(&correction.weights(false), &[vec![0.5, 2.0], vec![1.0]]));
+    let g = 1.5f32.sqrt();
+    assert!(close(&correction.weights(true), &[vec![g, g], vec![1.0]]));
+    let mut terms = vec![
+        TokenTerms::uniform(vec![1, 2, 3], 1, 1.0, 1.0),
+        TokenTerms::uniform(vec![1, 2], 1, -2.0, 1.0),
+    ];
+    let stats = correction.weigh(&mut terms, false);
+    assert_eq!(terms[0].advantages, vec![0.5, 2.0]);
+    assert_eq!(terms[1].advantages, vec![-2.0]);
+    assert!((stats[0].1 - 3.5 / 3.0).abs() < 1e-9, "{stats:?}");
+    assert!((stats[1].1 - 1.0 / 3.0).abs() < 1e-9, "{stats:?}");
+}

@@ -435,7 +435,8 @@ impl Trainer {
             let checkpoint_every = self.config.checkpoint_every.max(1);
             let snapshot_due = self.step.is_multiple_of(self.config.snapshot_every.max(1))
                 || (checkpoint_every != usize::MAX && self.step.is_multiple_of(checkpoint_every));
-            if self.config.max_rewinds > 0 && (self.snapshot.is_none() || snapshot_due) {
+            // Not while batches are being skipped: the parameters may already be going bad.
+            if self.config.max_rewinds > 0 && (self.snapshot.is_none() || (snapshot_due && self.spikes_in_a_row == 0)) {
                 self.take_snapshot();
             }
             let started = Instant::now();

@@ -303,6 +303,22 @@ fn a_loss_spike_rewinds_to_the_last_snapshot_with_half_the_learning_rate() {
         .filter_map(|r| r["step"].as_u64())
         .collect();
     assert_eq!(logged, vec![5, 10, 15, 20, 25, 30]);
+    // Steps after the rewind ran at half the schedule's rate: compare with a clean run's log.
+    let lr_at = |step: u64| {
+        records_with(&metrics, "lr")
+            .iter()
+            .find(|r| r["step"].as_u64() == Some(step))
+            .and_then(|r| r["lr"].as_f64())
+            .expect("lr")
+    };
+    let (rewound_20, rewound_30) = (lr_at(20), lr_at(30));
+    spiky_run(&weights, dir.path(), c.clone(), 0).expect("trains");
+    assert_eq!(rewound_20, lr_at(20), "before the rewind, the schedule's rate");
+    assert!(
+        (rewound_30 / lr_at(30) - 0.5).abs() < 1e-12,
+        "{rewound_30} vs {}",
+        lr_at(30)
+    );
 
     // The same spike on every try: the run fails once the two rewinds are spent.
     let err = spiky_run(&weights, dir.path(), c, usize::MAX).expect_err("gives up");

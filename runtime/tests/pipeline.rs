@@ -633,6 +633,11 @@ fn asynchronous_rollouts_sample_one_snapshot_behind_and_resume_with_it() {
         results("stale")["learn"],
         "resumed results differ"
     );
+    // Two updates stale: the third iteration samples with the first weights.
+    let mut two = stale.to_vec();
+    two[1] = "pipeline.rl.max_staleness=2";
+    ok(&run("stale-2", &two, &[]));
+    assert_eq!(rl_metric("stale-2", "staleness"), vec![0.0, 1.0, 2.0]);
 }
 
 #[test]

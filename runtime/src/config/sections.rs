@@ -512,6 +512,12 @@ impl PipelineSection {
                 "policy initialisation needs training examples",
             ));
         }
+        if self.rl.max_staleness > 0 && self.rl.use_search {
+            errors.push(ConfigError::new(
+                "pipeline.rl.max_staleness",
+                "asynchronous rollouts need the behaviour log-probs recorded at sampling, which a searcher's chosen traces lack: use it without pipeline.rl.use_search",
+            ));
+        }
         if !(self.rl.tis_cap >= 1.0 && self.rl.tis_cap.is_finite()) {
             errors.push(ConfigError::new(
                 "pipeline.rl.tis_cap",

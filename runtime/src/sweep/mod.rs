@@ -12,7 +12,9 @@
 //! every run a copy. A variant may not change what they depend on; a grid key may, and then the
 //! shared stages run once per value of it (`base_seed-2`, ...) and each run gets its value's
 //! copy: `[grid] "run.seed" = [1, 2, 3]` with nine learner variants runs three initialisations,
-//! not twenty-seven. A shared reward stage must train every reward model a run needs.
+//! not twenty-seven. A shared reward stage must train every reward model a run needs; a run's
+//! own `[reward]` settings that do not change what is trained (a PRM's aggregation) leave the
+//! reward stage's measures, made with the base's settings, as they are.
 //!
 //! A sweep is resumable: run it again and finished stages of every run are skipped. At the end
 //! `table.md`, `table.csv` and `sweep.json` hold a row per run, and `plots/` a chart per metric
@@ -348,7 +350,8 @@ impl Sweep {
         }
         let mut seen = std::collections::HashSet::new();
         for r in &runs {
-            if ["configs", "logs", "plots"].contains(&r.name.as_str()) || r.name.starts_with("base") {
+            let shared = !file.sweep.reuse.is_empty() && (r.name == "base" || r.name.starts_with("base_"));
+            if ["configs", "logs", "plots"].contains(&r.name.as_str()) || shared {
                 return Err(err(format!(
                     "a run may not be named `{}`: the sweep uses that directory",
                     r.name

@@ -173,7 +173,9 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
     // in RL's checkpoints, and its step AUROC on held-out traces before and after.
     let online = reward_model.as_deref().filter(|m| m.learns_online());
     let mut online_before = Value::Null;
-    let mut saved_reward_flops = 0.0;
+    // The reward model's passes during RL (step scores, an online model's updates), counted
+    // batch by batch as they are used.
+    let mut reward_flops = 0.0;
     let k = s.max_staleness;
     let mut snapshots: VecDeque<(usize, HostWeights)> = VecDeque::new();
     let mut prefetched: Option<(usize, anyhow::Result<Sampled>)> = None;
@@ -201,7 +203,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         train_tokens = saved["train_tokens"].as_u64().unwrap_or(0);
         sample_tokens = saved["sample_tokens"].as_u64().unwrap_or(0);
         scored_tokens = saved["scored_tokens"].as_u64().unwrap_or(0);
-        saved_reward_flops = saved["reward_flops"].as_f64().unwrap_or(0.0);
+        reward_flops = saved["reward_flops"].as_f64().unwrap_or(0.0);
         online_before = saved["reward_model_before"].clone();
         if let Some(model) = online {
             model.load_online_state(&dir.join("reward_model"))?;
@@ -233,27 +235,19 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         let policy = stage_policy(ctx, &start, &tokenizer);
         online_before = step_quality(ctx, &policy, max_tokens, model).await?;
     }
-    // The reward model's passes during RL (step scores, an online model's updates), counted
-    // from here; a resumed run adds what the run before it spent.
-    let reward_flops_at_start = reward_model.as_deref().map_or(0.0, |m| m.flops());
-    let reward_flops = || {
-        saved_reward_flops
-            + reward_model
-                .as_deref()
-                .map_or(0.0, |m| m.flops() - reward_flops_at_start)
-    };
     // Training passes (forward and backward) at 6 FLOPs per parameter and token; sampling and the
     // update's forward-only passes (old policy, reference, critic) at 2; and the reward model's.
-    let flops = |train: u64, sample: u64, scored: u64| {
-        6.0 * params * train as f64 + 2.0 * params * (sample + scored) as f64 + reward_flops()
+    let flops = |train: u64, sample: u64, scored: u64, reward: f64| {
+        6.0 * params * train as f64 + 2.0 * params * (sample + scored) as f64 + reward
     };
     if curve.is_empty() {
         let policy = TransformerPolicy::on_backend(&start, tokenizer.clone(), &ctx.backend);
         let r = evaluate_weights(&policy, task.as_ref(), &test, 0, max_tokens, ctx.seed("rl-curve")).await?;
         curve.push(curve_point(0, 0.0, &r.pass1_greedy));
     }
-    let spent =
-        |train: u64, sample: u64, scored: u64| s.flops_budget > 0.0 && flops(train, sample, scored) >= s.flops_budget;
+    let spent = |train: u64, sample: u64, scored: u64, reward: f64| {
+        s.flops_budget > 0.0 && flops(train, sample, scored, reward) >= s.flops_budget
+    };
     let sampler = IterationSampler {
         ctx,
         task: &task,
@@ -268,7 +262,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
     };
     let mut completed = first_iteration;
     for iteration in first_iteration..s.iterations {
-        if spent(train_tokens, sample_tokens, scored_tokens) {
+        if spent(train_tokens, sample_tokens, scored_tokens, reward_flops) {
             break;
         }
         ctx.progress
@@ -288,12 +282,19 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
             mut samples,
             problems: batch_problems,
             tokens,
+            reward_flops: scoring_flops,
             refills,
             groups,
         } = sampled;
         sample_tokens += tokens;
+        reward_flops += scoring_flops;
         let online_update = match online {
-            Some(model) => Some(learn_and_score(model, &tokenizer, &batch_problems, &mut samples).await?),
+            Some(model) => {
+                let before = model.flops();
+                let update = learn_and_score(model, &tokenizer, &batch_problems, &mut samples).await?;
+                reward_flops += model.flops() - before;
+                Some(update)
+            }
             None => None,
         };
         let rewards: f64 = samples.iter().map(|x| f64::from(x.reward)).sum();
@@ -321,7 +322,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         let next = iteration + 1;
         let (stats, next_sampled) = std::thread::scope(|scope| {
             let ahead = (k > 0 && next < s.iterations)
-                .then(|| snapshot(&snapshots, next - k).map(|w| (w, &sampler)))
+                .then(|| snapshot(&snapshots, next.saturating_sub(k)).map(|w| (w, &sampler)))
                 .transpose()?
                 .map(|(w, sampler)| scope.spawn(move || crate::block_on(sampler.sample(next, w))));
             let stats = learner.learn(&mut state, &experience, &within);
@@ -355,7 +356,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
             "train_tokens": train_tokens,
             "sample_tokens": sample_tokens,
             "scored_tokens": scored_tokens,
-            "flops": flops(train_tokens, sample_tokens, scored_tokens),
+            "flops": flops(train_tokens, sample_tokens, scored_tokens, reward_flops),
         });
         if learner.refills_uniform_groups() {
             record["refill_rounds"] = json!(refills);
@@ -383,13 +384,13 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         }
         metrics.write(record)?;
         completed = iteration + 1;
-        let last = iteration + 1 == s.iterations || spent(train_tokens, sample_tokens, scored_tokens);
+        let last = iteration + 1 == s.iterations || spent(train_tokens, sample_tokens, scored_tokens, reward_flops);
         if (iteration + 1) % s.eval_every.max(1) == 0 || last {
             let policy = TransformerPolicy::on_backend(&state.weights(), tokenizer.clone(), &ctx.backend);
             let r = evaluate_weights(&policy, task.as_ref(), &test, 0, max_tokens, ctx.seed("rl-curve")).await?;
             curve.push(curve_point(
                 iteration + 1,
-                flops(train_tokens, sample_tokens, scored_tokens),
+                flops(train_tokens, sample_tokens, scored_tokens, reward_flops),
                 &r.pass1_greedy,
             ));
             metrics.write(json!({"step": iteration + 1, "eval": {"pass@1_greedy": r.pass1_greedy.value}}))?;
@@ -400,7 +401,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
             "train_tokens": train_tokens,
             "sample_tokens": sample_tokens,
             "scored_tokens": scored_tokens,
-            "reward_flops": reward_flops(),
+            "reward_flops": reward_flops,
             "reward_model_before": online_before,
         });
         let reference_was_reset = s.reset_reference_every > 0 && iteration + 1 >= s.reset_reference_every;
@@ -423,7 +424,6 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
             Ok(())
         })?;
     }
-    let total_reward_flops = reward_flops();
     let online_after = match online {
         Some(model) => {
             ctx.progress.set(
@@ -471,8 +471,8 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         "train_tokens": train_tokens,
         "sample_tokens": sample_tokens,
         "scored_tokens": scored_tokens,
-        "flops": 6.0 * params * train_tokens as f64 + 2.0 * params * (sample_tokens + scored_tokens) as f64 + total_reward_flops,
-        "reward_flops": total_reward_flops,
+        "flops": flops(train_tokens, sample_tokens, scored_tokens, reward_flops),
+        "reward_flops": reward_flops,
         "curve": curve,
         "eval": after.summary(),
     });

@@ -86,6 +86,8 @@ pub(super) struct Sampled {
     pub(super) samples: Vec<Sample>,
     pub(super) problems: Vec<Problem>,
     pub(super) tokens: u64,
+    /// The reward model's FLOPs for their step scores.
+    pub(super) reward_flops: f64,
     pub(super) refills: usize,
     pub(super) groups: usize,
 }
@@ -131,6 +133,7 @@ impl IterationSampler<'_> {
             max_tokens: self.max_tokens,
         };
         let seed = ctx.seed("rl-samples") ^ (iteration as u64) << 24;
+        let reward_before = self.reward_model.map_or(0.0, |m| m.flops());
         let (mut samples, mut tokens) = round.samples(&problems, 0, seed).await?;
         let (mut refills, mut groups) = (0usize, problems.len());
         let mut batch = problems;
@@ -159,6 +162,7 @@ impl IterationSampler<'_> {
             samples,
             problems: batch,
             tokens,
+            reward_flops: self.reward_model.map_or(0.0, |m| m.flops()) - reward_before,
             refills,
             groups,
         })
