@@ -4,7 +4,9 @@
 //! The [`Learner`] trait and its kinds — behaviour cloning and expert iteration ([`bc`]),
 //! [`dpo`], [`ppo`] (a value head, GAE, clipped ratio, KL to the reference, entropy bonus,
 //! optional per-step process rewards) and [`grpo`] (group-normalised advantages, Dr. GRPO
-//! variant) — all on one token-level loss ([`token_loss`]) and the policy trainer's machinery.
+//! variant), DAPO, GSPO and REINFORCE++ — all on one token-level loss ([`token_loss`]) and the
+//! policy trainer's machinery; and [`prime`], PRIME's implicit process reward model, which
+//! learns online during RL through the same loss.
 
 pub mod bc;
 pub mod critic_free;

@@ -166,15 +166,7 @@ impl RewardModel for LearnedReward {
     }
 
     async fn score_many(&self, items: &[(&Problem, &[Trace])]) -> Result<Vec<Vec<StepScores>>, RewardError> {
-        let pairs: Vec<(&Problem, &Trace)> = items
-            .iter()
-            .flat_map(|(p, traces)| traces.iter().map(move |t| (*p, t)))
-            .collect();
-        let mut scores = self.score_pairs(&pairs).into_iter();
-        Ok(items
-            .iter()
-            .map(|(_, traces)| scores.by_ref().take(traces.len()).collect())
-            .collect())
+        crate::score_grouped(items, |pairs| Ok(self.score_pairs(pairs)))
     }
 
     fn calls(&self) -> u64 {

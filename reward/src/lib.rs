@@ -42,6 +42,23 @@ pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
+/// `score_many` for a model that scores a flat list of (problem, trace) pairs in one pass:
+/// flattens `items`, scores them with `score_pairs`, and groups the scores back by problem.
+pub fn score_grouped(
+    items: &[(&Problem, &[Trace])],
+    score_pairs: impl FnOnce(&[(&Problem, &Trace)]) -> Result<Vec<StepScores>, RewardError>,
+) -> Result<Vec<Vec<StepScores>>, RewardError> {
+    let pairs: Vec<(&Problem, &Trace)> = items
+        .iter()
+        .flat_map(|(p, traces)| traces.iter().map(move |t| (*p, t)))
+        .collect();
+    let mut scores = score_pairs(&pairs)?.into_iter();
+    Ok(items
+        .iter()
+        .map(|(_, traces)| scores.by_ref().take(traces.len()).collect())
+        .collect())
+}
+
 /// What a reward model says about one (possibly unfinished) trace.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepScores {
