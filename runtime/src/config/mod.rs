@@ -8,9 +8,11 @@
 //! `[1, 2]`), as strings otherwise; the same holds for `--set`.
 
 mod layers;
+mod pipeline;
 mod sections;
 
 pub use layers::*;
+pub use pipeline::*;
 pub use sections::*;
 
 use std::path::{Path, PathBuf};
