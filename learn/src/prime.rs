@@ -113,15 +113,21 @@ impl ImplicitPrm {
         Ok(self.state()?.weights())
     }
 
-    /// Per sequence, the implicit reward after each completion token: `β · Σ log-ratio`.
-    fn implicit_rewards(&self, sequences: &[(Vec<u32>, usize)]) -> Result<Vec<Vec<f32>>, RewardError> {
-        let state = self.state()?;
-        let backend = state.trainer.backend.clone();
-        let current = sequence_logprobs(&state.weights(), &state.tokenizer, sequences, &backend);
-        let reference = sequence_logprobs(&state.reference, &state.tokenizer, sequences, &backend);
+    /// Per sequence, the completion tokens' log-probs under `π_φ` and under `π_ref` (two
+    /// forward passes, counted).
+    fn logprobs(&self, state: &TrainablePolicy, sequences: &[(Vec<u32>, usize)]) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+        let backend = &state.trainer.backend;
+        let current = sequence_logprobs(&state.weights(), &state.tokenizer, sequences, backend);
+        let reference = sequence_logprobs(&state.reference, &state.tokenizer, sequences, backend);
         let tokens: u64 = sequences.iter().map(|(t, _)| t.len() as u64).sum();
         self.forward_tokens.fetch_add(2 * tokens, Ordering::Relaxed);
         self.calls.fetch_add(1, Ordering::Relaxed);
+        (current, reference)
+    }
+
+    /// Per sequence, the implicit reward after each completion token: `β · Σ log-ratio`.
+    fn implicit_rewards(&self, sequences: &[(Vec<u32>, usize)]) -> Result<Vec<Vec<f32>>, RewardError> {
+        let (current, reference) = self.logprobs(&*self.state()?, sequences);
         Ok(current
             .iter()
             .zip(&reference)
@@ -209,19 +215,17 @@ impl RewardModel for ImplicitPrm {
         let s = self.settings.clone();
         let sequences: Vec<(Vec<u32>, usize)> = rollouts.iter().map(|r| (r.tokens.clone(), r.first)).collect();
         let labels: Vec<f32> = rollouts.iter().map(|r| f32::from(u8::from(r.correct))).collect();
-        let before = self.implicit_rewards(&sequences)?;
-        let accuracy = before
+        let mut state = self.state()?;
+        let (current, reference) = self.logprobs(&state, &sequences);
+        let sum = |l: &Vec<f32>| l.iter().sum::<f32>();
+        let reference: Vec<f32> = reference.iter().map(sum).collect();
+        let accuracy = current
             .iter()
+            .zip(&reference)
             .zip(&labels)
-            .filter(|(q, y)| (q.last().copied().unwrap_or(0.0) > 0.0) == (**y > 0.5))
+            .filter(|((lp, r), y)| (sum(lp) > **r) == (**y > 0.5))
             .count() as f64
             / rollouts.len() as f64;
-        let mut state = self.state()?;
-        let reference: Vec<f32> =
-            sequence_logprobs(&state.reference, &state.tokenizer, &sequences, &state.trainer.backend)
-                .iter()
-                .map(|l| l.iter().sum())
-                .collect();
         let terms: Vec<TokenTerms> = sequences
             .iter()
             .map(|(tokens, first)| TokenTerms::uniform(tokens.clone(), *first, 0.0, 1.0))
@@ -281,10 +285,8 @@ impl RewardModel for ImplicitPrm {
         objective.refresh = Some(Box::new(refresh));
         let trained_before = state.trainer.tokens;
         state.train(&mut objective, steps, &Silent)?;
-        // Forward passes: the reference once over every rollout, `π_φ` over each minibatch.
-        let length = |i: usize| sequences[i].0.len() as u64;
-        let forward: u64 =
-            (0..sequences.len()).map(length).sum::<u64>() + batches.iter().flatten().map(|&i| length(i)).sum::<u64>();
+        // Forward passes besides `logprobs`'s: `π_φ` over each minibatch before its step.
+        let forward: u64 = batches.iter().flatten().map(|&i| sequences[i].0.len() as u64).sum();
         self.forward_tokens.fetch_add(forward, Ordering::Relaxed);
         self.train_tokens
             .fetch_add(state.trainer.tokens - trained_before, Ordering::Relaxed);
