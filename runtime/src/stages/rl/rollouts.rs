@@ -27,13 +27,13 @@ use crate::stages::common::{sample_generations, stage_policy, tokens_per_generat
 async fn process_scores(
     model: &dyn RewardModel,
     problems: &[Problem],
-    traces: &[(usize, Trace)],
+    traces: &[(usize, &Trace)],
 ) -> anyhow::Result<Vec<Vec<f32>>> {
     let mut groups: Vec<(usize, Vec<Trace>)> = Vec::new();
     for (i, trace) in traces {
         match groups.last_mut() {
-            Some((last, traces)) if last == i => traces.push(trace.clone()),
-            _ => groups.push((*i, vec![trace.clone()])),
+            Some((last, traces)) if last == i => traces.push((*trace).clone()),
+            _ => groups.push((*i, vec![(*trace).clone()])),
         }
     }
     let items: Vec<(&Problem, &[Trace])> = groups.iter().map(|(i, t)| (&problems[*i], t.as_slice())).collect();
@@ -73,8 +73,10 @@ pub(super) async fn learn_and_score(
         })
         .collect();
     let update = model.learn_outcomes(&examples)?;
-    let traces: Vec<(usize, Trace)> = samples.iter().map(|x| (x.group, Trace::parse(&x.completion))).collect();
-    for (x, steps) in samples.iter_mut().zip(process_scores(model, problems, &traces).await?) {
+    let parsed: Vec<Trace> = samples.iter().map(|x| Trace::parse(&x.completion)).collect();
+    let traces: Vec<(usize, &Trace)> = samples.iter().map(|x| x.group).zip(&parsed).collect();
+    let scores = process_scores(model, problems, &traces).await?;
+    for (x, steps) in samples.iter_mut().zip(scores) {
         x.step_rewards = steps;
     }
     Ok(update)
@@ -198,7 +200,7 @@ impl Round<'_> {
         .await?;
         let step_scores = match self.reward_model.filter(|_| self.needs_process) {
             Some(model) => {
-                let traces: Vec<(usize, Trace)> = collected.iter().map(|c| (c.group, c.trace.clone())).collect();
+                let traces: Vec<(usize, &Trace)> = collected.iter().map(|c| (c.group, &c.trace)).collect();
                 process_scores(model, problems, &traces).await?
             }
             None => vec![Vec::new(); collected.len()],
