@@ -129,10 +129,19 @@ pub trait Policy: Send + Sync {
     /// The log-probability of each token of `continuation` given `context`.
     async fn logprobs(&self, context: &str, continuation: &str) -> Result<Vec<f32>, PolicyError>;
 
-    /// Tokens the model has computed and generated since it was created (prompt tokens computed,
-    /// tokens generated): prefix reuse makes the first small.
+    /// Tokens since the model was created: computed (every position run through the model,
+    /// prompt and generated tokens alike, a reused prefix left out) and generated.
     fn compute_counters(&self) -> (u64, u64) {
         (0, 0)
+    }
+
+    /// The positions run through the model since it was created, what its FLOPs are counted
+    /// from: the tokens computed, or those generated where a policy counts nothing else.
+    fn forward_tokens(&self) -> u64 {
+        match self.compute_counters() {
+            (0, generated) => generated,
+            (computed, _) => computed,
+        }
     }
 }
 

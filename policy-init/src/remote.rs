@@ -31,6 +31,11 @@ pub struct RemoteConfig {
     pub attempts: usize,
     /// Parameters of the served model, when known (for FLOPs estimates).
     pub params: Option<usize>,
+    /// Ask for the sampled token ids (vLLM's `return_tokens_as_token_ids`, which `ponder
+    /// serve` also takes) so that every generation carries them beside its log-probs, and
+    /// finish a trace in one call (cut after its answer line here) rather than two: what an RL
+    /// update needs to train on exactly what was sampled.
+    pub token_ids: bool,
 }
 
 impl Default for RemoteConfig {
@@ -43,6 +48,7 @@ impl Default for RemoteConfig {
             concurrency: 16,
             attempts: 3,
             params: None,
+            token_ids: false,
         }
     }
 }
@@ -71,6 +77,8 @@ pub struct RemotePolicy {
     api_key: Option<String>,
     next: AtomicUsize,
     generated: AtomicU64,
+    /// Prompt tokens the servers report having read (`usage.prompt_tokens`).
+    prompted: AtomicU64,
 }
 
 impl std::fmt::Debug for RemotePolicy {
@@ -82,6 +90,14 @@ impl std::fmt::Debug for RemotePolicy {
 #[derive(Debug, Deserialize)]
 struct CompletionResponse {
     choices: Vec<Choice>,
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Usage {
+    #[serde(default)]
+    prompt_tokens: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,9 +114,37 @@ struct Choice {
 #[derive(Debug, Default, Deserialize)]
 struct Logprobs {
     #[serde(default)]
+    tokens: Vec<String>,
+    #[serde(default)]
     token_logprobs: Vec<Option<f32>>,
     #[serde(default)]
     text_offset: Vec<usize>,
+}
+
+/// One choice of an answer: its text, each token's log-prob, with `token_ids` the sampled ids
+/// and their character offsets in the text, and whether it stopped (rather than ran out of
+/// tokens).
+#[derive(Debug, Default)]
+struct Completed {
+    text: String,
+    logprobs: Vec<f32>,
+    token_ids: Vec<u32>,
+    offsets: Vec<usize>,
+    stopped: bool,
+}
+
+/// The end of a trace's answer line: the byte after the newline that ends the first line
+/// starting with `Answer:`.
+fn answer_line_end(text: &str) -> Option<usize> {
+    let mut start = 0;
+    for line in text.split_inclusive('\n') {
+        let end = start + line.len();
+        if line.ends_with('\n') && line.trim_start().starts_with(ANSWER_PREFIX) {
+            return Some(end);
+        }
+        start = end;
+    }
+    None
 }
 
 /// One HTTP request: a prompt, its parameters and how many samples.
@@ -146,6 +190,7 @@ impl RemotePolicy {
             api_key,
             next: AtomicUsize::new(0),
             generated: AtomicU64::new(0),
+            prompted: AtomicU64::new(0),
         })
     }
 
@@ -183,7 +228,7 @@ impl RemotePolicy {
         )))
     }
 
-    async fn complete(&self, call: &Call) -> Result<Vec<(String, Vec<f32>, bool)>, PolicyError> {
+    async fn complete(&self, call: &Call) -> Result<Vec<Completed>, PolicyError> {
         let mut body = json!({
             "model": self.config.model,
             "prompt": call.prompt,
@@ -194,6 +239,9 @@ impl RemotePolicy {
             "seed": call.seed,
             "logprobs": 0,
         });
+        if self.config.token_ids {
+            body["return_tokens_as_token_ids"] = json!(true);
+        }
         if call.sampling.top_k > 0 {
             body["top_k"] = json!(call.sampling.top_k);
         }
@@ -201,6 +249,9 @@ impl RemotePolicy {
             body["stop"] = json!(call.stop);
         }
         let mut response = self.post(body).await?;
+        if let Some(usage) = &response.usage {
+            self.prompted.fetch_add(usage.prompt_tokens, Ordering::Relaxed);
+        }
         response.choices.sort_by_key(|c| c.index);
         if response.choices.len() != call.n {
             return Err(PolicyError::Remote(format!(
@@ -209,26 +260,85 @@ impl RemotePolicy {
                 response.choices.len()
             )));
         }
-        Ok(response
+        response
             .choices
             .into_iter()
             .map(|c| {
-                let logprobs: Vec<f32> = c
-                    .logprobs
-                    .unwrap_or_default()
-                    .token_logprobs
-                    .into_iter()
-                    .map(|l| l.unwrap_or(0.0))
-                    .collect();
-                let stopped = c.finish_reason.as_deref() == Some("stop");
-                (c.text, logprobs, stopped)
+                let lp = c.logprobs.unwrap_or_default();
+                let logprobs: Vec<f32> = lp.token_logprobs.into_iter().map(|l| l.unwrap_or(0.0)).collect();
+                let token_ids = if self.config.token_ids {
+                    let ids: Option<Vec<u32>> = lp
+                        .tokens
+                        .iter()
+                        .map(|t| t.strip_prefix("token_id:").and_then(|n| n.parse().ok()))
+                        .collect();
+                    match ids {
+                        Some(ids) if ids.len() == logprobs.len() && lp.text_offset.len() == ids.len() => ids,
+                        _ => {
+                            return Err(PolicyError::Remote(format!(
+                                "{}: the answer does not give the sampled token ids with their offsets (`token_id:N` tokens, as vLLM's and ponder serve's return_tokens_as_token_ids do)",
+                                self.config.model
+                            )));
+                        }
+                    }
+                } else {
+                    Vec::new()
+                };
+                Ok(Completed {
+                    text: c.text,
+                    logprobs,
+                    token_ids,
+                    offsets: lp.text_offset,
+                    stopped: c.finish_reason.as_deref() == Some("stop"),
+                })
             })
-            .collect())
+            .collect()
+    }
+
+    /// A whole trace in one call, with its sampled token ids: cut after the answer line (where
+    /// a local policy stops), keeping the tokens that start before the cut.
+    async fn generate_traces(&self, r: &GenRequest, n: usize) -> Result<Vec<Generation>, PolicyError> {
+        let call = Call {
+            prompt: r.prompt.clone(),
+            max_tokens: r.max_tokens,
+            sampling: r.sampling,
+            stop: Vec::new(),
+            seed: r.seed,
+            n,
+        };
+        let mut out = Vec::with_capacity(n);
+        for mut c in self.complete(&call).await? {
+            let finish = match answer_line_end(&c.text) {
+                Some(end) => {
+                    let kept = c.offsets.iter().take_while(|&&o| o < end).count();
+                    let cut = c.offsets.get(kept).copied().unwrap_or(c.text.len());
+                    c.text.truncate(cut);
+                    c.token_ids.truncate(kept);
+                    c.logprobs.truncate(kept);
+                    Finish::Answer
+                }
+                None if c.stopped => Finish::EndOfSequence,
+                None => Finish::Length,
+            };
+            self.generated.fetch_add(c.logprobs.len() as u64, Ordering::Relaxed);
+            out.push(Generation {
+                text: c.text,
+                token_ids: c.token_ids,
+                logprobs: c.logprobs,
+                finish,
+                prompt_tokens: 0,
+                computed_prompt_tokens: 0,
+            });
+        }
+        Ok(out)
     }
 
     /// One group of identical requests: for `StepEnd` one call stopping at a newline; for
     /// `TraceEnd` a call stopping before `Answer:` and one finishing that line.
     async fn generate_group(&self, r: &GenRequest, n: usize) -> Result<Vec<Generation>, PolicyError> {
+        if self.config.token_ids && r.stop == Stop::TraceEnd {
+            return self.generate_traces(r, n).await;
+        }
         let first_stop = match r.stop {
             Stop::StepEnd => vec!["\n".to_string()],
             Stop::TraceEnd => vec![ANSWER_PREFIX.to_string()],
@@ -245,10 +355,14 @@ impl RemotePolicy {
         };
         let first = self.complete(&call).await?;
         let mut out = Vec::with_capacity(n);
-        for (i, (mut text, mut logprobs, stopped)) in first.into_iter().enumerate() {
+        for (i, c) in first.into_iter().enumerate() {
+            let (mut text, mut logprobs, stopped) = (c.text, c.logprobs, c.stopped);
+            // Token ids cover the text only where nothing is added to it below.
+            let mut token_ids = c.token_ids;
             let finish = match r.stop {
                 Stop::StepEnd if stopped => {
                     text.push('\n');
+                    token_ids.clear();
                     let line = text.rsplit('\n').nth(1).unwrap_or("");
                     if line.trim_start().starts_with(ANSWER_PREFIX) {
                         Finish::Answer
@@ -266,10 +380,11 @@ impl RemotePolicy {
                         seed: r.seed.wrapping_add(i as u64 + 1),
                         n: 1,
                     };
-                    let (tail, tail_logprobs, tail_stopped) = self.complete(&rest).await?.pop().unwrap_or_default();
-                    text.push_str(&tail);
-                    logprobs.extend(tail_logprobs);
-                    if tail_stopped {
+                    let tail = self.complete(&rest).await?.pop().unwrap_or_default();
+                    text.push_str(&tail.text);
+                    logprobs.extend(tail.logprobs);
+                    token_ids.clear();
+                    if tail.stopped {
                         text.push('\n');
                         Finish::Answer
                     } else {
@@ -282,7 +397,7 @@ impl RemotePolicy {
             self.generated.fetch_add(logprobs.len() as u64, Ordering::Relaxed);
             out.push(Generation {
                 text,
-                token_ids: Vec::new(),
+                token_ids,
                 logprobs,
                 finish,
                 prompt_tokens: 0,
@@ -363,6 +478,7 @@ impl Policy for RemotePolicy {
     }
 
     fn compute_counters(&self) -> (u64, u64) {
-        (0, self.generated.load(Ordering::Relaxed))
+        let generated = self.generated.load(Ordering::Relaxed);
+        (self.prompted.load(Ordering::Relaxed) + generated, generated)
     }
 }

@@ -105,6 +105,19 @@ async fn remote_generations_match_the_served_model() {
     assert!(lp.iter().all(|l| l.is_finite() && *l <= 0.0));
     assert_eq!(local.len(), 3);
 
+    // A server that does not give the sampled token ids cannot serve RL's rollouts.
+    let without_ids = RemotePolicy::new(RemoteConfig {
+        endpoints: vec![format!("http://{addr}/v1")],
+        token_ids: true,
+        ..RemoteConfig::default()
+    })
+    .expect("config");
+    let err = without_ids
+        .generate(&[GenRequest::new(prompt, Stop::TraceEnd, 20, Sampling::greedy(), 1)])
+        .await
+        .expect_err("no token ids in the answer");
+    assert!(err.to_string().contains("token_id:N"), "{err}");
+
     let dead = RemotePolicy::new(RemoteConfig {
         endpoints: vec!["http://127.0.0.1:9/v1".into()],
         attempts: 2,

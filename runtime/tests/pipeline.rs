@@ -461,24 +461,27 @@ fn the_runs_searcher_is_measured_by_search_eval_and_headlines_the_report() {
     );
 }
 
-#[test]
-fn search_eval_runs_against_a_remote_policy_served_by_another_ponder_process() {
-    use std::io::BufRead;
-    // The smoke run's policy, served by a `ponder serve` process of its own on a free port.
-    reference();
-    /// The server process, killed however the test ends.
-    struct Server(std::process::Child);
-    impl Drop for Server {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
+/// A `ponder serve` process, killed however the test ends.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
+}
+
+/// The reference run served by a `ponder serve` process of its own on a free port (`extra`:
+/// more arguments), and its base URL.
+fn serve_reference(extra: &[&str]) -> (Server, String) {
+    use std::io::BufRead;
+    reference();
     let mut server = Server(
         Command::new(env!("CARGO_BIN_EXE_ponder"))
             .args(["serve", "--run"])
             .arg(out_dir().join("reference"))
             .args(["--port", "0"])
+            .args(extra)
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("ponder serve starts"),
@@ -495,6 +498,13 @@ fn search_eval_runs_against_a_remote_policy_served_by_another_ponder_process() {
     let url = rx
         .recv_timeout(std::time::Duration::from_secs(60))
         .expect("ponder serve says where it serves");
+    (server, url)
+}
+
+#[test]
+fn search_eval_runs_against_a_remote_policy_served_by_another_ponder_process() {
+    // The smoke run's policy, served by a `ponder serve` process of its own on a free port.
+    let (server, url) = serve_reference(&[]);
     // The smoke config with `[policy] kind = "remote"`: no local weights, only the server.
     let smoke = std::fs::read_to_string(smoke_config()).expect("smoke config");
     let (head, rest) = smoke.split_once("[policy]\n").expect("a [policy] table");
@@ -542,6 +552,71 @@ fn search_eval_runs_against_a_remote_policy_served_by_another_ponder_process() {
         }
     }
     assert_eq!(search["run_searcher_at_top_budget"]["searcher"], "majority", "{search}");
+}
+
+#[test]
+fn rl_samples_on_a_ponder_serve_process_that_loads_the_weights_of_each_iteration() {
+    let (_server, url) = serve_reference(&["--set", "serve.weight_updates=true"]);
+    let remote =
+        format!("pipeline.rl.rollout_server={{endpoints=[\"{url}/v1\"],model=\"ponder-reference\",concurrency=4}}");
+    let stages = ["--set", "pipeline.stages=[\"datagen\",\"init\",\"rl\"]"];
+    let weight_updates = || {
+        let text = reqwest::blocking::get(format!("{url}/metrics"))
+            .and_then(|r| r.text())
+            .expect("metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix("ponder_weight_updates_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .expect("the weight-update counter")
+    };
+    // Synchronous: the server loads the weights each iteration starts from and samples what
+    // this process would have, token for token, so the updates are the reference run's.
+    let mut sync = vec!["--set", remote.as_str()];
+    sync.extend(stages);
+    ok(&run("remote-rollouts", &sync, &[]));
+    assert_eq!(weight_updates(), 2.0);
+    reference();
+    for key in ["loss", "reward", "kl", "entropy", "response_tokens"] {
+        assert_eq!(rl_metric("remote-rollouts", key), rl_metric("reference", key), "{key}");
+    }
+    // Sampling compute: each position once. This process runs every sampled token but the last
+    // through the model, and the prompts once per group (a shared prefix); the server reads
+    // each of the 8 prompts once per request and counts every token it generated.
+    let samples = 8.0 * 4.0;
+    let generated = rl_metric("reference", "response_tokens")[0] * samples;
+    let (here, there) = (
+        rl_metric("reference", "sample_tokens")[0],
+        rl_metric("remote-rollouts", "sample_tokens")[0],
+    );
+    assert!(
+        here > generated - samples && here < there && there < generated * 1.5,
+        "{here} {there} {generated}"
+    );
+    assert_eq!(
+        results("remote-rollouts")["learn"]["grpo"]["rollout_server"],
+        serde_json::json!([format!("{url}/v1")])
+    );
+    assert!(!out_dir().join("remote-rollouts/rollout-weights/behaviour-0").exists());
+    // One update stale, killed before the third iteration and resumed: the resumed run hands
+    // the second iteration's weights over again and ends as the uninterrupted run does.
+    let mut stale = sync.clone();
+    stale.extend([
+        "--set",
+        "pipeline.rl.max_staleness=1",
+        "--set",
+        "pipeline.rl.iterations=3",
+    ]);
+    ok(&run("remote-stale", &stale, &[]));
+    assert_eq!(rl_metric("remote-stale", "staleness"), vec![0.0, 1.0, 1.0]);
+    let crashed = run("remote-stale-killed", &stale, &[("PONDER_CRASH_AT", "rl:2")]);
+    assert!(!crashed.status.success(), "the crash was not injected");
+    stale.push("--resume");
+    ok(&run("remote-stale-killed", &stale, &[]));
+    assert_eq!(
+        results("remote-stale-killed")["learn"],
+        results("remote-stale")["learn"],
+        "resumed results differ"
+    );
 }
 
 /// Each RL iteration's `key` from a run's metrics.

@@ -101,13 +101,7 @@ fn client() -> reqwest::blocking::Client {
 }
 
 fn post(path: &str, body: &Value) -> (u16, Value) {
-    let r = client()
-        .post(format!("{}{path}", server()))
-        .json(body)
-        .send()
-        .expect("request");
-    let status = r.status().as_u16();
-    (status, r.json().unwrap_or(Value::Null))
+    post_to(server(), path, body)
 }
 
 fn chat(effort: &str, seed: u64, prompt: &str) -> Value {
@@ -588,11 +582,7 @@ fn a_loopback_load_test_with_malformed_requests_never_breaks_the_server() {
 }
 
 fn metrics_text() -> String {
-    client()
-        .get(format!("{}/metrics", server()))
-        .send()
-        .and_then(|r| r.text())
-        .expect("metrics")
+    metrics_text_of(server())
 }
 
 /// The sum of the samples of every series whose line starts with `name` (Prometheus text).
@@ -638,4 +628,91 @@ fn the_official_openai_python_client_talks_to_ponder_serve() {
         .collect();
     assert!(tokens[0] < tokens[1] && tokens[1] < tokens[2], "{report}");
     assert_eq!(report["streamed"], report["answers"]["medium"], "{report}");
+}
+
+#[test]
+fn a_rollout_server_returns_what_it_sampled_token_for_token_and_takes_new_weights() {
+    let (url, _stop) = start_with(&["serve.weight_updates=true".into()]);
+    let remote = RemotePolicy::new(RemoteConfig {
+        endpoints: vec![format!("{url}/v1")],
+        model: model().into(),
+        token_ids: true,
+        ..RemoteConfig::default()
+    })
+    .expect("remote policy");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let requests: Vec<GenRequest> = (0..4)
+        .map(|i| GenRequest::new(problem(3), Stop::TraceEnd, 60, Sampling::default(), 7 + i))
+        .collect();
+    // The server samples what this process samples with the same weights and seeds: the
+    // same tokens, with their log-probs, cut after the answer line as a local policy stops.
+    let same_as_local = |dir: &Path| {
+        let (weights, tokenizer) = ponder_policy_init::hf::load_pretrained(dir).expect("weights");
+        let local = TransformerPolicy::new(&weights, tokenizer.clone());
+        let here = rt.block_on(local.generate(&requests)).expect("local generations");
+        let there = rt.block_on(remote.generate(&requests)).expect("remote generations");
+        for (a, b) in there.iter().zip(&here) {
+            assert!(
+                !a.token_ids.is_empty() && a.token_ids.len() == a.logprobs.len(),
+                "{a:?}"
+            );
+            assert_eq!(tokenizer.decode(&a.token_ids), a.text);
+            assert_eq!((&a.token_ids, &a.text, a.finish), (&b.token_ids, &b.text, b.finish));
+            for (x, y) in a.logprobs.iter().zip(&b.logprobs) {
+                assert!((x - y).abs() < 1e-4, "{:?} vs {:?}", a.logprobs, b.logprobs);
+            }
+        }
+        there
+    };
+    let served = same_as_local(&policy_dir());
+    // New weights: the earliest initialisation checkpoint the run keeps, before RL.
+    let checkpoints = run_dir().join("checkpoints/init");
+    let first = std::fs::read_dir(&checkpoints)
+        .expect("init checkpoints")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("config.json").exists())
+        .min()
+        .unwrap_or_else(|| run_dir().join("policy/init"));
+    let (status, body) = post_to(&url, "/update_weights_from_disk", &json!({"model_path": first}));
+    assert_eq!((status, &body["success"]), (200, &json!(true)), "{body}");
+    let reloaded = same_as_local(&first);
+    assert_ne!(
+        served.iter().map(|g| &g.logprobs).collect::<Vec<_>>(),
+        reloaded.iter().map(|g| &g.logprobs).collect::<Vec<_>>(),
+        "the new weights are served"
+    );
+    assert!(metrics_text_of(&url).contains("ponder_weight_updates_total 1"));
+    // A path without a policy: a 400 naming the field, and the old weights stay.
+    let (status, body) = post_to(
+        &url,
+        "/update_weights_from_disk",
+        &json!({"model_path": "/nonexistent"}),
+    );
+    assert_eq!((status, &body["error"]["param"]), (400, &json!("model_path")), "{body}");
+    same_as_local(&first);
+    // A server without `serve.weight_updates` refuses.
+    let (status, body) = post("/update_weights_from_disk", &json!({"model_path": first}));
+    assert_eq!(status, 403, "{body}");
+}
+
+fn post_to(url: &str, path: &str, body: &Value) -> (u16, Value) {
+    let r = client()
+        .post(format!("{url}{path}"))
+        .json(body)
+        .send()
+        .expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().unwrap_or(Value::Null))
+}
+
+fn metrics_text_of(url: &str) -> String {
+    client()
+        .get(format!("{url}/metrics"))
+        .send()
+        .and_then(|r| r.text())
+        .expect("metrics")
 }

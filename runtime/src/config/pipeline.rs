@@ -225,6 +225,13 @@ pub struct RlStage {
     /// With stale rollouts, the cap of each token's truncated importance weight
     /// `min(π_current / π_behaviour, cap)` in the update.
     pub tis_cap: f32,
+    /// Sample on OpenAI-compatible servers instead of in this process: before each
+    /// iteration samples, its weights are saved under the run directory's `rollout-weights/`
+    /// and every endpoint loads them with `POST /update_weights_from_disk` (so the servers must
+    /// read this machine's files; `ponder serve` needs `serve.weight_updates = true`). The
+    /// samples' token ids and log-probs come back with them (`token_ids` is always on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout_server: Option<ponder_policy_init::remote::RemoteConfig>,
 }
 
 impl Default for RlStage {
@@ -243,6 +250,7 @@ impl Default for RlStage {
             flops_budget: 0.0,
             max_staleness: 0,
             tis_cap: 2.0,
+            rollout_server: None,
         }
     }
 }
@@ -352,6 +360,11 @@ impl PipelineSection {
                 "pipeline.rl.max_staleness",
                 "asynchronous rollouts need the behaviour log-probs recorded at sampling, which a searcher's chosen traces lack: use it without pipeline.rl.use_search",
             ));
+        }
+        if let Some(server) = &self.rl.rollout_server {
+            for problem in server.validate() {
+                errors.push(ConfigError::new("pipeline.rl.rollout_server", problem));
+            }
         }
         if !(self.rl.tis_cap >= 1.0 && self.rl.tis_cap.is_finite()) {
             errors.push(ConfigError::new(

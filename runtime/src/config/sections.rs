@@ -54,6 +54,10 @@ pub struct ServeSection {
     /// A request that names no `reasoning_effort` searches with the run's `[search]` searcher
     /// at this budget.
     pub default_budget: usize,
+    /// Accept `POST /update_weights_from_disk` (SGLang's protocol): load a policy directory
+    /// this server can read and serve it from the next request on. For RL rollout servers;
+    /// off by default, since it lets a client make the server read files.
+    pub weight_updates: bool,
 }
 
 impl Default for ServeSection {
@@ -70,6 +74,7 @@ impl Default for ServeSection {
             timeout_seconds: 60.0,
             batch_window_ms: 2,
             default_budget: 8,
+            weight_updates: false,
             efforts: [
                 (
                     "low".to_string(),

@@ -17,6 +17,8 @@ enum Job {
     Generate(Vec<GenRequest>, oneshot::Sender<Result<Vec<Generation>, String>>),
     Score(Problem, Vec<Trace>, oneshot::Sender<Result<Vec<StepScores>, String>>),
     Logprobs(String, String, oneshot::Sender<Vec<f32>>),
+    /// New weights: the jobs before it run with the old ones, the jobs after it with these.
+    Reload(Arc<TransformerPolicy>, oneshot::Sender<()>),
 }
 
 /// Counters the metrics endpoint reads.
@@ -26,6 +28,7 @@ pub struct BatchCounters {
     pub batched_requests: AtomicU64,
     pub generated_tokens: AtomicU64,
     pub reward_traces: AtomicU64,
+    pub weight_updates: AtomicU64,
 }
 
 /// The shared model worker: a policy and a reward model behind a channel.
@@ -64,7 +67,7 @@ impl Batcher {
 }
 
 fn worker(
-    policy: Arc<TransformerPolicy>,
+    mut policy: Arc<TransformerPolicy>,
     reward: Arc<dyn RewardModel>,
     receiver: mpsc::Receiver<Job>,
     window: Duration,
@@ -87,12 +90,38 @@ fn worker(
                 Err(_) => break,
             }
         }
-        // A panic in one batch answers that batch's callers with an error (their reply
-        // channels drop) and leaves the worker serving the next.
-        let run = std::panic::AssertUnwindSafe(|| run_batch(&runtime, &policy, &reward, jobs, &counters));
-        if std::panic::catch_unwind(run).is_err() {
-            eprintln!("ponder serve: a batch failed inside the model; its requests got errors");
+        // A weight update splits the batch: what came before it runs with the old weights.
+        let mut batch = Vec::new();
+        for job in jobs {
+            match job {
+                Job::Reload(new, reply) => {
+                    run_guarded(&runtime, &policy, &reward, std::mem::take(&mut batch), &counters);
+                    policy = new;
+                    counters.weight_updates.fetch_add(1, Ordering::Relaxed);
+                    let _ = reply.send(());
+                }
+                job => batch.push(job),
+            }
         }
+        run_guarded(&runtime, &policy, &reward, batch, &counters);
+    }
+}
+
+/// A panic in one batch answers that batch's callers with an error (their reply channels
+/// drop) and leaves the worker serving the next.
+fn run_guarded(
+    runtime: &tokio::runtime::Runtime,
+    policy: &TransformerPolicy,
+    reward: &Arc<dyn RewardModel>,
+    jobs: Vec<Job>,
+    counters: &BatchCounters,
+) {
+    if jobs.is_empty() {
+        return;
+    }
+    let run = std::panic::AssertUnwindSafe(|| run_batch(runtime, policy, reward, jobs, counters));
+    if std::panic::catch_unwind(run).is_err() {
+        eprintln!("ponder serve: a batch failed inside the model; its requests got errors");
     }
 }
 
@@ -113,6 +142,8 @@ fn run_batch(
                 requests.extend(r);
             }
             Job::Score(p, t, reply) => scoring.push((p, t, reply)),
+            // The worker handles weight updates between batches.
+            Job::Reload(..) => {}
             Job::Logprobs(context, continuation, reply) => {
                 let lp = policy
                     .score(&[(context.as_str(), continuation.as_str())])
@@ -152,6 +183,18 @@ fn run_batch(
             };
             let _ = reply.send(part);
         }
+    }
+}
+
+impl Batcher {
+    /// Serves `policy` from the next batch on, once the requests already queued have run.
+    pub async fn reload(&self, policy: Arc<TransformerPolicy>) -> Result<(), PolicyError> {
+        let (tx, rx) = oneshot::channel();
+        self.sender
+            .send(Job::Reload(policy, tx))
+            .map_err(|_| PolicyError::Remote("the model worker stopped".into()))?;
+        rx.await
+            .map_err(|_| PolicyError::Remote("the model worker stopped".into()))
     }
 }
 

@@ -47,6 +47,10 @@ struct CompletionRequest {
     seed: Option<u64>,
     logprobs: Option<u32>,
     echo: Option<bool>,
+    /// vLLM's extension: log-prob tokens as `token_id:N`, the ids sampled, token for token
+    /// (an end-of-sequence token included when nothing was cut off); what an RL trainer
+    /// needs to train on exactly what was sampled.
+    return_tokens_as_token_ids: Option<bool>,
 }
 
 pub(super) async fn completions(
@@ -161,11 +165,27 @@ pub(super) async fn complete(state: &AppState, body: Result<Bytes, BytesRejectio
             } else if only_newline && finish == "stop" {
                 text = text.trim_end_matches('\n').to_string();
             }
-            let ids = state.tokenizer.encode(&text);
+            let as_ids = r.return_tokens_as_token_ids.unwrap_or(false) && g.token_ids.len() == g.logprobs.len();
+            let ids = if as_ids {
+                // The sampled ids whose text starts inside the returned text: all of them when
+                // nothing was cut off.
+                let (_, offsets) = pieces_and_offsets(&state.tokenizer, &g.token_ids);
+                let kept = if text.len() < g.text.len() {
+                    offsets.iter().take_while(|&&o| o < text.len()).count()
+                } else {
+                    g.token_ids.len()
+                };
+                g.token_ids[..kept].to_vec()
+            } else {
+                state.tokenizer.encode(&text)
+            };
             let kept = ids.len().min(g.logprobs.len());
             completion_tokens += kept as u64;
             let logprobs = r.logprobs.map(|_| {
-                let (pieces, offsets) = pieces_and_offsets(&state.tokenizer, &ids[..kept]);
+                let (mut pieces, offsets) = pieces_and_offsets(&state.tokenizer, &ids[..kept]);
+                if as_ids {
+                    pieces = ids[..kept].iter().map(|id| format!("token_id:{id}")).collect();
+                }
                 let base = if echo { prompt.len() } else { 0 };
                 json!({"tokens": pieces, "token_logprobs": g.logprobs[..kept], "top_logprobs": null,
                        "text_offset": offsets.iter().map(|o| o + base).collect::<Vec<_>>()})

@@ -172,6 +172,11 @@ impl Metrics {
                 batch.batches.load(Ordering::Relaxed) as f64,
             ),
             (
+                "ponder_weight_updates_total",
+                "New weights loaded by POST /update_weights_from_disk.",
+                batch.weight_updates.load(Ordering::Relaxed) as f64,
+            ),
+            (
                 "ponder_batched_requests_total",
                 "Generation requests in those batches.",
                 batch.batched_requests.load(Ordering::Relaxed) as f64,

@@ -10,6 +10,8 @@
 //!   `echo` — what ponder's remote policy (and any OpenAI-style client) needs.
 //! - `POST /v1/score`: the run's reward model (the protocol of ponder's remote reward kind).
 //! - `GET /v1/models`, `GET /metrics` (Prometheus).
+//! - `POST /update_weights_from_disk` with `serve.weight_updates`: new weights from a policy
+//!   directory, SGLang's protocol (how RL hands its weights to a rollout server).
 //!
 //! Requests from concurrent clients are batched into the model (`batching.rs`). Limits: an
 //! optional bearer token, body size, prompt and token limits, a concurrency limit with a
@@ -20,9 +22,11 @@ pub mod batching;
 mod chat;
 mod completions;
 pub mod metrics;
+mod weights;
 
 use chat::chat_completions;
 use completions::{completions, score};
+use weights::update_weights_from_disk;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -100,6 +104,9 @@ pub struct AppState {
     task: Arc<dyn Task>,
     batcher: Batcher,
     tokenizer: Tokenizer,
+    /// The served policy's architecture, which new weights must have.
+    policy_config: ponder_policy_init::ModelConfig,
+    backend: ponder_policy_init::backend::Backend,
     efforts: HashMap<String, Effort>,
     /// For requests without `reasoning_effort`: the run's `[search]` at `serve.default_budget`.
     default_effort: Effort,
@@ -184,6 +191,8 @@ pub fn state_from_run(run_dir: &Path, registry: &Registry, overrides: &[String])
         task,
         batcher,
         tokenizer,
+        policy_config: weights.config.clone(),
+        backend,
         efforts,
         default_effort,
         slots: Semaphore::new(settings.concurrency.max(1)),
@@ -206,6 +215,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/score", post(score))
         .route("/v1/models", get(models))
+        .route("/update_weights_from_disk", post(update_weights_from_disk))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -7,10 +7,12 @@
 //! `metrics.jsonl`; pass@1 and pass@k before and after.
 
 mod evaluation;
+mod rollout_server;
 mod rollouts;
 
 use evaluation::{curve_point, evaluate_weights, paired_changes};
 
+use rollout_server::RolloutServer;
 use rollouts::{IterationSampler, Sampled, learn_and_score};
 
 use std::collections::VecDeque;
@@ -184,6 +186,14 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
     let spent = |train: u64, sample: u64, scored: u64, reward: f64| {
         s.flops_budget > 0.0 && flops(train, sample, scored, reward) >= s.flops_budget
     };
+    let server = match &s.rollout_server {
+        Some(config) => Some(RolloutServer::new(
+            config,
+            ctx.dir.root.join("rollout-weights"),
+            tokenizer.clone(),
+        )?),
+        None => None,
+    };
     let sampler = IterationSampler {
         ctx,
         task: &task,
@@ -195,6 +205,7 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         max_tokens,
         train_problems: &train_problems,
         refills: learner.refills_uniform_groups(),
+        server: server.as_ref(),
     };
     let mut completed = first_iteration;
     for iteration in first_iteration..s.iterations {
@@ -212,7 +223,11 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         let behaviour_at = iteration.saturating_sub(k);
         let sampled = match prefetched.take() {
             Some((i, sampled)) if i == iteration => sampled?,
-            _ => sampler.sample(iteration, snapshot(&snapshots, behaviour_at)?).await?,
+            _ => {
+                sampler
+                    .sample(iteration, behaviour_at, snapshot(&snapshots, behaviour_at)?)
+                    .await?
+            }
         };
         let Sampled {
             mut samples,
@@ -257,10 +272,11 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         // The update, and meanwhile the next iteration's sampling when it may be stale.
         let next = iteration + 1;
         let (stats, next_sampled) = std::thread::scope(|scope| {
+            let version = next.saturating_sub(k);
             let ahead = (k > 0 && next < s.iterations)
-                .then(|| snapshot(&snapshots, next.saturating_sub(k)).map(|w| (w, &sampler)))
+                .then(|| snapshot(&snapshots, version).map(|w| (w, &sampler)))
                 .transpose()?
-                .map(|(w, sampler)| scope.spawn(move || crate::block_on(sampler.sample(next, w))));
+                .map(|(w, sampler)| scope.spawn(move || crate::block_on(sampler.sample(next, version, w))));
             let stats = learner.learn(&mut state, &experience, &within);
             let next_sampled = ahead.map(|h| {
                 h.join()
@@ -412,6 +428,9 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         "curve": curve,
         "eval": after.summary(),
     });
+    if let Some(server) = &s.rollout_server {
+        results["rollout_server"] = json!(server.endpoints);
+    }
     if let Some(model) = online {
         // Measured on the reward stage's held-out traces (the initialised policy's samples), so
         // that the figures sit beside the trained PRM's.

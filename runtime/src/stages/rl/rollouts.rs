@@ -9,7 +9,7 @@ use anyhow::Context as _;
 
 use ponder_datagen::{Problem, Task, Trace};
 use ponder_learn::Sample;
-use ponder_policy_init::{Policy, Sampling, TransformerPolicy};
+use ponder_policy_init::{Policy, Sampling};
 use ponder_reward::RewardModel;
 use ponder_reward::verifier::VerifierReward;
 use ponder_search::lockstep::search_all;
@@ -18,6 +18,7 @@ use ponder_search::{Budget, SearchEnv};
 use rand::SeedableRng;
 use rand::seq::IndexedRandom;
 
+use super::rollout_server::RolloutServer;
 use crate::stages::Context;
 use crate::stages::common::{sample_generations, stage_policy, tokens_per_generation};
 
@@ -83,7 +84,8 @@ pub(super) async fn learn_and_score(
 }
 
 /// One iteration's samples: the batch's problems (group `g`'s is `problems[g]`), the tokens
-/// the policy computed and generated for them, and DAPO's refill rounds and groups.
+/// the policy ran through its model for them (prompts and generated tokens, each once), and
+/// DAPO's refill rounds and groups.
 pub(super) struct Sampled {
     pub(super) samples: Vec<Sample>,
     pub(super) problems: Vec<Problem>,
@@ -107,14 +109,18 @@ pub(super) struct IterationSampler<'a> {
     pub(super) train_problems: &'a [Problem],
     /// The learner leaves out groups without signal: refill them (DAPO's dynamic sampling).
     pub(super) refills: bool,
+    /// Sample on these servers (loading the weights there) rather than in this process.
+    pub(super) server: Option<&'a RolloutServer>,
 }
 
 impl IterationSampler<'_> {
     /// Iteration `iteration`'s problems (drawn by its own seed) and their samples from
-    /// `weights`; with refills, fresh problems for the groups that carry no signal.
+    /// `weights`, the weights iteration `version` started from; with refills, fresh problems
+    /// for the groups that carry no signal.
     pub(super) async fn sample(
         &self,
         iteration: usize,
+        version: usize,
         weights: &ponder_policy_init::HostWeights,
     ) -> anyhow::Result<Sampled> {
         let (ctx, s) = (self.ctx, &self.ctx.config.pipeline.rl);
@@ -124,10 +130,13 @@ impl IterationSampler<'_> {
             .choose_multiple(&mut rng, s.problems_per_iteration.min(self.train_problems.len()))
             .cloned()
             .collect();
-        let policy = stage_policy(ctx, weights, self.tokenizer);
+        let policy: Box<dyn Policy> = match self.server {
+            Some(server) => Box::new(server.policy_at(version, weights).await?),
+            None => Box::new(stage_policy(ctx, weights, self.tokenizer)),
+        };
         let round = Round {
             ctx,
-            policy: &policy,
+            policy: policy.as_ref(),
             task: self.task,
             reward_model: self.reward_model,
             needs_process: self.needs_process,
@@ -175,7 +184,7 @@ impl IterationSampler<'_> {
 /// the run's reward model (for search inside RL, and for step rewards when the learner asks).
 struct Round<'a> {
     pub(super) ctx: &'a Context<'a>,
-    pub(super) policy: &'a TransformerPolicy,
+    pub(super) policy: &'a dyn Policy,
     pub(super) task: &'a Arc<dyn Task>,
     pub(super) reward_model: Option<&'a dyn RewardModel>,
     pub(super) needs_process: bool,
@@ -186,7 +195,7 @@ struct Round<'a> {
 impl Round<'_> {
     /// The learner's samples of `problems` (groups numbered from `first_group`), each with the
     /// verifier's reward and, where the learner asks, the process model's step scores; and the
-    /// tokens the policy computed and generated for them.
+    /// positions the policy ran through its model for them (prompts and generated tokens).
     async fn samples(&self, problems: &[Problem], first_group: usize, seed: u64) -> anyhow::Result<(Vec<Sample>, u64)> {
         let (collected, computed) = collect(
             self.ctx,
@@ -265,7 +274,7 @@ struct Collected {
 /// `reward`, the run's `[reward]` model, built once for the stage).
 async fn collect(
     ctx: &Context<'_>,
-    policy: &TransformerPolicy,
+    policy: &dyn Policy,
     task: &Arc<dyn Task>,
     reward: Option<&dyn RewardModel>,
     problems: &[Problem],
@@ -273,7 +282,7 @@ async fn collect(
     seed: u64,
 ) -> anyhow::Result<(Vec<Collected>, u64)> {
     let s = &ctx.config.pipeline.rl;
-    let before = policy.compute_counters();
+    let before = policy.forward_tokens();
     let mut out = Vec::new();
     if s.use_search {
         let searcher = ctx.config.search.build(&())?;
@@ -316,8 +325,7 @@ async fn collect(
             }));
         }
     }
-    let after = policy.compute_counters();
-    Ok((out, (after.0 - before.0) + (after.1 - before.1)))
+    Ok((out, policy.forward_tokens() - before))
 }
 
 #[cfg(test)]

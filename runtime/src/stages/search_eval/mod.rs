@@ -149,13 +149,11 @@ struct ComputeReading {
 
 impl ComputeReading {
     fn now(policy: &dyn Policy, reward: &dyn RewardModel) -> ComputeReading {
-        // A remote policy reports only the tokens it generated (its server's prompt work is
-        // unseen, its computed count stays 0): those stand for what it computed, a lower
-        // bound. A local policy's computed count is exact (prefix reuse can keep it below
-        // the tokens generated).
-        let (computed, generated) = policy.compute_counters();
+        // A local policy's count is exact (prefix reuse can keep it below the tokens
+        // generated); a remote one counts the prompt tokens its servers report reading and
+        // the tokens they generated (what they reused of a prefix unseen: an upper bound).
         ComputeReading {
-            policy_tokens: if computed == 0 { generated } else { computed },
+            policy_tokens: policy.forward_tokens(),
             reward_flops: reward.flops(),
         }
     }
