@@ -10,7 +10,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use ponder_datagen::Problem;
@@ -122,14 +122,11 @@ impl AppState {
         budget.generations = budget
             .generations
             .min((token_limit / tokens_per_generation.max(1)).max(1));
-        let outcome = effort.searcher.search(problem, &env, &budget).await.map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "search_failed",
-                e.to_string(),
-            )
-        })?;
+        let outcome = effort
+            .searcher
+            .search(problem, &env, &budget)
+            .await
+            .map_err(|e| ApiError::internal("search_failed", e))?;
         let content = outcome.answer.clone().unwrap_or_default();
         let visible = self.tokenizer.encode(&content).len() as u64;
         let hidden = outcome.cost.generated_tokens.saturating_sub(visible);

@@ -8,7 +8,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use ponder_datagen::Trace;
 use ponder_policy_init::{GenRequest, Policy, Sampling, Stop, Tokenizer};
@@ -111,14 +111,11 @@ pub(super) async fn complete(state: &AppState, body: Result<Bytes, BytesRejectio
         prompt_tokens += state.tokenizer.encode(prompt).len() as u64;
         if max_tokens == 0 {
             // Scoring: the prompt's own log-probabilities (with `echo`).
-            let lps = state.batcher.logprobs("", prompt).await.map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "server_error",
-                    "model_failed",
-                    e.to_string(),
-                )
-            })?;
+            let lps = state
+                .batcher
+                .logprobs("", prompt)
+                .await
+                .map_err(|e| ApiError::internal("model_failed", e))?;
             let ids = state.tokenizer.encode(prompt);
             let (pieces, offsets) = pieces_and_offsets(&state.tokenizer, &ids);
             let logprobs = r.logprobs.map(
@@ -140,14 +137,11 @@ pub(super) async fn complete(state: &AppState, body: Result<Bytes, BytesRejectio
                 )
             })
             .collect();
-        let generations = state.batcher.generate(&requests).await.map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "model_failed",
-                e.to_string(),
-            )
-        })?;
+        let generations = state
+            .batcher
+            .generate(&requests)
+            .await
+            .map_err(|e| ApiError::internal("model_failed", e))?;
         for g in generations {
             let mut text = g.text.clone();
             let mut finish = match g.finish {
@@ -238,14 +232,11 @@ pub(super) async fn score(
             return Err(ApiError::bad_request("at most 256 traces", Some("traces")));
         }
         let problem = s.problem(&r.prompt)?;
-        let scores = s.batcher.score(&problem, &r.traces).await.map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "reward_failed",
-                e.to_string(),
-            )
-        })?;
+        let scores = s
+            .batcher
+            .score(&problem, &r.traces)
+            .await
+            .map_err(|e| ApiError::internal("reward_failed", e))?;
         Ok(Json(json!({"scores": scores})))
     })
     .await

@@ -74,6 +74,16 @@ impl ApiError {
         }
     }
 
+    /// A 500: the model or the server failed, not the request.
+    fn internal(code: &'static str, message: impl ToString) -> ApiError {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            code,
+            message.to_string(),
+        )
+    }
+
     fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             status,

@@ -63,14 +63,7 @@ async fn update(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result
     let path = r.model_path.clone();
     let loaded = tokio::task::spawn_blocking(move || ponder_policy_init::hf::load_pretrained(&path))
         .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "load_failed",
-                e.to_string(),
-            )
-        })?;
+        .map_err(|e| ApiError::internal("load_failed", e))?;
     let (weights, tokenizer) = loaded.map_err(|e| {
         ApiError::bad_request(
             format!("model_path {}: cannot load a policy: {e}", r.model_path.display()),
@@ -87,14 +80,11 @@ async fn update(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result
         ));
     }
     let policy = Arc::new(TransformerPolicy::on_backend(&weights, tokenizer, &state.backend));
-    state.batcher.reload(policy).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            "load_failed",
-            e.to_string(),
-        )
-    })?;
+    state
+        .batcher
+        .reload(policy)
+        .await
+        .map_err(|e| ApiError::internal("load_failed", e))?;
     eprintln!("ponder serve: now serving the weights in {}", r.model_path.display());
     Ok(Json(json!({
         "success": true,
