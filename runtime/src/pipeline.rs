@@ -74,13 +74,17 @@ pub fn run(config: &RunConfig, registry: &Registry, resume: bool) -> anyhow::Res
     let _lock = dir.lock()?;
     let resolved = config.resolved_toml();
     let config_path = dir.path("config.toml");
+    let mut added = Vec::new();
     if let Ok(existing) = fs::read_to_string(&config_path)
         && existing != resolved
     {
-        anyhow::bail!(
-            "{} was made with a different config; give this run another run.name, or delete that directory",
-            dir.root.display()
-        );
+        let differs = config_difference(&existing, &resolved, &mut added);
+        if let Some(key) = differs {
+            anyhow::bail!(
+                "{} was made with a different config ({key}); give this run another run.name, or delete that directory",
+                dir.root.display()
+            );
+        }
     }
     write_atomic(&config_path, resolved.as_bytes())?;
     let log = File::options()
@@ -95,6 +99,9 @@ pub fn run(config: &RunConfig, registry: &Registry, resume: bool) -> anyhow::Res
         .finish();
     let _log_guard = tracing::subscriber::set_default(subscriber);
     tracing::info!(run = %config.run.name, resume, "pipeline starts");
+    if !added.is_empty() {
+        tracing::info!(keys = %added.join(", "), "settings new since this run began, at their defaults");
+    }
 
     let backend = ponder_policy_init::backend::Backend::from_names(&config.run.backend, &config.run.device)?;
     if let ponder_policy_init::backend::Backend::Burn(device) = &backend {
@@ -165,4 +172,67 @@ pub fn run(config: &RunConfig, registry: &Registry, resume: bool) -> anyhow::Res
     dir.write_json("results.json", &crate::results::assemble(config, &records))?;
     tracing::info!(seconds = started.elapsed().as_secs_f64(), "pipeline done");
     Ok(records)
+}
+
+/// Where a run directory's `config.toml` (`existing`) and this run's resolved config differ:
+/// the first key whose value changed or that is gone, or `None` when the new config only adds
+/// keys (settings a later ponder introduced, at their defaults), which are pushed to `added`.
+fn config_difference(existing: &str, resolved: &str, added: &mut Vec<String>) -> Option<String> {
+    fn walk(old: &toml::Value, new: &toml::Value, path: &str, added: &mut Vec<String>) -> Option<String> {
+        let name = |key: &str| {
+            if path.is_empty() {
+                key.to_string()
+            } else {
+                format!("{path}.{key}")
+            }
+        };
+        match (old, new) {
+            (toml::Value::Table(old), toml::Value::Table(new)) => {
+                for (key, value) in old {
+                    let difference = match new.get(key) {
+                        Some(now) => walk(value, now, &name(key), added),
+                        None => Some(format!("{} is gone", name(key))),
+                    };
+                    if difference.is_some() {
+                        return difference;
+                    }
+                }
+                added.extend(new.keys().filter(|k| !old.contains_key(*k)).map(|k| name(k)));
+                None
+            }
+            _ if old == new => None,
+            _ => Some(format!("{path} was {old}, is {new}")),
+        }
+    }
+    match (
+        toml::from_str::<toml::Value>(existing),
+        toml::from_str::<toml::Value>(resolved),
+    ) {
+        (Ok(old), Ok(new)) => walk(&old, &new, "", added),
+        _ => Some("its config.toml does not parse".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::config_difference;
+
+    #[test]
+    fn a_config_may_gain_keys_but_not_change_or_lose_them() {
+        let old = "[run]\nseed = 1\n\n[pipeline.rl]\niterations = 60\n";
+        let mut added = Vec::new();
+        let grown = "[run]\nseed = 1\n\n[pipeline.rl]\niterations = 60\ntis_cap = 2.0\n\n[serve]\nport = 1\n";
+        assert_eq!(config_difference(old, grown, &mut added), None);
+        assert_eq!(added, ["pipeline.rl.tis_cap", "serve"]);
+        let changed = "[run]\nseed = 1\n\n[pipeline.rl]\niterations = 100\n";
+        assert_eq!(
+            config_difference(old, changed, &mut Vec::new()).as_deref(),
+            Some("pipeline.rl.iterations was 60, is 100")
+        );
+        let lost = "[run]\nseed = 1\n";
+        assert_eq!(
+            config_difference(old, lost, &mut Vec::new()).as_deref(),
+            Some("pipeline is gone")
+        );
+    }
 }

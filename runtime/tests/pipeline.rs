@@ -784,7 +784,7 @@ fn a_finished_run_is_skipped_and_a_changed_config_is_refused() {
     let changed = run("reference", &["--set", "pipeline.init.steps=41"], &[]);
     assert!(!changed.status.success());
     let err = String::from_utf8_lossy(&changed.stderr);
-    assert!(err.contains("different config"), "{err}");
+    assert!(err.contains("different config (pipeline.init.steps was"), "{err}");
 }
 
 #[test]
