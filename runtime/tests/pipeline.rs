@@ -474,12 +474,17 @@ impl Drop for Server {
 /// The reference run served by a `ponder serve` process of its own on a free port (`extra`:
 /// more arguments), and its base URL.
 fn serve_reference(extra: &[&str]) -> (Server, String) {
-    use std::io::BufRead;
     reference();
+    serve_run(&out_dir().join("reference"), extra)
+}
+
+/// A run directory served by a `ponder serve` process of its own on a free port.
+fn serve_run(dir: &Path, extra: &[&str]) -> (Server, String) {
+    use std::io::BufRead;
     let mut server = Server(
         Command::new(env!("CARGO_BIN_EXE_ponder"))
             .args(["serve", "--run"])
-            .arg(out_dir().join("reference"))
+            .arg(dir)
             .args(["--port", "0"])
             .args(extra)
             .stderr(std::process::Stdio::piped())
@@ -531,10 +536,38 @@ fn search_eval_runs_against_a_remote_policy_served_by_another_ponder_process() {
         ],
         &[],
     );
-    drop(server);
     ok(&o);
     let dir = out_dir().join("remote-policy");
     assert!(!dir.join("policy").exists(), "a remote run trains no policy of its own");
+    // `ponder serve` on that run: a reasoner that searches here over the first server's
+    // samples, with no weights of its own.
+    let batched = |url: &str| {
+        let text = reqwest::blocking::get(format!("{url}/metrics"))
+            .and_then(|r| r.text())
+            .expect("metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix("ponder_batched_requests_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .expect("the batched-request counter")
+    };
+    let before = batched(&url);
+    let (_proxy, proxy_url) = serve_run(&dir, &[]);
+    let problem = std::fs::read_to_string(dir.join("data/test.jsonl")).expect("test problems");
+    let prompt: Value = serde_json::from_str(problem.lines().next().expect("a problem")).expect("a JSON line");
+    let answer: Value = reqwest::blocking::Client::new()
+        .post(format!("{proxy_url}/v1/chat/completions"))
+        .json(
+            &serde_json::json!({"model": "ponder-remote-policy", "reasoning_effort": "medium",
+               "messages": [{"role": "user", "content": prompt["prompt"]}]}),
+        )
+        .send()
+        .and_then(|r| r.error_for_status())
+        .and_then(|r| r.json())
+        .expect("a chat completion through both servers");
+    let hidden = &answer["usage"]["completion_tokens_details"]["reasoning_tokens"];
+    assert!(hidden.as_u64().unwrap_or(0) > 0, "{answer}");
+    assert!(batched(&url) > before, "the samples came from the first server");
+    drop(server);
     let search = &results("remote-policy")["search"];
     for label in ["majority", "verified", "beam"] {
         let curve = search["curves"][label]

@@ -9,16 +9,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ponder_datagen::{Problem, Trace};
-use ponder_policy_init::{GenRequest, Generation, Policy, PolicyError, TransformerPolicy};
+use ponder_policy_init::{GenRequest, Generation, Policy, PolicyError};
 use ponder_reward::{Aggregation, Granularity, RewardError, RewardModel, StepScores};
 use tokio::sync::oneshot;
 
 enum Job {
     Generate(Vec<GenRequest>, oneshot::Sender<Result<Vec<Generation>, String>>),
     Score(Problem, Vec<Trace>, oneshot::Sender<Result<Vec<StepScores>, String>>),
-    Logprobs(String, String, oneshot::Sender<Vec<f32>>),
+    Logprobs(String, String, oneshot::Sender<Result<Vec<f32>, String>>),
     /// New weights: the jobs before it run with the old ones, the jobs after it with these.
-    Reload(Arc<TransformerPolicy>, oneshot::Sender<()>),
+    Reload(Arc<dyn Policy>, oneshot::Sender<()>),
 }
 
 /// Counters the metrics endpoint reads.
@@ -45,7 +45,7 @@ pub struct Batcher {
 
 impl Batcher {
     /// Starts the worker thread.
-    pub fn start(policy: Arc<TransformerPolicy>, reward: Arc<dyn RewardModel>, window: Duration) -> Batcher {
+    pub fn start(policy: Arc<dyn Policy>, reward: Arc<dyn RewardModel>, window: Duration) -> Batcher {
         let (sender, receiver) = mpsc::channel::<Job>();
         let counters = Arc::new(BatchCounters::default());
         let c = counters.clone();
@@ -67,7 +67,7 @@ impl Batcher {
 }
 
 fn worker(
-    mut policy: Arc<TransformerPolicy>,
+    mut policy: Arc<dyn Policy>,
     reward: Arc<dyn RewardModel>,
     receiver: mpsc::Receiver<Job>,
     window: Duration,
@@ -111,7 +111,7 @@ fn worker(
 /// drop) and leaves the worker serving the next.
 fn run_guarded(
     runtime: &tokio::runtime::Runtime,
-    policy: &TransformerPolicy,
+    policy: &Arc<dyn Policy>,
     reward: &Arc<dyn RewardModel>,
     jobs: Vec<Job>,
     counters: &BatchCounters,
@@ -127,7 +127,7 @@ fn run_guarded(
 
 fn run_batch(
     runtime: &tokio::runtime::Runtime,
-    policy: &TransformerPolicy,
+    policy: &Arc<dyn Policy>,
     reward: &Arc<dyn RewardModel>,
     jobs: Vec<Job>,
     counters: &BatchCounters,
@@ -145,11 +145,8 @@ fn run_batch(
             // The worker handles weight updates between batches.
             Job::Reload(..) => {}
             Job::Logprobs(context, continuation, reply) => {
-                let lp = policy
-                    .score(&[(context.as_str(), continuation.as_str())])
-                    .pop()
-                    .unwrap_or_default();
-                let _ = reply.send(lp);
+                let lp = runtime.block_on(policy.logprobs(&context, &continuation));
+                let _ = reply.send(lp.map_err(|e| e.to_string()));
             }
         }
     }
@@ -188,7 +185,7 @@ fn run_batch(
 
 impl Batcher {
     /// Serves `policy` from the next batch on, once the requests already queued have run.
-    pub async fn reload(&self, policy: Arc<TransformerPolicy>) -> Result<(), PolicyError> {
+    pub async fn reload(&self, policy: Arc<dyn Policy>) -> Result<(), PolicyError> {
         let (tx, rx) = oneshot::channel();
         self.sender
             .send(Job::Reload(policy, tx))
@@ -224,7 +221,8 @@ impl Policy for Batcher {
             .send(Job::Logprobs(context.to_string(), continuation.to_string(), tx))
             .map_err(|_| PolicyError::Remote("the model worker stopped".into()))?;
         rx.await
-            .map_err(|_| PolicyError::Remote("the model worker stopped".into()))
+            .map_err(|_| PolicyError::Remote("the model worker stopped".into()))?
+            .map_err(PolicyError::Remote)
     }
 }
 

@@ -13,6 +13,8 @@
 //! - `POST /update_weights_from_disk` with `serve.weight_updates`: new weights from a policy
 //!   directory, SGLang's protocol (how RL hands its weights to a rollout server).
 //!
+//! The policy is the run's trained transformer, or what `[policy]` builds without weights: with
+//! `kind = "remote"` this server searches over another OpenAI-compatible server's samples.
 //! Requests from concurrent clients are batched into the model (`batching.rs`). Limits: an
 //! optional bearer token, body size, prompt and token limits, a concurrency limit with a
 //! bounded queue (429 beyond it), a timeout (504). Every bad request gets the OpenAI error
@@ -42,7 +44,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ponder_datagen::Task;
-use ponder_policy_init::{Tokenizer, TransformerPolicy};
+use ponder_policy_init::{Policy, Tokenizer, TransformerPolicy};
 use ponder_reward::RewardModel;
 use ponder_search::Searcher;
 use serde_json::{Value, json};
@@ -114,8 +116,9 @@ pub struct AppState {
     task: Arc<dyn Task>,
     batcher: Batcher,
     tokenizer: Tokenizer,
-    /// The served policy's architecture, which new weights must have.
-    policy_config: ponder_policy_init::ModelConfig,
+    /// The served policy's architecture, which new weights must have (none: a configured
+    /// policy such as a remote one, which takes no weights).
+    policy_config: Option<ponder_policy_init::ModelConfig>,
     backend: ponder_policy_init::backend::Backend,
     efforts: HashMap<String, Effort>,
     /// For requests without `reasoning_effort`: the run's `[search]` at `serve.default_budget`.
@@ -146,12 +149,6 @@ pub fn state_from_run(run_dir: &Path, registry: &Registry, overrides: &[String])
         .and_then(|l| l.with_process_env().with_overrides(overrides).load(registry))
         .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim()))?;
     let task: Arc<dyn Task> = Arc::from(config.task.build(&())?);
-    let policy_dir = ["rl", "init"]
-        .iter()
-        .map(|n| run_dir.join("policy").join(n))
-        .find(|d| d.join("config.json").exists())
-        .ok_or_else(|| anyhow::anyhow!("{} holds no trained policy: run its pipeline first", run_dir.display()))?;
-    let (weights, tokenizer) = ponder_policy_init::hf::load_pretrained(&policy_dir)?;
     let reward: Arc<dyn RewardModel> = match config.reward.build(&RewardContext {
         task: task.clone(),
         run_dir: Some(run_dir.to_path_buf()),
@@ -191,7 +188,28 @@ pub fn state_from_run(run_dir: &Path, registry: &Registry, overrides: &[String])
         None => None,
     };
     let backend = ponder_policy_init::backend::Backend::from_names(&config.run.backend, &config.run.device)?;
-    let policy = Arc::new(TransformerPolicy::on_backend(&weights, tokenizer.clone(), &backend));
+    // The run's trained weights (RL's, else initialisation's), or a policy `[policy]` builds
+    // without them: `remote`, searching here over an OpenAI-compatible server's samples.
+    let (policy, tokenizer, served): (Arc<dyn Policy>, Tokenizer, Option<ponder_policy_init::ModelConfig>) =
+        if config.policy.capabilities().trainable.is_some() {
+            let policy_dir = ["rl", "init"]
+                .iter()
+                .map(|n| run_dir.join("policy").join(n))
+                .find(|d| d.join("config.json").exists())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("{} holds no trained policy: run its pipeline first", run_dir.display())
+                })?;
+            let (weights, tokenizer) = ponder_policy_init::hf::load_pretrained(&policy_dir)?;
+            let policy = TransformerPolicy::on_backend(&weights, tokenizer.clone(), &backend);
+            (Arc::new(policy), tokenizer, Some(weights.config))
+        } else {
+            let context = crate::registry::PolicyContext {
+                trained: None,
+                seed: config.run.seed,
+                backend: backend.clone(),
+            };
+            (Arc::from(config.policy.build(&context)?), Tokenizer::chars(), None)
+        };
     let batcher = Batcher::start(policy, reward, Duration::from_millis(settings.batch_window_ms));
     Ok(AppState {
         model: settings
@@ -201,7 +219,7 @@ pub fn state_from_run(run_dir: &Path, registry: &Registry, overrides: &[String])
         task,
         batcher,
         tokenizer,
-        policy_config: weights.config.clone(),
+        policy_config: served,
         backend,
         efforts,
         default_effort,

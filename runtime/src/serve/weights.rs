@@ -54,6 +54,14 @@ async fn update(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result
         ));
     }
     let r: UpdateRequest = parse(body)?;
+    let Some(served) = &state.policy_config else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_request_error",
+            "weight_updates_off",
+            "this server's policy is not a transformer of its own (a remote one): it takes no weights",
+        ));
+    };
     if let Some(format) = r.load_format.as_deref().filter(|f| *f != "auto") {
         return Err(ApiError::bad_request(
             format!("load_format `{format}`: ponder reads its own policy directories only (`auto`)"),
@@ -70,7 +78,7 @@ async fn update(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result
             Some("model_path"),
         )
     })?;
-    if weights.config != state.policy_config || !same_tokenizer(&tokenizer, &state.tokenizer) {
+    if weights.config != *served || !same_tokenizer(&tokenizer, &state.tokenizer) {
         return Err(ApiError::bad_request(
             format!(
                 "model_path {}: its architecture or tokenizer differs from the served policy's",
