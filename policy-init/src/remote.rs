@@ -284,11 +284,13 @@ impl RemotePolicy {
                 } else {
                     Vec::new()
                 };
+                // Offsets into the completion: some servers count from the prompt's start.
+                let base = lp.text_offset.first().copied().unwrap_or(0);
                 Ok(Completed {
                     text: c.text,
                     logprobs,
                     token_ids,
-                    offsets: lp.text_offset,
+                    offsets: lp.text_offset.iter().map(|o| o - base).collect(),
                     stopped: c.finish_reason.as_deref() == Some("stop"),
                 })
             })
