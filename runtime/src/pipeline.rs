@@ -78,7 +78,23 @@ pub fn run(config: &RunConfig, registry: &Registry, resume: bool) -> anyhow::Res
     if let Ok(existing) = fs::read_to_string(&config_path)
         && existing != resolved
     {
-        let differs = config_difference(&existing, &resolved, &mut added);
+        // The directory's config as this ponder reads it: settings added since at their
+        // defaults. Anything else that differs is another config.
+        let upgraded = crate::config::Layers::from_file(&config_path)
+            .and_then(|l| l.load(registry))
+            .map(|c| c.resolved_toml());
+        let differs = match &upgraded {
+            Ok(upgraded) if *upgraded == resolved => {
+                config_difference(&existing, upgraded, &mut added);
+                None
+            }
+            Ok(upgraded) => {
+                let mut set = Vec::new();
+                let changed = config_difference(upgraded, &resolved, &mut set);
+                Some(changed.unwrap_or_else(|| format!("{} set, which it left unset", set.join(", "))))
+            }
+            Err(e) => Some(format!("its config.toml no longer loads: {}", e.to_string().trim())),
+        };
         if let Some(key) = differs {
             anyhow::bail!(
                 "{} was made with a different config ({key}); give this run another run.name, or delete that directory",
@@ -174,9 +190,9 @@ pub fn run(config: &RunConfig, registry: &Registry, resume: bool) -> anyhow::Res
     Ok(records)
 }
 
-/// Where a run directory's `config.toml` (`existing`) and this run's resolved config differ:
-/// the first key whose value changed or that is gone, or `None` when the new config only adds
-/// keys (settings a later ponder introduced, at their defaults), which are pushed to `added`.
+/// Where two resolved configs differ: the first key of `existing` whose value changed or that
+/// is gone from `resolved`, or `None` when `resolved` only adds keys, which are pushed to
+/// `added`.
 fn config_difference(existing: &str, resolved: &str, added: &mut Vec<String>) -> Option<String> {
     fn walk(old: &toml::Value, new: &toml::Value, path: &str, added: &mut Vec<String>) -> Option<String> {
         let name = |key: &str| {

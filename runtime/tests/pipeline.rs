@@ -818,6 +818,25 @@ fn a_finished_run_is_skipped_and_a_changed_config_is_refused() {
     assert!(!changed.status.success());
     let err = String::from_utf8_lossy(&changed.stderr);
     assert!(err.contains("different config (pipeline.init.steps was"), "{err}");
+    // An optional setting given where the run had none is another config too.
+    let set = run("reference", &["--set", "policy.from=\"elsewhere\""], &[]);
+    let err = String::from_utf8_lossy(&set.stderr);
+    assert!(err.contains("different config (policy.from set"), "{err}");
+    // A setting a later ponder adds, at its default, is accepted: the directory's config
+    // without one of today's settings stands for a run made before it existed.
+    let path = out_dir().join("reference/config.toml");
+    let text = std::fs::read_to_string(&path).expect("config.toml");
+    let older: String = text
+        .lines()
+        .filter(|l| !l.starts_with("tis_cap ="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(older, text);
+    std::fs::write(&path, older).expect("write config.toml");
+    let again = ok(&run("reference", &[], &[]));
+    assert!(!again.contains("done in"), "finished stages ran again: {again}");
+    let log = std::fs::read_to_string(out_dir().join("reference/log.txt")).expect("log");
+    assert!(log.contains("pipeline.rl.tis_cap"), "the added setting is logged");
 }
 
 #[test]
