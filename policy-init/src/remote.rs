@@ -77,8 +77,10 @@ pub struct RemotePolicy {
     api_key: Option<String>,
     next: AtomicUsize,
     generated: AtomicU64,
-    /// Prompt tokens the servers report having read (`usage.prompt_tokens`).
-    prompted: AtomicU64,
+    /// Prompt and completion tokens the servers report (`usage`): what they computed.
+    served: AtomicU64,
+    /// For `token_ids`: the served model's tokenizer, which gives each token's text.
+    tokenizer: Option<crate::Tokenizer>,
 }
 
 impl std::fmt::Debug for RemotePolicy {
@@ -98,6 +100,8 @@ struct CompletionResponse {
 struct Usage {
     #[serde(default)]
     prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,6 +153,8 @@ fn answer_line_end(text: &str) -> Option<usize> {
 
 /// One HTTP request: a prompt, its parameters and how many samples.
 struct Call {
+    /// Ask the server to stop after the answer line (ponder serve's extension).
+    stop_after_answer: bool,
     prompt: String,
     max_tokens: usize,
     sampling: Sampling,
@@ -190,8 +196,16 @@ impl RemotePolicy {
             api_key,
             next: AtomicUsize::new(0),
             generated: AtomicU64::new(0),
-            prompted: AtomicU64::new(0),
+            served: AtomicU64::new(0),
+            tokenizer: None,
         })
+    }
+
+    /// The served model's tokenizer, which `token_ids` needs: each sampled token's text is
+    /// read from it (servers' own offsets differ in that mode).
+    pub fn with_tokenizer(mut self, tokenizer: crate::Tokenizer) -> RemotePolicy {
+        self.tokenizer = Some(tokenizer);
+        self
     }
 
     async fn post(&self, body: serde_json::Value) -> Result<CompletionResponse, PolicyError> {
@@ -242,6 +256,11 @@ impl RemotePolicy {
         if self.config.token_ids {
             body["return_tokens_as_token_ids"] = json!(true);
         }
+        if call.stop_after_answer {
+            // ponder serve's extension (other servers ignore it and stop at their end of
+            // sequence): stop after the answer line, as a local policy does.
+            body["stop_after_answer_line"] = json!(true);
+        }
         if call.sampling.top_k > 0 {
             body["top_k"] = json!(call.sampling.top_k);
         }
@@ -250,7 +269,8 @@ impl RemotePolicy {
         }
         let mut response = self.post(body).await?;
         if let Some(usage) = &response.usage {
-            self.prompted.fetch_add(usage.prompt_tokens, Ordering::Relaxed);
+            self.served
+                .fetch_add(usage.prompt_tokens + usage.completion_tokens, Ordering::Relaxed);
         }
         response.choices.sort_by_key(|c| c.index);
         if response.choices.len() != call.n {
@@ -266,31 +286,44 @@ impl RemotePolicy {
             .map(|c| {
                 let lp = c.logprobs.unwrap_or_default();
                 let logprobs: Vec<f32> = lp.token_logprobs.into_iter().map(|l| l.unwrap_or(0.0)).collect();
-                let token_ids = if self.config.token_ids {
-                    let ids: Option<Vec<u32>> = lp
-                        .tokens
-                        .iter()
-                        .map(|t| t.strip_prefix("token_id:").and_then(|n| n.parse().ok()))
-                        .collect();
-                    match ids {
-                        Some(ids) if ids.len() == logprobs.len() && lp.text_offset.len() == ids.len() => ids,
-                        _ => {
-                            return Err(PolicyError::Remote(format!(
-                                "{}: the answer does not give the sampled token ids with their offsets (`token_id:N` tokens, as vLLM's and ponder serve's return_tokens_as_token_ids do)",
-                                self.config.model
-                            )));
-                        }
+                if !self.config.token_ids {
+                    return Ok(Completed {
+                        text: c.text,
+                        logprobs,
+                        token_ids: Vec::new(),
+                        offsets: lp.text_offset,
+                        stopped: c.finish_reason.as_deref() == Some("stop"),
+                    });
+                }
+                let tokenizer = self.tokenizer.as_ref().ok_or_else(|| {
+                    PolicyError::Config("token_ids needs the served model's tokenizer (RemotePolicy::with_tokenizer)".into())
+                })?;
+                let ids: Option<Vec<u32>> = lp
+                    .tokens
+                    .iter()
+                    .map(|t| t.strip_prefix("token_id:").and_then(|n| n.parse().ok()))
+                    .collect();
+                let ids = match ids {
+                    Some(ids) if ids.len() == logprobs.len() && (!ids.is_empty() || c.text.is_empty()) => ids,
+                    _ => {
+                        return Err(PolicyError::Remote(format!(
+                            "{}: the answer does not give each sampled token's id and log-prob (`token_id:N` tokens, as vLLM's and ponder serve's return_tokens_as_token_ids do)",
+                            self.config.model
+                        )));
                     }
-                } else {
-                    Vec::new()
                 };
-                // Offsets into the completion: some servers count from the prompt's start.
-                let base = lp.text_offset.first().copied().unwrap_or(0);
+                // The text is the sampled tokens' text, each token's offset where it starts.
+                let mut text = String::new();
+                let mut offsets = Vec::with_capacity(ids.len());
+                for &id in &ids {
+                    offsets.push(text.len());
+                    text.push_str(tokenizer.piece(id));
+                }
                 Ok(Completed {
-                    text: c.text,
+                    text,
                     logprobs,
-                    token_ids,
-                    offsets: lp.text_offset.iter().map(|o| o - base).collect(),
+                    token_ids: ids,
+                    offsets,
                     stopped: c.finish_reason.as_deref() == Some("stop"),
                 })
             })
@@ -301,6 +334,7 @@ impl RemotePolicy {
     /// a local policy stops), keeping the tokens that start before the cut.
     async fn generate_traces(&self, r: &GenRequest, n: usize) -> Result<Vec<Generation>, PolicyError> {
         let call = Call {
+            stop_after_answer: true,
             prompt: r.prompt.clone(),
             max_tokens: r.max_tokens,
             sampling: r.sampling,
@@ -348,6 +382,7 @@ impl RemotePolicy {
             Stop::Never | Stop::Length => vec![],
         };
         let call = Call {
+            stop_after_answer: false,
             prompt: r.prompt.clone(),
             max_tokens: r.max_tokens,
             sampling: r.sampling,
@@ -375,6 +410,7 @@ impl RemotePolicy {
                 Stop::TraceEnd if stopped && logprobs.len() < r.max_tokens => {
                     text.push_str(ANSWER_PREFIX);
                     let rest = Call {
+                        stop_after_answer: false,
                         prompt: format!("{}{}", r.prompt, text),
                         max_tokens: r.max_tokens.saturating_sub(logprobs.len()).max(1),
                         sampling: r.sampling,
@@ -479,8 +515,12 @@ impl Policy for RemotePolicy {
             .collect())
     }
 
+    /// Computed: the prompt and completion tokens the servers report (0 where they report
+    /// none); generated: the tokens handed back.
     fn compute_counters(&self) -> (u64, u64) {
-        let generated = self.generated.load(Ordering::Relaxed);
-        (self.prompted.load(Ordering::Relaxed) + generated, generated)
+        (
+            self.served.load(Ordering::Relaxed),
+            self.generated.load(Ordering::Relaxed),
+        )
     }
 }

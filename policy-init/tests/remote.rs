@@ -111,7 +111,8 @@ async fn remote_generations_match_the_served_model() {
         token_ids: true,
         ..RemoteConfig::default()
     })
-    .expect("config");
+    .expect("config")
+    .with_tokenizer(Tokenizer::chars());
     let err = without_ids
         .generate(&[GenRequest::new(prompt, Stop::TraceEnd, 20, Sampling::greedy(), 1)])
         .await

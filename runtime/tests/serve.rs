@@ -633,13 +633,15 @@ fn the_official_openai_python_client_talks_to_ponder_serve() {
 #[test]
 fn a_rollout_server_returns_what_it_sampled_token_for_token_and_takes_new_weights() {
     let (url, _stop) = start_with(&["serve.weight_updates=true".into()]);
+    let (_, tokenizer) = ponder_policy_init::hf::load_pretrained(&policy_dir()).expect("the served tokenizer");
     let remote = RemotePolicy::new(RemoteConfig {
         endpoints: vec![format!("{url}/v1")],
         model: model().into(),
         token_ids: true,
         ..RemoteConfig::default()
     })
-    .expect("remote policy");
+    .expect("remote policy")
+    .with_tokenizer(tokenizer);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -685,7 +687,7 @@ fn a_rollout_server_returns_what_it_sampled_token_for_token_and_takes_new_weight
         reloaded.iter().map(|g| &g.logprobs).collect::<Vec<_>>(),
         "the new weights are served"
     );
-    assert!(metrics_text_of(&url).contains("ponder_weight_updates_total 1"));
+    assert_eq!(metric_sum(&metrics_text_of(&url), "ponder_weight_updates_total"), 1.0);
     // A path without a policy: a 400 naming the field, and the old weights stay.
     let (status, body) = post_to(
         &url,

@@ -55,7 +55,7 @@ pub struct ServeSection {
     /// at this budget.
     pub default_budget: usize,
     /// Accept `POST /update_weights_from_disk` (SGLang's protocol): load a policy directory
-    /// this server can read and serve it from the next request on. For RL rollout servers;
+    /// this server can read and serve it from the next model call on. For RL rollout servers;
     /// off by default, since it lets a client make the server read files.
     pub weight_updates: bool,
 }

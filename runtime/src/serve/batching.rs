@@ -184,7 +184,7 @@ fn run_batch(
 }
 
 impl Batcher {
-    /// Serves `policy` from the next batch on, once the requests already queued have run.
+    /// Serves `policy` from the next batch on, once the model calls already queued have run.
     pub async fn reload(&self, policy: Arc<dyn Policy>) -> Result<(), PolicyError> {
         let (tx, rx) = oneshot::channel();
         self.sender

@@ -51,6 +51,9 @@ struct CompletionRequest {
     /// (an end-of-sequence token included when nothing was cut off); what an RL trainer
     /// needs to train on exactly what was sampled.
     return_tokens_as_token_ids: Option<bool>,
+    /// ponder's extension: stop after the line that starts with `Answer:` (with its newline),
+    /// as the pipeline's own sampling does; for a policy that never learned to end a trace.
+    stop_after_answer_line: Option<bool>,
 }
 
 pub(super) async fn completions(
@@ -125,7 +128,13 @@ pub(super) async fn complete(state: &AppState, body: Result<Bytes, BytesRejectio
             continue;
         }
         let only_newline = stops.len() == 1 && stops[0] == "\n";
-        let stop_mode = if only_newline { Stop::StepEnd } else { Stop::Never };
+        let stop_mode = if r.stop_after_answer_line == Some(true) {
+            Stop::TraceEnd
+        } else if only_newline {
+            Stop::StepEnd
+        } else {
+            Stop::Never
+        };
         let requests: Vec<GenRequest> = (0..n)
             .map(|i| {
                 GenRequest::new(
@@ -159,7 +168,13 @@ pub(super) async fn complete(state: &AppState, body: Result<Bytes, BytesRejectio
             } else if only_newline && finish == "stop" {
                 text = text.trim_end_matches('\n').to_string();
             }
-            let as_ids = r.return_tokens_as_token_ids.unwrap_or(false) && g.token_ids.len() == g.logprobs.len();
+            let as_ids = r.return_tokens_as_token_ids.unwrap_or(false);
+            if as_ids && g.token_ids.len() != g.logprobs.len() {
+                return Err(ApiError::bad_request(
+                    "return_tokens_as_token_ids: this server's policy does not give the ids it sampled",
+                    Some("return_tokens_as_token_ids"),
+                ));
+            }
             let ids = if as_ids {
                 // The sampled ids whose text starts inside the returned text: all of them when
                 // nothing was cut off.

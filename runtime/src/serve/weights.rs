@@ -1,8 +1,10 @@
 //! `POST /update_weights_from_disk` (SGLang's protocol, on with `serve.weight_updates`): the
 //! server loads a policy directory it can read (`config.json`, `model.safetensors`, the
-//! tokenizer, as ponder saves them) and serves it from the next batch on; requests already
-//! queued finish with the old weights. This is how an RL trainer hands its weights to a
-//! rollout server. The new policy must have the served one's architecture and tokenizer.
+//! tokenizer, as ponder saves them) and serves it from the next batch on: each model call
+//! already queued runs with the old weights (a request of many calls, such as a search, may
+//! see both). This is how an RL trainer hands its weights to a rollout server, which it does
+//! between sampling rounds. The new policy must have the served one's architecture and
+//! tokenizer.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -2,7 +2,8 @@
 //! iteration samples, the weights it samples with are saved under the run directory and every
 //! server loads them (`POST /update_weights_from_disk`, SGLang's protocol, which `ponder serve`
 //! takes with `serve.weight_updates`); the samples come back with their token ids and
-//! behaviour log-probs, so the update trains on exactly what the server sampled.
+//! behaviour log-probs, so the update trains on exactly what the server sampled. One run per
+//! server: what a server holds is what this run handed over last.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -63,7 +64,7 @@ impl RolloutServer {
                 .lock()
                 .map_err(|_| anyhow::anyhow!("a sampling thread panicked"))? = Some(version);
         }
-        Ok(RemotePolicy::new(self.config.clone())?)
+        Ok(RemotePolicy::new(self.config.clone())?.with_tokenizer(self.tokenizer.clone()))
     }
 
     async fn hand_over(&self, version: usize, weights: &HostWeights) -> anyhow::Result<()> {
