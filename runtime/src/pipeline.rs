@@ -132,12 +132,19 @@ pub fn run(config: &RunConfig, registry: &Registry, resume: bool) -> anyhow::Res
     let started = Instant::now();
     let display = Display::new(stages.len());
     let mut records = dir.records(&stages)?;
-    // The commit checked out when the run started (later commits must not relabel it).
+    // The commit checked out when the run started (a later invocation, at another commit, must
+    // not relabel it), and the one each stage ran at.
     let commit = git_commit();
+    let started_at = fs::read_to_string(dir.path("manifest.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|m| m["git_commit"].as_str().map(str::to_string))
+        .or_else(|| commit.clone());
     let manifest = |records: &BTreeMap<String, StageRecord>| {
         json!({
             "ponder_version": env!("CARGO_PKG_VERSION"),
-            "git_commit": commit,
+            "git_commit": started_at,
+            "stage_commits": records.iter().filter_map(|(k, r)| Some((k.clone(), json!(r.commit.as_ref()?)))).collect::<serde_json::Map<_, _>>(),
             "config_hash": format!("{:016x}", stable_hash(resolved.as_bytes())),
             "seed": config.run.seed,
             "device": config.run.device,
@@ -173,6 +180,7 @@ pub fn run(config: &RunConfig, registry: &Registry, resume: bool) -> anyhow::Res
             stage: name.clone(),
             results,
             seconds: stage_started.elapsed().as_secs_f64(),
+            commit: commit.clone(),
         };
         dir.record(&record)?;
         eprintln!("ponder: stage {name} done in {:.1}s", record.seconds);

@@ -16,6 +16,10 @@ pub struct StageRecord {
     pub stage: String,
     pub results: serde_json::Value,
     pub seconds: f64,
+    /// The commit checked out when the stage ran (unknown outside a git checkout, and for
+    /// records written before ponder kept it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -180,6 +184,7 @@ mod tests {
             stage: "init".into(),
             results: serde_json::json!({ "values": values }),
             seconds: 12.345_678_901_234_567,
+            commit: None,
         };
         run.record(&record).expect("write");
         let back = run.finished("init").expect("read").expect("recorded");

@@ -221,6 +221,10 @@ fn the_smoke_pipeline_runs_every_stage_and_writes_the_report() {
     for stage in ["datagen", "init", "reward", "search-eval", "rl", "report"] {
         assert!(manifest["stages"][stage]["seconds"].is_number(), "{stage}: {manifest}");
         assert!(dir.join("stages").join(format!("{stage}.json")).exists());
+        // In a git checkout, each stage names the commit it ran at.
+        if manifest["git_commit"].is_string() {
+            assert_eq!(manifest["stage_commits"][stage], manifest["git_commit"], "{stage}");
+        }
     }
     let report = std::fs::read_to_string(dir.join("report.md")).expect("report.md");
     for heading in [

@@ -214,15 +214,39 @@ fn paper(names: &[String]) -> Result<()> {
     let machine = &manifest["machine"];
     let mut doc = String::new();
     doc.push_str("# Reference results\n\n");
+    // The commits the default run's stages ran at (the manifest's, which a later invocation
+    // does not relabel), and the seeds' runs' where the seeds sweep ran.
+    let short = |c: &str| c.chars().take(7).collect::<String>();
+    let mut made_at: Vec<(String, Vec<String>)> = Vec::new();
+    let started_at = manifest["git_commit"].as_str().unwrap_or("?");
+    for stage in manifest["stages"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect::<Vec<_>>())
+        .unwrap_or_default()
+    {
+        // Stages recorded before ponder kept their commit ran when the run started.
+        let c = short(manifest["stage_commits"][&stage].as_str().unwrap_or(started_at));
+        match made_at.iter_mut().find(|(k, _)| *k == c) {
+            Some((_, stages)) => stages.push(stage),
+            None => made_at.push((c, vec![stage])),
+        }
+    }
+    let commits = match made_at.as_slice() {
+        [] => format!("at commit `{}`", short(started_at)),
+        [(c, _)] => format!("at commit `{c}`"),
+        several => format!(
+            "its stages at commits {}",
+            several
+                .iter()
+                .map(|(c, stages)| format!("`{c}` ({})", stages.join(", ")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
     doc.push_str(&format!(
-        "Written by `cargo xtask paper{}` on {} at commit `{}`, on {} ({} cores, {} threads, {:.1} GiB), training at {:.0} tokens/s; {:.1} hours in all, build included. Compare a run of yours with these: the same commit and seeds give the same figures on a machine with the same thread count. The run directories (checkpoints, plots, logs) stay in `runs/`.\n\n",
+        "Written by `cargo xtask paper{}` on {} from the default run made {commits} (the sweeps' runs name theirs in their `manifest.json`), on {} ({} cores, {} threads, {:.1} GiB), training at {:.0} tokens/s; {:.1} hours for this invocation, build included (runs finished earlier are reused). Compare a run of yours with these: the same commit and seeds give the same figures on a machine with the same thread count. The run directories (checkpoints, plots, logs) stay in `runs/`.\n\n",
         names.iter().map(|n| format!(" {n}")).collect::<String>(),
         command_line("date", &["-u", "+%Y-%m-%d"]),
-        // The commit the default run was made at (the manifest's), not whatever is checked out now.
-        manifest["git_commit"].as_str().map_or_else(
-            || command_line("git", &["rev-parse", "--short", "HEAD"]),
-            |c| c.chars().take(7).collect()
-        ),
         machine["cpu"].as_str().unwrap_or("?"),
         machine["cores"],
         machine["threads"],

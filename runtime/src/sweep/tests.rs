@@ -80,6 +80,7 @@ fn a_seed_grid_gets_the_mean_and_range_of_every_metric_over_finished_seeds() {
             stage: "datagen".into(),
             results: json!({}),
             seconds: 1.0,
+            commit: None,
         })
         .expect("record");
         dir.write_json("results.json", &json!({"score": score}))
