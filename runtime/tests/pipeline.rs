@@ -236,6 +236,15 @@ fn the_smoke_pipeline_runs_every_stage_and_writes_the_report() {
     ] {
         assert!(report.contains(heading), "report.md lacks `{heading}`");
     }
+    // The room dense rewards have, counted from every trace the reward stage labelled.
+    let room = &read_json(&dir.join("stages/report.json"))["results"]["sections"]["room_for_step_rewards"];
+    let count = |k: &str| room[k].as_u64().unwrap_or_else(|| panic!("{k}: {room}"));
+    assert_eq!(Some(count("traces")), r["reward"]["labelled_traces"].as_u64(), "{room}");
+    assert!(count("steps") >= count("traces") && count("steps_unlike_outcome") <= count("steps"));
+    assert!(count("failed_after_right_first_step") <= count("failed_traces"));
+    let right = r["reward"]["right_traces"].as_u64().expect("reward.right_traces");
+    assert_eq!(count("failed_traces"), count("traces") - right, "{room}");
+    assert!(report.contains("Where step rewards can add to the outcome: of the "));
     // Sweeps the smoke run has not run: the report says which command fills each table.
     for sweep in [
         "learner_reward",

@@ -121,7 +121,7 @@ pub(super) fn section(
                 "DAPO: 50 points on AIME 2024 from Qwen2.5-32B base, above DeepSeek-R1-Zero-Qwen-32B with half its training steps; GSPO: more stable and efficient than GRPO, notably for mixture-of-experts models; PRIME: +15.1% on average over the SFT model with an implicit PRM learned online from outcome labels; ProRL: with KL control and reference resets, prolonged RL beats the base model at every pass@k, even where the base never succeeds",
                 &[(
                     "learners_2025",
-                    "GRPO, Dr. GRPO, DAPO, GSPO, REINFORCE++, PPO with the outcome reward and PPO with step rewards from the exact labels, the Monte-Carlo PRM and PRIME's implicit PRM, and GRPO with ProRL's resets, each stopped at the same RL FLOPs, seeds 1-3; the PRIME rows give its step AUROC against the exact labels before and after RL beside the Monte-Carlo PRM's",
+                    "GRPO, Dr. GRPO, DAPO, GSPO, REINFORCE++, PPO with the outcome reward and PPO with step rewards from the exact labels, the Monte-Carlo PRM and PRIME's implicit PRM, and GRPO with ProRL's resets, each stopped at the same RL FLOPs; one row per run (its seed named), then each learner's mean and range over the seeds it has finished; the PRIME rows give its step AUROC against the exact labels before and after RL beside the Monte-Carlo PRM's",
                 )],
             ),
             (
@@ -145,10 +145,77 @@ pub(super) fn section(
             for (name, what) in sweeps {
                 writeln!(out, "From the `{name}` sweep ({what}):\n")?;
                 sweep_table(ctx, name, out)?;
+                if *name == "learners_2025" {
+                    if let Some(room) = room_for_step_rewards(ctx)? {
+                        figures.insert("room_for_step_rewards".into(), room.clone());
+                        writeln!(out, "{}\n", describe_room(&room))?;
+                    }
+                }
             }
         }
         figures.insert("learn".into(), json!(true));
     }
 
     Ok(())
+}
+
+/// How much a dense step reward can tell a learner that the outcome reward does not, counted
+/// on the policy traces the reward stage labelled (`reward/prm_labels.jsonl`, sampled from the
+/// initialised policy on training problems) with the task's exact step labels: a step whose
+/// exact label equals its trace's outcome carries nothing the outcome does not. `None` when
+/// the run has no such traces.
+fn room_for_step_rewards(ctx: &Context) -> anyhow::Result<Option<Value>> {
+    let path = ctx.dir.path("reward/prm_labels.jsonl");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let problems: std::collections::HashMap<String, ponder_datagen::Problem> = ctx
+        .train_examples()?
+        .into_iter()
+        .map(|e| (e.problem.prompt.clone(), e.problem))
+        .collect();
+    let (mut traces, mut failed, mut steps, mut unlike_outcome, mut failed_after_right_step) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    for example in ponder_reward::datasets::read_process(&path)? {
+        let (imported, trace, _, _) = example.split();
+        let Some(problem) = problems.get(&imported.prompt) else {
+            continue;
+        };
+        let exact = ctx.task.check_steps(problem, &trace.steps)?;
+        let correct = ctx.task.verify(problem, &trace)?.correct;
+        traces += 1;
+        steps += exact.len() as u64;
+        unlike_outcome += exact.iter().filter(|&&right| right != correct).count() as u64;
+        if !correct {
+            failed += 1;
+            failed_after_right_step += u64::from(exact.first() == Some(&true));
+        }
+    }
+    if traces == 0 {
+        return Ok(None);
+    }
+    Ok(Some(json!({
+        "traces": traces,
+        "steps_per_trace": steps as f64 / traces as f64,
+        "steps": steps,
+        "steps_unlike_outcome": unlike_outcome,
+        "failed_traces": failed,
+        "failed_after_right_first_step": failed_after_right_step,
+    })))
+}
+
+fn describe_room(room: &Value) -> String {
+    let n = |k: &str| room[k].as_u64().unwrap_or(0);
+    let share = |a: u64, b: u64| if b == 0 { 0.0 } else { 100.0 * a as f64 / b as f64 };
+    format!(
+        "Where step rewards can add to the outcome: of the {} traces the reward stage sampled from the initialised policy ({:.2} steps each), {} of {} steps ({:.1}%) have an exact label other than their trace's outcome, and {} of the {} failed traces ({:.1}%) went wrong only after a right first step. Every other step is labelled as its trace's outcome is, so there a step reward, however exact, only says earlier what the outcome reward says at the end; dense rewards can beat the outcome reward only through the steps counted here.",
+        n("traces"),
+        room["steps_per_trace"].as_f64().unwrap_or(0.0),
+        n("steps_unlike_outcome"),
+        n("steps"),
+        share(n("steps_unlike_outcome"), n("steps")),
+        n("failed_after_right_first_step"),
+        n("failed_traces"),
+        share(n("failed_after_right_first_step"), n("failed_traces")),
+    )
 }
