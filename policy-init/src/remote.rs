@@ -77,7 +77,8 @@ pub struct RemotePolicy {
     api_key: Option<String>,
     next: AtomicUsize,
     generated: AtomicU64,
-    /// Prompt and completion tokens the servers report (`usage`): what they computed.
+    /// Prompt and completion tokens the servers report (`usage`), or the tokens they sent back
+    /// where they report none: what they computed.
     served: AtomicU64,
     /// For `token_ids`: the served model's tokenizer, which gives each token's text.
     tokenizer: Option<crate::Tokenizer>,
@@ -268,10 +269,17 @@ impl RemotePolicy {
             body["stop"] = json!(call.stop);
         }
         let mut response = self.post(body).await?;
-        if let Some(usage) = &response.usage {
-            self.served
-                .fetch_add(usage.prompt_tokens + usage.completion_tokens, Ordering::Relaxed);
-        }
+        // What the server computed: its own count, or where it gives none the tokens it sent
+        // back, so the count only grows whichever servers of a pool report usage.
+        let computed = match &response.usage {
+            Some(usage) => usage.prompt_tokens + usage.completion_tokens,
+            None => response
+                .choices
+                .iter()
+                .map(|c| c.logprobs.as_ref().map_or(0, |l| l.token_logprobs.len() as u64))
+                .sum(),
+        };
+        self.served.fetch_add(computed, Ordering::Relaxed);
         response.choices.sort_by_key(|c| c.index);
         if response.choices.len() != call.n {
             return Err(PolicyError::Remote(format!(
@@ -312,13 +320,16 @@ impl RemotePolicy {
                         )));
                     }
                 };
-                // The text is the sampled tokens' text, each token's offset where it starts.
-                let mut text = String::new();
-                let mut offsets = Vec::with_capacity(ids.len());
-                for &id in &ids {
-                    offsets.push(text.len());
-                    text.push_str(tokenizer.piece(id));
+                if let Some(id) = ids.iter().find(|&&id| id as usize >= tokenizer.vocab_size()) {
+                    return Err(PolicyError::Remote(format!(
+                        "{}: token id {id} is outside the tokenizer's {} tokens: the server runs another model",
+                        self.config.model,
+                        tokenizer.vocab_size()
+                    )));
                 }
+                // The text is the sampled tokens' text as the tokenizer decodes it, each
+                // token's offset where it starts.
+                let (text, offsets) = tokenizer.decode_with_offsets(&ids);
                 Ok(Completed {
                     text,
                     logprobs,
@@ -515,8 +526,8 @@ impl Policy for RemotePolicy {
             .collect())
     }
 
-    /// Computed: the prompt and completion tokens the servers report (0 where they report
-    /// none); generated: the tokens handed back.
+    /// Computed: the prompt and completion tokens the servers report (the tokens handed back
+    /// where they report none); generated: the tokens handed back.
     fn compute_counters(&self) -> (u64, u64) {
         (
             self.served.load(Ordering::Relaxed),

@@ -138,6 +138,39 @@ impl Tokenizer {
         }
     }
 
+    /// The text of `ids` as [`Tokenizer::decode`] gives it, and where each token's text starts
+    /// in it. A Hugging Face tokenizer's token text depends on its neighbours (a SentencePiece
+    /// word's leading space, a character split over byte tokens, special tokens left out), so
+    /// each offset is the length of the decoded prefix before the token, as far as that prefix
+    /// agrees with the whole text.
+    pub fn decode_with_offsets(&self, ids: &[u32]) -> (String, Vec<usize>) {
+        let mut offsets = Vec::with_capacity(ids.len());
+        match &self.backend {
+            Backend::Chars { .. } => {
+                let mut text = String::new();
+                for &id in ids {
+                    offsets.push(text.len());
+                    text.push_str(self.piece(id));
+                }
+                (text, offsets)
+            }
+            Backend::HuggingFace(_) => {
+                let text = self.decode(ids);
+                let mut last = 0;
+                for k in 0..ids.len() {
+                    let prefix = self.decode(&ids[..k]);
+                    let mut at = text.bytes().zip(prefix.bytes()).take_while(|(a, b)| a == b).count();
+                    while !text.is_char_boundary(at) {
+                        at -= 1;
+                    }
+                    last = last.max(at);
+                    offsets.push(last);
+                }
+                (text, offsets)
+            }
+        }
+    }
+
     /// The text one token contributes (empty for special tokens of the char tokenizer).
     pub fn piece(&self, id: u32) -> &str {
         match &self.backend {
@@ -252,5 +285,34 @@ mod tests {
         let general = Tokenizer::from_hf(hf);
         assert_eq!(general.encode(text), t.encode(text));
         assert!(general.ends_line(t.encode("\n")[0]));
+        let (decoded, offsets) = general.decode_with_offsets(&ids);
+        assert_eq!((decoded.as_str(), offsets.len()), (text, ids.len()));
+        assert!(
+            offsets.iter().enumerate().all(|(k, &o)| o == k),
+            "one byte per character"
+        );
+    }
+
+    /// A SentencePiece-style tokenizer: a token's text depends on where it stands (a word's
+    /// leading space goes at the start of the text) and the end-of-sequence token has none.
+    #[test]
+    fn a_word_tokenizers_text_and_offsets_come_from_decoding_not_from_its_pieces() {
+        let json = r#"{"version": "1.0", "truncation": null, "padding": null,
+            "added_tokens": [{"id": 0, "content": "</s>", "single_word": false, "lstrip": false,
+                              "rstrip": false, "normalized": false, "special": true}],
+            "normalizer": null,
+            "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": true},
+            "post_processor": null,
+            "decoder": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": true},
+            "model": {"type": "WordLevel", "vocab": {"</s>": 0, "▁hello": 1, "▁world": 2, "<unk>": 3},
+                      "unk_token": "<unk>"}}"#;
+        let t = Tokenizer::from_hf(tokenizers::Tokenizer::from_bytes(json.as_bytes()).expect("a tokenizer"));
+        assert_eq!(t.eos_id, Some(0));
+        let ids = [1, 2, 0];
+        let pieces: String = ids.iter().map(|&id| t.piece(id)).collect();
+        assert_ne!(pieces, "hello world", "pieces alone lose the space and keep </s>");
+        let (text, offsets) = t.decode_with_offsets(&ids);
+        assert_eq!(text, "hello world");
+        assert_eq!(offsets, vec![0, 5, 11]);
     }
 }

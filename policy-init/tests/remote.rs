@@ -131,3 +131,38 @@ async fn remote_generations_match_the_served_model() {
         .expect_err("nothing listens");
     assert!(err.to_string().contains("gave up after 2 attempts"), "{err}");
 }
+
+/// A server running another model: the ids it samples lie outside the run's tokenizer.
+async fn foreign_ids(Json(_): Json<Value>) -> Json<Value> {
+    Json(
+        json!({"choices": [{"index": 0, "text": "7*3", "finish_reason": "length",
+        "logprobs": {"tokens": ["token_id:30", "token_id:5000", "token_id:31"],
+                     "token_logprobs": [-0.1, -0.2, -0.3], "text_offset": [0, 1, 2]}}]}),
+    )
+}
+
+#[tokio::test]
+async fn token_ids_outside_the_tokenizer_are_refused() {
+    let app = Router::new().route("/v1/completions", post(foreign_ids));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("serves") });
+    let remote = RemotePolicy::new(RemoteConfig {
+        endpoints: vec![format!("http://{addr}/v1")],
+        token_ids: true,
+        ..RemoteConfig::default()
+    })
+    .expect("config")
+    .with_tokenizer(Tokenizer::chars());
+    let err = remote
+        .generate(&[GenRequest::new(
+            "countdown 3 7 9 target 30\n",
+            Stop::TraceEnd,
+            20,
+            Sampling::greedy(),
+            1,
+        )])
+        .await
+        .expect_err("id 5000 of a 100-token vocabulary");
+    assert!(err.to_string().contains("token id 5000 is outside"), "{err}");
+}

@@ -340,7 +340,13 @@ impl Kind<PolicyCategory> for TransformerSettings {
 
 impl Kind<PolicyCategory> for RemoteConfig {
     fn validate(&self) -> Vec<String> {
-        RemoteConfig::validate(self)
+        let mut problems = RemoteConfig::validate(self);
+        if self.token_ids {
+            problems.push(
+                "token_ids: the run's policy reads the servers' text; token ids are for pipeline.rl.rollout_server, which has the run's tokenizer".into(),
+            );
+        }
+        problems
     }
 
     fn build(&self, _: &PolicyContext) -> anyhow::Result<Box<dyn Policy>> {

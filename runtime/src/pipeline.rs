@@ -91,7 +91,10 @@ pub fn run(config: &RunConfig, registry: &Registry, resume: bool) -> anyhow::Res
             Ok(upgraded) => {
                 let mut set = Vec::new();
                 let changed = config_difference(upgraded, &resolved, &mut set);
-                Some(changed.unwrap_or_else(|| format!("{} set, which it left unset", set.join(", "))))
+                Some(changed.unwrap_or_else(|| match set.as_slice() {
+                    [] => "its config.toml differs in how a value is written".to_string(),
+                    set => format!("{} set, which it left unset", set.join(", ")),
+                }))
             }
             Err(e) => Some(format!("its config.toml no longer loads: {}", e.to_string().trim())),
         };

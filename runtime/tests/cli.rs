@@ -123,6 +123,15 @@ fn check_reports_every_mistake_with_its_key_path() {
         ),
         "{err}"
     );
+    // Token ids are for RL's rollout servers; the run's remote policy has no tokenizer for them.
+    let err = check_fails(
+        dir.path(),
+        "[policy]\nkind = \"remote\"\nendpoints = [\"http://127.0.0.1:8000/v1\"]\ntoken_ids = true\n",
+    );
+    assert!(
+        err.contains("bad.toml:4:1: policy.token_ids: the run's policy reads the servers' text"),
+        "{err}"
+    );
     let fine = dir.path().join("fine.toml");
     std::fs::write(
         &fine,

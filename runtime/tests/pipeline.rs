@@ -642,7 +642,7 @@ fn rl_samples_on_a_ponder_serve_process_that_loads_the_weights_of_each_iteration
         results("remote-rollouts")["learn"]["grpo"]["rollout_server"],
         serde_json::json!([format!("{url}/v1")])
     );
-    assert!(!out_dir().join("remote-rollouts/rollout-weights/behaviour-0").exists());
+    assert!(!out_dir().join("remote-rollouts/rollout-weights").exists());
     // One update stale, killed before the third iteration and resumed: the resumed run hands
     // the second iteration's weights over again and ends as the uninterrupted run does.
     let mut stale = sync.clone();

@@ -656,6 +656,7 @@ fn a_rollout_server_returns_what_it_sampled_token_for_token_and_takes_new_weight
         let local = TransformerPolicy::new(&weights, tokenizer.clone());
         let here = rt.block_on(local.generate(&requests)).expect("local generations");
         let there = rt.block_on(remote.generate(&requests)).expect("remote generations");
+        assert_eq!(there.len(), here.len());
         for (a, b) in there.iter().zip(&here) {
             assert!(
                 !a.token_ids.is_empty() && a.token_ids.len() == a.logprobs.len(),

@@ -213,17 +213,15 @@ pub(super) async fn complete(state: &AppState, body: Result<Bytes, BytesRejectio
     })))
 }
 
-/// Token texts and their character offsets in the decoded text.
+/// Token texts and their byte offsets in the decoded text (each token's text is the decoded
+/// text from its offset to the next token's).
 pub(super) fn pieces_and_offsets(tokenizer: &Tokenizer, ids: &[u32]) -> (Vec<String>, Vec<usize>) {
-    let mut offsets = Vec::with_capacity(ids.len());
-    let mut pieces = Vec::with_capacity(ids.len());
-    let mut at = 0;
-    for &id in ids {
-        let piece = tokenizer.piece(id).to_string();
-        offsets.push(at);
-        at += piece.len();
-        pieces.push(piece);
-    }
+    let (text, offsets) = tokenizer.decode_with_offsets(ids);
+    let pieces = offsets
+        .iter()
+        .enumerate()
+        .map(|(k, &start)| text[start..offsets.get(k + 1).copied().unwrap_or(text.len())].to_string())
+        .collect();
     (pieces, offsets)
 }
 

@@ -322,6 +322,22 @@ where
     F: std::future::Future<Output = Result<T, ApiError>>,
     T: IntoResponse,
 {
+    let limit = Duration::try_from_secs_f64(state.settings.timeout_seconds.max(0.001)).unwrap_or(Duration::MAX);
+    guarded_with_limit(state, endpoint, headers, Some(limit), work).await
+}
+
+/// [`guarded`] with a time limit of its own (`None`: none).
+async fn guarded_with_limit<F, T>(
+    state: &AppState,
+    endpoint: &str,
+    headers: &HeaderMap,
+    limit: Option<Duration>,
+    work: F,
+) -> Response
+where
+    F: std::future::Future<Output = Result<T, ApiError>>,
+    T: IntoResponse,
+{
     let started = Instant::now();
     let response = match authorise(state, headers) {
         Err(e) => e.into_response(),
@@ -352,9 +368,7 @@ where
                 .into_response(),
                 Some(_permit) => {
                     state.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-                    let limit =
-                        Duration::try_from_secs_f64(state.settings.timeout_seconds.max(0.001)).unwrap_or(Duration::MAX);
-                    let r = match tokio::time::timeout(limit, work).await {
+                    let r = match tokio::time::timeout(limit.unwrap_or(Duration::MAX), work).await {
                         Ok(Ok(v)) => v.into_response(),
                         Ok(Err(e)) => e.into_response(),
                         Err(_) => ApiError::new(

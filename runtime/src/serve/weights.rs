@@ -21,8 +21,9 @@ use serde_json::{Value, json};
 
 use super::*;
 
+/// SGLang's request; its other fields (such as the weights' version) are accepted and left
+/// unread.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct UpdateRequest {
     model_path: PathBuf,
     /// SGLang's field; ponder reads its own format only (`auto` or absent).
@@ -40,13 +41,15 @@ pub(super) async fn update_weights_from_disk(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let s = state.clone();
-    guarded(&state, "update_weights_from_disk", &headers, async move {
-        update(&s, body).await
+    // No request timeout: loading a policy may take longer than a model call, and a timeout
+    // would answer 504 while the server goes on to serve the new weights.
+    guarded_with_limit(&state, "update_weights_from_disk", &headers, None, async move {
+        update(s, body).await
     })
     .await
 }
 
-async fn update(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, ApiError> {
+async fn update(state: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, ApiError> {
     if !state.settings.weight_updates {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -56,49 +59,67 @@ async fn update(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result
         ));
     }
     let r: UpdateRequest = parse(body)?;
-    let Some(served) = &state.policy_config else {
+    if state.policy_config.is_none() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "invalid_request_error",
-            "weight_updates_off",
+            "policy_takes_no_weights",
             "this server's policy is not a transformer of its own (a remote one): it takes no weights",
         ));
-    };
+    }
     if let Some(format) = r.load_format.as_deref().filter(|f| *f != "auto") {
         return Err(ApiError::bad_request(
             format!("load_format `{format}`: ponder reads its own policy directories only (`auto`)"),
             Some("load_format"),
         ));
     }
-    let path = r.model_path.clone();
-    let loaded = tokio::task::spawn_blocking(move || ponder_policy_init::hf::load_pretrained(&path))
-        .await
-        .map_err(|e| ApiError::internal("load_failed", e))?;
-    let (weights, tokenizer) = loaded.map_err(|e| {
+    // Loaded, checked and handed to the model worker in a task of its own, which runs to its
+    // end even when the client goes away: the server serves either the old weights or the new
+    // ones, never a load cut short.
+    let path = r.model_path;
+    let task = tokio::spawn(async move {
+        let s = state.clone();
+        let from = path.clone();
+        let policy = tokio::task::spawn_blocking(move || load_checked(&s, &from))
+            .await
+            .map_err(|e| ApiError::internal("load_failed", e))??;
+        state
+            .batcher
+            .reload(policy)
+            .await
+            .map_err(|e| ApiError::internal("load_failed", e))?;
+        eprintln!("ponder serve: now serving the weights in {}", path.display());
+        Ok::<_, ApiError>(path)
+    });
+    let path = task.await.map_err(|e| ApiError::internal("load_failed", e))??;
+    Ok(Json(json!({
+        "success": true,
+        "message": format!("loaded {}", path.display()),
+        "num_paused_requests": 0,
+    })))
+}
+
+/// The policy in `path`, built on the server's backend, if it has the served policy's
+/// architecture and tokenizer.
+fn load_checked(state: &AppState, path: &std::path::Path) -> Result<Arc<dyn ponder_policy_init::Policy>, ApiError> {
+    let (weights, tokenizer) = ponder_policy_init::hf::load_pretrained(path).map_err(|e| {
         ApiError::bad_request(
-            format!("model_path {}: cannot load a policy: {e}", r.model_path.display()),
+            format!("model_path {}: cannot load a policy: {e}", path.display()),
             Some("model_path"),
         )
     })?;
-    if weights.config != *served || !same_tokenizer(&tokenizer, &state.tokenizer) {
+    if Some(&weights.config) != state.policy_config.as_ref() || !same_tokenizer(&tokenizer, &state.tokenizer) {
         return Err(ApiError::bad_request(
             format!(
                 "model_path {}: its architecture or tokenizer differs from the served policy's",
-                r.model_path.display()
+                path.display()
             ),
             Some("model_path"),
         ));
     }
-    let policy = Arc::new(TransformerPolicy::on_backend(&weights, tokenizer, &state.backend));
-    state
-        .batcher
-        .reload(policy)
-        .await
-        .map_err(|e| ApiError::internal("load_failed", e))?;
-    eprintln!("ponder serve: now serving the weights in {}", r.model_path.display());
-    Ok(Json(json!({
-        "success": true,
-        "message": format!("loaded {}", r.model_path.display()),
-        "num_paused_requests": 0,
-    })))
+    Ok(Arc::new(TransformerPolicy::on_backend(
+        &weights,
+        tokenizer,
+        &state.backend,
+    )))
 }

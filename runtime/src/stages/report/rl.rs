@@ -145,11 +145,11 @@ pub(super) fn section(
             for (name, what) in sweeps {
                 writeln!(out, "From the `{name}` sweep ({what}):\n")?;
                 sweep_table(ctx, name, out)?;
-                if *name == "learners_2025" {
-                    if let Some(room) = room_for_step_rewards(ctx)? {
-                        figures.insert("room_for_step_rewards".into(), room.clone());
-                        writeln!(out, "{}\n", describe_room(&room))?;
-                    }
+                if *name == "learners_2025"
+                    && let Some(room) = room_for_step_rewards(ctx)?
+                {
+                    figures.insert("room_for_step_rewards".into(), room.clone());
+                    writeln!(out, "{}\n", describe_room(&room))?;
                 }
             }
         }

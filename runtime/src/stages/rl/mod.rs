@@ -428,8 +428,11 @@ async fn run_async(ctx: &Context<'_>) -> anyhow::Result<Value> {
         "curve": curve,
         "eval": after.summary(),
     });
-    if let Some(server) = &s.rollout_server {
-        results["rollout_server"] = json!(server.endpoints);
+    if let Some(config) = &s.rollout_server {
+        results["rollout_server"] = json!(config.endpoints);
+    }
+    if let Some(server) = &server {
+        server.finish();
     }
     if let Some(model) = online {
         // Measured on the reward stage's held-out traces (the initialised policy's samples), so

@@ -6,7 +6,8 @@
 //! server: what a server holds is what this run handed over last.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+
+use tokio::sync::Mutex;
 
 use anyhow::Context as _;
 use ponder_policy_init::remote::{RemoteConfig, RemotePolicy, http_client};
@@ -19,7 +20,8 @@ pub(super) struct RolloutServer {
     /// Where the weights for the servers are written (`rollout-weights/` in the run directory).
     handover: PathBuf,
     tokenizer: Tokenizer,
-    /// The iteration whose starting weights the servers hold.
+    /// The iteration whose starting weights the servers hold; locked across a hand-over, so
+    /// that callers on several threads hand each version over once.
     loaded: Mutex<Option<usize>>,
 }
 
@@ -30,6 +32,7 @@ fn server_root(endpoint: &str) -> &str {
 }
 
 impl RolloutServer {
+    /// `token_ids` is always on: the update trains on the ids the servers sampled.
     pub(super) fn new(config: &RemoteConfig, handover: PathBuf, tokenizer: Tokenizer) -> anyhow::Result<RolloutServer> {
         let config = RemoteConfig {
             token_ids: true,
@@ -53,18 +56,19 @@ impl RolloutServer {
     /// (`weights`): saved and loaded when they hold others. A fresh client per call, since each
     /// sampling thread runs its own async runtime.
     pub(super) async fn policy_at(&self, version: usize, weights: &HostWeights) -> anyhow::Result<RemotePolicy> {
-        let current = *self
-            .loaded
-            .lock()
-            .map_err(|_| anyhow::anyhow!("a sampling thread panicked"))?;
-        if current != Some(version) {
+        let mut loaded = self.loaded.lock().await;
+        if *loaded != Some(version) {
             self.hand_over(version, weights).await?;
-            *self
-                .loaded
-                .lock()
-                .map_err(|_| anyhow::anyhow!("a sampling thread panicked"))? = Some(version);
+            *loaded = Some(version);
         }
+        drop(loaded);
         Ok(RemotePolicy::new(self.config.clone())?.with_tokenizer(self.tokenizer.clone()))
+    }
+
+    /// Removes the last hand-over's files once RL is done: the servers hold the weights, and
+    /// the run keeps its own checkpoints.
+    pub(super) fn finish(&self) {
+        let _ = std::fs::remove_dir_all(&self.handover);
     }
 
     async fn hand_over(&self, version: usize, weights: &HostWeights) -> anyhow::Result<()> {

@@ -325,7 +325,7 @@ async fn collect(
             }));
         }
     }
-    Ok((out, policy.forward_tokens() - before))
+    Ok((out, policy.forward_tokens().saturating_sub(before)))
 }
 
 #[cfg(test)]

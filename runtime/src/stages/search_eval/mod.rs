@@ -150,8 +150,9 @@ struct ComputeReading {
 impl ComputeReading {
     fn now(policy: &dyn Policy, reward: &dyn RewardModel) -> ComputeReading {
         // A local policy's count is exact (prefix reuse can keep it below the tokens
-        // generated); a remote one counts the prompt tokens its servers report reading and
-        // the tokens they generated (what they reused of a prefix unseen: an upper bound).
+        // generated); a remote one counts the prompt and generated tokens its servers report
+        // (an upper bound: what they reused of a prefix is unseen), or only the tokens they
+        // sent back where they report no usage (a lower bound: their prompts are unseen).
         ComputeReading {
             policy_tokens: policy.forward_tokens(),
             reward_flops: reward.flops(),
