@@ -39,7 +39,9 @@ impl Sweep {
             let mut figures = serde_json::Map::new();
             for (label, pointer) in &self.metrics {
                 let found = results.as_ref().and_then(|res| lookup(res, pointer));
-                let interval = results.as_ref().and_then(|res| lookup(res, &format!("{pointer}_ci")));
+                let interval = results
+                    .as_ref()
+                    .and_then(|res| lookup(res, &format!("{pointer}_ci")).or_else(|| interval_beside(res, pointer)));
                 figures.insert(label.clone(), json!({"value": found, "ci": interval}));
             }
             row["metrics"] = Value::Object(figures);
@@ -300,6 +302,16 @@ pub(super) fn lookup(value: &Value, pointer: &str) -> Option<Value> {
         .map(|p| p.replace("~1", "/").replace("~0", "~"))
         .collect();
     walk(value, &parts).filter(|v| !v.is_null())
+}
+
+/// The interval of a `{value, low, high}` figure (a paired change) that `pointer` names
+/// through its `value`.
+pub(super) fn interval_beside(res: &Value, pointer: &str) -> Option<Value> {
+    let figure = pointer.strip_suffix("/value")?;
+    Some(json!([
+        lookup(res, &format!("{figure}/low"))?,
+        lookup(res, &format!("{figure}/high"))?
+    ]))
 }
 
 /// A one-element list stands for its element (a budget ladder of one budget, say).

@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 
 use crate::run_dir::RunDir;
 
-use super::table::lookup;
+use super::table::{interval_beside, lookup};
 use super::*;
 
 #[test]
@@ -13,6 +13,10 @@ fn pointers_with_wildcards() {
     assert_eq!(lookup(&v, "/learn/*/pass@1_after"), Some(json!(0.5)));
     assert_eq!(lookup(&v, "/a/1"), Some(json!(2)));
     assert_eq!(lookup(&v, "/learn/ppo/pass@1_after"), None);
+    // A paired change named through its value brings its interval.
+    let v = json!({"learn": {"grpo": {"change": {"value": 0.1, "low": 0.05, "high": 0.15}, "after": 0.5}}});
+    assert_eq!(interval_beside(&v, "/learn/*/change/value"), Some(json!([0.05, 0.15])));
+    assert_eq!(interval_beside(&v, "/learn/*/after"), None);
 }
 
 #[test]
