@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::objective::minibatches;
 use crate::token_loss::{LossSettings, TokenTerms};
-use crate::{Experience, LearnError, LearnStats, Learner, TrainablePolicy, encode_sample};
+use crate::{Experience, LearnResult, LearnStats, Learner, TrainablePolicy, encode_sample};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -53,12 +53,7 @@ impl Learner for BehaviourCloning {
         crate::fine_tuning_optim(self.settings.lr, None)
     }
 
-    fn learn(
-        &mut self,
-        policy: &mut TrainablePolicy,
-        batch: &Experience,
-        progress: &dyn Progress,
-    ) -> Result<LearnStats, LearnError> {
+    fn learn(&mut self, policy: &mut TrainablePolicy, batch: &Experience, progress: &dyn Progress) -> LearnResult {
         let s = &self.settings;
         let mut pairs: Vec<(String, String)> = batch.demonstrations.clone();
         let mut per_group: std::collections::HashMap<usize, Vec<&str>> = std::collections::HashMap::new();
@@ -73,11 +68,10 @@ impl Learner for BehaviourCloning {
             kept.push(&sample.completion);
             pairs.push((sample.prompt.clone(), sample.completion.clone()));
         }
-        let max = policy.config.max_seq_len + 1;
         let terms: Vec<TokenTerms> = pairs
             .iter()
             .map(|(p, c)| encode_sample(&policy.tokenizer, p, c))
-            .filter(|(tokens, first)| tokens.len() <= max && *first < tokens.len())
+            .filter(|sequence| policy.fits(sequence))
             .map(|(tokens, first)| TokenTerms::uniform(tokens, first, 1.0, 1.0))
             .collect();
         if terms.is_empty() {
@@ -86,13 +80,8 @@ impl Learner for BehaviourCloning {
         self.seed = self.seed.wrapping_add(1);
         let batches = minibatches(terms.len(), s.minibatch, s.epochs, self.seed);
         let steps = batches.len();
-        let settings = LossSettings {
-            clip: None,
-            kl_coef: 0.0,
-            entropy_coef: 0.0,
-            value_coef: 0.0,
-            ..LossSettings::default()
-        };
+        // Plain log-likelihood: no ratio, no KL, no entropy bonus, no critic.
+        let settings = LossSettings::default();
         let (mut out, _) = policy.train_terms(terms, batches, settings, steps, progress)?;
         out.extra = vec![("demonstrations".into(), out.sequences as f64)];
         Ok(out)

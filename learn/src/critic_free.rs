@@ -8,10 +8,7 @@ use ponder_policy_init::trainer::Progress;
 
 use crate::objective::minibatches;
 use crate::token_loss::{LossSettings, TokenTerms};
-use crate::{
-    Experience, LearnError, LearnStats, Learner, Sample, TrainablePolicy, reference_logprobs, sample_tokens,
-    update_logprobs,
-};
+use crate::{Experience, LearnResult, LearnStats, Learner, TrainablePolicy, reference_logprobs, update_logprobs};
 
 /// What one critic-free learner is, besides the update they share: its name, learning rate
 /// and loss settings, and advantage rule. [`CriticFreeLearner`] makes it a [`Learner`].
@@ -55,12 +52,7 @@ impl<S: CriticFree> Learner for CriticFreeLearner<S> {
         self.settings.refills_uniform_groups()
     }
 
-    fn learn(
-        &mut self,
-        policy: &mut TrainablePolicy,
-        batch: &Experience,
-        progress: &dyn Progress,
-    ) -> Result<LearnStats, LearnError> {
+    fn learn(&mut self, policy: &mut TrainablePolicy, batch: &Experience, progress: &dyn Progress) -> LearnResult {
         critic_free_update(policy, batch, progress, &self.settings, &mut self.seed)
     }
 }
@@ -88,15 +80,9 @@ pub fn critic_free_update(
     progress: &dyn Progress,
     settings: &impl CriticFree,
     seed: &mut u64,
-) -> Result<LearnStats, LearnError> {
+) -> LearnResult {
     let update = settings.update();
-    let max = policy.config.max_seq_len + 1;
-    let (samples, sequences): (Vec<&Sample>, Vec<(Vec<u32>, usize)>) = batch
-        .samples
-        .iter()
-        .map(|x| (x, sample_tokens(&policy.tokenizer, x)))
-        .filter(|(_, (tokens, first))| tokens.len() <= max && *first < tokens.len())
-        .unzip();
+    let (samples, sequences) = policy.trainable_samples(&batch.samples);
     let lengths: Vec<usize> = sequences.iter().map(|(tokens, first)| tokens.len() - first).collect();
     let rewards: Vec<(usize, f32)> = samples.iter().map(|x| (x.group, x.reward)).collect();
     let chosen = settings.advantages(&rewards, &lengths);

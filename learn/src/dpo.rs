@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::objective::{TermsObjective, minibatches};
 use crate::token_loss::{LossSettings, TokenTerms};
 use crate::{
-    Experience, LearnError, LearnStats, Learner, Preference, TrainablePolicy, completion_logprobs, encode_sample,
+    Experience, LearnResult, LearnStats, Learner, Preference, TrainablePolicy, completion_logprobs, encode_sample,
 };
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -85,23 +85,16 @@ impl Learner for Dpo {
         crate::fine_tuning_optim(self.settings.lr, Some(0.0))
     }
 
-    fn learn(
-        &mut self,
-        policy: &mut TrainablePolicy,
-        batch: &Experience,
-        progress: &dyn Progress,
-    ) -> Result<LearnStats, LearnError> {
+    fn learn(&mut self, policy: &mut TrainablePolicy, batch: &Experience, progress: &dyn Progress) -> LearnResult {
         let s = self.settings.clone();
-        let max = policy.config.max_seq_len + 1;
         let mut prefs = batch.preferences.clone();
         prefs.extend(pairs_from_samples(&batch.samples, s.pairs_per_prompt));
         let prefs: Vec<Preference> = prefs
             .into_iter()
             .filter(|p| {
-                [&p.chosen, &p.rejected].iter().all(|c| {
-                    let (tokens, first) = encode_sample(&policy.tokenizer, &p.prompt, c);
-                    tokens.len() <= max && first < tokens.len()
-                })
+                [&p.chosen, &p.rejected]
+                    .iter()
+                    .all(|c| policy.fits(&encode_sample(&policy.tokenizer, &p.prompt, c)))
             })
             .collect();
         if prefs.is_empty() {
@@ -143,13 +136,8 @@ impl Learner for Dpo {
         // each minibatch's sequences before its step.
         let length: Vec<u64> = terms.iter().map(|t| t.tokens.len() as u64).collect();
         let scored_tokens = length.iter().sum::<u64>() + batches.iter().flatten().map(|&i| length[i]).sum::<u64>();
-        let settings = LossSettings {
-            clip: None,
-            kl_coef: 0.0,
-            entropy_coef: 0.0,
-            value_coef: 0.0,
-            ..LossSettings::default()
-        };
+        // The loss is DPO's own (below); the token terms carry no ratio, KL, entropy or critic.
+        let settings = LossSettings::default();
         let losses = Arc::new(Mutex::new(Vec::<f32>::new()));
         let margins = Arc::new(Mutex::new(Vec::<f32>::new()));
         let (config, tokenizer, beta) = (policy.config.clone(), policy.tokenizer.clone(), s.beta);

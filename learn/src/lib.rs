@@ -196,6 +196,22 @@ impl TrainablePolicy {
         }
     }
 
+    /// Whether `[bos] prompt completion` (as [`encode_sample`] or [`sample_tokens`] give it)
+    /// fits the policy's context and has at least one completion token to learn from.
+    pub fn fits(&self, (tokens, first): &(Vec<u32>, usize)) -> bool {
+        tokens.len() <= self.config.max_seq_len + 1 && *first < tokens.len()
+    }
+
+    /// The samples the policy can learn from, with their token sequences ([`sample_tokens`]);
+    /// the others (too long, or with an empty completion) are left out.
+    pub fn trainable_samples<'a>(&self, samples: &'a [Sample]) -> (Vec<&'a Sample>, Vec<(Vec<u32>, usize)>) {
+        samples
+            .iter()
+            .map(|x| (x, sample_tokens(&self.tokenizer, x)))
+            .filter(|(_, sequence)| self.fits(sequence))
+            .unzip()
+    }
+
     fn policy_params(&self) -> usize {
         ponder_policy_init::weights::Layout::tensor_count(&self.config)
     }
@@ -288,13 +304,11 @@ pub trait Learner: Send {
         false
     }
 
-    fn learn(
-        &mut self,
-        policy: &mut TrainablePolicy,
-        batch: &Experience,
-        progress: &dyn Progress,
-    ) -> Result<LearnStats, LearnError>;
+    fn learn(&mut self, policy: &mut TrainablePolicy, batch: &Experience, progress: &dyn Progress) -> LearnResult;
 }
+
+/// What [`Learner::learn`] returns.
+pub type LearnResult = Result<LearnStats, LearnError>;
 
 impl std::fmt::Debug for dyn Learner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

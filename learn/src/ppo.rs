@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::objective::minibatches;
 use crate::token_loss::{LossSettings, TokenTerms};
 use crate::{
-    Experience, LearnError, LearnStats, Learner, TrainablePolicy, reference_logprobs, sample_tokens, update_logprobs,
+    Experience, LearnError, LearnResult, LearnStats, Learner, TrainablePolicy, reference_logprobs, update_logprobs,
 };
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -105,24 +105,10 @@ impl Learner for Ppo {
         crate::fine_tuning_optim(self.settings.lr, Some(0.0))
     }
 
-    fn learn(
-        &mut self,
-        policy: &mut TrainablePolicy,
-        batch: &Experience,
-        progress: &dyn Progress,
-    ) -> Result<LearnStats, LearnError> {
+    fn learn(&mut self, policy: &mut TrainablePolicy, batch: &Experience, progress: &dyn Progress) -> LearnResult {
         let s = self.settings.clone();
-        let max = policy.config.max_seq_len + 1;
-        let encoded: Vec<(&crate::Sample, Vec<u32>, usize)> = batch
-            .samples
-            .iter()
-            .map(|x| {
-                let (tokens, first) = sample_tokens(&policy.tokenizer, x);
-                (x, tokens, first)
-            })
-            .filter(|(_, tokens, first)| tokens.len() <= max && *first < tokens.len())
-            .collect();
-        if encoded.is_empty() {
+        let (samples, sequences) = policy.trainable_samples(&batch.samples);
+        if samples.is_empty() {
             return Ok(LearnStats::default());
         }
         let weights = policy.weights();
@@ -131,17 +117,18 @@ impl Learner for Ppo {
             .ok_or_else(|| LearnError::Config("PPO needs a value head".into()))?;
         // Values at every position, from the current critic.
         let engine = Engine::new(&weights).with_scoring_head(head.weight.clone(), vec![head.bias]);
-        let mut caches: Vec<_> = encoded.iter().map(|_| engine.new_cache()).collect();
-        let inputs: Vec<&[u32]> = encoded.iter().map(|(_, t, _)| &t[..t.len() - 1]).collect();
+        let mut caches: Vec<_> = sequences.iter().map(|_| engine.new_cache()).collect();
+        let inputs: Vec<&[u32]> = sequences.iter().map(|(t, _)| &t[..t.len() - 1]).collect();
         engine.forward(&mut caches, &inputs, &vec![Want::All; inputs.len()]);
         let value_tokens: u64 = inputs.iter().map(|t| t.len() as u64).sum();
-        let samples: Vec<&crate::Sample> = encoded.iter().map(|(x, _, _)| *x).collect();
-        let sequences: Vec<(Vec<u32>, usize)> = encoded.iter().map(|(_, t, f)| (t.clone(), *f)).collect();
         let (old, stale, old_tokens) = update_logprobs(policy, batch, &samples, &sequences);
         let (reference, reference_tokens) = reference_logprobs(policy, &sequences, s.kl);
-        let mut terms: Vec<TokenTerms> = Vec::with_capacity(encoded.len());
-        for (((x, tokens, first), cache), (old, reference)) in
-            encoded.iter().zip(&caches).zip(old.into_iter().zip(reference))
+        let mut terms: Vec<TokenTerms> = Vec::with_capacity(samples.len());
+        for (((x, (tokens, first)), cache), (old, reference)) in samples
+            .iter()
+            .zip(&sequences)
+            .zip(&caches)
+            .zip(old.into_iter().zip(reference))
         {
             let len = tokens.len() - first;
             // The value of the state before completion token k is read at position first+k-1.

@@ -5,6 +5,7 @@
 //! reward model, each learner) is written once, and both return host-side gradients for the
 //! trainer's AdamW.
 
+#[cfg(feature = "burn")]
 use burn::tensor::Device;
 
 use crate::config::ModelConfig;
@@ -12,11 +13,16 @@ use crate::cpu::{Gradients, ScalarHead, SequenceLoss, TrainingPass};
 use crate::error::PolicyError;
 use crate::weights::HostTensor;
 
+/// What a build without burn says when a config asks for it.
+pub const NO_BURN: &str =
+    "this ponder was built without burn's backend: build it with `cargo build --release --features burn`";
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Backend {
     /// ponder's CPU transformer on `threads` threads (0: every thread of rayon's pool).
     Cpu { threads: usize },
     /// burn's model with autodiff on a device.
+    #[cfg(feature = "burn")]
     Burn(Device),
 }
 
@@ -46,10 +52,23 @@ impl Backend {
             "cpu" => Err(PolicyError::Config(format!(
                 "device `{device}` is a burn device: set backend = \"burn\" to train on it"
             ))),
+            #[cfg(feature = "burn")]
             "burn" => Ok(Backend::Burn(crate::settings::device_from_name(device)?)),
+            #[cfg(not(feature = "burn"))]
+            "burn" => Err(PolicyError::Config(NO_BURN.into())),
             other => Err(PolicyError::Config(format!(
                 "backend `{other}` is not known (cpu or burn)"
             ))),
+        }
+    }
+
+    /// Seeds the backend's own random numbers (burn's device; the CPU transformer draws none).
+    #[cfg_attr(not(feature = "burn"), allow(unused_variables))]
+    pub fn seed(&self, seed: u64) {
+        match self {
+            Backend::Cpu { .. } => {}
+            #[cfg(feature = "burn")]
+            Backend::Burn(device) => device.seed(seed),
         }
     }
 
@@ -71,6 +90,7 @@ impl Backend {
                 TrainingPass::new(model.config, model.tensors, model.head, model.lm)
                     .loss_and_gradients(sequences, loss, threads)
             }
+            #[cfg(feature = "burn")]
             Backend::Burn(device) => crate::model::autodiff_loss_and_gradients(model, sequences, loss, device),
         }
     }

@@ -9,11 +9,16 @@
 //!
 //! | feature | effect |
 //! |---|---|
-//! | (default) | burn's `flex` CPU backend |
-//! | `ndarray` | burn's `ndarray` backend as well (`run.device = "ndarray"`) |
-//! | `cuda` | burn's CUDA backend (needs internet at build time; never in CI) |
+//! | (default) | ponder's CPU transformer only |
+//! | `burn` | burn as a second backend, on its `flex` CPU device (`run.backend = "burn"`); the workspace's tests always build it |
+//! | `ndarray` | burn's `ndarray` device as well (`run.device = "ndarray"`) |
+//! | `cuda` | burn's CUDA device (needs internet at build time; never in CI) |
+
+/// Whether this build has burn's backend (the cargo feature `burn`).
+pub const BURN_AVAILABLE: bool = cfg!(feature = "burn");
 
 pub mod backend;
+#[cfg(feature = "burn")]
 pub mod burn_decode;
 pub mod checkpoint;
 pub mod config;
@@ -23,6 +28,7 @@ pub mod eval;
 pub mod evaluate;
 pub mod hf;
 pub mod metrics;
+#[cfg(feature = "burn")]
 pub mod model;
 pub mod optim;
 pub mod policy;

@@ -1,5 +1,6 @@
 //! The TOML settings of the `transformer` policy kind, and devices by name.
 
+#[cfg(feature = "burn")]
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
@@ -91,6 +92,7 @@ impl TransformerSettings {
 }
 
 /// `cpu` (burn flex), `ndarray`, `cuda` or `cuda:N`.
+#[cfg(feature = "burn")]
 pub fn device_from_name(name: &str) -> Result<Device, PolicyError> {
     match name {
         "cpu" | "flex" => Ok(Device::flex()),

@@ -12,6 +12,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::backend::Backend;
+#[cfg(feature = "burn")]
 use crate::burn_decode::BurnDecoder;
 use crate::config::ModelConfig;
 use crate::cpu::{Engine, KvCache, Want};
@@ -37,6 +38,7 @@ pub fn default_prefix_cache_tokens(config: &ModelConfig) -> usize {
 #[derive(Debug)]
 enum Decoder {
     Cpu(Box<Engine>),
+    #[cfg(feature = "burn")]
     Burn(Box<BurnDecoder>),
 }
 
@@ -44,6 +46,7 @@ impl Decoder {
     fn config(&self) -> &ModelConfig {
         match self {
             Decoder::Cpu(engine) => &engine.config,
+            #[cfg(feature = "burn")]
             Decoder::Burn(burn) => burn.config(),
         }
     }
@@ -55,6 +58,7 @@ impl Decoder {
     fn forward(&self, caches: &mut [KvCache], tokens: &[&[u32]], want: &[Want]) -> Vec<Vec<f32>> {
         match self {
             Decoder::Cpu(engine) => engine.forward(caches, tokens, want),
+            #[cfg(feature = "burn")]
             Decoder::Burn(burn) => burn.forward(caches, tokens, want),
         }
     }
@@ -100,6 +104,7 @@ impl TransformerPolicy {
         match backend {
             Backend::Cpu { threads: 0 } => Self::new(weights, tokenizer),
             Backend::Cpu { threads } => Self::new(weights, tokenizer).with_threads(*threads),
+            #[cfg(feature = "burn")]
             Backend::Burn(device) => Self::with_decoder(
                 Decoder::Burn(Box::new(BurnDecoder::new(weights, device))),
                 weights,
@@ -141,6 +146,7 @@ impl TransformerPolicy {
                 decoder: Decoder::Cpu(Box::new(engine.with_threads(threads))),
                 ..self
             },
+            #[cfg(feature = "burn")]
             Decoder::Burn(_) => self,
         }
     }

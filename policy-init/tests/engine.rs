@@ -1,5 +1,7 @@
 //! The CPU decoding engine and burn's decoder against the burn forward (same logits, cached or
-//! not), and decoding a fixed number of tokens.
+//! not), and decoding a fixed number of tokens. Built with burn (`--features burn`; the
+//! workspace's tests always have it).
+#![cfg(feature = "burn")]
 
 use burn::tensor::Device;
 use ponder_policy_init::backend::Backend;

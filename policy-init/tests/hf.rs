@@ -1,6 +1,8 @@
 //! Hugging Face interop: export and re-import give identical logits; and, where Python has
 //! `transformers` and `torch`, the export loads in `transformers` with matching logits.
 
+#![cfg(feature = "burn")]
+
 use std::process::Command;
 
 use burn::tensor::Device;

@@ -1,6 +1,7 @@
 //! Policy initialisation end to end on a micro model: the loss falls, and a run killed after a
 //! checkpoint and resumed ends with the same weights, bit for bit.
 
+#[cfg(feature = "burn")]
 use burn::tensor::Device;
 use ponder_datagen::arithmetic::{Arithmetic, ArithmeticConfig};
 use ponder_datagen::dataset::{GenerateSpec, generate};
@@ -137,6 +138,7 @@ fn resume_after_a_kill_reproduces_the_weights_bit_for_bit() {
 }
 
 #[test]
+#[cfg(feature = "burn")]
 fn the_cpu_training_path_matches_burn_autodiff() {
     let tokenizer = Tokenizer::chars();
     let base = micro();

@@ -123,9 +123,7 @@ pub fn run(config: &RunConfig, registry: &Registry, resume: bool) -> anyhow::Res
     }
 
     let backend = ponder_policy_init::backend::Backend::from_names(&config.run.backend, &config.run.device)?;
-    if let ponder_policy_init::backend::Backend::Burn(device) = &backend {
-        device.seed(config.run.seed);
-    }
+    backend.seed(config.run.seed);
     let task = config.task.build(&())?;
     let stages: Vec<String> = STAGES
         .iter()

@@ -10,9 +10,7 @@ use ponder_reward::Aggregation;
 use serde::{Deserialize, Serialize};
 
 use crate::record::{NodeKind, TreeRecorder};
-use crate::{
-    Budget, Candidate, Cost, SearchEnv, SearchError, SearchOutcome, Searcher, Selection, continuation_prompt, outcome,
-};
+use crate::{Budget, Candidate, Cost, SearchEnv, SearchResult, Searcher, Selection, continuation_prompt, outcome};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -98,12 +96,7 @@ impl Searcher for BeamSearch {
         }
     }
 
-    async fn search(
-        &self,
-        problem: &Problem,
-        env: &SearchEnv<'_>,
-        budget: &Budget,
-    ) -> Result<SearchOutcome, SearchError> {
+    async fn search(&self, problem: &Problem, env: &SearchEnv<'_>, budget: &Budget) -> SearchResult {
         let n = budget.generations.max(1);
         let m = self.width(n);
         let groups = match self.settings.mode {

@@ -7,7 +7,7 @@ use ponder_policy_init::{GenRequest, Stop};
 use ponder_reward::Aggregation;
 use serde::{Deserialize, Serialize};
 
-use crate::{Budget, Candidate, Cost, SearchEnv, SearchError, SearchOutcome, Searcher, Selection, outcome};
+use crate::{Budget, Candidate, Cost, SearchEnv, SearchError, SearchResult, Searcher, Selection, outcome};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -89,12 +89,7 @@ impl Searcher for BestOfN {
         format!("best-of-n ({:?} selection)", self.settings.selection).to_lowercase()
     }
 
-    async fn search(
-        &self,
-        problem: &Problem,
-        env: &SearchEnv<'_>,
-        budget: &Budget,
-    ) -> Result<SearchOutcome, SearchError> {
+    async fn search(&self, problem: &Problem, env: &SearchEnv<'_>, budget: &Budget) -> SearchResult {
         let mut cost = Cost::default();
         let traces = sample_traces(problem, env, budget.generations.max(1), &mut cost).await?;
         let candidates = score_candidates(

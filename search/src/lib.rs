@@ -229,13 +229,11 @@ impl SearchEnv<'_> {
 pub trait Searcher: Send + Sync {
     fn describe(&self) -> String;
 
-    async fn search(
-        &self,
-        problem: &Problem,
-        env: &SearchEnv<'_>,
-        budget: &Budget,
-    ) -> Result<SearchOutcome, SearchError>;
+    async fn search(&self, problem: &Problem, env: &SearchEnv<'_>, budget: &Budget) -> SearchResult;
 }
+
+/// What [`Searcher::search`] returns.
+pub type SearchResult = Result<SearchOutcome, SearchError>;
 
 impl std::fmt::Debug for dyn Searcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

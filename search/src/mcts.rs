@@ -24,7 +24,10 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::record::{NodeKind, SearchRecord, TreeRecorder};
-use crate::{Budget, Candidate, Cost, SearchEnv, SearchError, SearchOutcome, Searcher, Selection, continuation_prompt};
+use crate::{
+    Budget, Candidate, Cost, SearchEnv, SearchError, SearchOutcome, SearchResult, Searcher, Selection,
+    continuation_prompt,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -603,12 +606,7 @@ impl Searcher for Mcts {
         format!("mcts ({root}, {} per expansion)", self.settings.expand)
     }
 
-    async fn search(
-        &self,
-        problem: &Problem,
-        env: &SearchEnv<'_>,
-        budget: &Budget,
-    ) -> Result<SearchOutcome, SearchError> {
+    async fn search(&self, problem: &Problem, env: &SearchEnv<'_>, budget: &Budget) -> SearchResult {
         let s = &self.settings;
         let mut cost = Cost::default();
         let mut tree = Tree {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::best_of_n::score_candidates;
 use crate::record::SearchRecord;
-use crate::{Budget, Cost, SearchEnv, SearchError, SearchOutcome, Searcher, Selection, outcome};
+use crate::{Budget, Cost, SearchEnv, SearchResult, Searcher, Selection, outcome};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -53,12 +53,7 @@ impl Searcher for Revision {
         )
     }
 
-    async fn search(
-        &self,
-        problem: &Problem,
-        env: &SearchEnv<'_>,
-        budget: &Budget,
-    ) -> Result<SearchOutcome, SearchError> {
+    async fn search(&self, problem: &Problem, env: &SearchEnv<'_>, budget: &Budget) -> SearchResult {
         let s = &self.settings;
         let n = budget.generations.max(1);
         let chains = s.chains.clamp(1, n);

@@ -276,8 +276,15 @@ fn ci() -> Result<()> {
     let mut clippy = cargo();
     clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
     status(clippy, "cargo clippy -D warnings")?;
+    // The libraries and binaries as `cargo xtask pipeline` builds them: without burn (the
+    // tests above build it for their reference checks).
+    let mut clippy = cargo();
+    clippy.args(["clippy", "--workspace", "--", "-D", "warnings"]);
+    status(clippy, "cargo clippy -D warnings (without burn)")?;
     let mut test = cargo();
-    test.args(["test", "--workspace"]);
+    // burn's backend is the reference the CPU transformer is tested against (the release
+    // binary leaves it out unless asked).
+    test.args(["test", "--workspace", "--features", "ponder-runtime/burn"]);
     status(test, "cargo test --workspace")?;
     hf_check(false)
 }
@@ -303,6 +310,8 @@ fn hf_check(required: bool) -> Result<()> {
         "test",
         "--package",
         "ponder-policy-init",
+        "--features",
+        "burn",
         "--test",
         "hf",
         "--",

@@ -15,8 +15,7 @@ use async_trait::async_trait;
 use ponder_runtime::registry::{Kind, SearchCategory};
 use ponder_search::record::{NodeKind, TreeRecorder};
 use ponder_search::{
-    Budget, Candidate, Cost, GenRequest, Problem, SearchEnv, SearchError, SearchOutcome, Searcher, Selection, Stop,
-    Trace, outcome,
+    Budget, Candidate, Cost, GenRequest, Problem, SearchEnv, SearchResult, Searcher, Selection, Stop, Trace, outcome,
 };
 use serde::{Deserialize, Serialize};
 
@@ -85,12 +84,7 @@ impl Searcher for AdaptiveConsistency {
         )
     }
 
-    async fn search(
-        &self,
-        problem: &Problem,
-        env: &SearchEnv<'_>,
-        budget: &Budget,
-    ) -> Result<SearchOutcome, SearchError> {
+    async fn search(&self, problem: &Problem, env: &SearchEnv<'_>, budget: &Budget) -> SearchResult {
         let mut cost = Cost::default();
         let mut candidates: Vec<Candidate> = Vec::new();
         let limit = budget.generations.max(1);

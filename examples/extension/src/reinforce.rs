@@ -3,7 +3,7 @@
 
 use ponder_learn::objective::minibatches;
 use ponder_learn::token_loss::{LossSettings, TokenTerms};
-use ponder_learn::{Experience, LearnError, LearnStats, Learner, TrainablePolicy, fine_tuning_optim, sample_tokens};
+use ponder_learn::{Experience, LearnResult, LearnStats, Learner, TrainablePolicy, fine_tuning_optim};
 use ponder_policy_init::optim::OptimConfig;
 use ponder_policy_init::trainer::Progress;
 use ponder_runtime::registry::{Kind, LearnCategory};
@@ -63,26 +63,16 @@ impl Learner for Reinforce {
         fine_tuning_optim(self.settings.lr, None)
     }
 
-    fn learn(
-        &mut self,
-        policy: &mut TrainablePolicy,
-        batch: &Experience,
-        progress: &dyn Progress,
-    ) -> Result<LearnStats, LearnError> {
-        let max = policy.config.max_seq_len + 1;
-        let kept: Vec<(f32, (Vec<u32>, usize))> = batch
-            .samples
-            .iter()
-            .map(|x| (x.reward, sample_tokens(&policy.tokenizer, x)))
-            .filter(|(_, (tokens, first))| tokens.len() <= max && *first < tokens.len())
-            .collect();
-        if kept.is_empty() {
+    fn learn(&mut self, policy: &mut TrainablePolicy, batch: &Experience, progress: &dyn Progress) -> LearnResult {
+        let (samples, sequences) = policy.trainable_samples(&batch.samples);
+        if samples.is_empty() {
             return Ok(LearnStats::default());
         }
-        let baseline = kept.iter().map(|(r, _)| r).sum::<f32>() / kept.len() as f32;
-        let terms: Vec<TokenTerms> = kept
-            .into_iter()
-            .map(|(reward, (tokens, first))| TokenTerms::uniform(tokens, first, reward - baseline, 1.0))
+        let baseline = samples.iter().map(|x| x.reward).sum::<f32>() / samples.len() as f32;
+        let terms: Vec<TokenTerms> = samples
+            .iter()
+            .zip(sequences)
+            .map(|(x, (tokens, first))| TokenTerms::uniform(tokens, first, x.reward - baseline, 1.0))
             .collect();
         self.seed = self.seed.wrapping_add(1);
         let batches = minibatches(terms.len(), self.settings.minibatch, 1, self.seed);

@@ -156,6 +156,10 @@ impl RunSection {
             ));
         }
         match self.backend.as_str() {
+            "burn" if !ponder_policy_init::BURN_AVAILABLE => errors.push(ConfigError::new(
+                "run.backend",
+                ponder_policy_init::backend::NO_BURN.to_string(),
+            )),
             "burn" => {}
             "cpu" if !device_ok || self.device == "cpu" => {}
             "cpu" => errors.push(ConfigError::new(

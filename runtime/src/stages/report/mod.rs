@@ -3,13 +3,37 @@
 
 use std::fmt::Write as _;
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 mod reward;
 mod rl;
 mod search;
 
 use super::Context;
+use crate::plots::{Chart, draw};
+
+/// What a section writes to: the run, its assembled results, the report's text so far, and
+/// the sections that have figures.
+struct Report<'r, 'c> {
+    ctx: &'r Context<'c>,
+    r: Value,
+    out: String,
+    figures: Map<String, Value>,
+}
+
+/// Draws `charts` side by side to `plots/{file}` (`width_each` by `height` pixels each) and
+/// embeds the picture under `alt`.
+fn figure(
+    ctx: &Context,
+    out: &mut String,
+    (file, alt): (&str, &str),
+    charts: &[Chart],
+    (width_each, height): (u32, u32),
+) -> anyhow::Result<()> {
+    draw(&ctx.dir.path(&format!("plots/{file}")), charts, width_each, height)?;
+    writeln!(out, "\n![{alt}](plots/{file})\n")?;
+    Ok(())
+}
 
 fn pct(v: &Value) -> String {
     v.as_f64().map_or("—".into(), |x| format!("{:.1}%", x * 100.0))
@@ -111,7 +135,7 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
         ctx.earlier.values().map(|s| s.seconds).sum::<f64>(),
         ctx.config.pipeline.held_out,
     )?;
-    let mut figures = serde_json::Map::new();
+    let figures = Map::new();
 
     // Policy initialisation.
     let init = &r["policy_init"];
@@ -146,9 +170,13 @@ pub fn run(ctx: &Context) -> anyhow::Result<Value> {
         writeln!(out, "| chance level | {} | |\n", pct(&init["eval"]["chance_level"]))?;
     }
 
-    reward::section(ctx, &r, &mut out, &mut figures)?;
-    search::section(ctx, &r, &mut out, &mut figures)?;
-    rl::section(ctx, &r, &mut out, &mut figures)?;
+    let mut report = Report { ctx, r, out, figures };
+    reward::section(&mut report)?;
+    search::section(&mut report)?;
+    rl::section(&mut report)?;
+    let Report {
+        mut out, mut figures, ..
+    } = report;
 
     // Data ablations need policies of their own: they are sweeps, shown here when run.
     writeln!(out, "## 5. Data ablations\n")?;

@@ -2,10 +2,10 @@
 
 use std::fmt::Write as _;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-use super::{pct, pct_with_range, three_digits_with_ci};
-use crate::plots::{Chart, Series, draw};
+use super::{Report, figure, pct, pct_with_range, three_digits_with_ci};
+use crate::plots::{Chart, Series};
 use crate::stages::Context;
 
 /// The best-of-N columns: key in the reward stage's results, heading.
@@ -19,12 +19,8 @@ const BEST_OF_N: [(&str, &str); 7] = [
     ("pass@n", "pass@N"),
 ];
 
-pub(super) fn section(
-    ctx: &Context,
-    r: &Value,
-    out: &mut String,
-    figures: &mut Map<String, Value>,
-) -> anyhow::Result<()> {
+pub(super) fn section(report: &mut Report) -> anyhow::Result<()> {
+    let Report { ctx, r, out, figures } = report;
     let reward = &r["reward"];
     let (prm, orm, likelihood) = (&reward["prm"], &reward["orm"], &reward["likelihood"]);
     if prm.is_null() && orm.is_null() {
@@ -153,8 +149,10 @@ fn monte_carlo_labels(ctx: &Context, reward: &Value, out: &mut String) -> anyhow
         out,
         "\nMath-Shepherd measured 86% at N = 4, falling for larger N as false positives grow. "
     )?;
-    draw(
-        &ctx.dir.path("plots/mc_label_accuracy.png"),
+    figure(
+        ctx,
+        out,
+        ("mc_label_accuracy.png", "MC label accuracy"),
         &[Chart {
             title: "Monte-Carlo label accuracy".into(),
             x_label: "rollouts N (log)".into(),
@@ -167,11 +165,8 @@ fn monte_carlo_labels(ctx: &Context, reward: &Value, out: &mut String) -> anyhow
             y_range: Some((0.5, 1.0)),
             x_categories: Vec::new(),
         }],
-        700,
-        450,
-    )?;
-    writeln!(out, "![MC label accuracy](plots/mc_label_accuracy.png)\n")?;
-    Ok(())
+        (700, 450),
+    )
 }
 
 /// The best-of-N table and plot, with a column for each selection the stage measured.
@@ -209,8 +204,10 @@ fn best_of_n(ctx: &Context, reward: &Value, out: &mut String) -> anyhow::Result<
         (false, true) => "PRM vs majority",
         _ => "ORM vs majority",
     };
-    draw(
-        &ctx.dir.path("plots/prm_orm_majority.png"),
+    figure(
+        ctx,
+        out,
+        ("prm_orm_majority.png", title),
         &[Chart {
             title: title.into(),
             x_label: "N samples (log)".into(),
@@ -220,9 +217,6 @@ fn best_of_n(ctx: &Context, reward: &Value, out: &mut String) -> anyhow::Result<
             y_range: Some((0.0, 1.0)),
             x_categories: Vec::new(),
         }],
-        800,
-        500,
-    )?;
-    writeln!(out, "\n![{title}](plots/prm_orm_majority.png)\n")?;
-    Ok(())
+        (800, 500),
+    )
 }

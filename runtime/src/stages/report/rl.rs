@@ -2,18 +2,14 @@
 
 use std::fmt::Write as _;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-use super::{ci, pct, points_with_ci, sweep_table};
-use crate::plots::{Chart, Series, draw};
+use super::{Report, ci, figure, pct, points_with_ci, sweep_table};
+use crate::plots::{Chart, Series};
 use crate::stages::Context;
 
-pub(super) fn section(
-    ctx: &Context,
-    r: &Value,
-    out: &mut String,
-    figures: &mut Map<String, Value>,
-) -> anyhow::Result<()> {
+pub(super) fn section(report: &mut Report) -> anyhow::Result<()> {
+    let Report { ctx, r, out, figures } = report;
     if let Some(learn) = r["learn"].as_object() {
         writeln!(out, "## 4. Reinforcement learning\n")?;
         for (kind, rl) in learn {
@@ -84,8 +80,10 @@ pub(super) fn section(
                 series = series.with_intervals(intervals);
             }
             let start = curve.first().and_then(|p| p["pass@1"].as_f64()).unwrap_or(0.0);
-            draw(
-                &ctx.dir.path("plots/train_time_scaling.png"),
+            figure(
+                ctx,
+                out,
+                ("train_time_scaling.png", "train-time scaling"),
                 &[Chart {
                     title: "Train-time scaling".into(),
                     x_label: "RL compute, FLOPs (log)".into(),
@@ -95,10 +93,8 @@ pub(super) fn section(
                     y_range: Some((0.0, 1.0)),
                     x_categories: Vec::new(),
                 }],
-                800,
-                500,
+                (800, 500),
             )?;
-            writeln!(out, "![train-time scaling](plots/train_time_scaling.png)\n")?;
         }
         // Sweeps that each train policies of their own, shown when they have been run.
         let rl_sweeps: [(&str, &str, &[(&str, &str)]); 3] = [

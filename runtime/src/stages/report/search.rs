@@ -2,18 +2,14 @@
 
 use std::fmt::Write as _;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-use super::{num, pct, pct_with_range, points_with_ci, sampling_note, sweep_table};
-use crate::plots::{Chart, Series, draw};
+use super::{Report, figure, num, pct, pct_with_range, points_with_ci, sampling_note, sweep_table};
+use crate::plots::{Chart, Series};
 use crate::stages::Context;
 
-pub(super) fn section(
-    ctx: &Context,
-    r: &Value,
-    out: &mut String,
-    figures: &mut Map<String, Value>,
-) -> anyhow::Result<()> {
+pub(super) fn section(report: &mut Report) -> anyhow::Result<()> {
+    let Report { ctx, r, out, figures } = report;
     let search = &r["search"];
     if !search.is_null() {
         writeln!(out, "## 3. Test-time compute\n")?;
@@ -255,7 +251,13 @@ fn search_plots(ctx: &Context, search: &Value, out: &mut String) -> anyhow::Resu
         y_range: Some((0.0, 1.0)),
         x_categories: Vec::new(),
     };
-    draw(&ctx.dir.path("plots/test_time_scaling.png"), &[chart], 900, 560)?;
+    figure(
+        ctx,
+        out,
+        ("test_time_scaling.png", "test-time scaling"),
+        &[chart],
+        (900, 560),
+    )?;
     let mut panels = Vec::new();
     for q in 0..5 {
         let mut series = Vec::new();
@@ -287,15 +289,11 @@ fn search_plots(ctx: &Context, search: &Value, out: &mut String) -> anyhow::Resu
             x_categories: Vec::new(),
         });
     }
-    draw(
-        &ctx.dir.path("plots/test_time_scaling_quintiles.png"),
-        &panels,
-        420,
-        380,
-    )?;
-    writeln!(
+    figure(
+        ctx,
         out,
-        "![test-time scaling](plots/test_time_scaling.png)\n\n![per quintile](plots/test_time_scaling_quintiles.png)\n"
-    )?;
-    Ok(())
+        ("test_time_scaling_quintiles.png", "per quintile"),
+        &panels,
+        (420, 380),
+    )
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use ponder_datagen::{Problem, Trace};
 use ponder_reward::RewardModel;
 use ponder_search::best_of_n::{BestOfNSettings, score_candidates};
-use ponder_search::{Budget, Cost, SearchEnv, SearchError, SearchOutcome, Searcher, outcome};
+use ponder_search::{Budget, Cost, SearchEnv, SearchResult, Searcher, outcome};
 use serde::{Deserialize, Serialize};
 
 /// Best-of-N samples drawn once for every selection rule: per problem id, the traces and
@@ -37,12 +37,7 @@ impl Searcher for SharedSamples<'_> {
         .to_lowercase()
     }
 
-    async fn search(
-        &self,
-        problem: &Problem,
-        env: &SearchEnv<'_>,
-        _budget: &Budget,
-    ) -> Result<SearchOutcome, SearchError> {
+    async fn search(&self, problem: &Problem, env: &SearchEnv<'_>, _budget: &Budget) -> SearchResult {
         let traces = self.samples.get(&problem.id).cloned().unwrap_or_default();
         let mut cost = Cost::default();
         let (selection, aggregation) = (self.settings.selection, self.settings.aggregation);
