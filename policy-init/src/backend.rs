@@ -14,8 +14,7 @@ use crate::error::PolicyError;
 use crate::weights::HostTensor;
 
 /// What a build without burn says when a config asks for it.
-pub const NO_BURN: &str =
-    "this ponder was built without burn's backend: build it with `cargo build --release --features burn`";
+pub const NO_BURN: &str = "this ponder was built without burn's backend: build it with `cargo build --release -p ponder-runtime --features burn`";
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Backend {

@@ -2,7 +2,8 @@
 //!
 //! The policy: a Llama-family transformer on the CPU ([`cpu`]: KV-cached decoding behind the
 //! [`Policy`] trait, and training) with burn 0.22's model as the reference and second backend
-//! for training and KV-cached decoding ([`model`], [`backend`], [`burn_decode`]), the host-side trainer and AdamW ([`trainer`], [`optim`]),
+//! for training and KV-cached decoding ([`backend`]; `model` and `burn_decode` with the feature
+//! `burn`), the host-side trainer and AdamW ([`trainer`], [`optim`]),
 //! character-level and Hugging Face tokenizers, sampling, policy initialisation (supervised
 //! training on expert traces), checkpoints, Hugging Face import/export and a remote
 //! OpenAI-compatible policy.
