@@ -94,3 +94,28 @@ impl Backend {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backends_by_name_and_the_mistakes_refused() {
+        assert!(matches!(
+            Backend::from_names("cpu", "cpu"),
+            Ok(Backend::Cpu { threads: 0 })
+        ));
+        let refused = |backend: &str, device: &str| match Backend::from_names(backend, device) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{backend} on {device} was accepted"),
+        };
+        assert!(refused("cpu", "cuda").contains("is a burn device"));
+        assert!(refused("tpu", "cpu").contains("backend `tpu` is not known"));
+        // A build without burn names the command that builds it in (`cargo test -p
+        // ponder-policy-init --lib` runs this branch; the workspace's tests build burn).
+        #[cfg(feature = "burn")]
+        assert!(matches!(Backend::from_names("burn", "cpu"), Ok(Backend::Burn(_))));
+        #[cfg(not(feature = "burn"))]
+        assert!(refused("burn", "cpu").contains("--features burn"));
+    }
+}

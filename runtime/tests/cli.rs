@@ -52,93 +52,79 @@ fn datagen_is_fast_and_deterministic_per_seed() {
     assert!(took.as_secs() < 30, "datagen took {took:?}");
 }
 
-/// `ponder check` on `bad.toml` holding `text`: it must exit 2; returns what it printed.
-fn check_fails(dir: &Path, text: &str) -> String {
+/// `ponder check` on `bad.toml` holding `text`: it must exit 2 and print every one of `expected`.
+fn check_fails_saying(dir: &Path, text: &str, expected: &[&str]) {
     let config = dir.join("bad.toml");
     std::fs::write(&config, text).expect("write");
     let o = ponder(&["check", config.to_str().expect("utf8")], dir);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    stderr(&o)
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    for e in expected {
+        assert!(err.contains(e), "expected `{e}` in:\n{err}");
+    }
 }
 
 #[test]
 fn check_reports_every_mistake_with_its_key_path() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let err = check_fails(
-        dir.path(),
+    let dir = dir.path();
+    // Three errors, each at its line and column, an unknown kind with the known ones listed.
+    check_fails_saying(
+        dir,
         "[run]\nname = \"x\"\nseed = \"one\"\n\n[task]\nkind = \"countdwn\"\n\n[pipeline.data]\ntrain_examples = 10\ncolour = 3\n",
+        &[
+            "3 errors",
+            "bad.toml:3:1: run.seed",
+            "task.kind",
+            "unknown task kind `countdwn`",
+            "arithmetic, chains, countdown",
+            "bad.toml:10:1: pipeline.data.colour",
+        ],
     );
-    assert!(err.contains("3 errors"), "{err}");
-    assert!(err.contains("run.seed") && err.contains(":3:1:"), "{err}");
-    assert!(
-        err.contains("task.kind") && err.contains("unknown task kind `countdwn`"),
-        "{err}"
-    );
-    assert!(
-        err.contains("arithmetic, chains, countdown"),
-        "lists the known kinds: {err}"
-    );
-    assert!(err.contains("pipeline.data.colour") && err.contains(":10:1:"), "{err}");
     // Values that parse but make no sense are caught too.
-    let err = check_fails(
-        dir.path(),
+    check_fails_saying(
+        dir,
         "[pipeline.search_eval.sampling]\ntemperature = 0.0\ntop_p = 1.5\n",
-    );
-    assert!(
-        err.contains("pipeline.search_eval.sampling.temperature: must be above 0"),
-        "{err}"
-    );
-    assert!(
-        err.contains("pipeline.search_eval.sampling.top_p: must be above 0 and at most 1"),
-        "{err}"
+        &[
+            "pipeline.search_eval.sampling.temperature: must be above 0",
+            "pipeline.search_eval.sampling.top_p: must be above 0 and at most 1",
+        ],
     );
     // Mistakes inside the inline tables of an array are placed to the key.
-    let err = check_fails(
-        dir.path(),
+    check_fails_saying(
+        dir,
         "[pipeline.search_eval]\nsearchers = [\n  { label = \"a\", kind = \"mcts\" },\n  { label = \"b\", kind = \"best-of-n\", selection = \"nope\" },\n]\n",
-    );
-    assert!(
-        err.contains("bad.toml:4:38: pipeline.search_eval.searchers.1.selection: unknown variant `nope`"),
-        "{err}"
+        &["bad.toml:4:38: pipeline.search_eval.searchers.1.selection: unknown variant `nope`"],
     );
     // The new learners check their settings like every kind.
-    let err = check_fails(
-        dir.path(),
+    check_fails_saying(
+        dir,
         "[task]\nkind = \"countdown\"\n\n[learn]\nkind = \"dapo\"\nclip_low = 1.5\noverlong_buffer = 50\nmax_length = 20\n",
-    );
-    assert!(err.contains("learn.clip_low: must be in [0, 1), not 1.5"), "{err}");
-    assert!(
-        err.contains("learn.overlong_buffer: must be at most max_length (20), not 50"),
-        "{err}"
+        &[
+            "learn.clip_low: must be in [0, 1), not 1.5",
+            "learn.overlong_buffer: must be at most max_length (20), not 50",
+        ],
     );
     // A run trains one PRM: a searcher's own PRM table that would train another is refused
     // where it stands; one that only aggregates differently is not.
-    let err = check_fails(
-        dir.path(),
+    check_fails_saying(
+        dir,
         "[reward]\nkind = \"prm\"\n\n[pipeline.search_eval]\nsearchers = [\n  { kind = \"beam\", reward = { kind = \"prm\", labels = \"ground-truth\" } },\n]\n",
-    );
-    assert!(
-        err.contains(
-            "pipeline.search_eval.searchers.0.reward: a run trains one prm (reward/prm), with the settings at `reward`"
-        ),
-        "{err}"
+        &["pipeline.search_eval.searchers.0.reward: a run trains one prm (reward/prm), with the settings at `reward`"],
     );
     // Token ids are for RL's rollout servers; the run's remote policy has no tokenizer for them.
-    let err = check_fails(
-        dir.path(),
+    check_fails_saying(
+        dir,
         "[policy]\nkind = \"remote\"\nendpoints = [\"http://127.0.0.1:8000/v1\"]\ntoken_ids = true\n",
+        &["bad.toml:4:1: policy.token_ids: the run's policy reads the servers' text"],
     );
-    assert!(
-        err.contains("bad.toml:4:1: policy.token_ids: the run's policy reads the servers' text"),
-        "{err}"
-    );
-    let fine = dir.path().join("fine.toml");
+    let fine = dir.join("fine.toml");
     std::fs::write(
         &fine,
         "[task]\nkind = \"countdown\"\n\n[reward]\nkind = \"prm\"\n\n[pipeline.search_eval]\nsearchers = [\n  { kind = \"beam\", reward = { kind = \"prm\", aggregation = \"min\" } },\n]\n",
     )
     .expect("write");
-    let o = ponder(&["check", fine.to_str().expect("utf8")], dir.path());
+    let o = ponder(&["check", fine.to_str().expect("utf8")], dir);
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
