@@ -281,7 +281,7 @@ fn search_plots(ctx: &Context, search: &Value, out: &mut String) -> anyhow::Resu
                 q + 1,
                 ["easiest", "easy", "middle", "hard", "hardest"][q]
             ),
-            x_label: "tokens (log)".into(),
+            x_label: "FLOPs per problem (log)".into(),
             y_label: "accuracy".into(),
             log_x: true,
             series,
