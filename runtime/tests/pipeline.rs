@@ -7,6 +7,9 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
+mod common;
+use common::{metric_sum, metrics_text_of};
+
 fn smoke_config() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/smoke.toml")
 }
@@ -519,17 +522,6 @@ fn serve_run(dir: &Path, extra: &[&str]) -> (Server, String) {
     (server, url)
 }
 
-/// A counter of a `ponder serve` process, read from its `/metrics`.
-fn served_counter(url: &str, name: &str) -> f64 {
-    let text = reqwest::blocking::get(format!("{url}/metrics"))
-        .and_then(|r| r.text())
-        .expect("metrics");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no counter {name} in:\n{text}"))
-}
-
 #[test]
 fn search_eval_runs_against_a_remote_policy_served_by_another_ponder_process() {
     // The smoke run's policy, served by a `ponder serve` process of its own on a free port.
@@ -565,7 +557,7 @@ fn search_eval_runs_against_a_remote_policy_served_by_another_ponder_process() {
     assert!(!dir.join("policy").exists(), "a remote run trains no policy of its own");
     // `ponder serve` on that run: a reasoner that searches here over the first server's
     // samples, with no weights of its own.
-    let batched = |url: &str| served_counter(url, "ponder_batched_requests_total");
+    let batched = |url: &str| metric_sum(&metrics_text_of(url), "ponder_batched_requests_total");
     let before = batched(&url);
     let (_proxy, proxy_url) = serve_run(&dir, &[]);
     let problem = std::fs::read_to_string(dir.join("data/test.jsonl")).expect("test problems");
@@ -609,7 +601,7 @@ fn rl_samples_on_a_ponder_serve_process_that_loads_the_weights_of_each_iteration
     let remote =
         format!("pipeline.rl.rollout_server={{endpoints=[\"{url}/v1\"],model=\"ponder-reference\",concurrency=4}}");
     let stages = ["--set", "pipeline.stages=[\"datagen\",\"init\",\"rl\"]"];
-    let weight_updates = || served_counter(&url, "ponder_weight_updates_total");
+    let weight_updates = || metric_sum(&metrics_text_of(&url), "ponder_weight_updates_total");
     // Synchronous: the server loads the weights each iteration starts from and samples what
     // this process would have, token for token, so the updates are the reference run's.
     let mut sync = vec!["--set", remote.as_str()];

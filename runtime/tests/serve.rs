@@ -11,6 +11,9 @@ use ponder_runtime::serve::{serve_on, state_from_run};
 use ponder_runtime::{Layers, Registry};
 use serde_json::{Value, json};
 
+mod common;
+use common::{metric_sum, metrics_text_of};
+
 /// The smoke run, trained once per test process; `PONDER_SERVE_TEST_RUN=runs/NAME` serves a
 /// finished run instead (for load figures with a real model).
 fn run_dir() -> &'static Path {
@@ -585,14 +588,6 @@ fn metrics_text() -> String {
     metrics_text_of(server())
 }
 
-/// The sum of the samples of every series whose line starts with `name` (Prometheus text).
-fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[test]
 fn the_official_openai_python_client_talks_to_ponder_serve() {
     let has_openai = std::process::Command::new("python3")
@@ -710,12 +705,4 @@ fn post_to(url: &str, path: &str, body: &Value) -> (u16, Value) {
         .expect("request");
     let status = r.status().as_u16();
     (status, r.json().unwrap_or(Value::Null))
-}
-
-fn metrics_text_of(url: &str) -> String {
-    client()
-        .get(format!("{url}/metrics"))
-        .send()
-        .and_then(|r| r.text())
-        .expect("metrics")
 }
