@@ -89,6 +89,10 @@ impl BurnDecoder {
             c.kv_dim(),
             c.vocab_size,
         );
+        // This pass reads each cache as one block: shared positions are copied in.
+        for cache in caches.iter_mut() {
+            cache.flatten();
+        }
         let b = caches.len();
         let past: Vec<usize> = caches.iter().map(|c| c.len).collect();
         let p = past.iter().copied().max().unwrap_or(0);

@@ -147,6 +147,7 @@ mod tests {
             keys: vec![(0..len).map(|i| i as f32).collect()],
             values: vec![(0..len).map(|i| -(i as f32)).collect()],
             scores: Vec::new(),
+            shared: None,
         }
     }
 

@@ -3,8 +3,8 @@
 //! sampling.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use ponder_datagen::ANSWER_PREFIX;
@@ -242,10 +242,11 @@ impl TransformerPolicy {
             .collect();
         let prefilled = self.prefill(&runnable.iter().map(|&i| distinct[i].clone()).collect::<Vec<_>>());
         let mut computed_of: HashMap<usize, usize> = HashMap::new();
-        let mut states: HashMap<usize, (KvCache, Vec<f32>)> = HashMap::new();
+        // Each prompt's cache is shared by the sequences sampled from it, not copied.
+        let mut states: HashMap<usize, (Arc<KvCache>, Vec<f32>)> = HashMap::new();
         for (&i, (cache, logits, computed)) in runnable.iter().zip(prefilled) {
             computed_of.insert(i, computed);
-            states.insert(i, (cache, logits));
+            states.insert(i, (cache.into_shared(), logits));
         }
         let mut sequences: Vec<Sequence> = Vec::new();
         let mut first_logits: Vec<Vec<f32>> = Vec::new();
@@ -263,9 +264,11 @@ impl TransformerPolicy {
                 });
                 continue;
             };
+            // Room for every position the sequence may add, so that its cache never regrows.
+            let room = r.max_tokens.min(max_seq.saturating_sub(cache.len)) * self.decoder.config().kv_dim();
             sequences.push(Sequence {
                 request: ri,
-                cache: cache.clone(),
+                cache: KvCache::branch(cache, room),
                 rng: ChaCha8Rng::seed_from_u64(r.seed),
                 tokens: distinct[p].clone(),
                 generated: Vec::new(),

@@ -11,7 +11,7 @@ use pulp::Simd;
 use crate::config::ModelConfig;
 use crate::cpu::decode::KvCache;
 use crate::cpu::layers::{Stacked, add_bias, rms_norm, rotate, swiglu};
-use crate::cpu::linalg::{dot, fast_exp, lane_max, lane_sum, linear, matmul, matmul_transposed};
+use crate::cpu::linalg::{dot, fast_exp, lane_max, lane_sum, linear, matmul, matmul_transposed, weighted_rows};
 use crate::weights::{HostTensor, Layout};
 
 /// From this many new rows of a sequence on, its attention runs as matrix products per head.
@@ -153,8 +153,9 @@ pub fn blocks<S: Simd>(
         // head for many new rows (training, a prompt), row by row for a few (decoding).
         let mut base = 0;
         for (s, t) in tokens.iter().enumerate() {
-            let (keys, values) = (&caches[s].keys[li], &caches[s].values[li]);
-            let width = keys.len() / kv.max(1);
+            let cached = caches[s].layer(li, kv);
+            let (keys, values) = (cached.keys, cached.values);
+            let width = keys.len();
             let (new, start) = (t.len(), width - t.len());
             for head in 0..h {
                 let (qo, kvo) = (head * dh, (head / group) * dh);
@@ -165,10 +166,7 @@ pub fn blocks<S: Simd>(
                 };
                 if new >= MATRIX_ATTENTION_ROWS {
                     let q = gather_columns(&qkv, qkv_width, base, new, qo, dh);
-                    let (k, vv) = (
-                        gather_columns(keys, kv, 0, width, kvo, dh),
-                        gather_columns(values, kv, 0, width, kvo, dh),
-                    );
+                    let (k, vv) = (keys.columns(kvo, dh), values.columns(kvo, dh));
                     let mut p = vec![0.0f32; new * width];
                     matmul_transposed(&q, new, dh, &k, width, &mut p, false, 1);
                     for (j, row) in p.chunks_exact_mut(width).enumerate() {
@@ -197,17 +195,11 @@ pub fn blocks<S: Simd>(
                     let (r, pos) = (base + j, start + j);
                     let q = &qkv[r * qkv_width + qo..r * qkv_width + qo + dh];
                     for t in 0..=pos {
-                        scores[t] = dot(simd, q, &keys[t * kv + kvo..t * kv + kvo + dh]) * scale;
+                        scores[t] = dot(simd, q, keys.row(t, kvo, dh)) * scale;
                     }
                     softmax(&mut scores[..=pos]);
                     let o = &mut attn[r * d + qo..r * d + qo + dh];
-                    o.fill(0.0);
-                    for t in 0..=pos {
-                        let p = scores[t];
-                        for (o, &vv) in o.iter_mut().zip(&values[t * kv + kvo..t * kv + kvo + dh]) {
-                            *o += p * vv;
-                        }
-                    }
+                    weighted_rows(simd, &scores[..=pos], |t| values.row(t, kvo, dh), o);
                     if let Some(to) = record_to.as_deref_mut() {
                         to[j * width..j * width + pos + 1].copy_from_slice(&scores[..=pos]);
                     }

@@ -213,6 +213,42 @@ pub fn dot<S: Simd>(simd: S, a: &[f32], b: &[f32]) -> f32 {
     sum
 }
 
+/// `out = Σ_t weights[t] · row(t)` (each product rounded, then added in order of t, from
+/// zero: what `out += w · row` over t gives), with the sums held in SIMD registers across t.
+#[inline(always)]
+pub fn weighted_rows<'a, S: Simd>(simd: S, weights: &[f32], row: impl Fn(usize) -> &'a [f32], out: &mut [f32]) {
+    let n = out.len();
+    let (head, tail) = S::as_mut_simd_f32s(out);
+    let zero = simd.splat_f32s(0.0);
+    // Two lane groups per pass over t: two independent sums in flight.
+    let mut c = 0;
+    while c < head.len() {
+        let pair = c + 1 < head.len();
+        let (mut a0, mut a1) = (zero, zero);
+        for (t, &w) in weights.iter().enumerate() {
+            let w = simd.splat_f32s(w);
+            let (rv, _) = S::as_simd_f32s(&row(t)[..n]);
+            a0 = simd.add_f32s(a0, simd.mul_f32s(w, rv[c]));
+            if pair {
+                a1 = simd.add_f32s(a1, simd.mul_f32s(w, rv[c + 1]));
+            }
+        }
+        head[c] = a0;
+        if pair {
+            head[c + 1] = a1;
+        }
+        c += 2;
+    }
+    let done = n - tail.len();
+    for (i, o) in tail.iter_mut().enumerate() {
+        let mut sum = 0.0f32;
+        for (t, &w) in weights.iter().enumerate() {
+            sum += w * row(t)[done + i];
+        }
+        *o = sum;
+    }
+}
+
 impl WithSimd for FewRows<'_> {
     type Output = ();
 
@@ -395,6 +431,43 @@ pub fn matmul_lhs_transposed(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct WeightedRows<'a> {
+        weights: &'a [f32],
+        rows: &'a [f32],
+        out: &'a mut [f32],
+    }
+
+    impl WithSimd for WeightedRows<'_> {
+        type Output = ();
+        fn with_simd<S: Simd>(self, simd: S) {
+            let n = self.out.len();
+            weighted_rows(simd, self.weights, |t| &self.rows[t * n..(t + 1) * n], self.out);
+        }
+    }
+
+    #[test]
+    fn weighted_rows_adds_in_order_of_t_as_the_plain_loop_does() {
+        // Widths with an odd number of lane groups and with a scalar tail.
+        for n in [8usize, 20, 32, 48, 70] {
+            let t = 37;
+            let weights: Vec<f32> = (0..t).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.173).collect();
+            let rows: Vec<f32> = (0..t * n).map(|i| ((i * 13 % 17) as f32 - 8.0) * 0.311).collect();
+            let mut plain = vec![0.0f32; n];
+            for (i, &w) in weights.iter().enumerate() {
+                for (o, &v) in plain.iter_mut().zip(&rows[i * n..(i + 1) * n]) {
+                    *o += w * v;
+                }
+            }
+            let mut out = vec![f32::NAN; n];
+            pulp::Arch::new().dispatch(WeightedRows {
+                weights: &weights,
+                rows: &rows,
+                out: &mut out,
+            });
+            assert_eq!(out, plain, "width {n}: bit for bit");
+        }
+    }
 
     fn naive(x: &[f32], n: usize, k: usize, w: &[f32], m: usize) -> Vec<f32> {
         let mut out = vec![0.0; n * m];
