@@ -93,6 +93,9 @@ struct Sequence {
 /// Sequences decoded together at most (far beyond where batching stops paying on a CPU).
 const GENERATE_CHUNK: usize = 1024;
 
+/// Positions a sampled sequence's own KV cache holds before it first grows.
+const BRANCH_ROOM_POSITIONS: usize = 32;
+
 impl TransformerPolicy {
     pub fn new(weights: &HostWeights, tokenizer: Tokenizer) -> TransformerPolicy {
         Self::with_decoder(Decoder::Cpu(Box::new(Engine::new(weights))), weights, tokenizer)
@@ -264,8 +267,13 @@ impl TransformerPolicy {
                 });
                 continue;
             };
-            // Room for every position the sequence may add, so that its cache never regrows.
-            let room = r.max_tokens.min(max_seq.saturating_sub(cache.len)) * self.decoder.config().kv_dim();
+            // Room for the first positions the sequence adds (a step or an answer line),
+            // without reserving `max_tokens` for every sequence: long ones grow as usual.
+            let room = r
+                .max_tokens
+                .min(BRANCH_ROOM_POSITIONS)
+                .min(max_seq.saturating_sub(cache.len))
+                * self.decoder.config().kv_dim();
             sequences.push(Sequence {
                 request: ri,
                 cache: KvCache::branch(cache, room),
