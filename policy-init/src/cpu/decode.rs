@@ -70,11 +70,6 @@ impl KvCache {
         Arc::new(self)
     }
 
-    /// How many of the first positions another cache holds.
-    pub fn shared_len(&self) -> usize {
-        self.shared.as_ref().map_or(0, |s| s.len)
-    }
-
     /// Copies the shared positions in, so that `keys`, `values` and `scores` hold every
     /// position.
     pub fn flatten(&mut self) {
@@ -112,18 +107,16 @@ impl KvCache {
         let len = len.min(self.len);
         let shared_scores: &[f32] = self.shared.as_ref().map_or(&[], |s| &s.scores);
         let per_position = (shared_scores.len() + self.scores.len()) / self.len.max(1);
-        let first_rows = |rows: Rows<'_>| {
-            let mut out = Vec::with_capacity(len * kv_dim);
-            for t in 0..len {
-                out.extend_from_slice(rows.row(t, 0, kv_dim));
-            }
-            out
-        };
         let layers = 0..self.keys.len();
         KvCache {
             len,
-            keys: layers.clone().map(|l| first_rows(self.layer(l, kv_dim).keys)).collect(),
-            values: layers.map(|l| first_rows(self.layer(l, kv_dim).values)).collect(),
+            keys: layers
+                .clone()
+                .map(|l| self.layer(l, kv_dim).keys.columns(len, 0, kv_dim))
+                .collect(),
+            values: layers
+                .map(|l| self.layer(l, kv_dim).values.columns(len, 0, kv_dim))
+                .collect(),
             scores: shared_scores
                 .iter()
                 .chain(&self.scores)
@@ -173,10 +166,11 @@ impl<'a> Rows<'a> {
         &rows[t * self.width + offset..t * self.width + offset + n]
     }
 
-    /// Columns `offset..offset + n` of every row, as a contiguous `[len, n]` matrix.
-    pub fn columns(&self, offset: usize, n: usize) -> Vec<f32> {
-        let mut out = Vec::with_capacity(self.len() * n);
-        for t in 0..self.len() {
+    /// Columns `offset..offset + n` of the first `count` rows, as a contiguous `[count, n]`
+    /// matrix.
+    pub fn columns(&self, count: usize, offset: usize, n: usize) -> Vec<f32> {
+        let mut out = Vec::with_capacity(count * n);
+        for t in 0..count {
             out.extend_from_slice(self.row(t, offset, n));
         }
         out
@@ -435,7 +429,7 @@ mod tests {
         let (copied_logits, copied) = decode(&engine, prompt.clone(), &steps);
         let base = prompt.into_shared();
         let (shared_logits, shared) = decode(&engine, KvCache::branch(&base, 4 * kv), &steps);
-        assert_eq!(shared.shared_len(), 12);
+        assert_eq!(shared.shared.as_ref().map(|base| base.len), Some(12));
         assert_eq!(shared.keys[0].len(), 12 * kv, "the branch holds only its own positions");
         assert_eq!(shared_logits, copied_logits, "bit for bit");
         // A prefix reaching past the shared positions, and the flattened cache, hold what the

@@ -166,7 +166,7 @@ pub fn blocks<S: Simd>(
                 };
                 if new >= MATRIX_ATTENTION_ROWS {
                     let q = gather_columns(&qkv, qkv_width, base, new, qo, dh);
-                    let (k, vv) = (keys.columns(kvo, dh), values.columns(kvo, dh));
+                    let (k, vv) = (keys.columns(width, kvo, dh), values.columns(width, kvo, dh));
                     let mut p = vec![0.0f32; new * width];
                     matmul_transposed(&q, new, dh, &k, width, &mut p, false, 1);
                     for (j, row) in p.chunks_exact_mut(width).enumerate() {
